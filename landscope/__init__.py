@@ -1,0 +1,41 @@
+"""landscope: where did training stop, what does the loss landscape look like, what gets you out."""
+
+__version__ = "0.1.0"
+
+import os as _os
+import sys as _sys
+
+# OpenMP threads that spin while waiting starve each other as soon as anything else shares the
+# cores: a 1 ms forward pass was measured taking 60 ms, a Hessian-vector product 294 ms instead
+# of 2.5 ms. Passive waiting costs nothing measurable on an idle machine. It must be set before
+# torch starts its OpenMP runtime, and never overrides a choice the user made.
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from landscope.critical import KINDS, Probe, probe  # noqa: E402
+from landscope.errors import (  # noqa: E402
+    BadInputError,
+    CheckpointError,
+    LandscopeError,
+    NonFiniteLossError,
+)
+from landscope.objective import Objective  # noqa: E402
+from landscope.spectrum import Density, Spectrum, Trace, density, spectrum, trace  # noqa: E402
+
+__all__ = [
+    "KINDS",
+    "BadInputError",
+    "CheckpointError",
+    "Density",
+    "LandscopeError",
+    "NonFiniteLossError",
+    "Objective",
+    "Probe",
+    "Spectrum",
+    "Trace",
+    "__version__",
+    "density",
+    "probe",
+    "spectrum",
+    "trace",
+]

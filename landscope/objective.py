@@ -197,7 +197,8 @@ class Objective:
         """∇L(θ), shape (n,)."""
         return self.value_and_grad(theta)[1]
 
-    def value_and_grad(self, theta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def value_and_grad(self, theta: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """(L(θ), ∇L(θ)) from one pass over the data."""
         theta = self._point(theta)
         cached = self._cached(theta)

@@ -1,0 +1,83 @@
+"""Terminal rendering of results (rich). Reads result objects; computes nothing."""
+
+from __future__ import annotations
+
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from landscope.critical import Probe
+
+_STYLE = {"local_min": "green", "saddle": "yellow", "local_max": "red",
+          "degenerate": "magenta", "not_critical": "cyan"}
+_TITLE = {"local_min": "LOCAL MINIMUM", "saddle": "SADDLE POINT", "local_max": "LOCAL MAXIMUM",
+          "degenerate": "DEGENERATE", "not_critical": "NOT A CRITICAL POINT"}
+
+
+def probe_panel(p: Probe, seconds: float | None = None) -> Panel:
+    """One panel: the verdict, the numbers behind it, and the evidence."""
+    info = p.info
+    title = (f"{info.get('name')} · loss {info.get('loss')} · "
+             f"{info.get('mode') or 'function'} mode · n = {info['n']:,} ({info['dtype']})")
+    verdict = _TITLE[p.kind] + (" (GLOBAL)" if p.is_global_min else "")
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("verdict", Text(verdict, style=f"bold {_STYLE[p.kind]}"))
+    table.add_row("why", p.reason)
+    table.add_row("loss", f"{p.loss:.6g}")
+    st = p.stationarity
+    table.add_row("‖∇L‖", f"{p.grad_norm:.3g}  (a 1/ρ gradient step would gain "
+                          f"{st['descent_ratio']:.2g} of the excess loss; critical below "
+                          f"{p.tolerances['descent_rtol']:g})")
+    table.add_row("λ_max", _eig(p.spectrum.largest))
+    table.add_row("λ_min", _eig(p.spectrum.smallest))
+    tol = p.tolerances
+    table.add_row("eigenvalues", "  ".join(
+        f"{name} {_fraction(p.fractions[key])}" for name, key in
+        (("negative", "negative"), ("flat", "zero"), ("positive", "positive"))))
+    table.add_row("", f"(flat: |λ| ≤ {tol['flat_tol']:.2g} = {tol['flat_band']:g}·ρ; the verdict "
+                      f"treats |λ| ≤ {tol['zero_tol']:.2g} = {tol['rel_tol']:g}·ρ as zero)")
+    table.add_row("index", f"{p.index:.4g}   minimum ratio {p.minimum_ratio:.4g}")
+    cond = "—" if p.condition_number is None else f"{p.condition_number:.4g}"
+    table.add_row("condition no.", cond)
+    table.add_row("evidence", _evidence(p, seconds))
+    return Panel(table, title=title, border_style=_STYLE[p.kind])
+
+
+def _eig(pairs) -> str:
+    value, residual = pairs.values[0].item(), pairs.residuals[0].item()
+    others = ", ".join(f"{v:.4g}" for v in pairs.values[1:].tolist())
+    text = f"{value:.6g}  (residual ‖Hv − λv‖ = {residual:.1e})"
+    return text + (f"   next: {others}" if others else "")
+
+
+def _fraction(f) -> str:
+    if f.lower == f.upper and f.stderr == 0:
+        return f"{100 * f.value:.1f}%"
+    low, high = f.interval
+    return f"{100 * f.value:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _evidence(p: Probe, seconds: float | None) -> str:
+    ev = p.evidence
+    parts = []
+    if ev["path"] == "exact":
+        parts.append(f"exact: dense Hessian ({p.info['n']} products) + eigh")
+    else:
+        sp = ev["spectrum"]
+        state = "converged" if sp.get("converged") else "NOT converged"
+        parts.append(f"Lanczos {sp.get('products')} products, {sp.get('iterations')} steps, "
+                     f"{sp.get('restarts')} restarts, {state} (tol {sp.get('tol'):g})")
+        quad = ev["density"].get("quadrature", {})
+        parts.append(f"SLQ {quad.get('probes', '?')} probes × {quad.get('steps', '?')} steps "
+                     f"({ev['density']['products']} products)")
+    test = ev.get("null_direction_test")
+    if test:
+        parts.append(f"higher-order test: {test['evaluations']} evaluations along "
+                     f"{test['directions']} directions")
+    counts = ev["counts"]
+    parts.append(f"{counts['hvp']} Hessian-vector products in all")
+    if seconds is not None:
+        parts.append(f"{seconds:.1f} s")
+    return "; ".join(parts)

@@ -1,0 +1,283 @@
+"""The Hessian spectrum of an Objective: extreme eigenpairs, density, trace — exact or iterative.
+
+Small problems (n ≤ ``EXACT_MAX_N``) take the exact path: the dense Hessian from n Hessian-vector
+products and ``numpy.linalg.eigh``. Larger ones use Krylov methods on Hessian-vector products
+(:mod:`landscope.linalg`): thick-restart Lanczos for both ends, stochastic Lanczos quadrature for
+the density, Hutchinson for the trace. Every result says which path it took and carries its
+evidence (products used, iterations, residual norms ‖Hv − λv‖, standard errors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from landscope.errors import BadInputError
+from landscope.linalg import (
+    Eigenpairs,
+    SpectralQuadrature,
+    dense_eigh,
+    extreme_eigenpairs,
+    hutchinson,
+    slq,
+)
+from landscope.objective import Objective
+
+EXACT_MAX_N = 1024
+"""Up to this many parameters the exact (dense) path is chosen automatically."""
+
+WHICH = ("largest", "smallest", "both")
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """Default relative residual tolerance ‖Hv − λv‖ ≤ tol·‖H‖ for iterative eigenpairs.
+
+    Float64 reaches 1e-8 easily; in float32 each Hessian-vector product carries rounding errors
+    of about 1e-6·‖H‖, so 1e-5 is the tightest tolerance that converges reliably there.
+    """
+    return 1e-8 if dtype == torch.float64 else 1e-5
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Extreme eigenpairs of the Hessian at one point.
+
+    ``largest`` (descending) and ``smallest`` (ascending) hold values, unit eigenvectors and the
+    explicit residual norms ‖Hv − λv‖. For a symmetric H each residual r bounds the error: some
+    eigenvalue lies within r of the reported value. ``eigenvalues`` holds the full spectrum on the
+    exact path.
+    """
+
+    largest: Eigenpairs | None
+    smallest: Eigenpairs | None
+    method: str
+    evidence: dict
+    eigenvalues: torch.Tensor | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        def pairs(p):
+            if p is None:
+                return None
+            return {"values": p.values.tolist(), "residuals": p.residuals.tolist()}
+
+        return {"method": self.method, "largest": pairs(self.largest),
+                "smallest": pairs(self.smallest), "evidence": self.evidence}
+
+
+def spectrum(
+    obj: Objective,
+    k: int = 5,
+    which: str = "both",
+    *,
+    theta: torch.Tensor | None = None,
+    tol: float | None = None,
+    exact: bool | None = None,
+    max_products: int | None = None,
+    seed: int = 0,
+    progress=None,
+) -> Spectrum:
+    """The k largest and/or k smallest (most negative) eigenpairs of ∇²L(θ).
+
+    Parameters
+    ----------
+    k: eigenpairs at each requested end. which: "largest", "smallest" or "both".
+    tol: relative residual tolerance, ‖Hv − λv‖ ≤ tol·max|λ| (default :func:`default_tol`).
+    exact: force (True) or forbid (False) the dense path; default: exact when n ≤ EXACT_MAX_N.
+    max_products: budget of Hessian-vector products for the iterative path; when it runs out
+        the result says ``converged=False`` and gives the residuals reached.
+
+    Examples
+    --------
+    >>> obj = Objective.from_function(lambda x: x[0]**2 - 3 * x[1]**2, [0.0, 0.0])
+    >>> spectrum(obj, k=1).smallest.values.tolist()
+    [-6.0]
+    """
+    if which not in WHICH:
+        raise BadInputError(f"which={which!r}; use one of {', '.join(WHICH)}")
+    if k < 1:
+        raise BadInputError(f"k={k}; ask for at least one eigenpair")
+    k_largest = k if which in ("largest", "both") else 0
+    k_smallest = k if which in ("smallest", "both") else 0
+    if _use_exact(obj, exact, k_largest + k_smallest):
+        return _exact_spectrum(obj, theta, k_largest, k_smallest)
+    before = obj.counts["hvp"]
+    result = extreme_eigenpairs(
+        lambda V: obj.hvp(V, theta), obj.n, k_largest=k_largest, k_smallest=k_smallest,
+        tol=default_tol(obj.dtype) if tol is None else tol, max_products=max_products,
+        dtype=obj.dtype, device=obj.device, seed=seed, progress=progress,
+    )
+    evidence = {**result.to_dict(), "hvp_products": obj.counts["hvp"] - before}
+    return Spectrum(result.largest, result.smallest, "lanczos", evidence)
+
+
+@dataclass(frozen=True)
+class FractionEstimate:
+    """A fraction of the n eigenvalues: estimate, a bracket [lower, upper] and a standard error.
+
+    On the exact path all four are exact (stderr 0). On the SLQ path [lower, upper] is the
+    Chebyshev–Markov–Stieltjes bracket of the Gauss quadrature (rigorous per probe vector) and
+    ``stderr`` the spread over probe vectors; ``interval`` combines both.
+    """
+
+    value: float
+    lower: float
+    upper: float
+    stderr: float
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """[lower − 2·stderr, upper + 2·stderr] clipped to [0, 1]."""
+        return max(0.0, self.lower - 2 * self.stderr), min(1.0, self.upper + 2 * self.stderr)
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "lower": self.lower, "upper": self.upper,
+                "stderr": self.stderr, "interval": list(self.interval)}
+
+
+@dataclass(frozen=True)
+class Density:
+    """The eigenvalue distribution of ∇²L(θ): exact eigenvalues, or an SLQ quadrature."""
+
+    method: str
+    n: int
+    eigenvalues: torch.Tensor | None = field(default=None, repr=False)
+    quadrature: SpectralQuadrature | None = field(default=None, repr=False)
+    products: int = 0
+
+    def fraction_between(self, a: float, b: float) -> FractionEstimate:
+        """Fraction of eigenvalues λ with a < λ ≤ b (a, b may be ±inf)."""
+        if self.eigenvalues is not None:
+            inside = ((self.eigenvalues > a) & (self.eigenvalues <= b)).sum().item() / self.n
+            return FractionEstimate(inside, inside, inside, 0.0)
+        return FractionEstimate(*self.quadrature.fraction_between(a, b))
+
+    def fractions(self, zero_tol: float) -> dict[str, FractionEstimate]:
+        """Fractions negative (λ ≤ −tol), near zero (−tol < λ ≤ tol) and positive (λ > tol)."""
+        inf = float("inf")
+        return {
+            "negative": self.fraction_between(-inf, -zero_tol),
+            "zero": self.fraction_between(-zero_tol, zero_tol),
+            "positive": self.fraction_between(zero_tol, inf),
+        }
+
+    def curve(self, points: int = 400, sigma: float | None = None):
+        """(grid, density) smoothed with a Gaussian of width sigma (default: 1% of the range)."""
+        values = self.eigenvalues if self.eigenvalues is not None else self.quadrature.nodes
+        low, high = values.min().item(), values.max().item()
+        pad = 0.05 * max(high - low, 1e-12)
+        grid = torch.linspace(low - pad, high + pad, points, dtype=torch.float64)
+        sigma = sigma or 0.01 * max(high - low, 1e-12)
+        if self.eigenvalues is not None:
+            diff = grid[:, None] - self.eigenvalues.to(torch.float64)[None, :]
+            dens = torch.exp(-0.5 * (diff / sigma) ** 2).mean(1) / (sigma * (2 * torch.pi) ** 0.5)
+            return grid, dens
+        return grid, self.quadrature.density(grid, sigma)
+
+    def to_dict(self) -> dict:
+        out = {"method": self.method, "n": self.n, "products": self.products}
+        if self.quadrature is not None:
+            out["quadrature"] = self.quadrature.to_dict()
+        return out
+
+
+def density(
+    obj: Objective,
+    probes: int = 8,
+    steps: int = 80,
+    *,
+    theta: torch.Tensor | None = None,
+    exact: bool | None = None,
+    seed: int = 0,
+    progress=None,
+) -> Density:
+    """Eigenvalue density of ∇²L(θ) by stochastic Lanczos quadrature (exact for small n).
+
+    The spectral measure μ = (1/n) Σᵢ δ(λᵢ) is estimated as the mean over ``probes`` random
+    vectors v of the Gauss quadrature Σⱼ wⱼ δ(xⱼ) from ``steps`` Lanczos steps started at v.
+    All probes advance together: each step is one batched product of ``probes`` vectors.
+    """
+    if probes < 1 or steps < 1:
+        raise BadInputError(f"probes={probes}, steps={steps}; both must be at least 1")
+    if _use_exact(obj, exact, 0):
+        values = _exact_values(obj, theta)[0]
+        return Density("exact", obj.n, eigenvalues=values, products=obj.n)
+    before = obj.counts["hvp"]
+    quadrature = slq(lambda V: obj.hvp(V, theta), obj.n, probes=probes, steps=steps,
+                     dtype=obj.dtype, device=obj.device, seed=seed, progress=progress)
+    return Density("slq", obj.n, quadrature=quadrature, products=obj.counts["hvp"] - before)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """tr ∇²L(θ) = Σᵢ λᵢ: exact, or a Hutchinson estimate with its standard error."""
+
+    value: float
+    stderr: float
+    method: str
+    samples: int
+    products: int
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "stderr": self.stderr, "method": self.method,
+                "samples": self.samples, "products": self.products}
+
+
+def trace(
+    obj: Objective,
+    samples: int = 100,
+    *,
+    theta: torch.Tensor | None = None,
+    rtol: float | None = None,
+    batch: int = 10,
+    exact: bool | None = None,
+    seed: int = 0,
+    progress=None,
+) -> Trace:
+    """tr H by Hutchinson's estimator E[zᵀHz] over Rademacher z (exact for small n).
+
+    ``samples`` probe vectors in batches of ``batch`` products; with ``rtol`` sampling stops
+    early once the standard error is below rtol·|estimate| (``samples`` is then the maximum).
+    """
+    if samples < 2:
+        raise BadInputError(f"samples={samples}; a standard error needs at least 2 samples")
+    if _use_exact(obj, exact, 0):
+        values = _exact_values(obj, theta)[0]
+        return Trace(values.sum().item(), 0.0, "exact", 0, obj.n)
+    before = obj.counts["hvp"]
+    est = hutchinson(lambda V: obj.hvp(V, theta), obj.n, samples=samples, batch=batch, rtol=rtol,
+                     dtype=obj.dtype, device=obj.device, seed=seed, progress=progress)
+    return Trace(est.value, est.stderr, "hutchinson", est.samples, obj.counts["hvp"] - before)
+
+
+def _use_exact(obj: Objective, exact: bool | None, wanted: int) -> bool:
+    if exact is None:
+        return obj.n <= EXACT_MAX_N or wanted >= obj.n
+    return exact
+
+
+def _exact_values(obj: Objective, theta):
+    return dense_eigh(obj.hessian(theta, max_n=max(obj.n, EXACT_MAX_N)))
+
+
+def _exact_spectrum(obj, theta, k_largest, k_smallest) -> Spectrum:
+    H = obj.hessian(theta, max_n=max(obj.n, EXACT_MAX_N))
+    return dense_spectrum(H, *dense_eigh(H), k_largest, k_smallest, obj.dtype)
+
+
+def dense_spectrum(H, values, vectors, k_largest: int, k_smallest: int, dtype) -> Spectrum:
+    """A :class:`Spectrum` read off a dense Hessian and its full eigendecomposition."""
+    n = H.shape[0]
+    Hd = H.to(torch.float64).cpu()
+
+    def pairs(index):
+        vals, vecs = values[index], vectors[:, index]
+        residuals = torch.linalg.vector_norm(Hd @ vecs - vecs * vals, dim=0)
+        return Eigenpairs(vals, vecs.to(H.device, dtype), residuals)
+
+    k_largest, k_smallest = min(k_largest, n), min(k_smallest, n)
+    largest = pairs(torch.arange(n - 1, n - 1 - k_largest, -1)) if k_largest else None
+    smallest = pairs(torch.arange(k_smallest)) if k_smallest else None
+    evidence = {"method": "exact", "products": n, "converged": True,
+                "solver": "numpy.linalg.eigh (float64) on the dense Hessian"}
+    return Spectrum(largest, smallest, "exact", evidence, eigenvalues=values)

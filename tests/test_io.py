@@ -1,0 +1,78 @@
+"""The run directory: versioned results written atomically; checkpoints loaded weights-only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_mlp
+
+from landscope import BadInputError, CheckpointError, io
+
+
+class NotWeights:
+    """A pickled object that weights_only loading must refuse to rebuild."""
+
+    def __init__(self):
+        self.payload = [1, 2, 3]
+
+
+def test_result_is_versioned_and_round_trips(tmp_path):
+    path = io.write_result(tmp_path / "run", "probe", {"probe": {"loss": 0.5, "inf": float("inf"),
+                                                                 "v": torch.tensor([1.0, 2.0])}})
+    document = io.read_result(path)
+    assert document["schema"] == "landscope.result" and document["schema_version"] == 1
+    assert document["probe"] == {"loss": 0.5, "inf": None, "v": [1.0, 2.0]}
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # nothing half-written left behind
+
+
+def test_other_schema_versions_are_refused(tmp_path):
+    path = io.write_result(tmp_path, "probe", {})
+    document = json.loads(path.read_text())
+    document["schema_version"] = 99
+    path.write_text(json.dumps(document))
+    with pytest.raises(BadInputError, match="schema version 99"):
+        io.read_result(path)
+    (tmp_path / "other.json").write_text('{"schema": "something else"}')
+    with pytest.raises(BadInputError, match="not a landscope result"):
+        io.read_result(tmp_path / "other.json")
+
+
+def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
+    def dump_then_fail(document, stream, **kwargs):
+        stream.write('{"schema": "landscope.result", "partial"')
+        raise KeyboardInterrupt  # Ctrl-C in the middle of writing
+
+    monkeypatch.setattr(io.json, "dump", dump_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        io.write_result(tmp_path, "probe", {"x": 1})
+    assert not (tmp_path / "result.json").exists()
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_checkpoint_round_trip_and_wrappers(tmp_path):
+    model, other = make_mlp(seed=0), make_mlp(seed=1)
+    io.save_state_dict(model, tmp_path / "w.pt")
+    io.load_into(other, tmp_path / "w.pt")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 other.state_dict().values(), strict=True))
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, tmp_path / "wrapped.pt")
+    assert set(io.load_state_dict(tmp_path / "wrapped.pt")) == set(model.state_dict())
+
+
+def test_pickled_checkpoint_is_refused(tmp_path):
+    torch.save({"model": NotWeights()}, tmp_path / "pickled.pt")
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        io.load_state_dict(tmp_path / "pickled.pt")
+
+
+def test_corrupt_missing_and_mismatched_checkpoints(tmp_path):
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        io.load_state_dict(tmp_path / "corrupt.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        io.load_state_dict(tmp_path / "missing.pt")
+    io.save_state_dict(make_mlp(sizes=(4, 7, 3)), tmp_path / "big.pt")
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        io.load_into(make_mlp(sizes=(4, 5, 3)), tmp_path / "big.pt")
