@@ -1,61 +1,10 @@
-"""Small models and data shared by the tests. Ground truth comes from torch.func.hessian."""
+"""Fixtures shared by the tests; the helpers they use live in helpers.py."""
 
 from __future__ import annotations
 
 import pytest
-import torch
+from helpers import classification_data, make_mlp
 from torch import nn
-
-
-class SmallCNN(nn.Module):
-    """conv-BN-ReLU-linear on 4×4 single-channel images."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3, padding=1)
-        self.bn = nn.BatchNorm2d(2)
-        self.fc = nn.Linear(2 * 4 * 4, 3)
-
-    def forward(self, x):
-        x = torch.relu(self.bn(self.conv(x.reshape(-1, 1, 4, 4))))
-        return self.fc(x.flatten(1))
-
-
-def make_mlp(activation=nn.Tanh, sizes=(4, 5, 3), seed=0, dtype=torch.float64):
-    torch.manual_seed(seed)
-    layers = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers).to(dtype)
-
-
-def make_cnn(seed=0, dtype=torch.float64):
-    torch.manual_seed(seed)
-    model = SmallCNN().to(dtype)
-    with torch.no_grad():  # non-trivial running statistics, as after training
-        model.bn.running_mean.uniform_(-0.5, 0.5)
-        model.bn.running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
-def classification_data(n=37, features=4, classes=3, seed=1, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, features, generator=gen, dtype=dtype)
-    y = torch.randint(0, classes, (n,), generator=gen)
-    return X, y
-
-
-def reference_hessian(model, loss_fn, X, y, obj):
-    """torch.func.hessian of the full-data loss in the objective's parametrisation."""
-    buffers = dict(model.named_buffers())
-
-    def loss(theta):
-        state = {**obj.unflatten(theta), **buffers}
-        return loss_fn(torch.func.functional_call(model, state, (X,)), y)
-
-    return torch.func.hessian(loss)(obj.theta0.clone())
 
 
 @pytest.fixture

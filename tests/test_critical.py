@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import classification_data, make_mlp
+from helpers import classification_data, make_mlp
 from torch import nn
 from torch.nn.functional import cross_entropy, mse_loss
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_mlp
+from helpers import make_mlp
 
 from landscope import BadInputError, CheckpointError, io
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import classification_data, make_cnn, make_mlp, reference_hessian
+from helpers import classification_data, make_cnn, make_mlp, reference_hessian
 from torch import nn
 from torch.nn.functional import cross_entropy, mse_loss
 

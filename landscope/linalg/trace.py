@@ -1,0 +1,181 @@
+"""Hutchinson's trace estimator with an honest standard error, optionally deflated.
+
+What is hard: ``tr(A)`` of a Hessian known only through products. For Rademacher ``z``,
+``E[z^T A z] = tr(A)`` and ``Var[z^T A z] = 2 (||A||_F^2 - sum_i A_ii^2)``, so a few large
+outlier eigenvalues (typical of Hessians) dominate the variance. Deflation removes them:
+for orthonormal ``Q`` (n, d) with ``P = I - Q Q^T``,
+
+    tr(A) = tr(Q^T A Q) + tr(P A P),
+
+and Hutchinson is applied only to ``P A P`` (probes ``z -> P z``). This is the variance
+reduction behind Hutch++, except that the deflation directions are given (exactly computed
+eigenpairs) and the remaining part keeps a sample standard error, so the result stays a plain
+mean with a valid error bar. ``tr(Q^T A Q) = sum(values)`` holds whenever each value is the
+Rayleigh quotient ``q^T A q`` of its vector, which is what ``extreme_eigenpairs`` returns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from landscope.errors import BadInputError
+from landscope.linalg._common import (
+    MatMat,
+    apply,
+    check_dtype,
+    check_int,
+    generator,
+    rademacher,
+)
+
+
+@dataclass(frozen=True)
+class TraceEstimate:
+    """A trace estimate, its standard error, and what it cost.
+
+    ``samples``: probes averaged; ``products``: ``matmat`` columns used; ``deflated``: number of
+    eigen-directions removed and accounted for exactly.
+    """
+
+    value: float
+    stderr: float
+    samples: int
+    products: int
+    deflated: int
+
+    def to_dict(self) -> dict:
+        """JSON-friendly summary."""
+        return {
+            "value": self.value,
+            "stderr": self.stderr,
+            "samples": self.samples,
+            "products": self.products,
+            "deflated": self.deflated,
+        }
+
+
+def hutchinson(
+    matmat: MatMat,
+    n: int,
+    *,
+    samples: int = 100,
+    batch: int = 10,
+    rtol: float | None = None,
+    dtype: torch.dtype = torch.float64,
+    device="cpu",
+    seed: int = 0,
+    deflate: tuple[torch.Tensor, torch.Tensor] | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> TraceEstimate:
+    """Estimate ``tr(A)`` as the mean of ``z^T A z`` over Rademacher probes, with standard error.
+
+    Parameters
+    ----------
+    matmat:
+        ``V -> A @ V`` for ``V`` of shape ``(n, b)`` in ``dtype`` on ``device``; ``A`` symmetric.
+    n:
+        Dimension of the operator.
+    samples:
+        Number of probes (at least 2, so that a standard error exists). With ``rtol`` it is the
+        maximum.
+    batch:
+        Probes per ``matmat`` call.
+    rtol:
+        Optional relative target: after at least two batches, stop as soon as
+        ``stderr <= rtol * |value|``.
+    dtype, device:
+        The operator's dtype and device.
+    seed:
+        Seed of the probes.
+    deflate:
+        Optional ``(values (d,), vectors (n, d))``: eigenpairs computed beforehand, vectors
+        orthonormal, each value the Rayleigh quotient of its vector. Their sum is added exactly
+        and Hutchinson runs on the projected operator ``P A P``, ``P = I - Q Q^T``.
+    progress:
+        Optional ``progress(products, relative_stderr)`` called after every batch.
+
+    Returns
+    -------
+    TraceEstimate
+        ``value = sum(values) + mean(z^T P A P z)``, ``stderr = std(z^T P A P z) / sqrt(samples)``
+        (sample standard deviation; the deflated part contributes no random error).
+    """
+    n = check_int("n", n, 1)
+    samples = check_int("samples", samples, 2)
+    batch = check_int("batch", batch, 1)
+    dtype = check_dtype(dtype)
+    if rtol is not None and not (isinstance(rtol, (int, float)) and rtol > 0):
+        raise BadInputError(f"rtol must be a positive number or None, got {rtol!r}")
+    offset, Q = _deflation(deflate, n, dtype, device)
+    gen = generator(seed)
+    forms: list[torch.Tensor] = []
+    drawn = batches = products = 0
+    value, stderr = 0.0, math.inf
+    while drawn < samples:
+        size = min(batch, samples - drawn)
+        Z = rademacher(gen, n, size, dtype, device)
+        if Q is not None:
+            Z = Z - Q @ (Q.T @ Z)
+        AZ = apply(matmat, Z)
+        products += size
+        drawn += size
+        batches += 1
+        forms.append((Z * AZ).sum(dim=0).to(device="cpu", dtype=torch.float64))
+        value, stderr = _mean_and_stderr(torch.cat(forms), offset)
+        if progress is not None:
+            progress(products, stderr / abs(value) if value != 0 else math.inf)
+        if rtol is not None and batches >= 2 and drawn >= 2 and stderr <= rtol * abs(value):
+            break
+    return TraceEstimate(
+        value=value,
+        stderr=stderr,
+        samples=drawn,
+        products=products,
+        deflated=0 if Q is None else int(Q.shape[1]),
+    )
+
+
+def _deflation(deflate, n: int, dtype, device):
+    """Check ``deflate`` and return ``(sum of values, Q in the operator's dtype)``."""
+    if deflate is None:
+        return 0.0, None
+    try:
+        values, vectors = deflate
+    except (TypeError, ValueError):
+        raise BadInputError("deflate must be a pair (values, vectors)") from None
+    values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if not isinstance(vectors, torch.Tensor) or vectors.ndim != 2 or vectors.shape[0] != n:
+        raise BadInputError(f"deflate vectors must be a tensor of shape (n, d) with n = {n}")
+    if vectors.shape[1] != values.numel():
+        raise BadInputError(
+            f"deflate has {values.numel()} values but {vectors.shape[1]} vectors; they must match"
+        )
+    if vectors.shape[1] >= n:
+        raise BadInputError(
+            f"deflating {vectors.shape[1]} directions of an n = {n} operator "
+            "leaves nothing to estimate; use the values' sum"
+        )
+    Q = vectors.detach().to(dtype=dtype, device=device)
+    gram = (Q.T @ Q).to(device="cpu", dtype=torch.float64)
+    error = float((gram - torch.eye(gram.shape[0], dtype=torch.float64)).abs().max())
+    if error > 1e-3:
+        raise BadInputError(
+            f"deflate vectors are not orthonormal (max |Q^T Q - I| = {error:.2e}); "
+            "orthonormalise them (their values must then be the Rayleigh quotients)"
+        )
+    return float(values.sum()), Q
+
+
+def _mean_and_stderr(forms: torch.Tensor, offset: float) -> tuple[float, float]:
+    """``offset + mean(forms)`` and the standard error of the mean."""
+    mean = float(forms.mean())
+    stderr = (
+        float(forms.std(unbiased=True)) / math.sqrt(forms.numel())
+        if forms.numel() > 1
+        else math.inf
+    )
+    return offset + mean, stderr
