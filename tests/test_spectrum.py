@@ -1,0 +1,91 @@
+"""spectrum / density / trace on a network, against numpy.linalg.eigh of its dense Hessian."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import classification_data, make_mlp
+from torch import nn
+from torch.nn.functional import cross_entropy
+
+from landscope import BadInputError, Objective, density, spectrum, trace
+from landscope.spectrum import EXACT_MAX_N
+
+
+@pytest.fixture(scope="module")
+def network():
+    """A tanh MLP (n = 436, float64) with its exact eigenvalues."""
+    model = make_mlp(nn.Tanh, sizes=(8, 20, 12, 4), seed=7)
+    X, y = classification_data(n=300, features=8, classes=4, seed=3)
+    obj = Objective.from_model(model, cross_entropy, (X, y))
+    return obj, np.linalg.eigvalsh(obj.hessian().numpy())
+
+
+def test_extreme_eigenpairs_match_eigh_to_1e_6(network):
+    obj, eig = network
+    spec = spectrum(obj, k=5, which="both", exact=False)
+    assert spec.method == "lanczos" and spec.evidence["converged"]
+    np.testing.assert_allclose(spec.largest.values.numpy(), eig[::-1][:5], rtol=1e-6)
+    np.testing.assert_allclose(spec.smallest.values.numpy(), eig[:5], rtol=1e-6)
+    # the residuals are real: recompute them with the dense Hessian
+    H = obj.hessian()
+    for pairs in (spec.largest, spec.smallest):
+        recomputed = torch.linalg.vector_norm(H @ pairs.vectors - pairs.vectors * pairs.values,
+                                              dim=0)
+        torch.testing.assert_close(recomputed, pairs.residuals, rtol=1e-3, atol=1e-12)
+        assert (pairs.residuals <= spec.evidence["tol"] * spec.evidence["norm_estimate"]).all()
+    assert spec.evidence["hvp_products"] == spec.evidence["products"]
+
+
+def test_exact_path_is_chosen_for_small_n(network):
+    obj, eig = network
+    assert obj.n <= EXACT_MAX_N
+    spec = spectrum(obj, k=3, which="smallest")
+    assert spec.method == "exact" and spec.largest is None
+    np.testing.assert_allclose(spec.smallest.values.numpy(), eig[:3], rtol=1e-10)
+    assert spec.to_dict()["smallest"]["values"] == pytest.approx(eig[:3].tolist())
+
+
+def test_starved_budget_says_not_converged(network):
+    obj, _ = network
+    spec = spectrum(obj, k=1, which="smallest", exact=False, max_products=12)
+    assert not spec.evidence["converged"]
+    assert spec.evidence["products"] <= 12
+
+
+def test_trace_within_four_standard_errors(network):
+    obj, eig = network
+    est = trace(obj, samples=200, exact=False, seed=1)
+    assert est.method == "hutchinson" and est.samples == 200 and est.products == 200
+    assert abs(est.value - eig.sum()) <= 4 * est.stderr
+    assert est.stderr < 0.1 * abs(eig.sum())
+    assert trace(obj).value == pytest.approx(eig.sum(), rel=1e-10)  # exact path
+
+
+def test_density_fractions_bracket_the_exact_counts(network):
+    obj, eig = network
+    rho = max(abs(eig[0]), abs(eig[-1]))
+    dens = density(obj, probes=16, steps=60, exact=False, seed=2)
+    assert dens.method == "slq" and dens.products == 16 * 60
+    for band in (1e-2, 1e-1):
+        tol = band * rho
+        exact = {"negative": np.mean(eig <= -tol), "zero": np.mean(np.abs(eig) < tol),
+                 "positive": np.mean(eig > tol)}
+        for key, f in dens.fractions(tol).items():
+            low, high = f.interval
+            assert low <= exact[key] <= high, (band, key, f, exact[key])
+    grid, curve = dens.curve()
+    assert float(torch.trapezoid(curve, grid)) == pytest.approx(1.0, abs=0.02)
+
+
+def test_bad_arguments(network):
+    obj, _ = network
+    with pytest.raises(BadInputError, match="which='middle'"):
+        spectrum(obj, which="middle")
+    with pytest.raises(BadInputError, match="k=0"):
+        spectrum(obj, k=0)
+    with pytest.raises(BadInputError, match="samples=1"):
+        trace(obj, samples=1)
+    with pytest.raises(BadInputError, match="probes=0"):
+        density(obj, probes=0)
