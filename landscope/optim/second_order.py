@@ -1,0 +1,162 @@
+"""Second-order optimisers: damped Newton, saddle-free Newton and negative-curvature descent.
+
+What is hard is what curvature does at a saddle. Newton's step −H⁻¹g is the exact minimiser of the
+quadratic model only where H ≻ 0; at an indefinite H it is the model's critical point, so it jumps
+*towards* a saddle. Saddle-free Newton (Dauphin et al. 2014) replaces H by |H| = V|Λ|Vᵀ, which
+keeps the Newton scaling but turns the negative-curvature directions into descent; computing |H|
+needs eigenvectors, so it works in a Krylov subspace K_k(H, g) of k Lanczos vectors:
+d = −Q(|T| + δI)⁻¹Qᵀg with T = QᵀHQ. Negative-curvature descent (Carmon et al. 2018; Xu et al.
+2018) looks for the most negative eigenvalue λ_min and, when λ_min < −ε, adds a step of length
+|λ_min|/L₂ along its eigenvector v, signed so that gᵀ(step) ≤ 0; the cubic model promises a
+decrease of at least |λ_min|³/(3L₂²) from that step alone.
+
+All three run dense (the Hessian from n products and ``eigh``) up to ``dense_max`` parameters,
+matrix-free above. Their closure returns the loss without calling backward (the optimiser takes
+the gradient with its graph), or calls ``loss.backward(create_graph=True)`` itself.
+
+Examples
+--------
+>>> import torch
+>>> x = torch.tensor([1.0, 1e-8], dtype=torch.float64, requires_grad=True)
+>>> opt = Newton([x])
+>>> def closure():
+...     opt.zero_grad()
+...     return x[0]**2 - x[1]**2
+>>> _ = opt.step(closure); x.tolist()   # Newton jumps onto the saddle of x² − y²
+[0.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from landscope.errors import BadInputError
+from landscope.linalg import extreme_eigenpairs
+from landscope.optim._base import (
+    PointOptimizer,
+    conjugate_gradient,
+    lanczos,
+    pseudo_reciprocal,
+    spectral_apply,
+)
+
+SOLVERS = ("auto", "dense", "cg")
+
+
+class Newton(PointOptimizer):
+    """Damped Newton: θ ← θ − lr · (H + δI)⁻¹ g.
+
+    Parameters
+    ----------
+    lr: step length (1 is the full Newton step; below 1 damps it).
+    damping: δ ≥ 0, the Levenberg–Marquardt shift.
+    solver: "dense" (eigh of the dense Hessian; a singular H + δI gives the pseudo-inverse),
+        "cg" (conjugate gradients on Hessian-vector products, truncated at non-positive
+        curvature as Newton-CG does), or "auto" (dense up to ``dense_max`` parameters).
+    cg_iterations, cg_rtol: CG's budget and relative residual tolerance.
+    batched: step the rows of one (S, n) parameter as S independent points.
+    """
+
+    def __init__(self, params, lr: float = 1.0, damping: float = 0.0, solver: str = "auto",
+                 dense_max: int = 256, cg_iterations: int = 100, cg_rtol: float = 1e-10, *,
+                 batched: bool = False):
+        _check(lr=lr, damping=damping)
+        if solver not in SOLVERS:
+            raise BadInputError(f"solver={solver!r}; use one of {', '.join(SOLVERS)}")
+        super().__init__(params, {"lr": lr, "damping": damping, "solver": solver,
+                                  "dense_max": dense_max, "cg_iterations": cg_iterations,
+                                  "cg_rtol": cg_rtol}, batched=batched)
+
+    def _update(self, point):
+        o = self.param_groups[0]
+        if _dense(o, point):
+            direction = spectral_apply(point.hessian(), point.g,
+                                       lambda lam: pseudo_reciprocal(lam + o["damping"]))
+        else:
+            direction = conjugate_gradient(point.hvp, point.g, o["damping"], o["cg_iterations"],
+                                           o["cg_rtol"])
+        return point.x - o["lr"] * direction
+
+
+class SaddleFreeNewton(PointOptimizer):
+    """Saddle-free Newton: θ ← θ − lr · Q (|T| + δI)⁻¹ Qᵀ g in the Krylov space K_k(H, g).
+
+    With k ≥ n (all of Rⁿ) this is exactly −lr (|H| + δI)⁻¹ g. ``krylov_dim`` k Lanczos steps
+    cost k Hessian-vector products per step.
+    """
+
+    def __init__(self, params, lr: float = 1.0, damping: float = 0.0, krylov_dim: int = 20, *,
+                 batched: bool = False):
+        _check(lr=lr, damping=damping)
+        if krylov_dim < 1:
+            raise BadInputError(f"krylov_dim={krylov_dim}; use at least 1")
+        super().__init__(params, {"lr": lr, "damping": damping, "krylov_dim": krylov_dim},
+                         batched=batched)
+
+    def _update(self, point):
+        o = self.param_groups[0]
+        Q, T = lanczos(point.hvp, point.g, min(o["krylov_dim"], point.n))
+        projected = (Q.transpose(1, 2) @ point.g[..., None])[..., 0]
+        inside = spectral_apply(T, projected, lambda lam: pseudo_reciprocal(lam.abs()
+                                                                            + o["damping"]))
+        return point.x - o["lr"] * (Q @ inside[..., None])[..., 0]
+
+
+class NegativeCurvatureDescent(PointOptimizer):
+    """Gradient descent plus a step along the most negative curvature where there is some.
+
+    θ ← θ − lr · g + [λ_min < −eps] · (|λ_min| / hessian_lipschitz) · s v, with v the unit
+    eigenvector of λ_min and s = −sign(gᵀv) (+1 when gᵀv = 0).
+
+    λ_min comes from ``eigh`` of the dense Hessian up to ``dense_max`` parameters, else from
+    thick-restart Lanczos (:func:`landscope.linalg.extreme_eigenpairs`).
+    """
+
+    def __init__(self, params, lr: float = 0.01, hessian_lipschitz: float = 1.0,
+                 eps: float = 1e-6, dense_max: int = 256, *, batched: bool = False):
+        _check(lr=lr, eps=eps)
+        if not hessian_lipschitz > 0:
+            raise BadInputError(f"hessian_lipschitz={hessian_lipschitz!r}; use a value > 0")
+        super().__init__(params, {"lr": lr, "hessian_lipschitz": hessian_lipschitz, "eps": eps,
+                                  "dense_max": dense_max}, batched=batched)
+
+    def _update(self, point):
+        o = self.param_groups[0]
+        lam, v = _smallest_pairs(point, o)
+        sign = torch.where((point.g * v).sum(1) > 0, -1.0, 1.0).to(v.dtype)
+        length = torch.where(lam < -o["eps"], lam.abs() / o["hessian_lipschitz"], 0.0)
+        self.row_state["lambda_min"] = lam
+        return point.x - o["lr"] * point.g + (length * sign)[:, None] * v
+
+
+# ---------------------------------------------------------------------- helpers
+def _check(**values) -> None:
+    for name, value in values.items():
+        if not value >= 0:
+            raise BadInputError(f"{name}={value!r}; use a value ≥ 0")
+
+
+def _dense(options: dict, point) -> bool:
+    solver = options["solver"]
+    return solver == "dense" or (solver == "auto" and point.n <= options["dense_max"])
+
+
+def _smallest_pairs(point, options) -> tuple[torch.Tensor, torch.Tensor]:
+    """λ_min (S,) and its unit eigenvector (S, n) for every row."""
+    if point.n <= options["dense_max"]:
+        values, vectors = torch.linalg.eigh(point.hessian())
+        return values[:, 0], vectors[:, :, 0]
+    lams, vecs = [], []
+    for s in range(point.rows):  # one Lanczos run per point; the others' rows stay zero
+        def matmat(V, s=s):
+            rows = torch.zeros(point.rows, point.n, dtype=V.dtype, device=V.device)
+            columns = []
+            for column in V.T:
+                rows[s] = column
+                columns.append(point.hvp(rows)[s])
+            return torch.stack(columns, 1)
+        pairs = extreme_eigenpairs(matmat, point.n, k_largest=0, k_smallest=1,
+                                   dtype=point.x.dtype, device=point.x.device).smallest
+        lams.append(pairs.values[0].to(point.x.device, point.x.dtype))
+        vecs.append(pairs.vectors[:, 0])
+    return torch.stack(lams), torch.stack(vecs)

@@ -1,0 +1,309 @@
+"""The race: optimisers × functions × seeded starts, scored against known answers.
+
+What is hard is being fair. Every optimiser gets the same starts (drawn from the seed, per
+function), the same step budget and the same tuning budget: ``tune`` learning rates
+lr₀ · 10^linspace(−1, 1, tune) around its stated default lr₀, chosen on ``tune_starts`` other starts
+by success rate, then median steps, then median final value. Optional zero-mean gradient noise
+mimics mini-batches. Every random number comes from the seed, so a race is bit-reproducible.
+
+Each run is scored against the function's ground truth: where it ended (its last point polished
+by Newton onto a critical point within 1 % of the box's diagonal, see
+:func:`landscope.functions.locate`, whose kind the probe assigns; "not_critical" when no critical
+point is that close), whether that is a global minimum (to ``tol``), the steps and evaluations
+(gradients plus Hessian-vector products) until f − f* ≤ tol·max(1, |f*|), and — from a start next
+to a saddle — the steps until it escaped: farther from the saddle than it started and below the
+saddle's value. Functions without a minimum (x² − y²) start next to their saddle by default:
+there, escaping is the goal.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from landscope import functions as zoo
+from landscope import optim
+from landscope.critical import probe
+from landscope.errors import BadInputError
+from landscope.optim.runner import Descent, derive_seed, descend
+
+DEFAULT_FUNCTIONS = ("saddle", "six_hump_camel", "rosenbrock")
+DEFAULT_OPTIMIZERS = optim.NAMES
+START_MODES = ("auto", "uniform", "saddle")
+SUMMARY_FIELDS = ("function", "optimizer", "goal", "lr", "runs", "success_rate", "median_steps",
+                  "median_evaluations", "diverged", "unbounded", "best_of_starts", "ends")
+RUN_FIELDS = ("function", "optimizer", "lr", "start", "x0", "final_x", "final_value", "status",
+              "ended_at", "end_kind", "found_global", "escaped", "success", "steps_to_tol",
+              "evaluations_to_tol", "escape_steps", "evaluations_to_escape")
+
+
+@dataclass(frozen=True)
+class RaceResult:
+    """Everything a race measured.
+
+    settings: the race's arguments. runs: one record per (function, optimiser, start) with the
+    fields RUN_FIELDS. summary: one row per (function, optimiser or strategy), SUMMARY_FIELDS.
+    descents: the full paths, keyed by (function, optimiser). functions: the TestFunctions raced.
+    saddles: the saddle each function's starts were placed next to (or None).
+    """
+
+    settings: dict
+    runs: list[dict]
+    summary: list[dict]
+    descents: dict[tuple[str, str], Descent]
+    functions: dict[str, zoo.TestFunction]
+    saddles: dict[str, tuple | None]
+
+    def to_dict(self) -> dict:
+        """Settings, summary and per-run records (no paths) for ``io.write_result``."""
+        return {"settings": self.settings, "summary": self.summary, "runs": self.runs}
+
+    def write_csv(self, directory: str | Path) -> tuple[Path, Path]:
+        """``race-summary.csv`` and ``race-runs.csv`` in ``directory``; returns their paths."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = directory / "race-summary.csv", directory / "race-runs.csv"
+        for path, rows, fields in ((paths[0], self.summary, SUMMARY_FIELDS),
+                                   (paths[1], self.runs, RUN_FIELDS)):
+            with open(path, "w", newline="") as stream:
+                writer = csv.DictWriter(stream, fields, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+        return paths
+
+
+def race(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, *, starts: int = 32,
+         steps: int = 300, start: str = "auto", tune: int = 3, tune_starts: int = 8,
+         noise: float = 0.0, tol: float = 1e-6, strategies=optim.STRATEGIES,
+         strategy_runs: int = 8, seed: int = 0, progress=None) -> RaceResult:
+    """Race ``optimizers`` on ``functions`` from ``starts`` seeded starts each.
+
+    Parameters
+    ----------
+    functions: zoo names or :class:`~landscope.functions.TestFunction` objects.
+    optimizers: names (see ``landscope.optim.NAMES``, or torch.optim class names) or
+        :class:`~landscope.optim.Recipe` objects for your own optimiser.
+    start: "uniform" in the box, "saddle" (next to the first listed saddle: along its
+        positive-curvature directions at half the box's smallest half-width, plus 1e-8 along
+        the others), or "auto" (saddle for functions without a global minimum).
+    tune: learning rates tried per optimiser and function (1: the stated defaults only).
+    noise: standard deviation of Gaussian noise added to every gradient.
+    tol: f − f* ≤ tol·max(1, |f*|) counts as having reached the global minimum.
+    strategies, strategy_runs: global strategies (``landscope.optim.STRATEGIES``), each run
+        ``strategy_runs`` times with its own seed on functions with a global minimum; multi-start
+        (Adam) gets the race's ``starts`` and ``steps``, annealing and the genetic algorithm
+        scipy's defaults.
+    progress: called with a short message before each piece of work.
+
+    Examples
+    --------
+    >>> result = race(["saddle"], ["gd", "newton", "saddle_free_newton"], starts=4, steps=100,
+    ...               tune=1, strategies=())
+    >>> [(row["optimizer"], row["success_rate"]) for row in result.summary]
+    [('gd', 0.0), ('newton', 0.0), ('saddle_free_newton', 1.0)]
+    """
+    fns = [zoo.get(f) for f in functions]
+    recipes = [optim.recipe(o) for o in optimizers]
+    _check(starts=starts, steps=steps, tune=tune, tune_starts=tune_starts,
+           strategy_runs=strategy_runs)
+    if start not in START_MODES:
+        raise BadInputError(f"start={start!r}; use one of {', '.join(START_MODES)}")
+    unknown = [s for s in strategies if s not in optim.STRATEGIES]
+    if unknown:
+        raise BadInputError(f"unknown strategy {unknown[0]!r}; use {', '.join(optim.STRATEGIES)}")
+    settings = {"functions": [f.name for f in fns], "optimizers": [r.name for r in recipes],
+                "starts": starts, "steps": steps, "start": start, "tune": tune,
+                "tune_starts": tune_starts, "noise": noise, "tol": tol,
+                "strategies": list(strategies), "strategy_runs": strategy_runs, "seed": seed,
+                "default_lr": {r.name: _base_lr(r) for r in recipes}}
+    say = progress or (lambda message: None)
+    runs, summary, descents, saddles = [], [], {}, {}
+    for fn in fns:
+        X0, saddle = _starts(fn, start, starts, derive_seed(seed, fn.name, "starts"))
+        X_tune, _ = _starts(fn, start, tune_starts, derive_seed(seed, fn.name, "tune"))
+        saddles[fn.name] = None if saddle is None else saddle.tolist()
+        for rec in recipes:
+            say(f"{fn.name}: {rec.name}")
+            lr = _tune(fn, rec, X_tune, saddle, steps, tune, noise, tol, seed)
+            run = descend(fn, rec, X0, steps=steps, lr=lr, noise=noise,
+                          seed=derive_seed(seed, fn.name, rec.name))
+            descents[fn.name, rec.name] = run
+            records = _score(fn, run, X0, saddle, tol, classify=True)
+            runs += records
+            summary.append(_summarise(fn, rec.name, lr, records, saddle))
+        if fn.global_min is not None:
+            for method in strategies:
+                say(f"{fn.name}: {method}")
+                budget = {"starts": starts, "steps": steps} if method == "multistart" else {}
+                summary.append(_strategy_row(fn, method, strategy_runs, tol, seed, budget))
+    return RaceResult(settings, runs, summary, descents, {f.name: f for f in fns}, saddles)
+
+
+# ---------------------------------------------------------------------- starts and tuning
+def _starts(fn, mode, count, seed) -> tuple[torch.Tensor, torch.Tensor | None]:
+    generator = torch.Generator().manual_seed(seed)
+    listed = [p for p in fn.critical_points if p.kind == "saddle"]
+    if mode == "auto":
+        mode = "saddle" if fn.global_min is None and listed else "uniform"
+    if mode == "uniform":
+        return fn.sample(count, generator), None
+    if not listed:
+        raise BadInputError(f"{fn.name} has no listed saddle to start next to; use "
+                            "start='uniform'")
+    saddle = listed[0].tensor()
+    values, vectors = torch.linalg.eigh(torch.func.hessian(fn.f)(saddle))
+    tiny = 1e-8 * max(1.0, values.abs().max().item())
+    low, high = fn.bounds()
+    offset = 0.25 * (high - low).min().item()
+    up, rest = vectors[:, values > tiny], vectors[:, values <= tiny]
+    return saddle + offset * _unit(up, count, generator) + 1e-8 * _unit(rest, count,
+                                                                        generator), saddle
+
+
+def _unit(basis, count, generator) -> torch.Tensor:
+    """``count`` random unit vectors in the span of ``basis`` (zeros if it is empty)."""
+    if basis.shape[1] == 0:
+        return torch.zeros(count, basis.shape[0], dtype=torch.float64)
+    v = torch.randn(count, basis.shape[1], generator=generator, dtype=torch.float64) @ basis.T
+    return v / v.norm(dim=1, keepdim=True)
+
+
+def _tune(fn, rec, X_tune, saddle, steps, tune, noise, tol, seed) -> float | None:
+    base = _base_lr(rec)
+    if tune == 1 or base is None:
+        return rec.lr
+    best = None
+    for lr in (base * 10 ** torch.linspace(-1, 1, tune, dtype=torch.float64)).tolist():
+        run = descend(fn, rec, X_tune, steps=steps, lr=lr, noise=noise,
+                      seed=derive_seed(seed, fn.name, rec.name, "tune"))
+        records = _score(fn, run, X_tune, saddle, tol, classify=False)
+        rate, steps_needed = _rate_and_steps(records, saddle)
+        finals = [r["final_value"] for r in records if r["status"] != "diverged"]
+        key = (rate or 0.0, -(steps_needed if steps_needed is not None else math.inf),
+               -(statistics.median(finals) if finals else math.inf))
+        if best is None or key > best[0]:
+            best = (key, lr)
+    return best[1]
+
+
+def _base_lr(rec) -> float | None:
+    if rec.lr is not None:
+        return rec.lr
+    default = inspect.signature(rec.factory).parameters.get("lr")
+    return default.default if default is not None and isinstance(default.default, float) else None
+
+
+# ---------------------------------------------------------------------- scoring
+def _score(fn, run: Descent, X0, saddle, tol, classify: bool) -> list[dict]:
+    S = X0.shape[0]
+    final = run.points[-1]
+    low, high = fn.bounds()
+    ends = zoo.locate(fn, final, radius=0.01 * (high - low).norm().item())
+    kinds = _kinds(fn, ends) if classify else ["?"] * S
+    threshold = tol * max(1.0, abs(fn.global_min or 0.0))
+    gap = None if fn.global_min is None else run.values - fn.global_min
+    escaped_at = _escapes(fn, run, saddle)
+    records = []
+    for s in range(S):
+        hit = None if gap is None else _first(gap[:, s] <= threshold)
+        found = None
+        if fn.global_min is not None:
+            end_value = fn.f(ends.points[s]).item() if bool(ends.located[s]) else math.inf
+            found = bool(end_value - fn.global_min <= threshold and run.status[s] == "ran")
+        escape = None if saddle is None else escaped_at[s]
+        escaped = None if saddle is None else escape is not None
+        records.append({
+            "function": fn.name, "optimizer": run.optimizer, "lr": run.lr, "start": s,
+            "x0": X0[s].tolist(), "final_x": final[s].tolist(),
+            "final_value": run.values[-1, s].item(), "status": run.status[s],
+            "ended_at": int(ends.listed[s]), "end_kind": kinds[s], "found_global": found,
+            "escaped": escaped, "success": escaped if saddle is not None else found,
+            "steps_to_tol": hit, "evaluations_to_tol": _at(run, hit, s),
+            "escape_steps": escape, "evaluations_to_escape": _at(run, escape, s)})
+    return records
+
+
+def _kinds(fn, ends) -> list[str]:
+    """The probe's kind at each located end (one probe per distinct point), else not_critical."""
+    cache, kinds = {}, []
+    for point, located in zip(ends.points, ends.located.tolist(), strict=True):
+        if not located:
+            kinds.append("not_critical")
+            continue
+        key = tuple(round(v, 7) for v in point.tolist())
+        if key not in cache:
+            cache[key] = probe(fn.objective(point)).kind
+        kinds.append(cache[key])
+    return kinds
+
+
+def _escapes(fn, run, saddle) -> list[int | None]:
+    if saddle is None:
+        return [None] * run.values.shape[1]
+    distance = (run.points - saddle).norm(dim=-1)
+    away = (distance >= distance[0] * (1 - 1e-12)) & (run.values < fn.f(saddle).item())
+    return [_first(away[:, s]) for s in range(away.shape[1])]
+
+
+def _first(mask: torch.Tensor) -> int | None:
+    hits = mask.nonzero()
+    return int(hits[0, 0]) if len(hits) else None
+
+
+def _at(run, step, s) -> int | None:
+    return None if step is None else int(run.evaluations[step, s])
+
+
+def _rate_and_steps(records, saddle) -> tuple[float | None, float | None]:
+    outcomes = [r["success"] for r in records if r["success"] is not None]
+    if not outcomes:  # no goal: f has no minimum and the runs did not start at a saddle
+        return None, None
+    key = "escape_steps" if saddle is not None else "steps_to_tol"
+    needed = [r[key] for r in records if r["success"] and r[key] is not None]
+    return sum(outcomes) / len(outcomes), statistics.median(needed) if needed else None
+
+
+def _summarise(fn, name, lr, records, saddle) -> dict:
+    rate, median_steps = _rate_and_steps(records, saddle)
+    key = "evaluations_to_escape" if saddle is not None else "evaluations_to_tol"
+    evaluations = [r[key] for r in records if r["success"] and r[key] is not None]
+    ends = Counter(r["end_kind"] for r in records)
+    best = None
+    if fn.global_min is not None:
+        best = any(r["found_global"] for r in records)
+    return {"function": fn.name, "optimizer": name,
+            "goal": "escape the saddle" if saddle is not None else (
+                "global minimum" if fn.global_min is not None else "—"),
+            "lr": lr, "runs": len(records), "success_rate": rate, "median_steps": median_steps,
+            "median_evaluations": statistics.median(evaluations) if evaluations else None,
+            "diverged": sum(r["status"] == "diverged" for r in records),
+            "unbounded": sum(r["status"] == "unbounded" for r in records),
+            "best_of_starts": best,
+            "ends": " · ".join(f"{kind} {count}" for kind, count in ends.most_common())}
+
+
+def _strategy_row(fn, method, count, tol, seed, budget) -> dict:
+    threshold = tol * max(1.0, abs(fn.global_min))
+    reached = []
+    for k in range(count):
+        result = optim.search(method, fn, seed=derive_seed(seed, fn.name, method, k), **budget)
+        hits = [row[0] for row in result.history if row[1] - fn.global_min <= threshold]
+        reached.append(int(hits[0]) if hits else None)
+    successes = [r for r in reached if r is not None]
+    return {"function": fn.name, "optimizer": method, "goal": "global minimum", "lr": None,
+            "runs": count, "success_rate": len(successes) / count, "median_steps": None,
+            "median_evaluations": statistics.median(successes) if successes else None,
+            "diverged": 0, "unbounded": 0, "best_of_starts": bool(successes), "ends": ""}
+
+
+def _check(**values) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInputError(f"{name}={value!r}; use a whole number ≥ 1")
