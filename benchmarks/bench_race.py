@@ -28,13 +28,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from workloads import HYGIENE_ENV, timing_hygiene  # noqa: E402
+from workloads import restart_with_hygiene, timing_hygiene  # noqa: E402
 
 if __name__ == "__main__":
-    missing = {k: v for k, v in HYGIENE_ENV.items() if os.environ.get(k) != v}
-    if missing and os.environ.get("LANDSCOPE_BENCH_REEXEC") != "1":
-        os.execve(sys.executable, [sys.executable, *sys.argv],
-                  dict(os.environ, **missing, LANDSCOPE_BENCH_REEXEC="1"))
+    restart_with_hygiene()
 
 import torch  # noqa: E402
 

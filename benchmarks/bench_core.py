@@ -1,0 +1,1141 @@
+"""Core benchmark: landscope next to PyHessian, curvlinops (and a plain torch+scipy baseline).
+
+One process run measures, side by side on the workloads W1-W3 of ``workloads.py``:
+
+  (6) the cost floor: one full-data gradient, and each tool's HVP as a multiple of it;
+  (1) top-1 eigenvalue, (2) top-5 eigenvalues, (3) most negative eigenvalue,
+  (4) trace, (5) spectral density at equal probes and Lanczos steps,
+  and the peak memory of a k=5 eigenpair call (one subprocess per tool, RSS high-water mark).
+
+Reference values are computed here and cached on disk (W1: dense Hessian + eigh; W2/W3: ARPACK
+with tight tolerance on a cached-graph HVP), so every row carries a relative error. Times are wall
+clock, median of 3 runs (a run over 20 s is not repeated); HVPs are counted by wrapping each tool's
+own HVP entry point. The headline table holds the targets; all tables go to stdout and a dated
+section is appended to ``benchmarks/RESULTS.md``.
+
+Run it as ``make bench`` (creates ``benchmarks/.venv-peers`` if missing), or
+``benchmarks/.venv-peers/bin/python benchmarks/bench_core.py [--workloads W1,W2] [--quick]
+[--no-peers]``: the script re-executes itself with the timing-hygiene environment when that is
+missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import gc
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    from workloads import restart_with_hygiene
+
+    restart_with_hygiene()
+
+import numpy as np  # noqa: E402
+import scipy.sparse.linalg as sla  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from workloads import HYGIENE_ENV, WORKLOADS, build_workload, cache_dir, timing_hygiene  # noqa: E402
+
+REPEAT_LIMIT_S = 20.0  # a run longer than this is not repeated
+RESULTS_MD = HERE / "RESULTS.md"
+TARGETS = {"hvp_ratio": {"W2": 1.6, "W3": 2.3}, "top5_speedup": 3.0, "lmin_speedup": 4.0,
+           "density_speedup": 2.0}
+
+# ================================================================================ small helpers
+
+
+def _arr(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _fmt(x, digits=3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, str):
+        return x
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e4 or abs(x) < 1e-3:
+        return f"{x:.1e}"
+    return f"{x:.{digits}g}"
+
+
+def _flat(ts) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def _clear_grads(model) -> None:
+    for p in model.parameters():
+        p.grad = None
+
+
+class LoadSampler:
+    """1-minute load average, sampled every 10 s in a daemon thread."""
+
+    def __init__(self, every: float = 10.0):
+        self.samples = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._t.start()
+
+    def _run(self, every):
+        while not self._stop.wait(every):
+            self.samples.append(os.getloadavg()[0])
+
+    def stop(self) -> str:
+        self._stop.set()
+        s = self.samples + [os.getloadavg()[0]]
+        return (f"min {min(s):.2f}, median {statistics.median(s):.2f}, max {max(s):.2f} "
+                f"({len(s)} samples)")
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 2**20:.0f} GiB"
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "mem": mem, "python": platform.python_version(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def versions() -> dict:
+    out = {}
+    for dist in ("landscope", "PyHessian", "curvlinops-for-pytorch", "hessian-eigenthings",
+                 "numpy", "scipy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+# ================================================================================ tables
+
+
+class Table:
+    def __init__(self, title: str, headers: list[str]):
+        self.title, self.headers, self.rows = title, headers, []
+
+    def add(self, *cells) -> None:
+        self.rows.append([_fmt(c) if not isinstance(c, str) else c for c in cells])
+
+    def markdown(self) -> str:
+        out = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |",
+               "|" + "---|" * len(self.headers)]
+        out += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in self.rows]
+        return "\n".join(out) + "\n"
+
+    def show(self) -> None:
+        try:
+            from rich.console import Console
+            from rich.table import Table as RTable
+        except ImportError:
+            print(self.markdown())
+            return
+        t = RTable(title=self.title, title_justify="left")
+        for h in self.headers:
+            t.add_column(h, overflow="fold")
+        for r in self.rows:
+            t.add_row(*r)
+        Console(width=220).print(t)
+
+
+# ================================================================================ baseline HVP
+
+
+class PlainHVP:
+    """Plain torch.autograd: first backward with create_graph once, then one backward per HVP."""
+
+    def __init__(self, model, X, y, crit):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        g = torch.autograd.grad(crit(model(X), y), self.params, create_graph=True)
+        self.g = _flat(g)
+        self.n, self.dtype, self.count = self.g.numel(), self.g.dtype, 0
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        self.count += 1
+        hv = torch.autograd.grad(self.g, self.params, grad_outputs=v, retain_graph=True)
+        return _flat(hv).detach()
+
+    def scipy(self) -> sla.LinearOperator:
+        def mv(x):
+            v = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(-1), dtype=self.dtype)
+            return self(v).double().numpy()
+
+        return sla.LinearOperator((self.n, self.n), matvec=mv, dtype=np.float64)
+
+
+# ================================================================================ references
+
+
+def _weights_key(model) -> str:
+    h = hashlib.sha256()
+    for k, t in model.state_dict().items():
+        h.update(k.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def references(name: str, model, X, y, crit, log) -> dict:
+    """Reference spectrum and trace of a workload, cached on disk by a hash of its weights."""
+    key = _weights_key(model)
+    path = cache_dir() / f"ref-{name}-{key}.json"
+    eig_path = cache_dir() / f"ref-{name}-{key}-eigs.npy"
+    if path.exists():
+        ref = json.loads(path.read_text())
+        if eig_path.exists():
+            ref["all_eigs"] = np.load(eig_path)
+        return ref
+    log(f"[{name}] computing reference values (cached afterwards in the user cache) ...")
+    t0 = time.perf_counter()
+    H = PlainHVP(model, X, y, crit)
+    with torch.no_grad():
+        loss = crit(model(X), y).item()
+    ref: dict = {"loss": loss, "n": H.n}
+    if H.n <= 5000:  # dense: exact Hessian column by column, then eigh in float64
+        cols = torch.eye(H.n, dtype=H.dtype)
+        Hd = torch.stack([H(cols[:, i]) for i in range(H.n)], 1).double().numpy()
+        Hd = 0.5 * (Hd + Hd.T)
+        w = np.linalg.eigvalsh(Hd)
+        ref.update(top=sorted(w[-5:].tolist(), reverse=True), bottom=w[:3].tolist(),
+                   trace=float(np.trace(Hd)), trace_se=0.0,
+                   method="exact: dense Hessian from n HVPs + numpy eigvalsh (float64)")
+        np.save(eig_path, w)
+    else:
+        A = H.scipy()
+        rng = np.random.default_rng(0)
+        wt, Q = sla.eigsh(A, k=5, which="LA", tol=1e-10, ncv=40, v0=rng.standard_normal(H.n))
+        order = np.argsort(wt)[::-1]
+        wt, Q = wt[order], Q[:, order]
+        c_top = H.count
+        wb = sla.eigsh(A, k=3, which="SA", tol=1e-8, ncv=60, v0=rng.standard_normal(H.n),
+                       return_eigenvectors=False)
+        c_bot = H.count - c_top
+        # Trace: Hutchinson on the complement of the top-5 eigenvectors (exact part added back),
+        # which removes most of the estimator's variance.
+        m = 500 if name == "W3" else 1000
+        vals = np.empty(m)
+        for i in range(m):
+            z = rng.integers(0, 2, H.n).astype(np.float64) * 2 - 1
+            z -= Q @ (Q.T @ z)
+            vals[i] = z @ A.matvec(z)
+        ref.update(top=wt.tolist(), bottom=np.sort(wb).tolist(),
+                   trace=float(wt.sum() + vals.mean()), trace_se=float(vals.std(ddof=1) / m**0.5),
+                   method=(f"ARPACK eigsh on cached-graph HVP: top-5 tol 1e-10 ncv 40 ({c_top} "
+                           "HVPs),"
+                           f" bottom-3 tol 1e-8 ncv 60 ({c_bot} HVPs); trace = top-5 + {m}-probe "
+                           "Rademacher Hutchinson on their complement"))
+    ref["seconds"] = time.perf_counter() - t0
+    path.write_text(json.dumps(ref, indent=1))
+    if eig_path.exists():
+        ref["all_eigs"] = np.load(eig_path)
+    log(f"[{name}] references done in {ref['seconds']:.0f} s")
+    return ref
+
+
+# ================================================================================ measuring
+
+
+@dataclass
+class Row:
+    measure: str
+    tool: str
+    method: str
+    time: float | None = None
+    cpu: float | None = None
+    hvps: int | None = None
+    err: float | None = None
+    err_worst: float | None = None
+    runs: int = 0
+    notes: str = ""
+    value: object = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ms_per_hvp(self):
+        if self.time is None or not self.hvps:
+            return None
+        return 1e3 * self.time / self.hvps
+
+
+@dataclass
+class Pending:
+    """One measure of one tool, waiting to be run in a group (see :func:`run_group`)."""
+
+    measure: str
+    tool: str
+    method: str
+    fn: object
+    counter: object
+    runs: int
+    err_fn: object = None
+    note_fn: object = None
+    log: object = print
+    extra: dict = field(default_factory=dict)
+
+
+def measure(measure_name, tool, method, fn, counter, runs, err_fn=None, note_fn=None,
+            log=print) -> Pending:
+    return Pending(measure_name, tool, method, fn, counter, runs, err_fn, note_fn, log)
+
+
+def run_group(pendings: list[Pending]) -> list[Row]:
+    """Run the tools of one measure round-robin: run 1 of every tool, then run 2, ...
+
+    Load changes on the shared machine then hit all tools alike. A tool stops repeating after a
+    run over REPEAT_LIMIT_S; ``fn(i)`` gets the run index (seeds), and the global torch seed is set
+    to 1000 + i before each run (PyHessian draws its start vectors from the global generator).
+    """
+    state = {id(p): {"results": [], "error": None} for p in pendings}
+    for i in range(max((p.runs for p in pendings), default=0)):
+        for p in pendings:
+            st = state[id(p)]
+            if st["error"] or i >= p.runs or (st["results"]
+                                              and st["results"][-1][0] > REPEAT_LIMIT_S):
+                continue
+            gc.collect()
+            torch.manual_seed(1000 + i)
+            c0 = p.counter()
+            t0, p0 = time.perf_counter(), time.process_time()
+            try:
+                out = p.fn(i)
+            except Exception as exc:  # a tool failing is a result too
+                st["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:160]
+                st["runs"] = i + 1
+                p.log(f"    {p.measure} / {p.tool} / {p.method}: error {st['error']}")
+                continue
+            wall, cpu = time.perf_counter() - t0, time.process_time() - p0
+            st["results"].append((wall, cpu, p.counter() - c0, out))
+    return [_finish(p, state[id(p)]) for p in pendings]
+
+
+def _finish(p: Pending, st: dict) -> Row:
+    if st["error"]:
+        return Row(p.measure, p.tool, p.method, runs=st["runs"], notes=f"error: `{st['error']}`",
+                   extra=p.extra)
+    results = st["results"]
+    errs = []
+    for r in results:
+        try:
+            errs.append(p.err_fn(r[3]) if p.err_fn else None)
+        except Exception as exc:
+            p.log(f"    {p.measure} / {p.tool}: could not score the result: {exc!r}")
+            errs.append(None)
+    order = sorted(range(len(results)), key=lambda j: results[j][0])
+    mid = order[(len(order) - 1) // 2] if len(order) != 2 else order[1]
+    wall, cpu, hv, out = results[mid]
+    row = Row(p.measure, p.tool, p.method, wall, cpu, hv, errs[mid],
+              max((e for e in errs if e is not None), default=None), len(results),
+              value=out, extra=p.extra)
+    if p.note_fn:
+        with contextlib.suppress(Exception):
+            row.notes = p.note_fn(out)
+    p.log(f"    {p.measure:18s} {p.tool:14s} {p.method[:60]:60s} {wall:8.3f} s  HVPs {hv}  "
+          f"err {_fmt(row.err)}")
+    return row
+
+
+def _relerr(v, r):
+    return abs(float(np.atleast_1d(_arr(v))[0]) - r) / abs(r)
+
+
+def _top_err(vals, ref_top, k):
+    v = np.sort(_arr(vals))[::-1][:k]
+    return float(max(abs(a - b) / abs(b) for a, b in zip(v, ref_top[:k], strict=True)))
+
+
+def _round_down_125(x: float) -> float:
+    e = math.floor(math.log10(x))
+    for m in (5, 2, 1):
+        if m * 10**e <= x:
+            return m * 10**e
+    return 10**e
+
+
+def _w1_dist(nodes, weights, exact) -> float | None:
+    from scipy.stats import wasserstein_distance
+
+    nodes, weights = _arr(nodes).ravel(), np.abs(_arr(weights).ravel())
+    if nodes.size == 0 or weights.sum() <= 0:
+        return None
+    return float(wasserstein_distance(nodes, exact, u_weights=weights)
+                 / (exact.max() - exact.min()))
+
+
+def _density_measure(d):
+    """Nodes and weights of a landscope density result, if it exposes them under a known name."""
+    q = getattr(d, "quadrature", None)
+    if q is not None and hasattr(q, "nodes") and hasattr(q, "weights"):
+        return q.nodes, q.weights  # (probes, steps); each row sums to 1: pooled = mean over probes
+    ev = getattr(d, "eigenvalues", None)
+    if ev is not None:
+        return ev, torch.ones(len(ev))
+    return None
+
+
+# ================================================================================ tools
+
+
+@contextlib.contextmanager
+def torch_eig_shim():
+    """PyHessian 0.1's density() calls torch.eig, removed from torch: answer it with eigh."""
+    orig = torch.eig if hasattr(torch, "eig") else None
+
+    def eig(A, eigenvectors=False):
+        w, V = torch.linalg.eigh(A)
+        return torch.stack([w, torch.zeros_like(w)], 1), V
+
+    torch.eig = eig
+    try:
+        yield
+    finally:
+        if orig is None:
+            del torch.eig
+        else:
+            torch.eig = orig
+
+
+class Counters:
+    """HVP counters installed by wrapping each peer's own HVP entry point."""
+
+    def __init__(self):
+        self.c = {"pyhessian": 0, "curvlinops": 0, "eigenthings": 0}
+
+    def install(self, have: dict) -> None:
+        if have.get("pyhessian"):
+            import pyhessian  # noqa: F401  (its package attribute .hessian is the class)
+
+            ph_mod = sys.modules["pyhessian.hessian"]
+
+            orig = ph_mod.hessian_vector_product
+
+            def ph_hvp(gradsH, params, v):
+                self.c["pyhessian"] += 1
+                return orig(gradsH, params, v)
+
+            ph_mod.hessian_vector_product = ph_hvp
+        if have.get("curvlinops"):
+            from curvlinops import HessianLinearOperator
+            from curvlinops._torch_base import CurvatureLinearOperator
+
+            orig_mm = CurvatureLinearOperator._matmat
+
+            def cl_matmat(op, M):
+                self.c["curvlinops"] += int(M[0].shape[-1])
+                return orig_mm(op, M)
+
+            HessianLinearOperator._matmat = cl_matmat
+        if have.get("eigenthings"):
+            from hessian_eigenthings import HessianOperator
+
+            orig_mv = HessianOperator.matvec
+
+            def he_matvec(op, v):
+                self.c["eigenthings"] += 1 if v.ndim == 1 else int(v.shape[-1])
+                return orig_mv(op, v)
+
+            HessianOperator.matvec = he_matvec
+
+    def get(self, tool):
+        return lambda: self.c[tool]
+
+
+def import_peers(no_peers: bool, log) -> dict:
+    have = {}
+    if no_peers:
+        return have
+    for key, mod in (("pyhessian", "pyhessian"), ("curvlinops", "curvlinops"),
+                     ("eigenthings", "hessian_eigenthings")):
+        try:
+            __import__(mod)
+            have[key] = True
+        except Exception as exc:
+            log(f"peer {mod} not importable ({type(exc).__name__}: {exc}); its rows are skipped")
+    return have
+
+
+def import_landscope(log):
+    try:
+        import landscope as ls
+    except Exception as exc:
+        return None, f"import landscope failed: {type(exc).__name__}: {exc}"
+    missing = [a for a in ("Objective", "spectrum", "density", "trace") if not hasattr(ls, a)]
+    if missing:
+        return None, "landscope has no " + ", ".join(missing) + " yet"
+    return ls, ""
+
+
+# ================================================================================ one workload
+
+
+def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
+    runs = 1 if args.quick else 3
+    reps = 3 if args.quick else (10 if name == "W3" else 20)
+    model, X, y, crit = build_workload(name)
+    params = [p for p in model.parameters()]
+    ref = references(name, model, X, y, crit, log)
+    lmax_ref, lmin_ref = ref["top"][0], ref["bottom"][0]
+    rows: list[Row] = []
+    fl: dict = {}
+    pending: list[Pending] = []
+    add = pending.append
+
+    def flush():
+        rows.extend(run_group(pending))
+        pending.clear()
+
+    # warm up: a forward, a backward, a double backward (fills the allocator, JIT-free path)
+    plain = PlainHVP(model, X, y, crit)
+    plain(torch.randn(plain.n, dtype=plain.dtype))
+    n = plain.n
+    log(f"[{name}] {WORKLOADS[name].desc}: n={n}, loss {ref['loss']:.4f}, lambda_max "
+        f"{lmax_ref:.6g}, lambda_min {lmin_ref:.6g}, trace {ref['trace']:.6g}")
+
+    # ---------------------------------------------------------------- (6) cost floor
+    def grad_once():
+        torch.autograd.grad(crit(model(X), y), params)
+
+    def loss_once():
+        with torch.no_grad():
+            crit(model(X), y)
+
+    def dbl_backward(v):
+        g = torch.autograd.grad(crit(model(X), y), params, create_graph=True)
+        torch.autograd.grad(_flat(g), params, grad_outputs=v)
+
+    v1 = torch.randn(n, dtype=plain.dtype)
+    V10 = torch.randn(n, 10, dtype=plain.dtype)
+    # All operations are timed round-robin (grad, op1, op2, ..., grad, op1, ...) so that load
+    # changes on the shared machine hit them alike; "x gradient" is the median over rounds of
+    # op time / gradient time in the same round.
+    ops = [("loss only (no_grad forward)", loss_once, 1),
+           ("gradient, torch.autograd.grad", grad_once, 1),
+           ("HVP plain: double backward from scratch", lambda: dbl_backward(v1), 1),
+           ("HVP plain: cached graph (2nd backward only)", lambda: plain(v1), 1)]
+    keep = []
+    if have.get("pyhessian"):
+        import pyhessian
+
+        _clear_grads(model)
+        ph = pyhessian.hessian(model, crit, data=(X, y), cuda=False)
+        _clear_grads(model)
+        vl = [t.reshape(p.shape) for t, p in zip(v1.split([p.numel() for p in params]), params,
+                                                 strict=True)]
+        ph_mod = sys.modules["pyhessian.hessian"]
+        keep.append(ph)
+        ops.append(("HVP PyHessian (hessian_vector_product, cached graph)",
+                    lambda: ph_mod.hessian_vector_product(ph.gradsH, ph.params, vl), 1))
+    if have.get("curvlinops"):
+        from curvlinops import HessianLinearOperator
+
+        cl = HessianLinearOperator(model, crit, params, [(X, y)])
+        ops.append(("HVP curvlinops (H @ v)", lambda: cl @ v1, 1))
+    if have.get("eigenthings"):
+        from hessian_eigenthings import HessianOperator, supervised_loss
+
+        he = HessianOperator(model, [(X, y)], supervised_loss(crit))
+        ops.append(("HVP hessian-eigenthings (matvec)", lambda: he.matvec(v1), 1))
+    ls_obj = None
+    if ls is not None:
+        try:
+            ls_obj = ls.Objective.from_model(model, torch.nn.functional.cross_entropy, (X, y))
+            ls_obj.hvp(v1)
+            ops.append(("HVP landscope obj.hvp(v)", lambda: ls_obj.hvp(v1), 1))
+            ops.append(("HVP landscope obj.hvp(V), k=10 batched, per vector",
+                        lambda: ls_obj.hvp(V10), 10))
+        except Exception as exc:
+            ls_reason = f"landscope failed: {type(exc).__name__}: {exc}"
+            log(f"[{name}] {ls_reason}")
+            ls_obj = None
+    times = {lab: [] for lab, _, _ in ops}
+    for _ in range(2):
+        for _lab, fn, _d in ops:
+            fn()
+    for _ in range(reps):
+        for lab, fn, div in ops:
+            t0 = time.perf_counter()
+            fn()
+            times[lab].append(1e3 * (time.perf_counter() - t0) / div)
+    gt = times["gradient, torch.autograd.grad"]
+    g_ms = statistics.median(gt)
+    fl["grad_ms"] = g_ms
+    floor = []
+    for lab, _fn, _d in ops:
+        ts = times[lab]
+        ratio = statistics.median(t / g for t, g in zip(ts, gt, strict=True))
+        floor.append((lab, statistics.median(ts), min(ts), ratio, min(ts) / min(gt)))
+        key = {"HVP PyHessian": "ph_hvp_ratio", "HVP curvlinops": "cl_hvp_ratio",
+               "HVP landscope obj.hvp(v)": "ls_hvp_ratio",
+               "HVP landscope obj.hvp(V)": "ls_hvp10_ratio"}
+        for prefix, k in key.items():
+            if lab.startswith(prefix):
+                fl[k] = ratio
+    del keep
+    fl["floor"] = floor
+    log(f"[{name}] gradient {g_ms:.2f} ms; " + "; ".join(
+        f"{f[0].split('(')[0].strip()} {f[3]:.2f}x" for f in floor[2:]))
+
+    # ---------------------------------------------------------------- setup rows
+    def setup_row(tool, method, fn, counter=lambda: 0):
+        rows.extend(run_group([measure("setup", tool, method, lambda i: fn(), counter, runs,
+                                       log=log)]))
+
+    setup_row("plain", "cached double-backward graph", lambda: PlainHVP(model, X, y, crit))
+    if have.get("pyhessian"):
+        import pyhessian
+
+        def ph_setup():
+            _clear_grads(model)
+            h = pyhessian.hessian(model, crit, data=(X, y), cuda=False)
+            _clear_grads(model)
+            return h
+
+        setup_row("PyHessian", "hessian(model, crit, data) (fwd + bwd create_graph)", ph_setup)
+        ph = rows[-1].value
+    if have.get("curvlinops"):
+        from curvlinops import HessianLinearOperator
+
+        setup_row("curvlinops", "HessianLinearOperator(..., check_deterministic=True)",
+                  lambda: HessianLinearOperator(model, crit, params, [(X, y)]),
+                  counters.get("curvlinops"))
+        cl_sp = rows[-1].value.to_scipy()
+    if ls_obj is not None:
+        setup_row("landscope", "Objective.from_model(model, cross_entropy, (X, y))",
+                  lambda: ls.Objective.from_model(model, torch.nn.functional.cross_entropy,
+                                                  (X, y)))
+        ls_obj = rows[-1].value
+    for r in rows:
+        r.value = None
+    plain = PlainHVP(model, X, y, crit)
+    plain_sp = plain.scipy()
+    c_plain = lambda: plain.count  # noqa: E731
+    c_ls = (lambda: ls_obj.counts["hvp"]) if ls_obj is not None else (lambda: 0)  # noqa: E731
+    c_ph, c_cl = counters.get("pyhessian"), counters.get("curvlinops")
+
+    def v0(i):
+        return np.random.default_rng(i).standard_normal(n)
+
+    top1_err = lambda v: _relerr(v, lmax_ref)  # noqa: E731
+    top5_err = lambda v: _top_err(v, ref["top"], 5)  # noqa: E731
+    lmin_err = lambda v: _relerr(v, lmin_ref)  # noqa: E731
+    tr_err = lambda v: _relerr(v, ref["trace"])  # noqa: E731
+    val_note = lambda v: f"value {float(np.atleast_1d(_arr(v))[0]):.6g}"  # noqa: E731
+
+    def ls_spec(i, k, which, tol):
+        kw = {} if tol is None else {"tol": tol}
+        s = ls.spectrum(ls_obj, k=k, which=which, **kw)
+        part = s.largest if which == "largest" else s.smallest
+        return {"values": _arr(part.values), "res": _arr(getattr(part, "residuals", [])),
+                "ev": dict(getattr(s, "evidence", {}) or {}), "method": getattr(s, "method", "")}
+
+    def ls_note(o, scale):
+        ev, res = o["ev"], o["res"]
+        bits = [f"method {o['method']}"] if o.get("method") else []
+        if "converged" in ev:
+            bits.append(f"converged {ev['converged']}")
+        if "iterations" in ev:
+            bits.append(f"iterations {ev['iterations']}")
+        if res.size:
+            bits.append(f"certified rel. err <= {float(res.max()) / scale:.1e} (residual)")
+        return "; ".join(bits) + f"; value {o['values'][0]:.6g}"
+
+    # tol for the 'rel. 1e-3' smallest-eigenvalue row: residual <= tol * ||H|| certifies
+    # |error| <= tol * lambda_max, so tol = 1e-3 |lambda_min| / lambda_max (rounded down 1-2-5).
+    tol_min = _round_down_125(1e-3 * abs(lmin_ref) / lmax_ref)
+    fl["tol_min"] = tol_min
+
+    # ---------------------------------------------------------------- (1) top-1
+    M = "(1) top-1"
+    add(measure(M, "plain", "scipy eigsh LA k=1 tol 1e-3",
+                lambda i: sla.eigsh(plain_sp, k=1, which="LA", tol=1e-3, v0=v0(i),
+                                    return_eigenvectors=False), c_plain, runs, top1_err,
+                val_note, log))
+    if have.get("pyhessian"):
+        add(measure(M, "PyHessian", "eigenvalues(top_n=1, tol=1e-3, maxIter=100)",
+                    lambda i: ph.eigenvalues(top_n=1, tol=1e-3, maxIter=100)[0][0], c_ph, runs,
+                    top1_err, val_note, log))
+    if have.get("curvlinops"):
+        add(measure(M, "curvlinops", "to_scipy() + eigsh LA k=1 tol 1e-3",
+                    lambda i: sla.eigsh(cl_sp, k=1, which="LA", tol=1e-3, v0=v0(i),
+                                        return_eigenvectors=False), c_cl, runs, top1_err,
+                    val_note, log))
+    if ls_obj is not None:
+        for tol, head in ((1e-3, True), (None, False)):
+            label = f"tol={tol:g}" if tol else "default tol"
+            r = measure(M, "landscope", f"spectrum(k=1, which='largest', {label})",
+                        lambda i, t=tol: ls_spec(i, 1, "largest", t), c_ls, runs,
+                        lambda o: top1_err(o["values"][0]), lambda o: ls_note(o, lmax_ref), log)
+            r.extra["headline"] = head
+            add(r)
+
+    flush()
+    # ---------------------------------------------------------------- (2) top-5
+    M = "(2) top-5"
+    add(measure(M, "plain", "scipy eigsh LA k=5 tol 1e-3",
+                lambda i: sla.eigsh(plain_sp, k=5, which="LA", tol=1e-3, v0=v0(i),
+                                    return_eigenvectors=False), c_plain, runs, top5_err, log=log))
+    if have.get("pyhessian"):
+        add(measure(M, "PyHessian", "eigenvalues(top_n=5, tol=1e-3) (deflated power)",
+                    lambda i: ph.eigenvalues(top_n=5, tol=1e-3)[0], c_ph, runs, top5_err,
+                    log=log))
+    if have.get("curvlinops"):
+        add(measure(M, "curvlinops", "to_scipy() + eigsh LA k=5 tol 1e-3",
+                    lambda i: sla.eigsh(cl_sp, k=5, which="LA", tol=1e-3, v0=v0(i),
+                                        return_eigenvectors=False), c_cl, runs, top5_err,
+                    log=log))
+    if ls_obj is not None:
+        for tol, head in ((1e-3, True), (None, False)):
+            label = f"tol={tol:g}" if tol else "default tol"
+            r = measure(M, "landscope", f"spectrum(k=5, which='largest', {label})",
+                        lambda i, t=tol: ls_spec(i, 5, "largest", t), c_ls, runs,
+                        lambda o: top5_err(o["values"]), lambda o: ls_note(o, lmax_ref), log)
+            r.extra["headline"] = head
+            add(r)
+
+    flush()
+    # ---------------------------------------------------------------- (3) most negative
+    M = "(3) most negative"
+    add(measure(M, "plain", "scipy eigsh SA k=1 tol 1e-3",
+                lambda i: sla.eigsh(plain_sp, k=1, which="SA", tol=1e-3, v0=v0(i),
+                                    return_eigenvectors=False), c_plain, runs, lmin_err,
+                val_note, log))
+    if have.get("pyhessian"):
+        import pyhessian
+
+        def ph_shift(i):
+            # PyHessian has no smallest-eigenvalue API. Best workaround: c = its own lambda_max
+            # estimate, a new hessian object on the loss - c/2 ||theta||^2 (Hessian H - cI), power
+            # iteration to tol 1e-6 / maxIter 300, lambda_min = mu + c.
+            c = ph.eigenvalues(top_n=1, tol=1e-3, maxIter=100)[0][0]
+
+            def shifted(out, t):
+                return crit(out, t) - 0.5 * c * sum((p * p).sum() for p in params)
+
+            _clear_grads(model)
+            h2 = pyhessian.hessian(model, shifted, data=(X, y), cuda=False)
+            _clear_grads(model)
+            mu = h2.eigenvalues(top_n=1, tol=1e-6, maxIter=300)[0][0]
+            return mu + c
+
+        add(measure(M, "PyHessian", "NO API; shift trick via loss (H - cI), c = own lambda_max "
+                    "(incl.), tol 1e-6, maxIter 300", ph_shift, c_ph, runs, lmin_err, val_note,
+                    log))
+    if have.get("curvlinops"):
+        add(measure(M, "curvlinops", "to_scipy() + eigsh SA k=1 tol 1e-3",
+                    lambda i: sla.eigsh(cl_sp, k=1, which="SA", tol=1e-3, v0=v0(i),
+                                        return_eigenvectors=False), c_cl, runs, lmin_err,
+                    val_note, log))
+    if ls_obj is not None:
+        r = measure(M, "landscope", f"spectrum(k=1, which='smallest', tol={tol_min:g})",
+                    lambda i: ls_spec(i, 1, "smallest", tol_min), c_ls, runs,
+                    lambda o: lmin_err(o["values"][0]), lambda o: ls_note(o, abs(lmin_ref)), log)
+        r.extra["headline"] = True
+        add(r)
+
+    flush()
+    # ---------------------------------------------------------------- (4) trace
+    M = "(4) trace"
+    if have.get("pyhessian"):
+        add(measure(M, "PyHessian", "trace() defaults (maxIter=100, tol=1e-3)",
+                    lambda i: float(np.mean(ph.trace())), c_ph, runs, tr_err, val_note, log))
+    if ls_obj is not None:
+        def ls_trace(i):
+            t = ls.trace(ls_obj, samples=100, seed=i)
+            return {"value": float(t.value), "se": float(getattr(t, "stderr", float("nan")))}
+
+        r = measure(M, "landscope", "trace(samples=100, seed=i)", ls_trace, c_ls, runs,
+                    lambda o: tr_err(o["value"]),
+                    lambda o: f"value {o['value']:.6g} ± {o['se']:.2g} (its own 1 s.e.)", log)
+        r.extra["headline"] = True
+        add(r)
+
+    flush()
+    # ---------------------------------------------------------------- (5) density
+    M = "(5) density"
+    exact = ref.get("all_eigs")
+    if have.get("pyhessian"):
+        if not args.quick:
+            add(measure(M, "PyHessian", "density() as shipped (iter=100, n_v=1)",
+                        lambda i: ph.density(iter=100, n_v=1), c_ph, 1, log=log))
+
+        def ph_density(i):
+            with torch_eig_shim():
+                return ph.density(iter=100, n_v=1)
+
+        def ph_dnote(o):
+            if exact is None:
+                return ""
+            return f"W1-dist/width {_w1_dist(o[0][0], o[1][0], exact):.1e}"
+
+        add(measure(M, "PyHessian", "density(iter=100, n_v=1) + torch.eig shim", ph_density,
+                    c_ph, runs, note_fn=ph_dnote, log=log))
+    if ls_obj is not None:
+        def ls_dnote(d):
+            bits = [f"method {getattr(d, 'method', '?')}; products {getattr(d, 'products', '?')}"]
+            nw = _density_measure(d)
+            if exact is not None and nw is not None:
+                bits.append(f"W1-dist/width {_w1_dist(*nw, exact):.1e}")
+            return "; ".join(bits)
+
+        r = measure(M, "landscope", "density(probes=1, steps=100)",
+                    lambda i: ls.density(ls_obj, probes=1, steps=100, seed=i), c_ls, runs,
+                    note_fn=ls_dnote, log=log)
+        r.extra["headline"] = True
+        add(r)
+        add(measure(M, "landscope", "density() defaults",
+                    lambda i: ls.density(ls_obj, seed=i), c_ls, runs, note_fn=ls_dnote, log=log))
+
+    flush()
+    for r in rows:
+        r.value = None
+    if have.get("pyhessian"):
+        del ph
+    _clear_grads(model)
+    gc.collect()
+
+    # ---------------------------------------------------------------- peak memory (subprocess)
+    mem = {}
+    tools = ["plain"] + [t for t in ("pyhessian", "curvlinops") if have.get(t)]
+    if ls is not None and ls_obj is not None:
+        tools.append("landscope")
+    for tool in tools:
+        mem[tool] = memory_probe(name, tool)
+        log(f"[{name}] peak memory of a k=5 eigenpair call, {tool}: {mem[tool]}")
+    return {"rows": rows, "floor": fl, "ref": ref, "mem": mem, "n": n, "ls_reason": ls_reason}
+
+
+# ================================================================================ memory probe
+
+
+def memory_probe(name: str, tool: str) -> dict:
+    """Run one k=5 top-eigenpair call in a fresh subprocess; report its RSS high-water mark."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_memprobe", f"{name}:{tool}"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        if not line:
+            return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][:160]}
+        return json.loads(line[-1])
+    except subprocess.TimeoutExpired:
+        return {"error": "timeout"}
+
+
+def _memprobe_main(spec: str) -> None:
+    name, tool = spec.split(":")
+    timing_hygiene(warn=False)
+    warnings.simplefilter("ignore")
+    model, X, y, crit = build_workload(name)
+    params = list(model.parameters())
+    with torch.no_grad():
+        crit(model(X), y)
+    if tool == "pyhessian":
+        import pyhessian
+    elif tool == "curvlinops":
+        from curvlinops import HessianLinearOperator
+    elif tool == "landscope":
+        import landscope as ls
+    gc.collect()
+    exact_peak = _reset_peak()
+    rss0 = _rss_now()
+    sampler = None if exact_peak else _PeakSampler()
+    if tool == "plain":
+        A = PlainHVP(model, X, y, crit).scipy()
+        sla.eigsh(A, k=5, which="LA", tol=1e-3)
+    elif tool == "pyhessian":
+        pyhessian.hessian(model, crit, data=(X, y), cuda=False).eigenvalues(top_n=5, tol=1e-3)
+    elif tool == "curvlinops":
+        A = HessianLinearOperator(model, crit, params, [(X, y)]).to_scipy()
+        sla.eigsh(A, k=5, which="LA", tol=1e-3)
+    elif tool == "landscope":
+        obj = ls.Objective.from_model(model, torch.nn.functional.cross_entropy, (X, y))
+        ls.spectrum(obj, k=5, which="largest", tol=1e-3)
+    peak = _peak_rss() if exact_peak else sampler.stop()
+    print(json.dumps({"extra_MiB": round((peak - rss0) / 2**20, 1),
+                      "base_MiB": round(rss0 / 2**20, 1),
+                      "how": "VmHWM after reset" if exact_peak else "psutil sampled every 2 ms"}))
+
+
+def _reset_peak() -> bool:
+    """Reset this process's RSS high-water mark (Linux >= 4.0: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _peak_rss() <= _rss_now() + 2**20
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _PeakSampler:
+    def __init__(self):
+        self.peak, self._stop = _rss_now(), threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss_now())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._t.join()
+        return max(self.peak, _rss_now())
+
+
+def _rss_now() -> int:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except ImportError:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# ================================================================================ report
+
+
+def _ratio_vs_ls(rows: list[Row]) -> dict:
+    base = {r.measure: r for r in rows if r.tool == "landscope" and r.extra.get("headline")
+            and r.time}
+    return {id(r): (r.time / base[r.measure].time if r.measure in base and r.time else None)
+            for r in rows}
+
+
+def _row(rows, measure_name, tool, headline=False):
+    """The (headline) row of a tool for a measure; a row that ran beats one that errored."""
+    hits = [r for r in rows if r.measure == measure_name and r.tool == tool
+            and (not headline or r.extra.get("headline"))]
+    timed = [r for r in hits if r.time is not None]
+    return (timed or hits or [None])[0]
+
+
+def headline_table(results: dict, mem_ok: bool) -> Table:
+    t = Table("Headline: landscope against the targets",
+              ["workload", "target", "landscope", "peer", "ratio", "verdict"])
+
+    def verdict(ok):
+        return "–" if ok is None else ("PASS" if ok else "FAIL")
+
+    for name, res in results.items():
+        rows, fl = res["rows"], res["floor"]
+        ls_ok = any(r.tool == "landscope" and r.time for r in rows)
+        tgt = TARGETS["hvp_ratio"].get(name)
+        r_ls = fl.get("ls_hvp_ratio")
+        t.add(name, f"HVP cost <= {tgt}x gradient" if tgt else "HVP cost (x gradient; no target)",
+              (f"{r_ls:.2f}x (k=10 batched: {fl.get('ls_hvp10_ratio', float('nan')):.2f}x)"
+               if r_ls else "n/a"),
+              f"PyHessian {fl['ph_hvp_ratio']:.2f}x" if "ph_hvp_ratio" in fl else "–", "–",
+              verdict(r_ls <= tgt if (r_ls and tgt) else None))
+        specs = [("(2) top-5", "top-5 >= 3x faster than PyHessian, more accurate",
+                  TARGETS["top5_speedup"], True),
+                 ("(1) top-1", "lambda_max no slower than PyHessian, equal/better accuracy", 1.0,
+                  True),
+                 ("(3) most negative", "lambda_min to rel. 1e-3 >= 4x faster than PyHessian "
+                  "shift trick", TARGETS["lmin_speedup"], False),
+                 ("(5) density", "density >= 2x faster than PyHessian (1 probe, 100 steps)",
+                  TARGETS["density_speedup"], False)]
+        for meas, label, need, acc_cmp in specs:
+            L, P = _row(rows, meas, "landscope", True), _row(rows, meas, "PyHessian")
+            if not ls_ok or L is None or not L.time:
+                t.add(name, label, "n/a", _cell(P), "–", "–")
+                continue
+            if P is None or not P.time:
+                t.add(name, label, _cell(L), "–", "–", "–")
+                continue
+            sp = P.time / L.time
+            ok = sp >= need
+            if acc_cmp and L.err is not None and P.err is not None:
+                ok = ok and L.err <= P.err
+            if meas == "(3) most negative":
+                ok = ok and L.err is not None and L.err <= 1e-3
+            t.add(name, label, _cell(L), _cell(P), f"{sp:.2f}x faster", verdict(ok))
+        mem = res["mem"]
+        lm, pm = mem.get("landscope", {}), mem.get("pyhessian", {})
+        t.add(name, "peak memory of the k=5 eigenpair call (extra RSS)",
+              f"{lm['extra_MiB']} MiB" if "extra_MiB" in lm else "n/a",
+              f"PyHessian {pm['extra_MiB']} MiB" if "extra_MiB" in pm else "–",
+              (f"{lm['extra_MiB'] / pm['extra_MiB']:.2f}x" if "extra_MiB" in lm
+               and "extra_MiB" in pm and pm["extra_MiB"] > 0 else "–"), "info")
+    return t
+
+
+def _cell(r: Row | None) -> str:
+    if r is None:
+        return "–"
+    if r.time is None:
+        return r.notes[:60] or "error"
+    return f"{r.time:.3g} s, {r.hvps} HVPs, err {_fmt(r.err)}"
+
+
+def workload_tables(name: str, res: dict) -> list[Table]:
+    ref, fl = res["ref"], res["floor"]
+    t6 = Table(f"{name} (6) cost floor: one full-data gradient vs one HVP (round-robin timing)",
+               ["operation", "ms (median / min)", "x gradient (median of per-round ratios)",
+                "x gradient (min / min)"])
+    for lab, ms, mn, ratio, min_ratio in fl["floor"]:
+        t6.add(lab, f"{ms:.2f} / {mn:.2f}", f"{ratio:.2f}", f"{min_ratio:.2f}")
+    ratios = _ratio_vs_ls(res["rows"])
+    tm = Table(f"{name}: measures (reference: {ref['method']})",
+               ["measure", "tool", "method / settings", "time s (median)", "CPU s", "HVPs",
+                "ms/HVP", "rel. err (median run)", "rel. err (worst run)", "runs",
+                "ratio vs landscope", "notes"])
+    for r in res["rows"]:
+        tm.add(r.measure, r.tool, r.method, r.time, r.cpu, r.hvps, r.ms_per_hvp, r.err,
+               r.err_worst, r.runs, ratios.get(id(r)), r.notes)
+    return [t6, tm]
+
+
+def reference_lines(name: str, res: dict) -> str:
+    ref = res["ref"]
+    top = ", ".join(f"{v:.6g}" for v in ref["top"])
+    return (f"- **{name}** ({WORKLOADS[name].desc}, n = {res['n']:,}): full-data loss "
+            f"{ref['loss']:.4f}; top-5 {top}; most negative {ref['bottom'][0]:.6g} (next "
+            f"{', '.join(f'{v:.6g}' for v in ref['bottom'][1:])}); trace {ref['trace']:.6g}"
+            + (f" ± {ref['trace_se']:.2g} (1 s.e.)" if ref.get("trace_se") else " (exact)")
+            + f"; landscope tol for the rel. 1e-3 lambda_min row: {res['floor']['tol_min']:g}\n")
+
+
+# ================================================================================ main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workloads", default="W1,W2,W3", help="comma-separated subset of W1,W2,W3")
+    ap.add_argument("--quick", action="store_true", help="1 run per measure (smoke test)")
+    ap.add_argument("--no-peers", action="store_true", help="skip PyHessian/curvlinops/etc.")
+    ap.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    ap.add_argument("--_memprobe", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._memprobe:
+        _memprobe_main(args._memprobe)
+        return 0
+
+    names = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
+    for w in names:
+        if w not in WORKLOADS:
+            ap.error(f"unknown workload {w}")
+    bad_env = timing_hygiene(warn=True)
+    warnings.filterwarnings("ignore", message=".*create_graph=True.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="pyhessian")
+    loads = LoadSampler()
+    t_start = time.perf_counter()
+    started = _dt.datetime.now().astimezone()
+
+    def log(msg):
+        print(msg, flush=True)
+
+    have = import_peers(args.no_peers, log)
+    counters = Counters()
+    counters.install(have)
+    ls, ls_reason = import_landscope(log)
+    if ls is None:
+        log(f"landscope side skipped: {ls_reason}")
+
+    results = {}
+    for name in names:
+        results[name] = bench_workload(name, args, have, counters, ls, ls_reason, log)
+    wall = time.perf_counter() - t_start
+    load = loads.stop()
+
+    tables = [headline_table(results, True)]
+    for name in names:
+        tables += workload_tables(name, results[name])
+    for t in tables:
+        t.show()
+
+    mi, vs = machine_info(), versions()
+    cmd_env = " ".join(f"{k}={v}" for k, v in HYGIENE_ENV.items())
+    exe = Path(sys.executable)
+    try:
+        exe_s = str(exe.relative_to(REPO))
+    except ValueError:
+        exe_s = "python"
+    cmd = f"{cmd_env} {exe_s} benchmarks/bench_core.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:]))
+    ls_state = ("ran" if any(r.get("floor", {}).get("ls_hvp_ratio") for r in results.values())
+                else f"did not run ({ls_reason or results[names[0]]['ls_reason']})")
+    lines = [
+        f"## {started:%Y-%m-%d %H:%M %Z} — bench_core ({', '.join(names)}"
+        + (", quick" if args.quick else "") + (", no peers" if args.no_peers else "") + ")",
+        "",
+        f"- machine: {mi['cpu']}, {mi['cores']} cores, {mi['mem']}; Python {mi['python']}, "
+        f"torch {mi['torch']} ({mi['threads']} threads)",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in vs.items() if v),
+        f"- command: `{cmd.strip()}`",
+        f"- 1-min load average during the run: {load}; wall time {wall:.0f} s",
+        f"- timing: median of {1 if args.quick else 3} runs (a run over {REPEAT_LIMIT_S:.0f} s "
+        "is not repeated), the tools of one measure run round-robin; HVPs counted at each "
+        "tool's own entry point (PyHessian "
+        "`hessian_vector_product`, curvlinops `_matmat` columns, landscope `obj.counts['hvp']`, "
+        "plain: our own matvec); setup timed separately and not included (PyHessian's shift "
+        "trick includes its second object and its own lambda_max estimate)",
+        f"- landscope side: {ls_state}",
+    ]
+    if bad_env:
+        lines.append(f"- WARNING: timing hygiene variables missing: {', '.join(bad_env)}")
+    lines += ["", "References:", ""] + [reference_lines(n, results[n]) for n in names]
+    lines += ["Peak memory of one k=5 top-eigenpair call (tol 1e-3), fresh subprocess per tool: "
+              "RSS high-water mark (VmHWM, reset after loading model and data) minus the RSS at "
+              "that point; operator setup included:", ""]
+    for n in names:
+        lines.append(f"- {n}: " + ", ".join(
+            f"{tool} {m.get('extra_MiB', m.get('error'))} MiB" for tool, m in
+            results[n]["mem"].items()))
+    body = "\n".join(lines) + "\n\n" + "\n".join(t.markdown() for t in tables)
+    if not args.no_results:
+        new = not RESULTS_MD.exists()
+        with open(RESULTS_MD, "a") as fh:
+            if new:
+                fh.write("# Benchmark results\n\nAppended by `benchmarks/bench_core.py` "
+                         "(`make bench`); newest last. Workloads: `benchmarks/workloads.py`.\n\n")
+            fh.write(body + "\n")
+        log(f"appended to {RESULTS_MD.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
