@@ -1,0 +1,280 @@
+"""Benchmark: what watching a training run costs (landscope's Monitor beside Cockpit), issue 5.
+
+Workload: W2 training (``benchmarks/workloads.py``: MLP 64-128-128-10 ReLU, float32, the digits,
+Adam lr 1e-3, batch 64, shuffled), from the seed-0 initialisation. Every configuration trains the
+same run; the cost is the time of a whole run (monitor construction, every step, flushes to
+``monitor.csv`` and closing included) divided by that of the unmonitored run next to it, by wall
+clock and by CPU time; the median over repeats is reported. On a shared, busy 2-core machine these
+ratios still swing by several percent between invocations: the self-timed share (time inside the
+Monitor's own code) is the steadier figure.
+
+Rows:
+- the unmonitored run against itself: how far these ratios swing from 1 by noise alone;
+- landscope's default ``Monitor(model, optimizer, run_dir)``: the loss and lr every step, the
+  first-order tier (global and per-layer gradient norms, weight norms, update ratios, gradient
+  cosine, ReLU dead fractions) every 25 steps;
+- the first-order tier every step (``every=1``), every 10 and every 16 steps;
+- the default Monitor with a held batch of 256 samples (curvature allowed when the loss curve
+  asks for it), over a whole healthy run of ``--epochs`` epochs: the amortised cost;
+- one curvature measurement (λ_max and λ_min by Lanczos with ≤ 100 products each, gradient noise
+  from 4 chunks) on the held batch, in units of one training step;
+- Cockpit 1.0.2 (if installed): ``economy`` every step and every 16 steps, and its λ_max gauge
+  (``HessMaxEV``) alone every step. Anchors from the Cockpit paper (NeurIPS 2021): 1.52×, 1.05×
+  and 7.1× a step.
+
+Run with the peer venv to include Cockpit::
+
+    benchmarks/.venv-peers/bin/python benchmarks/bench_monitor.py
+
+The process re-executes itself with the timing-hygiene environment (benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from workloads import WORKLOADS, digits, restart_with_hygiene, timing_hygiene  # noqa: E402
+
+if __name__ == "__main__":
+    restart_with_hygiene()
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from landscope.monitor import Monitor  # noqa: E402
+from landscope.monitor.curvature import measure  # noqa: E402
+
+BATCH, LR = 64, 1e-3
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats (median)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per timed run")
+    parser.add_argument("--healthy-epochs", type=int, default=30,
+                        help="epochs of the whole healthy run (amortised cost)")
+    parser.add_argument("--cockpit-repeats", type=int, default=3)
+    parser.add_argument("--cockpit-epochs", type=int, default=2)
+    parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args()
+    timing_hygiene()
+    X, y = digits(torch.float32)
+    held = (X[:256], y[:256])
+    cockpit = _cockpit()
+    configs = {
+        "unmonitored against unmonitored (the noise floor of these ratios)": _unmonitored,
+        "landscope default (loss every step, first-order tier every 25 steps)": _landscope(),
+        "landscope first-order tier every step": _landscope(every=1),
+        "landscope first-order tier every 10 steps": _landscope(every=10),
+        "landscope first-order tier every 16 steps": _landscope(every=16),
+    }
+    plain, ratios, own = _compare(configs, X, y, args.epochs, args.repeats)
+    if cockpit is not None:
+        ratios.update(_compare(cockpit, X, y, args.cockpit_epochs, args.cockpit_repeats)[1])
+    amortised = "landscope default + held batch, whole healthy run (amortised)"
+    _, healthy, closed = _compare(
+        {amortised: _landscope(loss_fn=nn.functional.cross_entropy, held=held)},
+        X, y, args.healthy_epochs, max(3, args.repeats // 3))
+    own.update(closed)
+    steps = _curvature_seconds(held) / plain
+    rows = [*ratios.items(), *healthy.items(),
+            ("one curvature measurement (held batch of 256), in training steps", (steps, None))]
+    text = _table(rows, plain, args, cockpit is not None, own)
+    print(text)
+    if not args.no_results:
+        with open(HERE / "RESULTS.md", "a") as stream:
+            stream.write(text + "\n")
+        print(f"appended to {HERE / 'RESULTS.md'}")
+    return 0
+
+
+# ---------------------------------------------------------------------- the runs
+def _plain_step(out, target, optimizer, step):
+    nn.functional.cross_entropy(out, target).backward()
+    optimizer.step()
+
+
+def _run(X, y, epochs, watch=None):
+    """One W2 training run: (wall seconds per step, CPU seconds per step, ``close()``'s result).
+
+    ``watch(model, optimizer, run_dir)`` gives ``(step_fn, close)``; ``step_fn(out, target,
+    optimizer, step)`` does the backward pass and the optimiser step, watched.
+    """
+    torch.manual_seed(0)
+    model = WORKLOADS["W2"].make()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    shuffle = torch.Generator().manual_seed(1)
+    with tempfile.TemporaryDirectory() as run_dir:
+        start, cpu = time.perf_counter(), time.process_time()
+        step_fn, close = watch(model, optimizer, run_dir) if watch else (_plain_step, None)
+        steps = 0
+        for _ in range(epochs):
+            for index in torch.randperm(len(X), generator=shuffle).split(BATCH):
+                optimizer.zero_grad(set_to_none=True)
+                step_fn(model(X[index]), y[index], optimizer, steps)
+                steps += 1
+        result = close() if close else None
+        return ((time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps,
+                result)
+
+
+def _unmonitored(model, optimizer, run_dir):
+    return _plain_step, None
+
+
+def _landscope(**options):
+    def watch(model, optimizer, run_dir):
+        monitor = Monitor(model, optimizer, run_dir, **options)
+
+        def step_fn(out, target, opt, step):
+            loss = nn.functional.cross_entropy(out, target)
+            loss.backward()
+            opt.step()
+            monitor.step(loss)
+
+        def close():
+            monitor.close()
+            meta = monitor.record.meta
+            return {"events": len(meta["events"]),
+                    "share": meta["seconds"]["monitor"] / meta["seconds"]["total"]}
+
+        return step_fn, close
+    return watch
+
+
+def _compare(configs, X, y, epochs, repeats):
+    """(median plain wall seconds per step, {config: (wall ratio, CPU ratio)}, closer results).
+
+    Each repeat runs every configuration next to an unmonitored run, in alternating order (so a
+    drift in the machine's load hits both sides alike); ratios are medians over the repeats.
+    """
+    _run(X, y, 1)  # warm-up
+    for watch in configs.values():
+        _run(X, y, 1, watch)
+    plain, ratios, results = [], {name: ([], []) for name in configs}, {}
+    for repeat in range(repeats):
+        for name, watch in configs.items():
+            if repeat % 2:
+                *watched, results[name] = _run(X, y, epochs, watch)
+                base = _run(X, y, epochs)[:2]
+            else:
+                base = _run(X, y, epochs)[:2]
+                *watched, results[name] = _run(X, y, epochs, watch)
+            plain.append(base[0])
+            for k in range(2):
+                ratios[name][k].append(watched[k] / base[k])
+    return (statistics.median(plain),
+            {name: tuple(statistics.median(v) for v in pair) for name, pair in ratios.items()},
+            results)
+
+
+def _curvature_seconds(held) -> float:
+    """Median wall time of one stalled-loss curvature measurement on the untrained W2 model."""
+    torch.manual_seed(0)
+    model = WORKLOADS["W2"].make()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        measure(model, nn.functional.cross_entropy, held, optimizer, smallest=True,
+                max_products=100)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------- Cockpit
+def _cockpit():
+    """Cockpit configurations, or None when cockpit-for-pytorch is not installed."""
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from backpack import extend
+            from cockpit import Cockpit, quantities
+            from cockpit.utils import schedules
+            from cockpit.utils.configuration import configuration
+    except ImportError:
+        return None
+
+    def watch(quantities_for):
+        def make(model, optimizer, run_dir):
+            extend(model)
+            mean, each = extend(nn.CrossEntropyLoss()), nn.CrossEntropyLoss(reduction="none")
+            cockpit = Cockpit(model.parameters(), quantities=quantities_for())
+
+            def step_fn(out, target, opt, step):
+                loss = mean(out, target)
+                info = {"batch_size": out.shape[0], "individual_losses": each(out, target),
+                        "loss": loss, "optimizer": opt}
+                with cockpit(step, info=info):
+                    loss.backward(create_graph=cockpit.create_graph(step))
+                opt.step()
+
+            return step_fn, None
+        return make
+
+    return {
+        "Cockpit economy, every step": watch(lambda: configuration("economy")),
+        "Cockpit economy, every 16 steps": watch(
+            lambda: configuration("economy", track_schedule=schedules.linear(16))),
+        "Cockpit λ_max gauge (HessMaxEV) alone, every step": watch(
+            lambda: [quantities.HessMaxEV(track_schedule=schedules.linear(1))]),
+    }
+
+
+# ---------------------------------------------------------------------- the report
+def _table(rows, plain, args, with_cockpit, own) -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
+                .splitlines() if line.startswith("model name")), platform.processor())
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [
+        f"## Monitor overhead (issue 5) — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, load average {load}. Command: "
+        f"`python benchmarks/bench_monitor.py --repeats {args.repeats} --epochs {args.epochs} "
+        f"--healthy-epochs {args.healthy_epochs} --cockpit-repeats {args.cockpit_repeats} "
+        f"--cockpit-epochs {args.cockpit_epochs}`.",
+        f"W2 training step (Adam, batch {BATCH}), unmonitored: {plain * 1e3:.3f} ms. Ratios are "
+        "medians of paired runs (monitored / unmonitored, same seed, next to each other, "
+        "alternating order), by wall clock and by this process's CPU time (which a busy machine "
+        "disturbs less); 'self-timed' is the share of the run spent inside the Monitor's own "
+        "code (hooks, step, flushes), a floor that excludes the framework's hook dispatch.",
+        "",
+        "| configuration | wall-clock ratio | CPU-time ratio | self-timed | anchor |",
+        "|---|---|---|---|---|",
+    ]
+    anchors = {"noise floor": "1 (any spread is noise)",
+               "landscope default": "≤ 1.05 (target)",
+               "tier every step": "Cockpit economy every step: 1.52",
+               "tier every 16 steps": "Cockpit economy every 16: 1.05",
+               "amortised": "< 1.05 (target)", "HessMaxEV": "Cockpit paper: 7.1",
+               "Cockpit economy, every step": "paper: 1.52",
+               "Cockpit economy, every 16": "paper: 1.05", "curvature": "—"}
+    for name, (wall, cpu) in rows:
+        anchor = next((a for key, a in anchors.items() if key in name), "")
+        unit = " steps" if "curvature measurement" in name else "×"
+        cpu_text = "—" if cpu is None else f"{cpu:.3f}×"
+        mine = own.get(name) or {}
+        timed = f"{mine['share']:.1%}" if mine else "—"
+        if "events" in mine and "amortised" in name:
+            timed += f" ({mine['events']} curvature measurements)"
+        lines.append(f"| {name} | {wall:.3f}{unit} | {cpu_text} | {timed} | {anchor} |")
+    if not with_cockpit:
+        lines.append("| Cockpit | not installed in this venv | | | anchors above |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""``diagnose``: from a monitored run to a ranked list of findings with their evidence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from landscope.doctor.findings import Diagnosis, rank
+from landscope.doctor.rules import Run, Thresholds, run_rules
+from landscope.errors import BadInputError
+from landscope.monitor import Monitor
+from landscope.monitor.record import Record, read_record
+
+
+def diagnose(source: Record | Monitor | str | Path,
+             thresholds: Thresholds | None = None) -> Diagnosis:
+    """Run every rule over a run's record and rank what they find.
+
+    Parameters
+    ----------
+    source: a run directory written by a Monitor, a Monitor (its record so far), or a Record.
+    thresholds: where the rules fire (default :class:`~landscope.doctor.rules.Thresholds`).
+
+    Returns
+    -------
+    A :class:`~landscope.doctor.findings.Diagnosis`: ranked findings (empty when healthy) and a
+    summary of the run.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> steps = np.arange(200.0)
+    >>> record = Record({"settings": {"window": 100}},
+    ...                 {"step": steps, "loss": 2.3 * np.exp(-steps / 50), "non_finite": 0 * steps})
+    >>> diagnose(record).healthy
+    True
+    """
+    if isinstance(source, Monitor):
+        record = source.record
+    elif isinstance(source, Record):
+        record = source
+    elif isinstance(source, (str, Path)):
+        record = read_record(source)
+    else:
+        raise BadInputError(f"cannot diagnose a {type(source).__name__}; pass a run directory, "
+                            "a Monitor or a Record")
+    if len(record) == 0:
+        raise BadInputError("the record holds no steps; call monitor.step(loss) in the loop "
+                            "and close the Monitor (or use it as a context manager)")
+    thresholds = thresholds or Thresholds()
+    return Diagnosis(rank(run_rules(record, thresholds)), _summary(record, thresholds))
+
+
+def _summary(record: Record, thresholds: Thresholds) -> dict:
+    run = Run(record, thresholds)
+    loss = record["loss"]
+    finite = loss[np.isfinite(loss)]
+    meta = record.meta
+    return {
+        "steps": int(record.steps[-1]) + 1,
+        "model": meta.get("model"),
+        "n_parameters": meta.get("n_parameters"),
+        "optimizer": (meta.get("optimizer") or {}).get("name"),
+        "lr": run.median("lr"),
+        "initial_loss": run.initial,
+        "final_loss": float(np.median(finite[-10:])) if finite.size else None,
+        "final_window": run.window_steps(),
+        "final_status": run.status,
+        "final_progress": run.progress,
+        "non_finite_step": run.broken_at,
+        "curvature_measurements": len(meta.get("events", [])),
+        "monitor_seconds": meta.get("seconds"),
+    }

@@ -1,0 +1,405 @@
+"""The doctor's rules: each reads a monitored run's record and returns a Finding or None.
+
+What is hard: thresholds must be scale-free, or they misfire on the next model. So each rule
+compares a number with another number from the same run, never with an absolute unit:
+
+- progress of the loss over the final window, relative to the excess loss (see signals);
+- the descent ratio r = ‖g‖²/(2·λ_max·(L − L_low)) on the held batch: the share of the excess loss
+  one safe gradient step (length 1/λ_max) would remove. r ≥ ``critical_ratio``: still sliding;
+  below it θ is near a critical point (the test of ``landscope.probe``, made coarse for training);
+- λ_min relative to ρ = max|λ|; sharpness relative to the optimiser's stability limit;
+- per-parameter gradient RMS ‖g_layer‖/√n_layer of each layer relative to the last layer's;
+- cos(g_t, g_{t−1}): persistently negative means the steps bounce between the walls of a valley;
+- update-to-weight ratios ‖Δθ‖/‖θ‖ (used for the learning rate only when no curvature was measured),
+  saturation and dead fractions, row spread: already fractions.
+
+A growing gradient counts as exploding only if the steps it causes are wild (‖Δθ‖/‖θ‖ ≥
+``wild_update``): near a saddle the gradient also grows a thousandfold, from 1e-12, harmlessly.
+
+The verdict comes from the record alone. Each rule has a unit test at the edge of its threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from landscope.doctor.findings import Finding
+from landscope.monitor.record import Record
+from landscope.monitor.signals import (
+    CurveThresholds,
+    initial_loss,
+    moving_median,
+    window_status,
+)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where each rule fires (see the module docstring for what each number compares)."""
+
+    curve: CurveThresholds = field(default_factory=CurveThresholds)
+    critical_ratio: float = 1e-2
+    negative_curvature: float = 1e-2
+    poor_fraction: float = 0.5
+    flat_sharpness: float = 1e-2
+    vanishing_ratio: float = 1e-3
+    exploding_ratio: float = 1e3
+    growth: float = 1e3
+    wild_update: float = 0.5
+    diverge_rise: float = 0.5
+    edge_margin: float = 1.0
+    small_update: float = 1e-4
+    small_sharpness: float = 1e-2
+    persistent_cos: float = 0.1
+    symmetric_spread: float = 1e-4
+    saturated: float = 0.5
+    dead: float = 0.5
+    overfit_rise: float = 0.1
+    min_val_points: int = 5
+
+
+def run_rules(record: Record, thresholds: Thresholds | None = None) -> list[Finding]:
+    """Every rule over ``record``; the findings that hold, unranked."""
+    run = Run(record, thresholds or Thresholds())
+    return [f for rule in RULES if (f := rule(run)) is not None]
+
+
+class Run:
+    """A record with the quantities most rules share: final window, loss status, curvature."""
+
+    def __init__(self, record: Record, th: Thresholds):
+        self.record, self.th = record, th
+        settings = record.meta.get("settings", {})
+        self.lower = settings.get("lower_bound") or 0.0
+        self.steps, self.loss = record.steps, record["loss"]
+        self.initial = initial_loss(self.loss)
+        broken = np.flatnonzero(record["non_finite"] == 1)
+        self.broken_at = int(self.steps[broken[0]]) if broken.size else None
+        usable = self.steps < (self.broken_at if broken.size else math.inf)
+        end = self.steps[usable][-1] if usable.any() else -math.inf
+        self.final = usable & (self.steps > end - settings.get("window", 100))
+        self.status, self.progress = window_status(self.loss[self.final], self.initial,
+                                                   self.lower, th.curve)
+        rows = np.flatnonzero(np.isfinite(record["lambda_max"]) & usable)
+        self.latest = int(rows[-1]) if rows.size else None  # the latest curvature measurement
+        self.curvature = self._stall_curvature()
+
+    def _stall_curvature(self) -> int | None:
+        """The latest curvature row, if in the final window or if the loss has stalled since:
+        the measurement that describes where the run stopped."""
+        i = self.latest
+        if i is None or self.final[i]:
+            return i
+        since = window_status(self.loss[i:], self.initial, self.lower, self.th.curve)
+        return i if since[0] == "stalled" else None
+
+    def median(self, column: str | np.ndarray, mask: np.ndarray | None = None) -> float:
+        values = self.record[column] if isinstance(column, str) else column
+        values = values[self.final if mask is None else mask]
+        values = values[~np.isnan(values)]
+        return float(np.median(values)) if values.size else math.nan
+
+    def early(self, column: str, points: int = 5) -> float:
+        values = self.record[column]
+        values = values[np.isfinite(values)][:points]
+        return float(np.median(values)) if values.size else math.nan
+
+    def window_steps(self) -> list[int]:
+        steps = self.steps[self.final]
+        return [int(steps[0]), int(steps[-1])] if steps.size else []
+
+    def excess_share(self) -> float:
+        """Final excess loss as a share of the initial excess loss."""
+        return (self.median("loss") - self.lower) / max(self.initial - self.lower, 1e-300)
+
+    def curvature_numbers(self, i: int | None = None) -> dict:
+        """λ_max, λ_min, descent ratio r, sharpness and limit at row i (default: the stall's)."""
+        i, r = self.curvature if i is None else i, self.record
+        lam_max, lam_min = r["lambda_max"][i], r["lambda_min"][i]
+        rho = max(abs(lam_max), abs(lam_min)) if np.isfinite(lam_min) else abs(lam_max)
+        excess = r["held_loss"][i] - self.lower
+        ratio = r["held_grad_norm"][i] ** 2 / (2 * rho * excess) if rho > 0 and excess > 0 \
+            else math.inf
+        return {"step": int(self.steps[i]), "held_loss": r["held_loss"][i],
+                "held_grad_norm": r["held_grad_norm"][i], "lambda_max": lam_max,
+                "lambda_max_residual": r["lambda_max_residual"][i], "lambda_min": lam_min,
+                "lambda_min_residual": r["lambda_min_residual"][i],
+                "descent_ratio": ratio, "sharpness": r["sharpness"][i],
+                "stability_limit": r["stability_threshold"][i], "lr": r["lr"][i],
+                "noise_scale": r["noise_scale"][i]}
+
+
+# ---------------------------------------------------------------------- the loss curve
+def narrow_valley(run: Run) -> Finding | None:
+    th = run.th
+    cos, limit = run.median("grad_cos"), th.curve.oscillation_cos
+    if run.status != "stalled" or not cos <= limit:
+        return None
+    evidence = {"progress": run.progress, "median_grad_cos": cos,
+                "oscillation_cos": limit, "grad_norm": run.median("grad_norm"),
+                "grad_norm_early": run.early("grad_norm")}
+    if run.curvature is not None:
+        numbers = run.curvature_numbers()
+        if numbers["descent_ratio"] < th.critical_ratio:
+            return None  # near a critical point: the bouncing is noise, not a slide
+        evidence.update(numbers, critical_ratio=th.critical_ratio)
+    return Finding("narrow_valley", "warning",
+                   f"the loss stalled (progress {run.progress:.1%} over the final window) while "
+                   f"consecutive gradients point in opposite directions (median cos {cos:.2f}) "
+                   f"and the gradient norm stays at {evidence['grad_norm']:.3g}",
+                   evidence, run.window_steps(), cos / limit)
+
+
+def saddle(run: Run) -> Finding | None:
+    if run.status != "stalled" or run.curvature is None:
+        return None
+    th, numbers = run.th, run.curvature_numbers()
+    rho = max(abs(numbers["lambda_max"]), abs(numbers["lambda_min"]))
+    if not (numbers["lambda_min"] <= -th.negative_curvature * rho
+            and numbers["descent_ratio"] <= th.critical_ratio):
+        return None
+    return Finding("saddle", "warning",
+                   f"a gradient step would gain only {numbers['descent_ratio']:.2g} of the excess "
+                   f"loss, but λ_min = {numbers['lambda_min']:.3g} < 0 "
+                   f"({abs(numbers['lambda_min']) / rho:.0%} of ρ = {rho:.3g})",
+                   {**numbers, "rho": rho, "negative_curvature": th.negative_curvature,
+                    "critical_ratio": th.critical_ratio, "progress": run.progress},
+                   [numbers["step"]], abs(numbers["lambda_min"]) / (th.negative_curvature * rho))
+
+
+def poor_minimum(run: Run) -> Finding | None:
+    th, share = run.th, run.excess_share()
+    if run.status != "stalled" or not share >= th.poor_fraction:
+        return None
+    evidence = {"progress": run.progress, "excess_share": share,
+                "poor_fraction": th.poor_fraction, "initial_loss": run.initial,
+                "loss": run.median("loss")}
+    if run.curvature is None:
+        early, late = run.early("grad_norm"), run.median("grad_norm")
+        if not late <= 0.1 * early:
+            return None
+        evidence.update(grad_norm_early=early, grad_norm=late,
+                        note="no curvature measured (give the Monitor a held batch)")
+        what = f"the gradient norm fell from {early:.3g} to {late:.3g}"
+    else:
+        numbers = run.curvature_numbers()
+        rho = max(abs(numbers["lambda_max"]), abs(numbers["lambda_min"]))
+        if numbers["descent_ratio"] > th.critical_ratio or (
+                numbers["lambda_min"] <= -th.negative_curvature * rho):
+            return None
+        flat = bool(numbers["lr"] * numbers["lambda_max"] < th.flat_sharpness)
+        evidence.update(numbers, flat=flat, flat_sharpness=th.flat_sharpness)
+        what = (f"{'a flat region' if flat else 'a minimum'}: descent ratio "
+                f"{numbers['descent_ratio']:.2g}, λ_min = {numbers['lambda_min']:.3g}, "
+                f"η·λ_max = {numbers['lr'] * numbers['lambda_max']:.3g}")
+    return Finding("poor_minimum", "warning",
+                   f"the loss stalled at {share:.0%} of its initial excess; {what}",
+                   evidence, run.window_steps(), share / th.poor_fraction)
+
+
+def lr_too_large(run: Run) -> Finding | None:
+    th, evidence, steps = run.th, {}, []
+    smooth = moving_median(run.loss, 10)
+    floor = np.fmin.accumulate(np.where(np.isnan(smooth), np.inf, smooth))  # lowest so far
+    rise = smooth[1:] - floor[:-1]
+    scale = max(run.initial - run.lower, 1e-300)
+    over = np.flatnonzero(rise >= th.diverge_rise * scale)
+    strength = 1.0
+    if over.size:
+        i = over[0] + 1
+        evidence.update(divergence_step=int(run.steps[i]), loss_there=smooth[i],
+                        lowest_before=floor[i - 1], rise_in_initial_losses=rise[i - 1] / scale,
+                        diverge_rise=th.diverge_rise, peak_loss=float(np.nanmax(smooth)),
+                        update_ratio_there=run.record["update_ratio"][i])
+        steps.append(int(run.steps[i]))
+        strength = rise[i - 1] / scale / th.diverge_rise
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = run.record["sharpness"] / run.record["stability_threshold"]
+    edge = np.flatnonzero(ratio >= th.edge_margin)
+    if edge.size:
+        j = edge[np.argmax(ratio[edge])]
+        evidence.update(sharpness=run.record["sharpness"][j],
+                        stability_limit=run.record["stability_threshold"][j],
+                        sharpness_over_limit=ratio[j], sharpness_step=int(run.steps[j]))
+        steps.append(int(run.steps[j]))
+        strength = max(strength, ratio[j] / th.edge_margin)
+    if not evidence:
+        return None
+    if over.size:
+        what = (f"the loss rose from {evidence['lowest_before']:.3g} to "
+                f"{evidence['loss_there']:.3g} at step {evidence['divergence_step']}")
+    else:
+        what = "the loss stopped falling"
+    if edge.size:
+        what += (f"; the sharpness {evidence['sharpness']:.3g} exceeds the optimiser's "
+                 f"stability limit {evidence['stability_limit']:.3g}")
+    return Finding("lr_too_large", "critical" if over.size else "warning", what, evidence,
+                   sorted(steps), strength)
+
+
+def lr_too_small(run: Run) -> Finding | None:
+    th, share = run.th, run.excess_share()
+    ratios = {name: run.median(col) for name, col in run.record.per_layer("update_ratio").items()}
+    largest = max((v for v in ratios.values() if np.isfinite(v)), default=math.nan)
+    cos = run.median("grad_cos")
+    if not (run.status in ("falling", "stalled") and run.progress > 0
+            and share >= th.poor_fraction and cos >= th.persistent_cos):
+        return None
+    evidence = {"largest_update_ratio": largest, "small_update": th.small_update,
+                "median_grad_cos": cos, "excess_share": share, "progress": run.progress,
+                "lr": run.median("lr")}
+    if run.latest is not None:  # the scale-free test: how far below its stability limit
+        numbers = run.curvature_numbers(run.latest)
+        used = numbers["sharpness"] / numbers["stability_limit"]
+        if not used <= th.small_sharpness:
+            return None
+        evidence.update(numbers, sharpness_over_limit=used, small_sharpness=th.small_sharpness)
+        what = (f"the sharpness is {used:.2g} of the optimiser's stability limit (the learning "
+                "rate is that fraction of the largest the local curvature allows)")
+        strength = th.small_sharpness / max(used, 1e-300)
+    else:
+        if not largest <= th.small_update:
+            return None
+        what = f"no layer's weights change by more than {largest:.2g} of their norm per step"
+        strength = th.small_update / max(largest, 1e-300)
+    return Finding("lr_too_small", "warning",
+                   f"the loss is still at {share:.0%} of its initial excess and creeping down in a "
+                   f"steady direction (median cos {cos:.2f}); {what}",
+                   evidence, run.window_steps(), strength)
+
+
+def overfitting(run: Run) -> Finding | None:
+    th, val = run.th, run.record["val_loss"]
+    points = np.flatnonzero(np.isfinite(val))
+    if points.size < th.min_val_points:
+        return None
+    best = points[np.argmin(val[points])]
+    late = float(np.median(val[points[-3:]]))
+    smooth = moving_median(run.loss, 10)
+    if not (best < points[-3] and late >= (1 + th.overfit_rise) * val[best]
+            and smooth[-1] < smooth[best]):
+        return None
+    return Finding("overfitting", "warning",
+                   f"the validation loss was lowest ({val[best]:.3g}) at step "
+                   f"{int(run.steps[best])} and is now {late:.3g} "
+                   f"(+{late / val[best] - 1:.0%}), while the training loss fell from "
+                   f"{smooth[best]:.3g} to {smooth[-1]:.3g}",
+                   {"best_step": int(run.steps[best]), "best_val_loss": val[best],
+                    "val_loss": late, "train_loss_at_best": smooth[best],
+                    "train_loss": smooth[-1], "overfit_rise": th.overfit_rise},
+                   [int(run.steps[best]), int(run.steps[points[-1]])],
+                   (late / val[best] - 1) / th.overfit_rise)
+
+
+# ---------------------------------------------------------------------- the network
+def vanishing_gradients(run: Run) -> Finding | None:
+    layers = run.record.meta.get("layers", [])
+    if len(layers) < 2:
+        return None
+    rms = np.array([run.median(f"grad_norm:{layer['name']}") / math.sqrt(layer["numel"])
+                    for layer in layers])
+    updates = np.array([run.median(f"update_ratio:{layer['name']}") for layer in layers])
+    if not rms[-1] > 0:
+        return None
+    ratios = rms[:-1] / rms[-1]
+    worst = int(np.nanargmin(ratios)) if np.isfinite(ratios).any() else None
+    if worst is None or not ratios[worst] <= run.th.vanishing_ratio:
+        return None
+    frozen = not updates[worst] / updates[-1] > run.th.vanishing_ratio  # NaN: nothing moved
+    name = layers[worst]["name"]
+    last = layers[-1]["name"]
+    share = ("no gradient at all" if ratios[worst] == 0 else
+             f"{ratios[worst]:.2g}× the gradient (per parameter) of the last layer ({last})")
+    return Finding("vanishing_gradients", "critical" if frozen else "warning",
+                   f"layer {name} receives {share}"
+                   + ("; its weights barely move" if frozen else
+                      "; the optimiser rescales its steps, but the signal is tiny"),
+                   {"layer": name, "gradient_ratio": ratios[worst],
+                    "update_ratio_ratio": updates[worst] / updates[-1],
+                    "vanishing_ratio": run.th.vanishing_ratio,
+                    "grad_rms": dict(zip([layer["name"] for layer in layers], rms.tolist(),
+                                         strict=True))},
+                   run.window_steps(), run.th.vanishing_ratio / max(ratios[worst], 1e-300))
+
+
+def exploding_gradients(run: Run) -> Finding | None:
+    th, evidence, steps = run.th, {}, []
+    grads = run.record["grad_norm"]
+    early = run.early("grad_norm")
+    finite = np.flatnonzero(np.isfinite(grads))
+    if finite.size and early > 0:
+        peak = finite[np.argmax(grads[finite])]
+        update = run.record["update_ratio"][peak]
+        if grads[peak] >= th.growth * early and update >= th.wild_update:
+            evidence.update(grad_norm_early=early, grad_norm_peak=grads[peak],
+                            peak_step=int(run.steps[peak]), growth=grads[peak] / early,
+                            update_ratio_at_peak=update, wild_update=th.wild_update)
+            steps.append(int(run.steps[peak]))
+    layers = run.record.meta.get("layers", [])
+    if len(layers) >= 2:
+        rms = np.array([run.median(f"grad_norm:{layer['name']}") / math.sqrt(layer["numel"])
+                        for layer in layers])
+        ratio = np.nanmax(rms[:-1] / rms[-1]) if rms[-1] > 0 else math.nan
+        if ratio >= th.exploding_ratio:
+            evidence.update(depth_ratio=ratio, exploding_ratio=th.exploding_ratio)
+    if run.broken_at is not None:
+        evidence["non_finite_step"] = run.broken_at
+        steps.append(run.broken_at)
+    if not evidence:
+        return None
+    parts = []
+    if "non_finite_step" in evidence:
+        parts.append(f"the loss or gradient became non-finite at step {run.broken_at}")
+    if "growth" in evidence:
+        parts.append(f"the gradient norm grew {evidence['growth']:.2g}× from {early:.3g}")
+    if "depth_ratio" in evidence:
+        parts.append(f"per parameter, early layers get {evidence['depth_ratio']:.2g}× the "
+                     "gradient of the last")
+    strength = max(evidence.get("growth", 0) / th.growth,
+                   evidence.get("depth_ratio", 0) / th.exploding_ratio, 1.0)
+    return Finding("exploding_gradients", "critical", "; ".join(parts), evidence,
+                   sorted(steps), strength)
+
+
+def symmetric_init(run: Run) -> Finding | None:
+    th, found = run.th, {}
+    for layer in run.record.meta.get("layers", []):
+        spread = run.record[f"row_spread:{layer['name']}"]
+        spread = spread[~np.isnan(spread)]
+        if layer.get("units", 0) >= 2 and spread.size and spread[-1] <= th.symmetric_spread:
+            found[layer["name"]] = float(spread[-1])
+    if not found:
+        return None
+    return Finding("symmetric_init", "critical",
+                   f"every unit of layer(s) {', '.join(found)} has the same incoming weights "
+                   f"(row spread {max(found.values()):.2g}) at the end of the run",
+                   {"row_spread": found, "symmetric_spread": th.symmetric_spread},
+                   [int(run.steps[-1])], 1.0)
+
+
+def saturation(run: Run) -> Finding | None:
+    return _activation(run, "saturation", run.th.saturated, "of the outputs are saturated")
+
+
+def dead_relus(run: Run) -> Finding | None:
+    return _activation(run, "dead", run.th.dead, "of the units are dead")
+
+
+def _activation(run: Run, kind: str, threshold: float, words: str) -> Finding | None:
+    found = {site: run.median(values) for site, values in run.record.per_site(kind).items()}
+    found = {site: value for site, value in found.items() if value >= threshold}
+    if not found:
+        return None
+    worst = max(found, key=found.get)
+    name = "saturation" if kind == "saturation" else "dead_relus"
+    return Finding(name, "warning",
+                   f"at site {worst}, {found[worst]:.0%} {words} (median over the final window)",
+                   {"sites": found, "threshold": threshold}, run.window_steps(),
+                   found[worst] / threshold)
+
+
+RULES = (exploding_gradients, lr_too_large, symmetric_init, vanishing_gradients, saturation,
+         dead_relus, narrow_valley, saddle, poor_minimum, lr_too_small, overfitting)

@@ -1,0 +1,190 @@
+"""Curvature on a held batch: sharpness against the optimiser's stability limit, λ_min, noise.
+
+What is hard: the numbers only mean something next to the optimiser that produced the run. On a
+quadratic with curvature λ, gradient descent with rate η is stable iff ηλ < 2; heavy-ball momentum
+μ (PyTorch SGD, dampening d) iff η(1−d)λ < 2(1+μ); Nesterov iff ηλ < 2(1+μ)/(1+2μ). Adaptive
+methods are heavy-ball methods on a preconditioned problem: with P = diag(√v̂ + ε) the relevant
+curvature is λ_max(P⁻¹H) (computed as λ_max(P^-½ H P^-½), a symmetric operator) and Adam's
+limit is 2(1+β₁)/((1−β₁)η), i.e. 38/η at β₁ = 0.9 (Cohen et al., 2022, "Adaptive gradient methods
+at the edge of stability"). *Sharpness* below is that relevant curvature; ``stability_threshold``
+the limit it is compared with. Preconditioners are frozen at the measured step (an approximation:
+v̂ keeps moving).
+
+Gradient noise: the held batch is cut into m equal chunks of b samples with gradients g_i; with
+s² = Σ‖g_i − ḡ‖²/(m−1) ≈ tr Σ / b (Σ the per-sample gradient covariance) and the unbiased
+‖G‖² ≈ ‖ḡ‖² − s²/m, the noise scale B_noise = tr Σ / ‖G‖² (McCandlish et al., 2018) is the batch
+size at which mini-batch noise equals the signal: much smaller batches see mostly noise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from landscope.errors import BadInputError, NonFiniteLossError
+from landscope.linalg import extreme_eigenpairs
+from landscope.objective import Objective
+from landscope.spectrum import spectrum
+
+COLUMNS = ("held_loss", "held_grad_norm", "lambda_max", "lambda_max_residual", "lambda_min",
+           "lambda_min_residual", "sharpness", "stability_threshold", "noise_scale",
+           "curvature_products")
+"""The record columns a curvature measurement fills (NaN where not measured)."""
+
+EIG_TOL = 1e-3
+"""Relative residual tolerance of the eigenvalues: a verdict needs two digits, not eight."""
+
+
+@dataclass(frozen=True)
+class Stability:
+    """The optimiser's stability limit on the (preconditioned) curvature, and how it was derived."""
+
+    threshold: float | None
+    preconditioner: torch.Tensor | None  # P as a flat vector (θ order), or None for P = I
+    rule: str
+
+
+def stability(optimizer: torch.optim.Optimizer, named: dict[str, torch.Tensor],
+              names: list[str]) -> Stability:
+    """The stability limit of ``optimizer`` (first parameter group) on a quadratic.
+
+    ``named`` maps parameter names to the model's tensors and ``names`` gives θ's order, so that
+    the preconditioner can be laid out as a flat vector. Unknown optimisers get ``threshold=None``.
+
+    Examples
+    --------
+    >>> w = torch.nn.Parameter(torch.zeros(2))
+    >>> round(stability(torch.optim.SGD([w], lr=0.1, momentum=0.9), {"w": w}, ["w"]).threshold, 9)
+    38.0
+    """
+    group = optimizer.param_groups[0]
+    lr = float(group["lr"])
+    if lr <= 0:
+        return Stability(math.inf, None, "a zero learning rate is stable at any curvature")
+    if isinstance(optimizer, torch.optim.SGD):
+        mu, damp = group.get("momentum", 0.0), group.get("dampening", 0.0)
+        if group.get("nesterov", False):
+            return Stability((2 + 2 * mu) / ((1 + 2 * mu) * lr), None,
+                             "Nesterov: ηλ < 2(1+μ)/(1+2μ)")
+        return Stability(2 * (1 + mu) / ((1 - damp) * lr), None, "heavy ball: η(1−d)λ < 2(1+μ)")
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        beta1, beta2 = group["betas"]
+        key = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
+        P = _preconditioner(optimizer, named, names, lambda s: (
+            s[key] / (1 - beta2 ** float(s["step"]))).sqrt() + group["eps"])
+        return Stability(2 * (1 + beta1) / ((1 - beta1) * lr), P,
+                         "Adam: λ(P⁻¹H) < 2(1+β₁)/((1−β₁)η)")
+    if isinstance(optimizer, torch.optim.RMSprop):
+        mu = group.get("momentum", 0.0)
+
+        def root(s):
+            v = s["square_avg"] - s["grad_avg"] ** 2 if group.get("centered") else s["square_avg"]
+            return v.sqrt() + group["eps"]
+
+        P = _preconditioner(optimizer, named, names, root)
+        return Stability(2 * (1 + mu) / lr, P, "RMSprop: ηλ(P⁻¹H) < 2(1+μ)")
+    return Stability(None, None, f"no stability rule for {type(optimizer).__name__}")
+
+
+def measure(model: torch.nn.Module, loss_fn, held: tuple[torch.Tensor, torch.Tensor],
+            optimizer: torch.optim.Optimizer, *, smallest: bool, max_products: int,
+            noise_chunks: int = 4, seed: int = 0) -> dict:
+    """Curvature and noise of the loss on the held batch at the model's current weights.
+
+    Parameters
+    ----------
+    model, loss_fn, held: the network, ``loss_fn(output, target)`` (batch mean) and ``(X, y)``.
+    optimizer: the run's optimiser: its stability limit and (Adam, RMSprop) preconditioner.
+    smallest: also compute λ_min (the loss has stalled) besides λ_max.
+    max_products: Hessian-vector product budget of each Lanczos run.
+    noise_chunks: the held batch is cut into this many chunks for the gradient noise.
+
+    Returns
+    -------
+    A dict with every name in :data:`COLUMNS` (NaN where not computed) plus ``seconds``, ``rule``
+    and ``note``. Never changes the model or the global RNG (the Objective guarantees it; Lanczos
+    draws from its own seeded generator).
+
+    Examples
+    --------
+    >>> net = torch.nn.Linear(3, 2)
+    >>> X, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> out = measure(net, torch.nn.functional.cross_entropy, (X, y), opt, smallest=True,
+    ...               max_products=50)
+    >>> out["lambda_min"] <= out["lambda_max"], out["stability_threshold"]
+    (True, 20.0)
+    """
+    start = time.perf_counter()
+    out = dict.fromkeys(COLUMNS, math.nan)
+    mode = "train" if model.training else "eval"
+    obj = Objective.from_model(model, loss_fn, held, mode=mode)
+    try:
+        loss, grad = obj.value_and_grad()
+    except NonFiniteLossError as error:
+        return {**out, "seconds": time.perf_counter() - start, "rule": None, "note": str(error)}
+    out["held_loss"], out["held_grad_norm"] = loss.item(), grad.norm().item()
+    spec = spectrum(obj, k=1, which="both" if smallest else "largest", tol=EIG_TOL,
+                    max_products=max_products, seed=seed)
+    out["lambda_max"] = spec.largest.values[0].item()
+    out["lambda_max_residual"] = spec.largest.residuals[0].item()
+    if smallest:
+        out["lambda_min"] = spec.smallest.values[0].item()
+        out["lambda_min_residual"] = spec.smallest.residuals[0].item()
+    named = dict(model.named_parameters())
+    stab = stability(optimizer, named, obj.info["parameters"])
+    out["stability_threshold"] = math.nan if stab.threshold is None else stab.threshold
+    out["sharpness"] = out["lambda_max"]
+    products = obj.counts["hvp"]
+    if stab.preconditioner is not None:
+        scale = stab.preconditioner.to(obj.device, obj.dtype).rsqrt()[:, None]
+        result = extreme_eigenpairs(lambda V: scale * obj.hvp(scale * V), obj.n, k_largest=1,
+                                    tol=EIG_TOL, max_products=max_products, dtype=obj.dtype,
+                                    device=obj.device, seed=seed)
+        out["sharpness"] = result.largest.values[0].item()
+        products += result.products
+    out["noise_scale"] = _noise_scale(model, loss_fn, held, mode, noise_chunks)
+    out["curvature_products"] = products
+    return {**out, "seconds": time.perf_counter() - start, "rule": stab.rule, "note": ""}
+
+
+def check_held(held, loss_fn) -> None:
+    """Refuse, naming the fix, a held batch that is not ``(X, y)`` or comes without a loss."""
+    if loss_fn is None:
+        raise BadInputError("held=(X, y) needs loss_fn as well: the loss of a batch, "
+                            "loss_fn(model(X), y)")
+    if not (isinstance(held, (tuple, list)) and len(held) == 2
+            and all(isinstance(t, torch.Tensor) for t in held)
+            and held[0].shape[0] == held[1].shape[0]):
+        raise BadInputError("held must be a batch (X, y) of two tensors with the same number of "
+                            "samples (first dimension)")
+
+
+def _noise_scale(model, loss_fn, held, mode: str, chunks: int) -> float:
+    """B_noise = tr Σ / ‖G‖² from ``chunks`` equal chunks of the held batch (module docstring)."""
+    X, y = held
+    b = X.shape[0] // chunks
+    if chunks < 2 or b < 1:
+        return math.nan
+    grads = torch.stack([
+        Objective.from_model(model, loss_fn, (X[i * b:(i + 1) * b], y[i * b:(i + 1) * b]),
+                             mode=mode).grad().double()
+        for i in range(chunks)])
+    mean = grads.mean(0)
+    s2 = ((grads - mean) ** 2).sum().item() / (chunks - 1)
+    signal = mean.pow(2).sum().item() - s2 / chunks
+    return b * s2 / signal if signal > 0 else math.inf
+
+
+def _preconditioner(optimizer, named, names, root) -> torch.Tensor | None:
+    """P as one flat vector in θ order from per-parameter optimiser state, or None if missing."""
+    pieces = []
+    for name in names:
+        state = optimizer.state.get(named[name])
+        if not state or "step" not in state:
+            return None  # before the first step there is no preconditioner yet
+        pieces.append(root(state).detach().reshape(-1).double())
+    return torch.cat(pieces)

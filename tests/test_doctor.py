@@ -1,0 +1,356 @@
+"""The doctor's rules, each on synthetic records just past and just short of its threshold."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import landscope.doctor.doctor as doctor_module
+import landscope.doctor.report as report_module
+from landscope.cli import app
+from landscope.doctor import Thresholds, diagnose
+from landscope.doctor.findings import Finding, rank
+from landscope.doctor.report import report_text
+from landscope.errors import BadInputError
+from landscope.monitor import Monitor
+from landscope.monitor.record import Record
+from landscope.monitor.signals import window_status
+
+TH = Thresholds()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The models trained here are tiny: one thread is faster, and immune to busy machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+N = 200
+STEPS = np.arange(N, dtype=float)
+LAYERS = [{"name": "a", "numel": 100, "units": 4}, {"name": "b", "numel": 25, "units": 5}]
+
+
+def _record(loss=None, layers=(), sites=(), **columns) -> Record:
+    data = {"step": STEPS, "loss": _stalled() if loss is None else loss,
+            "non_finite": np.zeros(N), "lr": np.full(N, 0.1)}
+    data.update({k.replace("__", ":"): np.broadcast_to(np.asarray(v, dtype=float), N).copy()
+                 for k, v in columns.items()})
+    meta = {"settings": {"window": 100, "lower_bound": 0.0}, "layers": list(layers),
+            "sites": list(sites)}
+    return Record(meta, data)
+
+
+def _stalled(level=1.5, start=2.0):
+    """2.0 for 10 steps, down to ``level`` by step 90, then flat: the final window stalls."""
+    return np.concatenate([np.full(10, start), np.linspace(start, level, 80), np.full(110, level)])
+
+
+def _falling():
+    return 2.0 * np.exp(-STEPS / 40)
+
+
+def _curvature(step=150, **values) -> dict:
+    """Curvature columns: NaN everywhere except one measurement at ``step``."""
+    out = {}
+    for name in ("held_loss", "held_grad_norm", "lambda_max", "lambda_min", "sharpness",
+                 "stability_threshold", "lambda_max_residual", "lambda_min_residual",
+                 "noise_scale"):
+        column = np.full(N, np.nan)
+        if name in values:
+            column[step] = values[name]
+        out[name] = column
+    return out
+
+
+def _grad_for_ratio(ratio, rho=1.0, loss=1.5):
+    """The held gradient norm whose descent ratio ‖g‖²/(2ρE) is ``ratio``."""
+    return math.sqrt(ratio * 2 * rho * loss)
+
+
+def _names(record):
+    return diagnose(record).names()
+
+
+# ---------------------------------------------------------------------- the loss curve
+def test_window_status_reads_falling_stalled_and_rising():
+    assert window_status(np.linspace(2, 1, 50), 2.0)[0] == "falling"
+    assert window_status(np.full(50, 1.0), 2.0)[0] == "stalled"
+    assert window_status(np.r_[np.full(25, 1.0), np.full(25, 1.25)], 2.0)[0] == "rising"
+    assert window_status(np.r_[np.full(25, 1.0), np.full(25, 1.15)], 2.0)[0] == "stalled"
+    assert window_status(np.full(5, 1.0), 2.0)[0] == "too_short"
+
+
+def test_a_falling_loss_is_healthy():
+    assert diagnose(_record(_falling(), grad_norm=1.0, grad_cos=0.0)).healthy
+
+
+@pytest.mark.parametrize("cos, fires", [(1.05 * TH.curve.oscillation_cos, True),
+                                        (0.95 * TH.curve.oscillation_cos, False)])
+def test_narrow_valley_at_its_oscillation_threshold(cos, fires):
+    assert ("narrow_valley" in _names(_record(grad_cos=cos, grad_norm=3.0))) is fires
+
+
+@pytest.mark.parametrize("ratio, fires", [(1.05 * TH.critical_ratio, True),
+                                          (0.95 * TH.critical_ratio, False)])
+def test_narrow_valley_needs_a_sliding_point_when_curvature_was_measured(ratio, fires):
+    curv = _curvature(held_loss=1.5, held_grad_norm=_grad_for_ratio(ratio), lambda_max=1.0,
+                      lambda_min=-0.001, sharpness=1.0, stability_threshold=20.0)
+    record = _record(grad_cos=-0.9, grad_norm=3.0, **curv)
+    assert ("narrow_valley" in _names(record)) is fires
+
+
+@pytest.mark.parametrize("share, fires", [(1.05, True), (0.95, False)])
+def test_saddle_at_its_negative_curvature_threshold(share, fires):
+    lam_min = -share * TH.negative_curvature
+    curv = _curvature(held_loss=1.5, held_grad_norm=1e-5, lambda_max=1.0, lambda_min=lam_min,
+                      sharpness=1.0, stability_threshold=20.0)
+    assert ("saddle" in _names(_record(grad_cos=0.0, grad_norm=1e-5, **curv))) is fires
+
+
+@pytest.mark.parametrize("ratio, fires", [(0.95 * TH.critical_ratio, True),
+                                          (1.05 * TH.critical_ratio, False)])
+def test_saddle_needs_a_near_critical_point(ratio, fires):
+    curv = _curvature(held_loss=1.5, held_grad_norm=_grad_for_ratio(ratio), lambda_max=1.0,
+                      lambda_min=-0.5, sharpness=1.0, stability_threshold=20.0)
+    assert ("saddle" in _names(_record(grad_cos=0.0, **curv))) is fires
+
+
+def test_saddle_uses_an_earlier_measurement_if_the_loss_stalled_since():
+    curv = _curvature(step=60, held_loss=1.6, held_grad_norm=1e-6, lambda_max=1.0,
+                      lambda_min=-1.0, sharpness=1.0, stability_threshold=20.0)
+    assert diagnose(_record(np.full(N, 2.0), **curv)).primary.name == "saddle"
+    assert "saddle" not in _names(_record(np.r_[np.full(60, 2.0), 2.0 * np.exp(
+        -np.arange(140) / 30)], **curv))  # it escaped after the measurement
+
+
+@pytest.mark.parametrize("share, fires", [(1.05, True), (0.95, False)])
+def test_poor_minimum_at_its_loss_threshold(share, fires):
+    level = share * TH.poor_fraction * 2.0
+    curv = _curvature(held_loss=level, held_grad_norm=1e-5, lambda_max=1e-3, lambda_min=1e-4,
+                      sharpness=1e-3, stability_threshold=20.0)
+    diagnosis = diagnose(_record(_stalled(level), grad_cos=0.0, **curv))
+    assert ("poor_minimum" in diagnosis.names()) is fires
+    if fires:
+        assert diagnosis.primary.evidence["flat"] is True  # η·λ_max = 1e-4: a flat region
+
+
+@pytest.mark.parametrize("decay, fires", [(0.095, True), (0.105, False)])
+def test_poor_minimum_without_curvature_needs_a_decayed_gradient(decay, fires):
+    grads = np.r_[np.ones(10), np.full(N - 10, decay)]
+    assert ("poor_minimum" in _names(_record(grad_norm=grads, grad_cos=0.0))) is fires
+
+
+@pytest.mark.parametrize("rise, fires", [(1.05, True), (0.95, False)])
+def test_divergence_at_its_rise_threshold(rise, fires):
+    bottom, initial = 0.5, 2.0
+    loss = np.r_[np.full(10, initial), np.linspace(initial, bottom, 60), np.full(60, bottom),
+                 np.full(70, bottom + rise * TH.diverge_rise * initial)]
+    diagnosis = diagnose(_record(loss))
+    assert ("lr_too_large" in diagnosis.names()) is fires
+    if fires:
+        assert diagnosis.primary.severity == "critical"
+        assert 130 <= diagnosis.primary.evidence["divergence_step"] <= 140  # smoothed over 10
+
+
+@pytest.mark.parametrize("over, fires", [(1.02, True), (0.98, False)])
+def test_sharpness_above_the_stability_limit(over, fires):
+    curv = _curvature(held_loss=1.5, held_grad_norm=1.0, lambda_max=over * 20.0, lambda_min=0.0,
+                      sharpness=over * 20.0, stability_threshold=20.0)
+    found = {f.name: f for f in diagnose(_record(grad_cos=0.0, **curv)).findings}
+    assert ("lr_too_large" in found) is fires
+    if fires:
+        assert found["lr_too_large"].severity == "warning"
+
+
+@pytest.mark.parametrize("ratio, fires", [(0.95, True), (1.05, False)])
+def test_lr_too_small_at_its_sharpness_threshold(ratio, fires):
+    creeping = np.linspace(2.0, 1.95, N)
+    curv = _curvature(held_loss=1.96, held_grad_norm=1.0, lambda_max=1.0, lambda_min=-0.1,
+                      sharpness=ratio * TH.small_sharpness * 20.0, stability_threshold=20.0)
+    record = _record(creeping, LAYERS, grad_cos=0.5, grad_norm=1.0, update_ratio__a=1e-2,
+                     update_ratio__b=1e-2, **curv)
+    assert ("lr_too_small" in _names(record)) is fires
+
+
+@pytest.mark.parametrize("ratio, fires", [(0.95, True), (1.05, False)])
+def test_lr_too_small_without_curvature_at_its_update_threshold(ratio, fires):
+    creeping = np.linspace(2.0, 1.95, N)
+    record = _record(creeping, LAYERS, grad_cos=0.5, grad_norm=1.0,
+                     update_ratio__a=ratio * TH.small_update,
+                     update_ratio__b=0.5 * TH.small_update)
+    assert ("lr_too_small" in _names(record)) is fires
+
+
+@pytest.mark.parametrize("rise, fires", [(1.1, True), (0.9, False)])
+def test_overfitting_at_its_validation_threshold(rise, fires):
+    val = np.full(N, np.nan)
+    val[0:200:10] = np.r_[np.linspace(2.0, 1.0, 6), 1.0 + np.linspace(0.01, 1, 14)
+                          * rise * TH.overfit_rise]
+    assert ("overfitting" in _names(_record(_falling(), val_loss=val))) is fires
+
+
+# ---------------------------------------------------------------------- the network
+def _per_layer_rms(ratio):
+    """Gradient norms of layers a (100 parameters) and b (25) with RMS(a)/RMS(b) = ratio."""
+    return {"grad_norm__a": ratio * 10.0, "grad_norm__b": 5.0}
+
+
+@pytest.mark.parametrize("ratio, fires", [(0.95, True), (1.05, False)])
+def test_vanishing_gradients_at_their_depth_threshold(ratio, fires):
+    record = _record(_falling(), LAYERS, **_per_layer_rms(ratio * TH.vanishing_ratio),
+                     update_ratio__a=1e-9, update_ratio__b=1e-3)
+    found = {f.name: f for f in diagnose(record).findings}
+    assert ("vanishing_gradients" in found) is fires
+    if fires:
+        assert found["vanishing_gradients"].severity == "critical"  # and the updates vanish
+
+
+def test_vanishing_gradients_are_a_warning_when_the_optimiser_rescales_the_steps():
+    record = _record(_falling(), LAYERS, **_per_layer_rms(1e-6), update_ratio__a=1e-3,
+                     update_ratio__b=1e-3)
+    assert diagnose(record).primary.severity == "warning"
+
+
+@pytest.mark.parametrize("ratio, fires", [(1.05, True), (0.95, False)])
+def test_exploding_gradients_at_their_depth_threshold(ratio, fires):
+    record = _record(_falling(), LAYERS, **_per_layer_rms(ratio * TH.exploding_ratio))
+    assert ("exploding_gradients" in _names(record)) is fires
+
+
+@pytest.mark.parametrize("update, fires", [(1.05, True), (0.95, False)])
+def test_gradient_growth_counts_only_with_wild_updates(update, fires):
+    grads = np.r_[np.ones(100), np.full(100, 2 * TH.growth)]
+    record = _record(_falling(), grad_norm=grads, update_ratio=update * TH.wild_update)
+    assert ("exploding_gradients" in _names(record)) is fires
+
+
+def test_non_finite_values_are_critical():
+    record = _record(_falling())
+    record.columns["non_finite"][120:] = 1.0
+    record.columns["loss"][120:] = np.nan
+    finding = diagnose(record).primary
+    assert finding.name == "exploding_gradients" and finding.severity == "critical"
+    assert finding.evidence["non_finite_step"] == 120
+
+
+@pytest.mark.parametrize("spread, fires", [(0.95, True), (1.05, False)])
+def test_symmetric_initialisation_at_its_spread_threshold(spread, fires):
+    column = np.full(N, np.nan)
+    column[-1] = spread * TH.symmetric_spread
+    one_unit = [{"name": "c", "numel": 5, "units": 1}]
+    record = _record(_falling(), LAYERS + one_unit, row_spread__a=column, row_spread__c=0.0)
+    diagnosis = diagnose(record)
+    assert ("symmetric_init" in diagnosis.names()) is fires
+    if fires:
+        assert list(diagnosis.primary.evidence["row_spread"]) == ["a"]  # one unit: no symmetry
+
+
+@pytest.mark.parametrize("kind, name", [("saturation", "saturation"), ("dead", "dead_relus")])
+@pytest.mark.parametrize("share, fires", [(1.02, True), (0.98, False)])
+def test_activation_rules_at_their_thresholds(kind, name, share, fires):
+    threshold = TH.saturated if kind == "saturation" else TH.dead
+    record = _record(_falling(), sites=[{"name": "act", "kind": kind}],
+                     **{f"{kind}__act": share * threshold})
+    assert (name in _names(record)) is fires
+
+
+# ---------------------------------------------------------------------- ranking and report
+def test_a_cause_ranks_before_what_it_explains_and_severity_first():
+    def finding(name, severity, strength=1.0):
+        return Finding(name, severity, "", {}, [], strength)
+
+    ranked = rank([finding("saddle", "warning", 9.0), finding("symmetric_init", "critical"),
+                   finding("overfitting", "warning", 2.0)])
+    assert [f.name for f in ranked] == ["symmetric_init", "overfitting", "saddle"]
+    assert ranked[2].explained_by == "symmetric_init" and ranked[1].explained_by is None
+    ranked = rank([finding("exploding_gradients", "critical", 50.0),
+                   finding("lr_too_large", "critical")])
+    assert [f.name for f in ranked] == ["lr_too_large", "exploding_gradients"]
+    ranked = rank([finding("narrow_valley", "warning"), finding("lr_too_large", "critical")])
+    assert ranked[0].name == "lr_too_large" and ranked[1].explained_by is None
+
+
+def test_report_shows_findings_evidence_and_remedies():
+    curv = _curvature(held_loss=1.5, held_grad_norm=1e-6, lambda_max=1.0, lambda_min=-0.5,
+                      sharpness=1.0, stability_threshold=20.0)
+    text = report_text(diagnose(_record(**curv)), "synthetic")
+    assert "Stopped at a saddle point" in text and "negative-curvature step" in text
+    assert "lambda_min -0.5" in text
+    assert "healthy: no problem found" in report_text(diagnose(_record(_falling())))
+
+
+def test_diagnose_refuses_what_it_cannot_read(tmp_path):
+    with pytest.raises(BadInputError, match="no monitor record"):
+        diagnose(tmp_path)
+    with pytest.raises(BadInputError, match="holds no steps"):
+        diagnose(Record({}, {"step": np.zeros(0)}))
+    with pytest.raises(BadInputError, match="cannot diagnose"):
+        diagnose(42)
+
+
+# ---------------------------------------------------------------------- the command
+runner = CliRunner()
+
+
+def _recorded_run(path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    y = X[:, :3].argmax(1)
+    with Monitor(model, opt, path) as monitor:
+        for _ in range(60):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(X), y)
+            loss.backward()
+            opt.step()
+            monitor.step(loss)
+    return path
+
+
+def test_cli_diagnoses_a_run_directory_and_writes_doctor_json(tmp_path):
+    result = runner.invoke(app, ["doctor", str(_recorded_run(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "healthy: no problem found" in result.output
+    document = json.loads((tmp_path / "doctor.json").read_text())
+    assert document["kind"] == "doctor" and document["diagnosis"]["healthy"] is True
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "either a RUN_DIR or --scenario"),
+    (["--remedy", "somewhere"], "--scenario runs only"),
+    (["--scenario", "no_such_scenario"], "no scenario 'no_such_scenario'"),
+    (["nowhere"], "no monitor record"),
+])
+def test_cli_bad_usage_exits_2(args, message):
+    result = runner.invoke(app, ["doctor", *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_cli_refuses_a_record_of_another_schema_version(tmp_path):
+    _recorded_run(tmp_path)
+    header = json.loads((tmp_path / "monitor.json").read_text())
+    header["schema_version"] = 0
+    (tmp_path / "monitor.json").write_text(json.dumps(header))
+    result = runner.invoke(app, ["doctor", str(tmp_path)])
+    assert result.exit_code == 2 and "schema version 0" in result.output
+
+
+def test_cli_lists_the_scenarios():
+    result = runner.invoke(app, ["doctor", "--list-scenarios"])
+    assert result.exit_code == 0 and "vanishing" in result.output and "saddle" in result.output
+
+
+@pytest.mark.parametrize("module", [doctor_module, report_module])
+def test_docstring_examples_run(module):
+    assert doctest.testmod(module).failed == 0

@@ -1,0 +1,524 @@
+"""The Monitor: every recorded number against a manual computation, and it only observes."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import landscope.monitor.callbacks as callbacks_module
+import landscope.monitor.curvature as curvature_module
+import landscope.monitor.monitor as monitor_module
+import landscope.monitor.record as record_module
+import landscope.monitor.signals as signals_module
+import landscope.monitor.stats as stats_module
+from landscope.errors import BadInputError
+from landscope.monitor import Monitor, read_record
+from landscope.monitor.callbacks import HuggingFaceHooks, LightningHooks
+from landscope.monitor.curvature import measure, stability
+from landscope.monitor.stats import dead_fraction, row_spread, saturation
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one thread is faster, and immune to busy machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _data(n=48, features=6, classes=3, seed=1, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, features, generator=gen, dtype=dtype),
+            torch.randint(0, classes, (n,), generator=gen))
+
+
+def _net(seed=0, activation=nn.ReLU, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), activation(), nn.Linear(5, 4), nn.Sigmoid(),
+                         nn.Linear(4, 3)).to(dtype)
+
+
+def _train(model, optimizer, X, y, steps, monitor=None, batch=16, seed=0, inspect=None):
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        index = (torch.arange(len(X)) if batch is None
+                 else torch.randint(0, len(X), (batch,), generator=gen))
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(X[index]), y[index])
+        loss.backward()
+        if inspect is not None:
+            inspect(step)
+        optimizer.step()
+        if monitor is not None:
+            monitor.step(loss)
+
+
+# ---------------------------------------------------------------------- first-order numbers
+def test_gradient_weight_update_and_cosine_columns_match_a_manual_computation(tmp_path):
+    X, y = _data()
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
+    layers = {"0": model[0], "2": model[2], "4": model[4]}
+    seen = []
+
+    def inspect(step):  # gradients and weights exactly as the optimiser is about to use them
+        seen.append({name: (torch.cat([p.grad.reshape(-1) for p in m.parameters()]).clone(),
+                            torch.cat([p.detach().reshape(-1) for p in m.parameters()]).clone())
+                     for name, m in layers.items()})
+
+    with Monitor(model, opt, tmp_path, every=1, check_every=4) as monitor:
+        _train(model, opt, X, y, 6, monitor, inspect=inspect)
+    after = {name: torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+             for name, m in layers.items()}
+    record = read_record(tmp_path)
+    assert record["step"].tolist() == list(range(6))
+    for step in range(6):
+        state = seen[step]
+        following = seen[step + 1] if step + 1 < 6 else {n: (None, after[n]) for n in layers}
+        for name in layers:
+            grad, weight = state[name]
+            update = following[name][1] - weight
+            assert record[f"grad_norm:{name}"][step] == pytest.approx(grad.norm().item(), rel=1e-9)
+            assert record[f"weight_norm:{name}"][step] == pytest.approx(weight.norm().item(),
+                                                                        rel=1e-9)
+            assert record[f"update_ratio:{name}"][step] == pytest.approx(
+                (update.norm() / weight.norm()).item(), rel=1e-8)
+        flat = torch.cat([state[n][0] for n in layers])
+        assert record["grad_norm"][step] == pytest.approx(flat.norm().item(), rel=1e-9)
+        if step == 0:
+            assert math.isnan(record["grad_cos"][0])
+        else:
+            prev = torch.cat([seen[step - 1][n][0] for n in layers])
+            cos = torch.dot(flat, prev) / (flat.norm() * prev.norm())
+            assert record["grad_cos"][step] == pytest.approx(cos.item(), rel=1e-9)
+    assert record["lr"].tolist() == [0.3] * 6
+    assert record["non_finite"].tolist() == [0.0] * 6
+
+
+def test_activation_statistics_match_a_hand_count():
+    X, y = _data()
+    model = _net()
+    with torch.no_grad():
+        model[0].bias[:2] = -100.0  # units 0 and 1 of the ReLU can never fire: dead
+        model[2].weight.mul_(40.0)  # drives the sigmoid into its tails
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    captured = {}
+    model[1].register_forward_hook(lambda m, a, out: captured.__setitem__("relu", out.detach()))
+    model[3].register_forward_hook(lambda m, a, out: captured.__setitem__("sig", out.detach()))
+    with Monitor(model, opt) as monitor:
+        _train(model, opt, X, y, 1, monitor)
+    record = monitor.record
+    relu, sig = captured["relu"], captured["sig"]
+    dead_by_hand = sum(bool((relu[:, j] == 0).all()) for j in range(relu.shape[1])) / 5
+    assert dead_by_hand >= 0.4
+    assert record["dead:1"][0] == pytest.approx(dead_by_hand)
+    derivative = sig * (1 - sig) / 0.25
+    assert record["saturation:3"][0] == pytest.approx((derivative < 0.01).double().mean().item())
+    assert [s["name"] for s in record.meta["sites"]] == ["1", "3"]
+
+
+def test_dead_units_are_channels_of_feature_maps_and_features_of_sequences():
+    maps = torch.ones(2, 3, 4, 4)
+    maps[:, 1] = 0.0  # channel 1 is zero everywhere: dead
+    maps[0, 2, 0, 0] = 0.0  # channel 2 is zero somewhere only: alive
+    assert dead_fraction(maps) == pytest.approx(1 / 3)
+    seq = torch.ones(2, 5, 4)
+    seq[..., 3] = 0.0  # feature 3 of every token of every sequence
+    assert dead_fraction(seq) == pytest.approx(1 / 4)
+
+
+def test_saturation_of_tanh_and_row_spread_by_hand():
+    y = torch.tensor([0.0, 0.9, 0.996, -0.999])
+    assert saturation(y, nn.Tanh()) == pytest.approx(0.5)  # 1 − y² < 0.01 twice
+    W = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    by_hand = (W - W.mean(0)).norm() / W.norm()
+    assert row_spread(W) == pytest.approx(by_hand.item())
+    assert row_spread(torch.zeros(5, 2)) == 0.0
+    assert row_spread(torch.full((3, 2), 0.7)) == 0.0
+
+
+def test_recording_every_k_steps_keeps_consecutive_cosines():
+    X, y = _data()
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads = []
+
+    def inspect(step):
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).clone())
+
+    with Monitor(model, opt, every=3) as monitor:
+        _train(model, opt, X, y, 7, monitor, inspect=inspect)
+    record = monitor.record
+    measured = ~np.isnan(record["grad_norm"])
+    assert measured.tolist() == [True, False, False, True, False, False, True]
+    assert np.isfinite(record["loss"]).all()
+    for step in (3, 6):
+        cos = torch.dot(grads[step], grads[step - 1]) / (grads[step].norm()
+                                                         * grads[step - 1].norm())
+        assert record["grad_cos"][step] == pytest.approx(cos.item(), rel=1e-9)
+
+
+def test_non_finite_losses_are_flagged_and_missing_ones_are_not():
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, opt) as monitor:
+        for loss in (1.0, None, float("nan"), float("inf")):
+            monitor.step(loss)
+        monitor.log(val_loss=0.5)
+    record = monitor.record
+    assert record["non_finite"][[0, 2, 3]].tolist() == [0.0, 1.0, 1.0]
+    assert math.isnan(record["non_finite"][1]) and math.isnan(record["loss"][1])
+    assert record["val_loss"][3] == 0.5
+
+
+# ---------------------------------------------------------------------- curvature
+def _dense_hessian(model, X, y):
+    names = [n for n, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
+    shapes = [params[n].shape for n in names]
+    sizes = [params[n].numel() for n in names]
+
+    def loss(theta):
+        pieces = dict(zip(names, [t.view(s) for t, s in zip(theta.split(sizes), shapes,
+                                                             strict=True)], strict=True))
+        out = torch.func.functional_call(model, pieces, (X,))
+        return nn.functional.cross_entropy(out, y)
+
+    theta = torch.cat([params[n].detach().reshape(-1) for n in names])
+    return torch.func.hessian(loss)(theta), names
+
+
+def test_curvature_matches_dense_eigh_and_the_noise_scale_a_manual_computation():
+    X, y = _data(n=40)
+    model = _net(activation=nn.Tanh).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    result = measure(model, nn.functional.cross_entropy, (X, y), opt, smallest=True,
+                     max_products=200, noise_chunks=4)
+    H, _ = _dense_hessian(model, X, y)
+    eig = torch.linalg.eigvalsh(H)
+    assert result["lambda_max"] == pytest.approx(eig[-1].item(), rel=1e-6)
+    assert result["lambda_min"] == pytest.approx(eig[0].item(), abs=1e-6 * eig.abs().max().item())
+    assert result["sharpness"] == result["lambda_max"]
+    assert result["stability_threshold"] == pytest.approx(2 * 1.9 / 0.1)
+    chunks = []
+    for i in range(4):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(X[10 * i:10 * i + 10]), y[10 * i:10 * i + 10]).backward()
+        chunks.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).clone())
+    model.zero_grad(set_to_none=True)
+    G = torch.stack(chunks)
+    s2 = ((G - G.mean(0)) ** 2).sum() / 3
+    expected = 10 * s2 / (G.mean(0).pow(2).sum() - s2 / 4)
+    if expected > 0:
+        assert result["noise_scale"] == pytest.approx(expected.item(), rel=1e-8)
+    else:
+        assert result["noise_scale"] == math.inf
+
+
+def test_adam_sharpness_is_the_preconditioned_eigenvalue():
+    X, y = _data(n=40)
+    model = _net(activation=nn.Tanh).eval()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.8, 0.99))
+    _train(model, opt, X, y, 5)
+    result = measure(model, nn.functional.cross_entropy, (X, y), opt, smallest=False,
+                     max_products=200)
+    H, names = _dense_hessian(model, X, y)
+    params = dict(model.named_parameters())
+    P = torch.cat([(opt.state[params[n]]["exp_avg_sq"] / (1 - 0.99 ** 5)).sqrt().reshape(-1)
+                   + 1e-8 for n in names])
+    D = P.rsqrt()
+    expected = torch.linalg.eigvalsh(D[:, None] * H * D[None, :])[-1]
+    assert result["sharpness"] == pytest.approx(expected.item(), rel=1e-5)  # tol 1e-3: O(tol²)
+    assert result["stability_threshold"] == pytest.approx(2 * 1.8 / (0.2 * 0.01))
+
+
+@pytest.mark.parametrize("options", [
+    {"momentum": 0.0}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True},
+    {"momentum": 0.8, "dampening": 0.8},
+])
+def test_stability_limits_separate_convergence_from_divergence_on_a_quadratic(options):
+    """Gradient steps on L = λw²/2 with λ 5% below / above the limit: shrink / grow."""
+    w = nn.Parameter(torch.ones(1, dtype=torch.float64))
+    limit = stability(torch.optim.SGD([w], lr=0.1, **options), {"w": w}, ["w"]).threshold
+    ends = []
+    for lam in (0.95 * limit, 1.05 * limit):
+        v = nn.Parameter(torch.ones(1, dtype=torch.float64))
+        opt = torch.optim.SGD([v], lr=0.1, **options)
+        for _ in range(600):
+            opt.zero_grad()
+            (0.5 * lam * v**2).sum().backward()
+            opt.step()
+        ends.append(abs(v.item()))
+    assert ends[0] < 1e-3 and ends[1] > 1e3
+
+
+def test_adam_limit_is_that_of_heavy_ball_with_dampening():
+    """With a frozen preconditioner Adam is SGD(momentum=β₁, dampening=β₁) on P⁻¹H."""
+    w = nn.Parameter(torch.ones(1))
+    adam = stability(torch.optim.Adam([w], lr=0.1, betas=(0.9, 0.999)), {"w": w}, ["w"])
+    sgd = stability(torch.optim.SGD([w], lr=0.1, momentum=0.9, dampening=0.9), {"w": w}, ["w"])
+    assert adam.threshold == pytest.approx(sgd.threshold)
+    assert adam.preconditioner is None  # no state before the first step
+    assert stability(torch.optim.LBFGS([w]), {"w": w}, ["w"]).threshold is None
+
+
+def test_curvature_is_spent_on_a_stall_only_and_within_the_budget():
+    X, y = _data()
+    held = (X[:32], y[:32])
+    frozen = _net()
+    opt = torch.optim.SGD(frozen.parameters(), lr=0.0)  # the loss cannot fall: a stall
+    with Monitor(frozen, opt, loss_fn=nn.functional.cross_entropy, held=held, window=20,
+                 check_every=10, budget=math.inf) as monitor:
+        _train(frozen, opt, X, y, 60, monitor, batch=None)
+    events = monitor.record.meta["events"]
+    assert [(e["step"], e["reason"]) for e in events] == [(19, "stalled"), (39, "stalled"),
+                                                          (59, "stalled")]  # the cool-down
+    assert np.isfinite(monitor.record["lambda_min"]).sum() == 3
+    with Monitor(frozen, opt, loss_fn=nn.functional.cross_entropy, held=held, window=20,
+                 check_every=10, budget=0.0) as monitor:
+        _train(frozen, opt, X, y, 60, monitor, batch=None)
+    assert len(monitor.record.meta["events"]) == 1  # the first is free, then the budget holds
+    learning = _net()
+    opt = torch.optim.SGD(learning.parameters(), lr=0.5, momentum=0.9)
+    separable = X[:, :3].argmax(1)  # a task the network learns steadily: the loss keeps falling
+    with Monitor(learning, opt, loss_fn=nn.functional.cross_entropy, held=(X, separable),
+                 window=20, check_every=10, budget=math.inf) as monitor:
+        _train(learning, opt, X, separable, 40, monitor, batch=None)
+    assert monitor.record.meta["events"] == []
+
+
+# ---------------------------------------------------------------------- it only observes
+def test_training_is_bit_identical_with_and_without_the_monitor(tmp_path):
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3),
+                             nn.Linear(8, 3)).double()
+
+    X, y = _data()
+    results = []
+    for monitored in (False, True):
+        torch.manual_seed(123)  # dropout draws from the global RNG
+        model = net()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)  # tiny steps: the loss stalls
+        monitor = (Monitor(model, opt, tmp_path, loss_fn=nn.functional.cross_entropy,
+                           held=(X, y), window=10, check_every=5, budget=1.0)
+                   if monitored else None)
+        _train(model, opt, X, y, 30, monitor)
+        if monitor is not None:
+            monitor.close()
+            assert monitor.record.meta["events"], "curvature must have run for this test"
+        results.append((model.state_dict(), torch.get_rng_state(), model.training,
+                        [m.training for m in model.modules()]))
+    (plain, rng_a, mode_a, modes_a), (watched, rng_b, mode_b, modes_b) = results
+    assert plain.keys() == watched.keys()
+    assert all(torch.equal(plain[k], watched[k]) for k in plain)  # parameters and BN buffers
+    assert torch.equal(rng_a, rng_b) and mode_a == mode_b and modes_a == modes_b
+
+
+def test_hooks_are_removed_on_close_and_the_context_manager_closes():
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def hooks():
+        return (sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+                + len(opt._optimizer_step_pre_hooks))
+
+    assert hooks() == 0
+    with Monitor(model, opt, every=2) as monitor:
+        assert hooks() == 3  # the optimiser pre-hook, and two activation sites for step 0
+        _train(model, opt, *_data(), 1, monitor)
+        assert hooks() == 1  # step 1 is not measured: the model runs without hooks
+    assert hooks() == 0
+    monitor.close()  # twice is fine
+    with pytest.raises(BadInputError, match="closed"):
+        monitor.step(1.0)
+
+
+# ---------------------------------------------------------------------- the record
+def test_record_round_trips_and_is_plain_csv(tmp_path):
+    X, y = _data()
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, opt, tmp_path, every=2, check_every=3) as on_disk, \
+            Monitor(model, opt, every=2, check_every=3) as in_memory:  # two watch one run
+        for step in range(7):
+            _train(model, opt, X, y, 1, seed=step)
+            on_disk.step(step + 0.5)
+            in_memory.step(step + 0.5)
+    disk, memory = read_record(tmp_path), in_memory.record
+    assert disk["loss"].tolist() == [step + 0.5 for step in range(7)]
+    assert list(disk.columns) == list(memory.columns) == disk.meta["columns"]
+    for name in disk.columns:
+        np.testing.assert_allclose(disk[name], memory[name], rtol=1e-9, equal_nan=True)
+    lines = (tmp_path / "monitor.csv").read_text().splitlines()
+    assert lines[0].startswith("step,loss,val_loss,lr,non_finite,grad_norm,grad_cos")
+    assert len(lines) == 8
+    assert disk.meta["finished"] is True and disk.meta["steps"] == 7
+    assert [layer["name"] for layer in disk.meta["layers"]] == ["0", "2", "4"]
+
+
+def test_a_new_monitor_replaces_the_record_in_its_directory(tmp_path):
+    X, y = _data()
+    for steps in (5, 3):
+        model = _net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with Monitor(model, opt, tmp_path) as monitor:
+            _train(model, opt, X, y, steps, monitor)
+    assert len(read_record(tmp_path)) == 3
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("schema_version", 99, "schema version 99"),
+    ("record_format", 2, "record format 2"),
+    ("kind", "probe", "not a monitor record"),
+])
+def test_records_of_another_schema_or_format_are_refused(tmp_path, field, value, message):
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, opt, tmp_path) as monitor:
+        monitor.step(1.0)
+    header = json.loads((tmp_path / "monitor.json").read_text())
+    header[field] = value
+    (tmp_path / "monitor.json").write_text(json.dumps(header))
+    with pytest.raises(BadInputError, match=message):
+        read_record(tmp_path)
+
+
+def test_missing_or_mismatched_records_are_refused(tmp_path):
+    with pytest.raises(BadInputError, match="no monitor record"):
+        read_record(tmp_path)
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, opt, tmp_path) as monitor:
+        monitor.step(1.0)
+    table = tmp_path / "monitor.csv"
+    table.write_text(table.read_text().replace("grad_cos", "cosine"))
+    with pytest.raises(BadInputError, match="differ"):
+        read_record(tmp_path)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: (nn.ReLU(), torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), {}),
+     "no trainable parameters"),
+    (lambda: (_net(), "sgd", {}), "torch.optim.Optimizer"),
+    (lambda: ("net", None, {}), "nn.Module"),
+    (lambda: (_net(), None, {"every": 0}), "every=0"),
+    (lambda: (_net(), None, {"held": _data()}), "needs loss_fn"),
+    (lambda: (_net(), None, {"held": torch.zeros(3), "loss_fn": nn.functional.mse_loss}),
+     "two tensors"),
+])
+def test_bad_input_is_refused_with_the_fix(build, message):
+    model, opt, options = build()
+    if opt is None and isinstance(model, nn.Module):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(BadInputError, match=message):
+        Monitor(model, opt, **options)
+
+
+def test_tensorboard_is_optional(tmp_path):
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.warns(RuntimeWarning, match="tensorboard package is not installed"):
+            monitor = Monitor(model, opt, tmp_path, tensorboard=True)
+    else:
+        monitor = Monitor(model, opt, tmp_path, tensorboard=True)
+    with monitor:
+        _train(model, opt, *_data(), 3, monitor)
+    assert len(read_record(tmp_path)) == 3
+
+
+def test_tensorboard_scalars_are_the_measured_values():
+    calls = []
+    writer = SimpleNamespace(add_scalar=lambda *args: calls.append(args))
+    rows = np.array([[0.0, 2.5, np.nan, 0.1], [1.0, 2.0, 1.5, np.nan]])
+    record_module.write_scalars(writer, ["step", "loss", "grad_norm:0", "lr"], rows)
+    assert calls == [("loss", 2.5, 0), ("lr", 0.1, 0), ("loss", 2.0, 1), ("grad_norm/0", 1.5, 1)]
+
+
+# ---------------------------------------------------------------------- framework callbacks
+def test_lightning_hooks_drive_a_monitor(tmp_path):
+    X, y = _data()
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hooks = LightningHooks(tmp_path, every=1)
+    trainer = SimpleNamespace(optimizers=[opt], callback_metrics={"val_loss": torch.tensor(0.7)})
+    hooks.on_train_start(trainer, model)
+    for step in range(3):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(X), y)
+        loss.backward()
+        opt.step()
+        hooks.on_train_batch_end(trainer, model, {"loss": loss}, None, step)
+    hooks.on_validation_epoch_end(trainer, model)
+    hooks.on_train_end(trainer, model)
+    record = read_record(tmp_path)
+    assert len(record) == 3 and np.isfinite(record["grad_norm"]).all()
+    assert record["val_loss"][2] == pytest.approx(0.7)
+
+
+def test_huggingface_hooks_attach_logged_losses(tmp_path):
+    X, y = _data()
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hooks = HuggingFaceHooks(tmp_path, every=1)
+    hooks.on_train_begin(None, None, None, model=model, optimizer=opt)
+    for step in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)  # HF zeroes before on_step_end: the pre-hook saw them
+        hooks.on_step_end(None, None, None)
+        if step % 2 == 1:
+            hooks.on_log(None, None, None, logs={"loss": 1.5 - step / 10})
+    hooks.on_train_end(None, None, None)
+    record = read_record(tmp_path)
+    assert np.isfinite(record["grad_norm"]).all()
+    assert np.isnan(record["loss"][[0, 2]]).all() and record["loss"][3] == pytest.approx(1.2)
+
+
+def test_real_lightning_callback_when_installed(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from landscope.monitor import lightning_callback
+
+    X, y = _data(dtype=torch.float32)
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = _net(dtype=torch.float32)
+
+        def training_step(self, batch, index):
+            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=16)
+    trainer = pl.Trainer(max_steps=6, callbacks=[lightning_callback(tmp_path)], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(Module(), loader)
+    assert len(read_record(tmp_path)) == 6
+
+
+def test_real_huggingface_callback_when_installed():
+    pytest.importorskip("transformers")
+    from landscope.monitor import huggingface_callback
+
+    assert huggingface_callback("unused") is not None
+
+
+@pytest.mark.parametrize("module", [stats_module, signals_module, record_module,
+                                    curvature_module, monitor_module, callbacks_module])
+def test_docstring_examples_run(module):
+    assert doctest.testmod(module).failed == 0
