@@ -154,7 +154,7 @@ def probe(
     """
     if k < 1:
         raise BadInputError(f"k={k}; probe needs at least one eigenpair at each end")
-    theta = obj.theta0 if theta is None else obj._point(theta)
+    theta = obj.point(theta)
     before = dict(obj.counts)
     loss_t, g = obj.value_and_grad(theta)
     loss, grad_norm = loss_t.item(), g.norm().item()

@@ -90,6 +90,7 @@ class Objective:
         self._samples: int | None = None
         self._point_cache: tuple | None = None  # (θ, value, gradient, graph of G or None)
         self._unflatten = lambda theta: {"x": theta}
+        self.model_loss: ModelLoss | None = None  # set by from_model: the model, loss and data
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -179,6 +180,7 @@ class Objective:
                   graph_cache_samples=graph_cache_samples, engine=engine)
         obj.info["unused_parameters"] = loss.unused_parameters(loss.theta0)
         obj._unflatten = loss.unflatten
+        obj.model_loss = loss
         return obj
 
     # ------------------------------------------------------------------ evaluation
@@ -268,6 +270,10 @@ class Objective:
         return self._unflatten(theta)
 
     # ------------------------------------------------------------------ helpers
+    def point(self, theta=None) -> torch.Tensor:
+        """θ checked and moved to this objective's dtype and device (default: ``theta0``)."""
+        return self.theta0 if theta is None else self._point(theta)
+
     def _point(self, theta) -> torch.Tensor:
         if theta is None:
             return self.theta0

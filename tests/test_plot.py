@@ -1,0 +1,149 @@
+"""Pictures of surfaces and Taylor profiles; the `surface` and `plot` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from landscope import BadInputError, Objective  # noqa: E402
+from landscope import directions as D  # noqa: E402
+from landscope.adaptive import adaptive_surface  # noqa: E402
+from landscope.cli import app  # noqa: E402
+from landscope.plot import contour, html, profile, render, surface3d, taylor_plot  # noqa: E402
+from landscope.surface import Surface, surface  # noqa: E402
+from landscope.taylor import taylor  # noqa: E402
+
+FIXTURE = str(Path(__file__).parent / "fixtures" / "user_net.py")
+PLANE = D.frame(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+
+
+def _saddle():
+    return Objective.from_function(lambda x: x[0]**2 - x[1]**2 + 2.0, [0.0, 0.0])
+
+
+def test_contour_draws_values_trajectory_and_fidelity():
+    path = torch.tensor([[-0.8, 0.5], [-0.4, 0.2], [0.0, 0.0]], dtype=torch.float64)
+    s = surface(_saddle(), PLANE, steps=11, trajectory=path)
+    fig = contour(s)
+    ax = fig.axes[0]
+    lines = {tuple(np.round(line.get_xydata()[:, 0], 6)) for line in ax.get_lines()}
+    assert (-0.8, -0.4, 0.0) in lines  # the projected trajectory
+    assert "100.0 % of its variance" in ax.get_legend().get_title().get_text()
+    levels = ax.collections[0].levels
+    assert levels[0] == pytest.approx(s.values.min()) and levels[-1] == pytest.approx(
+        s.values.max())
+    logged = contour(s, log=True).axes[0].collections[0].levels
+    assert np.allclose(np.diff(np.log(logged)), np.log(logged[1] / logged[0]))  # geometric
+
+
+def test_budgeted_contour_shows_the_error_and_the_evaluated_points():
+    s = adaptive_surface(_saddle(), PLANE, steps=17, rel_tol=0.05)
+    fig = contour(s)
+    assert len(fig.axes) == 4  # contour, its colour bar, the error map and its colour bar
+    dots = [line for line in fig.axes[2].get_lines() if line.get_label() == "evaluated"]
+    assert len(dots[0].get_xdata()) == int(s.evaluated.sum())
+
+
+def test_every_format_is_written(tmp_path):
+    s = surface(_saddle(), PLANE, steps=7)
+    paths = render(s, tmp_path, formats=("png", "svg"), log=True)
+    names = sorted(p.name for p in paths)
+    assert names == ["surface-3d.png", "surface-3d.svg", "surface-contour.png",
+                     "surface-contour.svg", "surface.html"]
+    assert (tmp_path / "surface-contour.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (tmp_path / "surface-3d.svg").read_text()[:400]
+    page = (tmp_path / "surface.html").read_text()
+    assert "plotly" in page and '"type":"surface"' in page and '"type":"contour"' in page
+    line = surface(_saddle(), PLANE.directions[0].vector, steps=7)
+    assert [p.name for p in render(line, tmp_path, name="line", interactive=False)] == [
+        "line-profile.png"]
+    assert surface3d(s).axes[0].name == "3d"
+    assert html(line, tmp_path / "line.html", cdn=True).stat().st_size < 100_000
+
+
+def test_profile_and_taylor_plot():
+    obj = _saddle()
+    s = adaptive_surface(obj, PLANE.directions[0].vector, steps=33)
+    ax = profile(s).axes[0]
+    assert ax.get_lines()[0].get_ydata().tolist() == s.values.tolist()
+    p = taylor(Objective.from_function(lambda x: (x**2).sum() + x[0]**3, [1.0, 1.0]), steps=9)
+    ax = taylor_plot(p).axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels[:3] == ["real loss", "first order  L + t·gᵀd", "second order  + ½t²·dᵀHd"]
+    assert any(label.startswith("t* = ") for label in labels)
+    assert ax.get_xlabel() == "t (learning rate)"
+
+
+def test_plots_refuse_the_wrong_surface():
+    s = surface(_saddle(), PLANE, steps=5)
+    with pytest.raises(BadInputError, match="needs a 1-D surface"):
+        profile(s)
+    s.values[0, 0] = np.nan
+    with pytest.raises(BadInputError, match="incomplete"):
+        contour(s)
+
+
+runner = CliRunner()
+
+
+def test_cli_surface_then_plot(tmp_path):
+    model = ["--model", f"{FIXTURE}:model", "--data", f"{FIXTURE}:data", "--dtype", "float64"]
+    result = runner.invoke(app, ["surface", *model, "--steps", "9", "--spread", "2",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "surface.json").read_text())
+    assert document["kind"] == "surface" and document["schema_version"] == 1
+    assert document["meta"]["frame"]["directions"][0]["normalisation"] == "filter"
+    assert len(document["surface"]["fidelity"]["seed_spread"]["ranges"]) == 2
+    saved = Surface.load(tmp_path / "surface.npz")
+    assert saved.values.shape == (9, 9) and not (tmp_path / "surface.partial.npz").exists()
+    for name in ("surface-contour.png", "surface-3d.png", "surface.html"):
+        assert (tmp_path / name).stat().st_size > 1000
+    redraw = runner.invoke(app, ["plot", str(tmp_path / "surface.npz"), "--out",
+                                 str(tmp_path / "again"), "--format", "svg", "--log"])
+    assert redraw.exit_code == 0, redraw.output
+    assert (tmp_path / "again" / "surface-contour.svg").exists()
+
+
+def test_cli_gradient_line_with_taylor_and_budgeted_plane(tmp_path):
+    model = ["--model", f"{FIXTURE}:model", "--data", f"{FIXTURE}:data"]
+    result = runner.invoke(app, ["surface", *model, "--directions", "gradient", "--dims", "1",
+                                 "--steps", "9", "--out", str(tmp_path / "line")])
+    assert result.exit_code == 0, result.output
+    fidelity = json.loads((tmp_path / "line" / "surface.json").read_text())["surface"]
+    assert (tmp_path / "line" / "taylor.png").exists() and "t* =" in result.output
+    assert fidelity["shape"] == [9]
+    checkpoints = []
+    for i in range(3):
+        net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+        checkpoints.append(tmp_path / f"ckpt-{i}.pt")
+        torch.save(net.state_dict(), checkpoints[-1])
+    result = runner.invoke(app, ["surface", *model, "--budget", "--steps", "17", "--trajectory",
+                                 str(tmp_path / "ckpt-*.pt"), "--out", str(tmp_path / "plane")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "plane" / "surface.json").read_text())["surface"]
+    assert summary["trajectory"]["points"] == 3 and "max_error" in summary
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--directions", "pca"], "needs a training path"),
+    (["--format", "jpg"], "use png or svg"),
+    (["--directions", "gradient"], "use --dims 1"),
+    (["--bn", "recompute"], "no BatchNorm layer"),
+    (["--trajectory", "no-such-*.pt"], "matches no file"),
+])
+def test_cli_bad_input_exits_2(tmp_path, args, message):
+    result = runner.invoke(app, ["surface", "--model", f"{FIXTURE}:model", "--data",
+                                 f"{FIXTURE}:data", "--steps", "3", "--out", str(tmp_path),
+                                 *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output.replace("\n", " ")
