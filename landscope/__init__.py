@@ -12,6 +12,7 @@ import sys as _sys
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from landscope import doctor, functions, monitor, optim, race  # noqa: E402
 from landscope.critical import KINDS, Probe, probe  # noqa: E402
 from landscope.errors import (  # noqa: E402
     BadInputError,
@@ -35,7 +36,12 @@ __all__ = [
     "Trace",
     "__version__",
     "density",
+    "doctor",
+    "functions",
+    "monitor",
+    "optim",
     "probe",
+    "race",
     "spectrum",
     "trace",
 ]

@@ -80,9 +80,21 @@ def probe(
 def demo(
     out: Path = typer.Option(Path("landscope-out"), help="Directory for the results."),
 ):
-    """Train the built-in MLP on the digits and probe where training stopped."""
-    _guard(lambda: _probe(None, None, None, "cross_entropy", None, None, Mode.eval, 5, None,
-                          None, 0, out))
+    """The main job on the built-in default: train the MLP on the digits and probe where training
+    stopped; draw the landscape around it with the training path; race optimisers away from a
+    saddle; diagnose the seed's 10-layer sigmoid network."""
+
+    def work():
+        _probe(None, None, None, "cross_entropy", None, None, Mode.eval, 5, None, None, 0, out)
+        console.rule("surface: the plane of the training path (PCA), with the path drawn on it")
+        _surface(kind="pca", steps=31, out=out)
+        console.rule("race: who escapes the saddle of x² − y²?")
+        _race(functions="saddle", starts=8, steps=150, strategies=False,
+              optimizers="gd,momentum,adam,newton,saddle_free_newton,perturbed_gd", out=out)
+        console.rule("doctor: a 10-layer sigmoid MLP that does not learn")
+        _doctor(None, "vanishing", False, False, out, 0)
+
+    _guard(work)
 
 
 # ---------------------------------------------------------------------- implementation
@@ -92,7 +104,7 @@ def _probe(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, k,
     if model_spec is None:
         if checkpoint is not None:
             raise BadInputError("--checkpoint needs --model: the checkpoint's architecture")
-        net = _default_trained(out)
+        net, _ = _default_trained(out)
         data = _load_data(data_spec or "digits", torch.float32)
     else:
         if data_spec is None:
@@ -115,26 +127,6 @@ def _probe(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, k,
     path = io.write_result(out, "probe", {"probe": result.to_dict(), "seconds": seconds,
                                           "command": " ".join(sys.argv)})
     console.print(f"written: {path}")
-
-
-def _default_trained(out: Path) -> torch.nn.Module:
-    """The default MLP trained on the digits; the checkpoint in ``out`` makes reruns instant."""
-    net = default.default_model()
-    path = out / f"default-mlp-64-{default.HIDDEN}-10-tanh-e{default.EPOCHS}.pt"
-    if path.exists():
-        console.print(f"reusing the trained default model in {path}")
-        return io.load_into(net, path).eval()
-    X, y = default.digits()
-    with Progress(TextColumn("training the default MLP on the digits"), BarColumn(),
-                  TextColumn("epoch {task.completed}/{task.total} loss {task.fields[loss]}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("train", total=default.EPOCHS, loss="…")
-        default.train(net, X, y, on_epoch=lambda e, l: bar.update(task, completed=e,
-                                                                   loss=f"{l:.4f}"))
-    io.save_state_dict(net, path)
-    console.print(f"trained the default MLP 64-32-10 (tanh) for {default.EPOCHS} epochs of Adam; "
-                  f"checkpoint: {path}")
-    return net
 
 
 def _load_data(spec: str, dtype):
@@ -334,7 +326,7 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
     if model is None:
         if checkpoint is not None:
             raise BadInputError("--checkpoint needs --model: the checkpoint's architecture")
-        net, path = _default_with_path(out)
+        net, path = _default_trained(out)
         data = _load_data(data_spec or "digits", torch.float32)
     else:
         if data_spec is None:
@@ -373,6 +365,8 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
         profile = taylor(obj, frame, steps=steps)
         common["span"] = (float(profile.t[0]), float(profile.t[-1]))
     if budget:
+        if bn != "eval":
+            raise BadInputError("--bn recompute is not available with --budget; use --full")
         surf = adaptive_surface(obj, frame, budget=budget_fraction, samples=samples, **common)
     else:
         surf = grid_surface(obj, frame, bn=bn, **common)
@@ -404,19 +398,25 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
         console.print(f"written: {f}")
 
 
-def _default_with_path(out: Path):
-    """The default MLP trained on the digits, with θ recorded after every epoch (reused)."""
+def _default_trained(out: Path):
+    """The default MLP trained on the digits, and θ after every epoch (its training path).
+
+    Both are kept in ``out``, so a rerun (of probe, surface or demo) reuses them.
+    """
     net = default.default_model()
-    path_file = out / f"default-mlp-64-{default.HIDDEN}-10-tanh-e{default.EPOCHS}-path.pt"
+    stem = f"default-mlp-64-{default.HIDDEN}-10-tanh-e{default.EPOCHS}"
+    path_file = out / f"{stem}-path.pt"
     if path_file.exists():
+        console.print(f"reusing the trained default model in {path_file}")
         path = torch.load(path_file, weights_only=True)
     else:
         X, y = default.digits()
+
         def flat():
             return torch.nn.utils.parameters_to_vector(net.parameters()).detach().clone()
 
         points = [flat()]
-        with Progress(TextColumn("training the default MLP, recording its path"), BarColumn(),
+        with Progress(TextColumn("training the default MLP on the digits"), BarColumn(),
                       TextColumn("epoch {task.completed}/{task.total}"), console=console,
                       transient=True) as bar:
             task = bar.add_task("train", total=default.EPOCHS)
@@ -431,13 +431,19 @@ def _default_with_path(out: Path):
         temporary = path_file.with_name(f".{path_file.name}.tmp")
         torch.save(path, temporary)
         temporary.replace(path_file)
+        io.save_state_dict(net, out / f"{stem}.pt")
+        console.print(f"trained the default MLP 64-32-10 (tanh) for {default.EPOCHS} epochs of "
+                      f"Adam; weights and training path in {out}")
     torch.nn.utils.vector_to_parameters(path[-1], net.parameters())
     return net.eval(), path
 
 
 def _load_trajectory(spec: str):
     """A (T, n) tensor from one .pt file, or state dicts from a sorted glob of checkpoints."""
-    files = sorted(Path().glob(spec)) if any(c in spec for c in "*?[") else [Path(spec)]
+    import glob
+
+    magic = any(c in spec for c in "*?[")
+    files = [Path(f) for f in sorted(glob.glob(spec))] if magic else [Path(spec)]
     if not files or not all(f.is_file() for f in files):
         raise BadInputError(f"--trajectory {spec!r} matches no file")
     if len(files) == 1:
@@ -465,7 +471,8 @@ def _surface_table(summary: dict, surf, seconds: float) -> None:
     table = Table(title="loss surface", show_header=False)
     table.add_row("grid", " × ".join(map(str, summary["shape"])) +
                   f", {surf.meta['points_evaluated']} points evaluated in {seconds:.1f} s")
-    table.add_row("loss range", f"{summary['min']:.5g} … {summary['max']:.5g}")
+    table.add_row("loss range", f"{summary['min']:.5g} … {summary['max']:.5g}" + (
+        f" (centre {summary['centre_value']:.5g})" if "centre_value" in summary else ""))
     table.add_row("lowest at", ", ".join(f"{x:.3g}" for x in summary["argmin"]))
     if "max_error" in summary:
         table.add_row("budgeted", f"cost {surf.meta['cost_ratio']:.1%} of the full grid, stated "
@@ -486,3 +493,160 @@ def _surface_table(summary: dict, surf, seconds: float) -> None:
                                      f"{t['predicted_decrease']:.3g}, real "
                                      f"{t['real_decrease']:.3g}")
     console.print(table)
+
+
+# ---------------------------------------------------------------------- doctor (issue 5)
+@app.command()
+def doctor(
+    run_dir: Path = typer.Argument(None, help="A run directory recorded by landscope.Monitor "
+                                   "(it holds monitor.json and monitor.csv)."),
+    scenario: str = typer.Option(None, help="Train a built-in scenario (see --list-scenarios) "
+                                 "under a Monitor and diagnose it."),
+    remedy: bool = typer.Option(False, "--remedy", help="With --scenario: train the remedied "
+                                "twin instead, which the doctor should pass."),
+    list_scenarios: bool = typer.Option(False, "--list-scenarios", help="List the scenarios, "
+                                        "what each shows and its remedy, then exit."),
+    out: Path = typer.Option(Path("landscope-out"), help="With --scenario: the run directory "
+                             "goes to OUT/doctor-NAME (or OUT/doctor-NAME-remedy)."),
+    seed: int = typer.Option(0, help="With --scenario: seed of the initialisation and batches."),
+):
+    """Diagnose a training run: what went wrong, the numbers that show it, and what to do.
+    Writes doctor.json into the run directory; exits 0 whether or not problems were found."""
+    _guard(lambda: _doctor(run_dir, scenario, remedy, list_scenarios, out, seed))
+
+
+def _doctor(run_dir, scenario, remedy, list_scenarios, out: Path, seed: int):
+    from rich.table import Table
+
+    from landscope.doctor import diagnose
+    from landscope.doctor.report import diagnosis_report
+    from landscope.doctor.scenarios import SCENARIOS, run_scenario
+
+    if list_scenarios:
+        table = Table("scenario", "what it trains", "expected finding", "remedy (--remedy)")
+        for s in SCENARIOS.values():
+            table.add_row(s.name, s.description, s.expect or "none", s.remedy or "—")
+        console.print(table)
+        return
+    if (run_dir is None) == (scenario is None):
+        raise BadInputError("give either a RUN_DIR or --scenario NAME (see --list-scenarios)")
+    if remedy and scenario is None:
+        raise BadInputError("--remedy applies to --scenario runs only")
+    title = f"landscope doctor · {run_dir}"
+    if scenario is not None:
+        run_dir = out / f"doctor-{scenario}{'-remedy' if remedy else ''}"
+        with console.status(f"training scenario {scenario}{' (remedied)' if remedy else ''}"):
+            run_scenario(scenario, run_dir, remedy=remedy, seed=seed)
+        title = f"landscope doctor · scenario {scenario}{' (remedied)' if remedy else ''}"
+    diagnosis = diagnose(run_dir)
+    console.print(diagnosis_report(diagnosis, title))
+    path = io.write_result(run_dir, "doctor", {"diagnosis": diagnosis.to_dict(),
+                                               "command": " ".join(sys.argv)}, name="doctor.json")
+    console.print(f"written: {path}")
+
+
+# ---------------------------------------------------------------------- race (issue 4)
+@app.command()
+def race(
+    functions: str = typer.Option("saddle,six_hump_camel,rosenbrock", help="Comma-separated "
+                                  "zoo functions (see --list)."),
+    optimizers: str = typer.Option("all", help="Comma-separated optimisers (see --list; any "
+                                   "torch.optim class name works too), or 'all'."),
+    starts: int = typer.Option(32, min=1, help="Seeded starts per optimiser and function."),
+    steps: int = typer.Option(300, min=1, help="Steps per run."),
+    start: str = typer.Option("auto", help="uniform (in the function's box), saddle (next to "
+                              "its first saddle), or auto (saddle when f has no minimum)."),
+    tune: int = typer.Option(3, min=1, help="Learning rates tried per optimiser (its default "
+                             "× 10^linspace(-1, 1, TUNE)) on separate starts; 1 = no tuning."),
+    tune_starts: int = typer.Option(8, min=1, help="Starts used for tuning."),
+    noise: float = typer.Option(0.0, min=0.0, help="Std of zero-mean Gaussian noise added to "
+                                "every gradient (mimics mini-batches)."),
+    tol: float = typer.Option(1e-6, help="f − f* ≤ tol·max(1, |f*|) counts as the global "
+                              "minimum."),
+    strategies: bool = typer.Option(True, "--strategies/--no-strategies", help="Also run "
+                                    "multi-start, annealing and the genetic algorithm."),
+    strategy_runs: int = typer.Option(8, min=1, help="Seeded runs of each global strategy."),
+    pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Write a PNG and an "
+                                  "interactive HTML page per 2-D function."),
+    seed: int = typer.Option(0, help="Seed of everything random: the race is bit-reproducible."),
+    list_names: bool = typer.Option(False, "--list", help="List the functions and optimisers, "
+                                    "then exit."),
+    out: Path = typer.Option(Path("landscope-out"), help="Directory for race.json, "
+                             "race-summary.csv, race-runs.csv and the pictures."),
+):
+    """Race optimisers on landscapes with known answers: success rate, steps and evaluations
+    to the global minimum (or to escape a saddle), where each run ended and what kind of point
+    that is, divergences — with the same starts and tuning budget for every optimiser."""
+    _guard(lambda: _race(functions=functions, optimizers=optimizers, starts=starts, steps=steps,
+                         start=start, tune=tune, tune_starts=tune_starts, noise=noise, tol=tol,
+                         strategies=strategies, strategy_runs=strategy_runs, pictures=pictures,
+                         seed=seed, list_names=list_names, out=out))
+
+
+def _race(*, functions="saddle,six_hump_camel,rosenbrock", optimizers="all", starts=32,
+          steps=300, start="auto", tune=3, tune_starts=8, noise=0.0, tol=1e-6, strategies=True,
+          strategy_runs=8, pictures=True, seed=0, list_names=False, out=Path("landscope-out")):
+    """The work of `landscope race` (the demo calls it with a small race)."""
+    from rich.table import Table
+
+    from landscope import functions as zoo
+    from landscope import optim
+    from landscope.race import race as run_race
+
+    if list_names:
+        table = Table("function", "what it is")
+        for name in zoo.NAMES:
+            table.add_row(name, zoo.describe(name))
+        console.print(table)
+        table = Table("optimiser", "lr", "what it is")
+        for r in optim.RECIPES.values():
+            table.add_row(r.name, f"{r.lr:g}", r.description)
+        console.print(table)
+        return
+    names = [n.strip() for n in optimizers.split(",") if n.strip()]
+    chosen = optim.NAMES if names == ["all"] else names
+    with console.status("racing") as status:
+        result = run_race([f.strip() for f in functions.split(",") if f.strip()], chosen,
+                          starts=starts, steps=steps, start=start, tune=tune,
+                          tune_starts=tune_starts, noise=noise, tol=tol,
+                          strategies=optim.STRATEGIES if strategies else (),
+                          strategy_runs=strategy_runs, seed=seed,
+                          progress=lambda message: status.update(f"racing · {message}"))
+    console.print(f"landscope race · {starts} starts · {steps} steps · tune {tune} · "
+                  f"noise {noise:g} · seed {seed}")
+    short = {"local_min": "min", "local_max": "max", "not_critical": "none",
+             "degenerate": "degen"}
+    for name in result.functions:
+        rows = [row for row in result.summary if row["function"] == name]
+        table = Table("optimiser", "lr", "success", "steps", "evals", "diverged", "ended at",
+                      title=f"{name} — goal: {rows[0]['goal']} (medians over successes)")
+        for row in rows:
+            ends = row["ends"]
+            for long, brief in short.items():
+                ends = ends.replace(long, brief)
+            table.add_row(row["optimizer"], "—" if row["lr"] is None else f"{row['lr']:.3g}",
+                          "—" if row["success_rate"] is None else
+                          f"{100 * row['success_rate']:.0f}%", _number(row["median_steps"]),
+                          _number(row["median_evaluations"]), str(row["diverged"]), ends)
+        console.print(table)
+    written = list(result.write_csv(out))
+    if pictures:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from landscope.plot.race import race_figure, race_page
+
+        for name, fn in result.functions.items():
+            if fn.dim == 2:
+                race_figure(result, name).savefig(out / f"race-{name}.png", dpi=110)
+                written += [out / f"race-{name}.png",
+                            race_page(result, name, out / f"race-{name}.html")]
+    written.append(io.write_result(out, "race", {**result.to_dict(),
+                                                 "command": " ".join(sys.argv)},
+                                   name="race.json"))
+    for path in written:
+        console.print(f"written: {path}")
+
+
+def _number(value) -> str:
+    return "—" if value is None else f"{value:g}"
