@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import classification_data, make_mlp
 from torch import nn
 
@@ -15,3 +16,12 @@ def tanh_mlp():
 @pytest.fixture
 def data():
     return classification_data()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread, and are then immune to busy machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

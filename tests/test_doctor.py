@@ -26,13 +26,7 @@ from landscope.monitor.signals import window_status
 TH = Thresholds()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models trained here are tiny: one thread is faster, and immune to busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 N = 200

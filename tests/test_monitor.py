@@ -24,14 +24,7 @@ from landscope.monitor.callbacks import HuggingFaceHooks, LightningHooks
 from landscope.monitor.curvature import measure, stability
 from landscope.monitor.stats import dead_fraction, row_spread, saturation
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is faster, and immune to busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n=48, features=6, classes=3, seed=1, dtype=torch.float64):
