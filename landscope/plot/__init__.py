@@ -1,4 +1,4 @@
-"""Pictures of landscope results (matplotlib figures and plotly pages); needs the ``plot`` extra.
+"""Pictures of landscope results: matplotlib figures and plotly pages.
 
 Renderers read result objects and never recompute them.
 """
