@@ -1,0 +1,152 @@
+"""What every landscope command shares: the typer app, consoles, loaders, the default model,
+and the error-to-exit-code guard (0 done, 1 the work failed, 2 bad usage or bad input)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from enum import Enum
+from pathlib import Path
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from landscope import default, io
+from landscope.errors import BadInputError, CheckpointError, LandscopeError
+
+app = typer.Typer(
+    help="landscope: where did training stop, what does the loss landscape look like around "
+         "that point, and what gets you out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+errors = Console(stderr=True)
+
+LOSSES = {
+    "cross_entropy": torch.nn.functional.cross_entropy,
+    "mse": torch.nn.functional.mse_loss,
+}
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class Mode(str, Enum):
+    eval = "eval"
+    train = "train"
+
+
+
+def _load_data(spec: str, dtype):
+    if spec == "digits":
+        return default.digits(dtype)
+    return _load_factory(spec, "--data")()
+
+
+def _load_factory(spec: str, option: str):
+    """'pkg.module:name' or 'path/file.py:name' → the named object."""
+    if ":" not in spec:
+        raise BadInputError(f"{option} {spec!r}: expected 'pkg.module:name' or 'file.py:name'")
+    where, name = spec.rsplit(":", 1)
+    try:
+        if where.endswith(".py"):
+            location = importlib.util.spec_from_file_location(Path(where).stem, where)
+            if location is None or not Path(where).is_file():
+                raise FileNotFoundError(where)
+            module = importlib.util.module_from_spec(location)
+            location.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except (ImportError, FileNotFoundError) as error:
+        raise BadInputError(f"{option} {spec!r}: cannot import {where!r} ({error})") from error
+    if not hasattr(module, name):
+        raise BadInputError(f"{option} {spec!r}: {where!r} has no attribute {name!r}")
+    return getattr(module, name)
+
+
+
+
+def _guard(work) -> None:
+    """Run ``work``, turning errors into messages and exit codes (2 bad input, 1 failure)."""
+    try:
+        work()
+    except (BadInputError, CheckpointError) as error:
+        errors.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    except LandscopeError as error:
+        errors.print(f"[bold red]failed:[/] {error}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        errors.print("interrupted: no result was written (checkpoints already saved are kept; "
+                     "run the same command again to resume)")
+        raise typer.Exit(130) from None
+
+
+# ====================================================================== surface and plot (issue 3)
+# A self-contained block: `landscope surface` computes a loss surface (full or budgeted grid) with
+# its pictures; `landscope plot FILE` redraws a saved one without recomputing it.
+
+
+def _default_trained(out: Path):
+    """The default MLP trained on the digits, and θ after every epoch (its training path).
+
+    Both are kept in ``out``, so a rerun (of probe, surface or demo) reuses them.
+    """
+    net = default.default_model()
+    stem = f"default-mlp-64-{default.HIDDEN}-10-tanh-e{default.EPOCHS}"
+    path_file = out / f"{stem}-path.pt"
+    if path_file.exists():
+        console.print(f"reusing the trained default model in {path_file}")
+        path = torch.load(path_file, weights_only=True)
+    else:
+        X, y = default.digits()
+
+        def flat():
+            return torch.nn.utils.parameters_to_vector(net.parameters()).detach().clone()
+
+        points = [flat()]
+        with Progress(TextColumn("training the default MLP on the digits"), BarColumn(),
+                      TextColumn("epoch {task.completed}/{task.total}"), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("train", total=default.EPOCHS)
+
+            def record(epoch, _loss):
+                points.append(flat())
+                bar.update(task, completed=epoch)
+
+            default.train(net, X, y, on_epoch=record)
+        path = torch.stack(points)
+        out.mkdir(parents=True, exist_ok=True)
+        temporary = path_file.with_name(f".{path_file.name}.tmp")
+        torch.save(path, temporary)
+        temporary.replace(path_file)
+        io.save_state_dict(net, out / f"{stem}.pt")
+        console.print(f"trained the default MLP 64-32-10 (tanh) for {default.EPOCHS} epochs of "
+                      f"Adam; weights and training path in {out}")
+    torch.nn.utils.vector_to_parameters(path[-1], net.parameters())
+    return net.eval(), path
+
+
+class _ProductsProgress:
+    """A spinner line that counts Hessian-vector products and shows the best residual."""
+
+    def __init__(self, label: str):
+        self.progress = Progress(TextColumn(label), TextColumn("{task.fields[status]}"),
+                                 TimeElapsedColumn(), console=console, transient=True)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self.task = self.progress.add_task("work", total=None, status="")
+        return self.report
+
+    def report(self, products: int, residual: float) -> None:
+        self.progress.update(self.task, status=f"{products} products, residual {residual:.1e}")
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)

@@ -1,0 +1,288 @@
+"""`landscope surface` and `landscope plot`: the landscape around a point."""
+
+from __future__ import annotations
+
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from landscope import io
+from landscope.cli._common import (
+    LOSSES,
+    DType,
+    Mode,
+    _default_trained,
+    _guard,
+    _load_data,
+    _load_factory,
+    _ProductsProgress,
+    app,
+    console,
+)
+from landscope.errors import BadInputError
+from landscope.objective import Objective
+
+
+class SurfaceDirections(str, Enum):
+    random = "random"
+    hessian = "hessian"
+    pca = "pca"
+    gradient = "gradient"
+
+
+class SurfaceNorm(str, Enum):
+    filter = "filter"
+    layer = "layer"
+    none = "none"
+
+
+class SurfaceBN(str, Enum):
+    eval = "eval"
+    recompute = "recompute"
+
+
+@app.command()
+def surface(
+    model: Annotated[str, typer.Option(help="Your network: 'pkg.module:factory' or "
+                                       "'file.py:factory'. Default: the built-in MLP trained on "
+                                       "the digits, with its recorded training path.")] = None,
+    checkpoint: Annotated[Path, typer.Option(help="Weights for --model (a state_dict), loaded "
+                                             "with weights_only=True.")] = None,
+    data: Annotated[str, typer.Option(help="'pkg.module:factory' returning (X, y) or a "
+                                      "DataLoader, or 'digits'.")] = None,
+    loss: Annotated[str, typer.Option(help="cross_entropy, mse, or 'pkg.module:fn'.")] =
+        "cross_entropy",
+    dtype: Annotated[DType, typer.Option(help="Analyse in this dtype (default: the model's).")] =
+        None,
+    params: Annotated[str, typer.Option(help="Only move these parameters ('net.2.*'); the rest "
+                                        "stay fixed.")] = None,
+    mode: Annotated[Mode, typer.Option(help="eval (BatchNorm running statistics, no dropout) or "
+                                       "train (batch statistics on fixed batches).")] = Mode.eval,
+    directions: Annotated[SurfaceDirections, typer.Option(
+        help="random: seeded Gaussian plane; hessian: eigenvectors of λ_max and λ_min (a saddle "
+             "shows as a saddle); pca: principal directions of the training path; gradient: the "
+             "line along −∇L with Taylor models (1-D).")] = SurfaceDirections.random,
+    norm: Annotated[SurfaceNorm, typer.Option(help="Normalisation of random directions: filter "
+                                              "(Li et al.), layer, none.")] = SurfaceNorm.filter,
+    biases: Annotated[str, typer.Option(help="One-axis parameters (biases, BatchNorm) under "
+                                        "filter/layer normalisation: zero or layer.")] = "zero",
+    dims: Annotated[int, typer.Option(min=1, max=2, help="1 (a line) or 2 (a plane).")] = 2,
+    span: Annotated[float, typer.Option(help="Half-width of the grid in direction units "
+                                        "(default: 1, or fitted to the path for pca, or "
+                                        "(−t*, 2t*) for gradient).")] = None,
+    steps: Annotated[int, typer.Option(min=3, help="Points per axis.")] = 41,
+    seed: Annotated[int, typer.Option(help="Seed of the random directions.")] = 0,
+    trajectory: Annotated[str, typer.Option(help="Training path to draw: a .pt file holding a "
+                                            "(T, n) tensor, or a glob of state-dict checkpoints "
+                                            "('ckpt/*.pt', sorted by name).")] = None,
+    bn: Annotated[SurfaceBN, typer.Option(help="BatchNorm at each point: eval (running "
+                                          "statistics) or recompute (over the data, per point)."
+                                          )] = SurfaceBN.eval,
+    budget: Annotated[bool, typer.Option("--budget/--full", help="Budgeted view: adaptive "
+                                         "refinement (and --samples) for at most --budget-"
+                                         "fraction of the full grid's cost, with the error "
+                                         "shown.")] = False,
+    budget_fraction: Annotated[float, typer.Option(help="Cost cap of --budget, as a fraction "
+                                                   "of the full grid.")] = 0.25,
+    samples: Annotated[float, typer.Option(help="With --budget: data per point, a fraction "
+                                           "(0.25) or a count (512); default all.")] = None,
+    spread: Annotated[int, typer.Option(min=0, help="Fidelity check: redo an 11×11 picture "
+                                        "with this many other seeds and report the spread "
+                                        "(random directions).")] = 0,
+    log: Annotated[bool, typer.Option(help="Log colour scale.")] = False,
+    image_format: Annotated[str, typer.Option("--format", help="png or svg.")] = "png",
+    batch_size: Annotated[int, typer.Option(min=1, help="Evaluate (X, y) data in chunks.")] =
+        None,
+    out: Annotated[Path, typer.Option(help="Directory for surface.npz, surface.json, the "
+                                      "pictures and the resumable partial grid.")] =
+        Path("landscope-out"),
+):
+    """Compute the loss surface around the point training stopped at, and draw it: contour with
+    the training path and its fidelity, 3-D view, interactive HTML. Ctrl-C keeps what is done;
+    rerunning the same command resumes."""
+    _guard(lambda: _surface(model=model, checkpoint=checkpoint, data_spec=data, loss_spec=loss,
+                            dtype=dtype, params=params, mode=mode, kind=directions.value,
+                            norm=norm.value, biases=biases, dims=dims, span=span, steps=steps,
+                            seed=seed, trajectory=trajectory, bn=bn.value, budget=budget,
+                            budget_fraction=budget_fraction, samples=samples, spread=spread,
+                            log=log, image_format=image_format, batch_size=batch_size, out=out))
+
+
+@app.command()
+def plot(
+    file: Annotated[Path, typer.Argument(help="A surface .npz written by `landscope surface`.")],
+    out: Annotated[Path, typer.Option(help="Directory for the pictures (default: the file's)."
+                                      )] = None,
+    log: Annotated[bool, typer.Option(help="Log colour scale.")] = False,
+    image_format: Annotated[str, typer.Option("--format", help="png or svg.")] = "png",
+    interactive: Annotated[bool, typer.Option(help="Also write the plotly HTML page.")] = True,
+):
+    """Draw a saved surface again (contour, 3-D, HTML) without recomputing anything."""
+    def work():
+        from landscope.plot import render
+        from landscope.surface import Surface
+
+        surf = Surface.load(file)
+        paths = render(surf, out or file.parent, name=file.stem, formats=(_format(image_format),),
+                       log=log, interactive=interactive)
+        for path in paths:
+            console.print(f"written: {path}")
+
+    _guard(work)
+
+
+def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_entropy",
+             dtype=None, params=None, mode=Mode.eval, kind="random", norm="filter",
+             biases="zero", dims=2, span=None, steps=41, seed=0, trajectory=None, bn="eval",
+             budget=False, budget_fraction=0.25, samples=None, spread=0, log=False,
+             image_format="png", batch_size=None, out=Path("landscope-out")):
+    """The work of `landscope surface`; `landscope demo` calls it with directions="pca"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from landscope import directions as lsd
+    from landscope.adaptive import adaptive_surface
+    from landscope.plot import render, taylor_plot
+    from landscope.surface import seed_spread
+    from landscope.surface import surface as grid_surface
+    from landscope.taylor import taylor
+
+    fmt = _format(image_format)
+    torch_dtype = {None: None, DType.float32: torch.float32, DType.float64: torch.float64}[dtype]
+    if model is None:
+        if checkpoint is not None:
+            raise BadInputError("--checkpoint needs --model: the checkpoint's architecture")
+        net, path = _default_trained(out)
+        data = _load_data(data_spec or "digits", torch.float32)
+    else:
+        if data_spec is None:
+            raise BadInputError("--data is required with --model (or use --data digits)")
+        net = _load_factory(model, "--model")()
+        if not isinstance(net, torch.nn.Module):
+            raise BadInputError(f"--model {model} returned a {type(net).__name__}")
+        if checkpoint is not None:
+            io.load_into(net, checkpoint)
+        data, path = _load_data(data_spec, next(net.parameters()).dtype), None
+    loss_fn = LOSSES.get(loss_spec) or _load_factory(loss_spec, "--loss")
+    obj = Objective.from_model(net, loss_fn, data, params=params, mode=mode.value,
+                               dtype=torch_dtype, batch_size=batch_size, seed=seed)
+    if trajectory is not None:
+        path = _load_trajectory(trajectory)
+    path = None if path is None else lsd.trajectory(obj, path)
+    if kind == "random":
+        frame = lsd.random(obj, dims, seed=seed, norm=norm, biases=biases)
+    elif kind == "hessian":
+        with _ProductsProgress("Hessian eigenvectors") as report:
+            frame = lsd.hessian(obj, seed=seed, progress=report)
+        frame = frame if dims == 2 else lsd.Frame(frame.directions[1:], frame.centre)
+    elif kind == "pca":
+        if path is None:
+            raise BadInputError("--directions pca needs a training path: --trajectory")
+        frame = lsd.pca(path, dims)
+    else:
+        if dims != 1:
+            raise BadInputError("--directions gradient draws a line: use --dims 1")
+        frame = lsd.gradient(obj)
+    start = time.perf_counter()
+    partial = out / "surface.partial.npz"
+    common = {"span": span, "steps": steps, "trajectory": path if dims == 2 else None,
+              "checkpoint": partial, "progress": True}
+    if kind == "gradient" and span is None:
+        profile = taylor(obj, frame, steps=steps)
+        common["span"] = (float(profile.t[0]), float(profile.t[-1]))
+    if budget:
+        if bn != "eval":
+            raise BadInputError("--bn recompute is not available with --budget; use --full")
+        surf = adaptive_surface(obj, frame, budget=budget_fraction, samples=samples, **common)
+    else:
+        surf = grid_surface(obj, frame, bn=bn, **common)
+    if spread:
+        if kind != "random":
+            raise BadInputError("--spread compares seeds of random directions; use it with "
+                                "--directions random")
+        surf.fidelity["seed_spread"] = seed_spread(
+            obj, seeds=tuple(range(seed + 1, seed + 1 + spread)), span=span or 1.0, norm=norm,
+            biases=biases, count=dims, bn=bn)
+    seconds = time.perf_counter() - start
+    files = [surf.save(out / "surface.npz")]
+    partial.unlink(missing_ok=True)
+    files += render(surf, out, formats=(fmt,), log=log)
+    if dims == 1:
+        profile = taylor(obj, frame, span=(float(surf.axes[0][0]), float(surf.axes[0][-1])),
+                         steps=steps)
+        files.append(out / f"taylor.{fmt}")
+        taylor_plot(profile).savefig(files[-1], dpi=110)
+        surf.fidelity["taylor"] = {k: v for k, v in profile.to_dict().items()
+                                   if k not in ("t", "real", "first", "second")}
+    summary = surf.summary()
+    _surface_table(summary, surf, seconds)
+    result = io.write_result(out, "surface", {"surface": summary, "meta": surf.meta,
+                                              "files": [str(f) for f in files],
+                                              "seconds": seconds, "command": " ".join(sys.argv)},
+                             name="surface.json")
+    for f in [*files, result]:
+        console.print(f"written: {f}")
+
+
+
+
+def _load_trajectory(spec: str):
+    """A (T, n) tensor from one .pt file, or state dicts from a sorted glob of checkpoints."""
+    import glob
+
+    magic = any(c in spec for c in "*?[")
+    files = [Path(f) for f in sorted(glob.glob(spec))] if magic else [Path(spec)]
+    if not files or not all(f.is_file() for f in files):
+        raise BadInputError(f"--trajectory {spec!r} matches no file")
+    if len(files) == 1:
+        import pickle
+
+        try:
+            loaded = torch.load(files[0], map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+            raise BadInputError(f"--trajectory {files[0]} is not a readable tensor file: "
+                                f"{error}") from error
+        if isinstance(loaded, torch.Tensor):
+            return loaded
+    return [io.load_state_dict(f) for f in files]
+
+
+def _format(image_format: str) -> str:
+    if image_format not in ("png", "svg"):
+        raise BadInputError(f"--format {image_format!r}; use png or svg")
+    return image_format
+
+
+def _surface_table(summary: dict, surf, seconds: float) -> None:
+    from rich.table import Table
+
+    table = Table(title="loss surface", show_header=False)
+    table.add_row("grid", " × ".join(map(str, summary["shape"])) +
+                  f", {surf.meta['points_evaluated']} points evaluated in {seconds:.1f} s")
+    table.add_row("loss range", f"{summary['min']:.5g} … {summary['max']:.5g}" + (
+        f" (centre {summary['centre_value']:.5g})" if "centre_value" in summary else ""))
+    table.add_row("lowest at", ", ".join(f"{x:.3g}" for x in summary["argmin"]))
+    if "max_error" in summary:
+        table.add_row("budgeted", f"cost {surf.meta['cost_ratio']:.1%} of the full grid, stated "
+                                  f"error ≤ {summary['max_error']:.3g}")
+    if "trajectory" in summary:
+        t = summary["trajectory"]
+        table.add_row("path fidelity", f"{t['explained']:.1%} of the path's variance in the "
+                                       f"plane; median distance off it "
+                                       f"{t['median_relative_distance']:.0%} of the radius")
+    if "seed_spread" in surf.fidelity:
+        s = surf.fidelity["seed_spread"]
+        table.add_row("seed spread", f"median {s['relative_spread_median']:.1%}, max "
+                                     f"{s['relative_spread_max']:.1%} of the value range "
+                                     f"({len(s['seeds'])} other seeds)")
+    if "taylor" in surf.fidelity and surf.fidelity["taylor"]["step"] is not None:
+        t = surf.fidelity["taylor"]
+        table.add_row("Taylor step", f"t* = {t['step']:.3g}: predicted decrease "
+                                     f"{t['predicted_decrease']:.3g}, real "
+                                     f"{t['real_decrease']:.3g}")
+    console.print(table)
