@@ -342,7 +342,7 @@ class Objective:
         return torch.stack([_backward(G, leaf, c) for c in columns.T], 1)
 
     def _calibrate(self, leaf, G, columns):
-        """Time both engines (per column) and keep the faster for the rest of the session.
+        """Time both engines (per column) and keep the faster from then on.
 
         The vmapped engine is timed on two columns only: it holds one copy of the graph's
         activations per column, which for a CNN is hundreds of MB at k = 5.
