@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscope import default, io
 from landscope.errors import BadInputError, CheckpointError, LandscopeError
+from landscope.objective import Objective
 
 app = typer.Typer(
     help="landscope: where did training stop, what does the loss landscape look like around "
@@ -42,7 +43,6 @@ class Mode(str, Enum):
     train = "train"
 
 
-
 def _load_data(spec: str, dtype):
     if spec == "digits":
         return default.digits(dtype)
@@ -68,8 +68,6 @@ def _load_factory(spec: str, option: str):
     if not hasattr(module, name):
         raise BadInputError(f"{option} {spec!r}: {where!r} has no attribute {name!r}")
     return getattr(module, name)
-
-
 
 
 def _guard(work) -> None:
@@ -150,3 +148,32 @@ class _ProductsProgress:
 
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
+
+
+def _objective(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, batch_size,
+               seed, out: Path):
+    """The Objective the command-line options describe, and the default model's training path.
+
+    No ``--model``: the built-in MLP trained on the digits (path: θ after every epoch). Otherwise
+    the user's factory, checkpoint and data (path None).
+    """
+    torch_dtype = {None: None, DType.float32: torch.float32, DType.float64: torch.float64}[dtype]
+    if model_spec is None:
+        if checkpoint is not None:
+            raise BadInputError("--checkpoint needs --model: the checkpoint's architecture")
+        net, path = _default_trained(out)
+        data = _load_data(data_spec or "digits", torch.float32)
+    else:
+        if data_spec is None:
+            raise BadInputError("--data is required with --model (or use --data digits)")
+        net = _load_factory(model_spec, "--model")()
+        if not isinstance(net, torch.nn.Module):
+            raise BadInputError(f"--model {model_spec} returned a {type(net).__name__}, "
+                                "not a torch.nn.Module")
+        if checkpoint is not None:
+            io.load_into(net, checkpoint)
+        data, path = _load_data(data_spec, next(net.parameters()).dtype), None
+    loss_fn = LOSSES.get(loss_spec) or _load_factory(loss_spec, "--loss")
+    obj = Objective.from_model(net, loss_fn, data, params=params, mode=mode.value,
+                               dtype=torch_dtype, batch_size=batch_size, seed=seed)
+    return obj, path

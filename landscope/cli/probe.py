@@ -6,25 +6,19 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import typer
 
 from landscope import io
 from landscope.cli._common import (
-    LOSSES,
     DType,
     Mode,
-    _default_trained,
     _guard,
-    _load_data,
-    _load_factory,
+    _objective,
     _ProductsProgress,
     app,
     console,
 )
 from landscope.critical import probe as run_probe
-from landscope.errors import BadInputError
-from landscope.objective import Objective
 from landscope.render import probe_panel
 
 
@@ -58,29 +52,10 @@ def probe(
                           batch_size, seed, out))
 
 
-
-
 def _probe(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, k, exact,
            batch_size, seed, out: Path):
-    torch_dtype = {None: None, DType.float32: torch.float32, DType.float64: torch.float64}[dtype]
-    if model_spec is None:
-        if checkpoint is not None:
-            raise BadInputError("--checkpoint needs --model: the checkpoint's architecture")
-        net, _ = _default_trained(out)
-        data = _load_data(data_spec or "digits", torch.float32)
-    else:
-        if data_spec is None:
-            raise BadInputError("--data is required with --model (or use --data digits)")
-        net = _load_factory(model_spec, "--model")()
-        if not isinstance(net, torch.nn.Module):
-            raise BadInputError(f"--model {model_spec} returned a {type(net).__name__}, "
-                                "not a torch.nn.Module")
-        if checkpoint is not None:
-            io.load_into(net, checkpoint)
-        data = _load_data(data_spec, next(net.parameters()).dtype)
-    loss_fn = LOSSES.get(loss_spec) or _load_factory(loss_spec, "--loss")
-    obj = Objective.from_model(net, loss_fn, data, params=params, mode=mode.value,
-                               dtype=torch_dtype, batch_size=batch_size, seed=seed)
+    obj, _ = _objective(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode,
+                        batch_size, seed, out)
     start = time.perf_counter()
     with _ProductsProgress("probing the Hessian") as report:
         result = run_probe(obj, k=k, exact=exact, seed=seed, progress=report)

@@ -13,19 +13,15 @@ import typer
 
 from landscope import io
 from landscope.cli._common import (
-    LOSSES,
     DType,
     Mode,
-    _default_trained,
     _guard,
-    _load_data,
-    _load_factory,
+    _objective,
     _ProductsProgress,
     app,
     console,
 )
 from landscope.errors import BadInputError
-from landscope.objective import Objective
 
 
 class SurfaceDirections(str, Enum):
@@ -153,24 +149,8 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
     from landscope.taylor import taylor
 
     fmt = _format(image_format)
-    torch_dtype = {None: None, DType.float32: torch.float32, DType.float64: torch.float64}[dtype]
-    if model is None:
-        if checkpoint is not None:
-            raise BadInputError("--checkpoint needs --model: the checkpoint's architecture")
-        net, path = _default_trained(out)
-        data = _load_data(data_spec or "digits", torch.float32)
-    else:
-        if data_spec is None:
-            raise BadInputError("--data is required with --model (or use --data digits)")
-        net = _load_factory(model, "--model")()
-        if not isinstance(net, torch.nn.Module):
-            raise BadInputError(f"--model {model} returned a {type(net).__name__}")
-        if checkpoint is not None:
-            io.load_into(net, checkpoint)
-        data, path = _load_data(data_spec, next(net.parameters()).dtype), None
-    loss_fn = LOSSES.get(loss_spec) or _load_factory(loss_spec, "--loss")
-    obj = Objective.from_model(net, loss_fn, data, params=params, mode=mode.value,
-                               dtype=torch_dtype, batch_size=batch_size, seed=seed)
+    obj, path = _objective(model, checkpoint, data_spec, loss_spec, dtype, params, mode,
+                           batch_size, seed, out)
     if trajectory is not None:
         path = _load_trajectory(trajectory)
     path = None if path is None else lsd.trajectory(obj, path)
@@ -227,8 +207,6 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
                              name="surface.json")
     for f in [*files, result]:
         console.print(f"written: {f}")
-
-
 
 
 def _load_trajectory(spec: str):
