@@ -156,8 +156,6 @@ def probe(
         raise BadInputError(f"k={k}; probe needs at least one eigenpair at each end")
     theta = obj.point(theta)
     before = dict(obj.counts)
-    loss_t, g = obj.value_and_grad(theta)
-    loss, grad_norm = loss_t.item(), g.norm().item()
     exact = obj.n <= EXACT_MAX_N if exact is None else exact
     rel_tol = default_rel_tol(obj.dtype) if rel_tol is None else rel_tol
     if exact:
@@ -169,6 +167,9 @@ def probe(
         spec = spectrum(obj, k, "both", theta=theta, tol=eig_tol, seed=seed, progress=progress)
         dens = density(obj, probes, steps, theta=theta, exact=False, seed=seed, progress=progress)
         values = vectors = None
+    # after the products: the pass that kept their graph also gave L and ∇L at θ
+    loss_t, g = obj.value_and_grad(theta)
+    loss, grad_norm = loss_t.item(), g.norm().item()
     lam_max, lam_min = spec.largest.values[0].item(), spec.smallest.values[0].item()
     rho = max(abs(lam_max), abs(lam_min))
     zero_tol = rel_tol * rho if rho > 0 else torch.finfo(obj.dtype).tiny

@@ -128,6 +128,9 @@ def test_network_iterative_path_agrees_with_exact():
     assert iterative.lambda_max == pytest.approx(exact.lambda_max, rel=1e-6)
     assert iterative.lambda_min == pytest.approx(exact.lambda_min, rel=1e-6)
     assert iterative.kind == exact.kind == "not_critical"  # an untrained network
+    fresh = Objective.from_model(model, cross_entropy, (X, y))
+    probe(fresh, exact=False, probes=4, steps=10)
+    assert fresh.counts["passes"] == 1  # one pass over the data, kept for every product
     for key in ("negative", "positive"):
         low, high = iterative.fractions[key].interval
         assert low <= exact.fractions[key].value <= high, key
