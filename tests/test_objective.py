@@ -17,17 +17,17 @@ MODELS = {
 }
 
 
-def _data_for(name):
+def _objective_and_truth(name):
+    """An Objective of model ``name`` on 29 samples, and its torch.func Hessian."""
+    model = MODELS[name]()
     X, y = classification_data(n=29, features=16 if name == "cnn_bn_eval" else 4)
-    return X, y
+    obj = Objective.from_model(model, cross_entropy, (X, y))
+    return obj, reference_hessian(model, cross_entropy, X, y, obj)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_dense_hessian_matches_torch_func(name):
-    model = MODELS[name]()
-    X, y = _data_for(name)
-    obj = Objective.from_model(model, cross_entropy, (X, y))
-    expected = reference_hessian(model, cross_entropy, X, y, obj)
+    obj, expected = _objective_and_truth(name)
     H = obj.hessian()
     assert H.shape == (obj.n, obj.n)
     torch.testing.assert_close(H, expected, rtol=1e-9, atol=1e-11)
@@ -35,10 +35,7 @@ def test_dense_hessian_matches_torch_func(name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_hvp_matches_dense_and_finite_differences(name):
-    model = MODELS[name]()
-    X, y = _data_for(name)
-    obj = Objective.from_model(model, cross_entropy, (X, y))
-    H = reference_hessian(model, cross_entropy, X, y, obj)
+    obj, H = _objective_and_truth(name)
     v = torch.randn(obj.n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     hv = obj.hvp(v)
     torch.testing.assert_close(hv, H @ v, rtol=1e-9, atol=1e-11)
