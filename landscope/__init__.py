@@ -6,9 +6,9 @@ import os as _os
 import sys as _sys
 
 # OpenMP threads that spin while waiting starve each other as soon as anything else shares the
-# cores: a 1 ms forward pass was measured taking 60 ms, a Hessian-vector product 294 ms instead
-# of 2.5 ms. Passive waiting costs nothing measurable on an idle machine. It must be set before
-# torch starts its OpenMP runtime, and never overrides a choice the user made.
+# cores, slowing small forward and backward passes by one to two orders of magnitude (see the
+# timing notes in benchmarks/README.md). It must be set before torch starts its OpenMP runtime,
+# and never overrides a choice the user made.
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
