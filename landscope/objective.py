@@ -11,8 +11,10 @@ re-runs the forward. The graph costs memory of the order of the activations of t
 is kept only up to ``graph_cache_samples`` samples; beyond that products are recomputed per batch.
 For k vectors at once there are two engines: k backward passes through the kept graph ("loop"), or
 one vmapped backward ("batched", ``is_grads_batched``). Which is faster depends on the model and the
-device (vmap wins for small MLPs, loses for convolutions on CPU), so the first k > 1 call times
-both and keeps the faster; the choice is recorded in ``info``.
+device (vmap wins for small MLPs, loses for convolutions on CPU), so the first call with
+k ≥ ``CALIBRATE_COLUMNS`` times both and keeps the faster; the choice is recorded in ``info``.
+Fewer columns (the residual check of a few Ritz vectors) take the loop without that trial: little
+time is at stake, and the vmapped trial holds a second copy of the graph's backward buffers.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ DENSE_LIMIT = 4096
 ENGINES = ("auto", "loop", "batched")
 BATCH_COLUMNS = 16
 """Most columns the vmapped engine pushes through one backward (it keeps one graph per column)."""
+CALIBRATE_COLUMNS = 8
+"""Fewest columns for which the "auto" engine times the vmapped backward against the loop."""
 
 # Lower bounds of common losses (with hard labels and no smoothing): where they are reached the
 # point is a global minimum.
@@ -335,7 +339,7 @@ class Objective:
         k = columns.shape[1]
         if k == 1:
             return _backward(G, leaf, columns[:, 0])[:, None]
-        if self._engine == "auto":
+        if self._engine == "auto" and k >= CALIBRATE_COLUMNS:
             return self._calibrate(leaf, G, columns)
         if self._engine == "batched":
             return _batched(G, leaf, columns)

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.functional import cross_entropy, mse_loss
 
 from landscope import BadInputError, NonFiniteLossError, Objective
+from landscope.objective import CALIBRATE_COLUMNS
 
 MODELS = {
     "tanh_mlp_f64": lambda: make_mlp(nn.Tanh),
@@ -51,6 +52,18 @@ def test_k_vectors_at_once_equal_k_single_products(engine, tanh_mlp, data):
     block = obj.hvp(V)
     singles = torch.stack([obj.hvp(V[:, j]) for j in range(20)], 1)  # > BATCH_COLUMNS
     torch.testing.assert_close(block, singles, rtol=1e-12, atol=1e-13)
+    assert obj.info["hvp_engine"] in ("loop", "batched")
+
+
+def test_few_columns_take_the_loop_without_a_trial(tanh_mlp, data):
+    """A residual check of a few Ritz vectors spends exactly k products and no vmapped trial."""
+    obj = Objective.from_model(tanh_mlp, cross_entropy, data)
+    V = torch.randn(obj.n, CALIBRATE_COLUMNS - 1, dtype=torch.float64)
+    block = obj.hvp(V)
+    assert obj.counts["hvp"] == CALIBRATE_COLUMNS - 1
+    assert obj.info["hvp_engine"] == "auto" and "hvp_engine_seconds_per_product" not in obj.info
+    torch.testing.assert_close(block, torch.stack([obj.hvp(c) for c in V.T], 1))
+    obj.hvp(torch.randn(obj.n, CALIBRATE_COLUMNS, dtype=torch.float64))
     assert obj.info["hvp_engine"] in ("loop", "batched")
 
 
