@@ -45,19 +45,26 @@ def test_hvp_matches_dense_and_finite_differences(name):
     torch.testing.assert_close(hv, fd, rtol=1e-5, atol=1e-7)
 
 
+def _opaque_loss(output, target):
+    """Cross-entropy the chain engine cannot recognise, so the autograd engines are exercised."""
+    return cross_entropy(output, target)
+
+
 @pytest.mark.parametrize("engine", ["loop", "batched", "auto"])
 def test_k_vectors_at_once_equal_k_single_products(engine, tanh_mlp, data):
-    obj = Objective.from_model(tanh_mlp, cross_entropy, data, engine=engine)
+    obj = Objective.from_model(tanh_mlp, _opaque_loss, data, engine=engine)  # autograd engines
     V = torch.randn(obj.n, 20, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     block = obj.hvp(V)
     singles = torch.stack([obj.hvp(V[:, j]) for j in range(20)], 1)  # > BATCH_COLUMNS
     torch.testing.assert_close(block, singles, rtol=1e-12, atol=1e-13)
     assert obj.info["hvp_engine"] in ("loop", "batched")
+    if engine == "auto":
+        assert obj.info["chain_engine"].startswith("not used: loss")
 
 
 def test_few_columns_take_the_loop_without_a_trial(tanh_mlp, data):
     """A residual check of a few Ritz vectors spends exactly k products and no vmapped trial."""
-    obj = Objective.from_model(tanh_mlp, cross_entropy, data)
+    obj = Objective.from_model(tanh_mlp, _opaque_loss, data)
     V = torch.randn(obj.n, CALIBRATE_COLUMNS - 1, dtype=torch.float64)
     block = obj.hvp(V)
     assert obj.counts["hvp"] == CALIBRATE_COLUMNS - 1

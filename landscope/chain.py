@@ -1,0 +1,454 @@
+"""Exact Hessian-vector products for chain-shaped models by hand-derived R-operators.
+
+A model whose traced graph (``torch.fx``) is a chain x → f₁ → … → f_L → loss of known layers
+(Linear, Conv2d, BatchNorm in eval mode, ReLU, LeakyReLU, Tanh, Sigmoid, reshapes, dropout in eval
+mode) gets H·v from Pearlmutter's R-operator R{·} = ∂(·)/∂θ · v: per point, one forward and one
+backward pass cache each layer's input u_l and output gradient ∂L/∂o_l; per product, one sweep
+forward of the tangents R{u_l} and one sweep backward of R{∂L/∂u_l}, which collects H·v.
+
+Why by hand, when autograd's double backward through the kept first-order graph is exact too:
+autograd also differentiates the backward formulas of ReLU and friends with respect to their saved
+inputs, materialises zero tensors for that and adds them up, and it cannot merge the two halves of
+R{o} = R{u}·Wᵀ + u·Vᵀ into one accumulating matrix product. On the 26k-parameter ReLU MLP over the
+1,797 digits a product here costs about 1.2 gradients against 1.7 for the kept graph
+(``benchmarks/RESULTS.md``). The Objective checks this engine against autograd on first use and
+keeps whichever exact engine is faster.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from landscope.functional import ModelLoss, check_loss
+
+
+class Unsupported(Exception):
+    """The model, loss or data is outside what the chain engine handles (the message says why)."""
+
+
+# ============================================================================ layers
+# Every layer maps its input u to its output o. ``saved`` is what the forward pass keeps.
+#   backward(d_o, saved, p, want, need_input)            -> d_u or None, [∂L/∂p_i or None]
+#   rforward(r_u, saved, p, vp)                          -> R{o} (None when it is zero)
+#   rbackward(rd_o, d_o, r_u, saved, p, vp, need_input)  -> R{d_u} or None, [(H v)_p_i or None]
+# p: the layer's parameter values; vp: their tangents (None for a fixed parameter); want: which
+# parameters need their gradient.
+
+
+def _add(a, b):
+    return b if a is None else (a if b is None else a + b)
+
+
+class _Linear:
+    def __init__(self, module: nn.Linear, prefix: str):
+        self.names = [prefix + "weight", prefix + "bias" if module.bias is not None else None]
+
+    def forward(self, u, p):
+        return F.linear(u, p[0], p[1]), u
+
+    def backward(self, d_o, u, p, want, need_input):
+        d2, u2 = d_o.reshape(-1, d_o.shape[-1]), u.reshape(-1, u.shape[-1])
+        gw = d2.T @ u2 if want[0] else None
+        gb = d2.sum(0) if want[1] else None
+        return (d_o @ p[0] if need_input else None), [gw, gb]
+
+    def rforward(self, r_u, u, p, vp):
+        # R{o} = R{u} Wᵀ + u Vᵀ + c, accumulated into one buffer by addmm_.
+        u2, out = u.reshape(-1, u.shape[-1]), None
+        if vp[0] is not None:
+            out = u2 @ vp[0].T if vp[1] is None else torch.addmm(vp[1], u2, vp[0].T)
+        if r_u is not None:
+            r2 = r_u.reshape(-1, r_u.shape[-1])
+            if out is not None:
+                out.addmm_(r2, p[0].T)
+            else:
+                out = r2 @ p[0].T if vp[1] is None else torch.addmm(vp[1], r2, p[0].T)
+        if out is None and vp[1] is not None:  # only the bias moves, on the data itself
+            out = vp[1].expand(u2.shape[0], -1).clone()
+        return None if out is None else out.reshape(*u.shape[:-1], out.shape[-1])
+
+    def rbackward(self, rd_o, d_o, r_u, u, p, vp, need_input):
+        rd2, u2 = rd_o.reshape(-1, rd_o.shape[-1]), u.reshape(-1, u.shape[-1])
+        hw = hb = None
+        if vp[0] is not None:  # R{∂L/∂W} = R{d_o}ᵀ u + d_oᵀ R{u}
+            hw = rd2.T @ u2
+            if r_u is not None:
+                hw.addmm_(d_o.reshape(-1, d_o.shape[-1]).T, r_u.reshape(-1, r_u.shape[-1]))
+        if vp[1] is not None:
+            hb = rd2.sum(0)
+        rd_u = None
+        if need_input:  # R{∂L/∂u} = R{d_o} W + d_o V
+            rd_u = rd2 @ p[0]
+            if vp[0] is not None:
+                rd_u.addmm_(d_o.reshape(-1, d_o.shape[-1]), vp[0])
+            rd_u = rd_u.reshape(*rd_o.shape[:-1], rd_u.shape[-1])
+        return rd_u, [hw, hb]
+
+
+class _Conv2d:
+    def __init__(self, module: nn.Conv2d, prefix: str):
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            raise Unsupported(f"{prefix or 'the'} Conv2d uses padding {module.padding!r} / mode "
+                              f"{module.padding_mode!r} (only explicit zero padding is handled)")
+        self.names = [prefix + "weight", prefix + "bias" if module.bias is not None else None]
+        self.args = (module.stride, module.padding, module.dilation, module.groups)
+
+    def _conv(self, x, w, b=None):
+        return F.conv2d(x, w, b, *self.args)
+
+    def _back(self, d_o, u, w, mask, bias=False):
+        """(∂/∂u, ∂/∂W, ∂/∂b) of ⟨d_o, conv(u, W)⟩, only the parts in ``mask``."""
+        stride, padding, dilation, groups = self.args
+        return torch.ops.aten.convolution_backward(
+            d_o, u, w, [w.shape[0]] if bias else None, list(stride), list(padding),
+            list(dilation), False, [0, 0], groups, mask)
+
+    def forward(self, u, p):
+        return self._conv(u, p[0], p[1]), u
+
+    def backward(self, d_o, u, p, want, need_input):
+        du, gw, _ = self._back(d_o, u, p[0], [need_input, want[0], False])
+        return du, [gw, d_o.sum((0, 2, 3)) if want[1] else None]
+
+    def rforward(self, r_u, u, p, vp):
+        out = None if r_u is None else self._conv(r_u, p[0])
+        if vp[0] is not None or vp[1] is not None:  # + conv(u, V) + c
+            w = vp[0] if vp[0] is not None else torch.zeros_like(p[0])
+            moved = self._conv(u, w, vp[1])
+            out = moved if out is None else out.add_(moved)
+        return out
+
+    def rbackward(self, rd_o, d_o, r_u, u, p, vp, need_input):
+        rd_u, hw, _ = self._back(rd_o, u, p[0], [need_input, vp[0] is not None, False])
+        if vp[0] is not None and r_u is not None:
+            hw += self._back(d_o, r_u, p[0], [False, True, False])[1]
+        if need_input and vp[0] is not None:
+            rd_u += self._back(d_o, u, vp[0], [True, False, False])[0]
+        return rd_u, [hw, rd_o.sum((0, 2, 3)) if vp[1] is not None else None]
+
+
+class _BatchNormEval:
+    """o = (u − μ)·s·γ + β with the running mean μ and s = 1/√(running var + ε), per channel."""
+
+    def __init__(self, module: nn.modules.batchnorm._BatchNorm, prefix: str, buffers: dict):
+        if not module.track_running_stats or module.running_mean is None:
+            raise Unsupported(f"{prefix}BatchNorm keeps no running statistics")
+        affine = module.weight is not None
+        self.names = [prefix + "weight" if affine else None, prefix + "bias" if affine else None]
+        self.mean = buffers[prefix + "running_mean"]
+        self.scale = torch.rsqrt(buffers[prefix + "running_var"] + module.eps)
+
+    def _c(self, t, like):  # per-channel vector shaped to broadcast over dimension 1
+        return t.reshape(1, -1, *([1] * (like.dim() - 2)))
+
+    def _sum(self, t):
+        return t.sum([d for d in range(t.dim()) if d != 1])
+
+    def forward(self, u, p):
+        xh = (u - self._c(self.mean, u)) * self._c(self.scale, u)
+        out = xh if p[0] is None else xh * self._c(p[0], u)
+        return (out if p[1] is None else out + self._c(p[1], u)), xh
+
+    def _gain(self, p, like):
+        s = self._c(self.scale, like)
+        return s if p[0] is None else s * self._c(p[0], like)
+
+    def backward(self, d_o, xh, p, want, need_input):
+        return (d_o * self._gain(p, d_o) if need_input else None), [
+            self._sum(d_o * xh) if want[0] else None, self._sum(d_o) if want[1] else None]
+
+    def rforward(self, r_u, xh, p, vp):
+        out = None if r_u is None else r_u * self._gain(p, r_u)
+        if vp[0] is not None:
+            out = _add(out, xh * self._c(vp[0], xh))
+        if vp[1] is not None:
+            out = _add(out, self._c(vp[1], xh).expand_as(xh))
+        return out
+
+    def rbackward(self, rd_o, d_o, r_u, xh, p, vp, need_input):
+        hg = hb = None
+        if vp[0] is not None:  # R{Σ d_o·x̂} = Σ (R{d_o}·x̂ + d_o·R{u}·s)
+            t = rd_o * xh
+            if r_u is not None:
+                t += d_o * r_u * self._c(self.scale, r_u)
+            hg = self._sum(t)
+        if vp[1] is not None:
+            hb = self._sum(rd_o)
+        rd_u = None
+        if need_input:
+            rd_u = rd_o * self._gain(p, rd_o)
+            if vp[0] is not None:
+                rd_u += d_o * self._c(self.scale * vp[0], d_o)
+        return rd_u, [hg, hb]
+
+
+class _Activation:
+    """o = σ(u) elementwise; saved: σ'(u) and σ''(u) (None where σ is piecewise linear)."""
+
+    names: list = []
+
+    def __init__(self, kind: str, slope: float = 0.01):
+        self.kind, self.slope = kind, slope
+
+    def forward(self, u, p):
+        if self.kind == "relu":
+            d1 = (u > 0).to(u.dtype)
+            return u * d1, (d1, None)
+        if self.kind == "leaky_relu":
+            d1 = (u > 0).to(u.dtype).mul_(1 - self.slope).add_(self.slope)  # 1 or the slope
+            return u * d1, (d1, None)
+        o = torch.tanh(u) if self.kind == "tanh" else torch.sigmoid(u)
+        if self.kind == "tanh":
+            d1 = 1 - o * o
+            return o, (d1, -2 * o * d1)
+        d1 = o * (1 - o)
+        return o, (d1, d1 * (1 - 2 * o))
+
+    def backward(self, d_o, saved, p, want, need_input):
+        return d_o * saved[0], []
+
+    def rforward(self, r_u, saved, p, vp):
+        if r_u is None:
+            return None
+        # In place where R{u} is not needed again (σ'' = 0): R{u} is a fresh buffer of ours.
+        return r_u.mul_(saved[0]) if saved[1] is None else r_u * saved[0]
+
+    def rbackward(self, rd_o, d_o, r_u, saved, p, vp, need_input):
+        d1, d2 = saved  # R{d_o·σ'(u)} = R{d_o}·σ'(u) + d_o·σ''(u)·R{u}; R{d_o} is ours to reuse
+        rd_u = rd_o.mul_(d1)
+        if d2 is not None and r_u is not None:
+            rd_u.addcmul_(d_o * d2, r_u)
+        return rd_u, []
+
+
+class _Reshape:
+    """A shape-only step (view, reshape, flatten) or the identity (dropout in eval mode)."""
+
+    names: list = []
+
+    def __init__(self, fn=None):
+        self.fn = fn
+
+    def forward(self, u, p):
+        return (u if self.fn is None else self.fn(u)), u.shape
+
+    def backward(self, d_o, shape, p, want, need_input):
+        return d_o.reshape(shape), []
+
+    def rforward(self, r_u, shape, p, vp):
+        return r_u if r_u is None or self.fn is None else self.fn(r_u)
+
+    def rbackward(self, rd_o, d_o, r_u, shape, p, vp, need_input):
+        return rd_o.reshape(shape), []
+
+
+# ============================================================================ tracing
+_ACTIVATION_MODULES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
+                       nn.LeakyReLU: "leaky_relu"}
+_ACTIVATION_FUNCTIONS = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh",
+                         F.tanh: "tanh", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
+                         F.leaky_relu: "leaky_relu"}
+_ACTIVATION_METHODS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
+_SHAPE_METHODS = {"view", "reshape", "flatten", "contiguous"}
+_SHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
+
+
+def _layer_for(node, model: nn.Module, buffers: dict, mode: str):
+    """The chain layer computing fx ``node`` (whose first argument is the previous output)."""
+    rest, kwargs = node.args[1:], dict(node.kwargs)
+    if any(isinstance(a, torch.fx.Node) for a in (*rest, *kwargs.values())):
+        raise Unsupported(f"step {node.name!r} combines two tensors (not a chain)")
+    if node.op == "call_module":
+        module, prefix = model.get_submodule(node.target), node.target + "."
+        kind = type(module)
+        if kind is nn.Linear:
+            return _Linear(module, prefix)
+        if kind is nn.Conv2d:
+            return _Conv2d(module, prefix)
+        if kind in (nn.BatchNorm1d, nn.BatchNorm2d) and mode == "eval":
+            return _BatchNormEval(module, prefix, buffers)
+        if kind in _ACTIVATION_MODULES:
+            return _Activation(_ACTIVATION_MODULES[kind], getattr(module, "negative_slope", 0.01))
+        if kind is nn.Flatten:
+            return _Reshape(lambda t, m=module: t.flatten(m.start_dim, m.end_dim))
+        if kind is nn.Identity or (kind is nn.Dropout and mode == "eval"):
+            return _Reshape()
+        raise Unsupported(f"module {node.target!r} ({kind.__name__}) in {mode} mode")
+    if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
+        if kwargs.get("inplace") or (node.target is F.relu and rest and rest[0]):
+            raise Unsupported(f"in-place activation at {node.name!r}")
+        slope = (rest[0] if rest else kwargs.get("negative_slope", 0.01))
+        return _Activation(_ACTIVATION_FUNCTIONS[node.target], slope)
+    if node.op == "call_function" and node.target in _SHAPE_FUNCTIONS:
+        return _Reshape(lambda t, f=node.target: f(t, *rest, **kwargs))
+    if node.op == "call_method" and node.target in _ACTIVATION_METHODS and not rest:
+        return _Activation(_ACTIVATION_METHODS[node.target])
+    if node.op == "call_method" and node.target in _SHAPE_METHODS:
+        return _Reshape(lambda t, m=node.target: getattr(t, m)(*rest, **kwargs))
+    raise Unsupported(f"operation {node.target!r} at step {node.name!r}")
+
+
+def _trace(model: nn.Module, buffers: dict, mode: str) -> list:
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as error:  # noqa: BLE001 - any tracing failure means "not a chain"
+        raise Unsupported(f"the model cannot be traced by torch.fx ({type(error).__name__})") \
+            from None
+    nodes = list(graph.nodes)
+    if not nodes or nodes[0].op != "placeholder" or sum(n.op == "placeholder" for n in nodes) != 1:
+        raise Unsupported("the model does not take exactly one input tensor")
+    layers, previous = [], nodes[0]
+    for node in nodes[1:]:
+        if node.op == "output":
+            if node.args[0] is not previous:
+                raise Unsupported("the model's output is not its last step")
+            break
+        if not node.args or node.args[0] is not previous or len(previous.users) != 1:
+            raise Unsupported(f"step {node.name!r} is not fed by the one step before it")
+        layers.append(_layer_for(node, model, buffers, mode))
+        previous = node
+    if not any(name for layer in layers for name in layer.names):
+        raise Unsupported("the model has no parameterised layer")
+    return layers
+
+
+# ============================================================================ losses
+def _loss_kind(loss_fn) -> str:
+    if loss_fn is F.cross_entropy or (
+            type(loss_fn) is nn.CrossEntropyLoss and loss_fn.weight is None
+            and loss_fn.label_smoothing == 0 and loss_fn.reduction == "mean"
+            and loss_fn.ignore_index < 0):
+        return "cross_entropy"
+    if loss_fn is F.mse_loss or (type(loss_fn) is nn.MSELoss and loss_fn.reduction == "mean"):
+        return "mse"
+    raise Unsupported(f"loss {getattr(loss_fn, '__name__', type(loss_fn).__name__)} (the chain "
+                      "engine knows cross-entropy and MSE with mean reduction)")
+
+
+def _head(kind: str, z: torch.Tensor, target: torch.Tensor, weight: float):
+    """(weight·ℓ, weight·∂ℓ/∂z, saved) of the batch-mean loss ℓ at the network output z."""
+    if kind == "cross_entropy":
+        if z.dim() != 2 or target.dim() != 1 or target.dtype != torch.long or (target < 0).any():
+            raise Unsupported("cross-entropy here needs (batch, classes) outputs and class indices")
+        logp = torch.log_softmax(z, 1)
+        prob = logp.exp()
+        loss = -logp.gather(1, target[:, None]).mean()
+        d = prob.clone()
+        d[torch.arange(len(target)), target] -= 1
+        return weight * loss, d.mul_(weight / len(target)), (prob, weight / len(target))
+    if target.shape != z.shape:
+        raise Unsupported(f"MSE target shape {tuple(target.shape)} differs from the output's")
+    scale = 2 * weight / z.numel()
+    return weight * F.mse_loss(z, target), (z - target) * scale, (None, scale)
+
+
+def _rhead(kind: str, r_z: torch.Tensor, saved) -> torch.Tensor:
+    """R{∂ℓ/∂z} = ∇²_z ℓ · R{z}: softmax Jacobian (diag p − p pᵀ) per sample, or a constant."""
+    prob, scale = saved
+    if kind == "cross_entropy":
+        pr = prob * r_z
+        return pr.sub_(prob * pr.sum(1, keepdim=True)).mul_(scale)
+    return r_z * scale
+
+
+# ============================================================================ the engine
+class ChainHessian:
+    """L, ∇L and H·V for a chain-shaped ``ModelLoss``; :meth:`supports` says whether it applies.
+
+    Raises :class:`Unsupported` (with the reason) for anything else: a non-chain graph, an
+    unknown layer or loss, BatchNorm or dropout in train mode.
+    """
+
+    def __init__(self, loss: ModelLoss):
+        self.loss = loss
+        self.kind = _loss_kind(loss.loss_fn)
+        self.layers = _trace(loss.model, loss.buffers, loss.mode)
+        selected = set(loss.names)
+        self.selected = [[name is not None and name in selected for name in layer.names]
+                         for layer in self.layers]
+        touched = [i for i, sel in enumerate(self.selected) if any(sel)]
+        if not touched:
+            raise Unsupported("no selected parameter belongs to a layer of the chain")
+        self.first = touched[0]  # nothing before this layer depends on θ
+        self._point = None
+
+    def at(self, theta: torch.Tensor, max_samples: int | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cache the first-order quantities at θ; return (L(θ), ∇L(θ)).
+
+        Raises :class:`Unsupported` if the data has more than ``max_samples`` samples (the
+        caches hold activations of the order of the data set, like a kept autograd graph).
+        """
+        values = {**self.loss.frozen, **self.loss.unflatten(theta.detach())}
+        batches = list(self.loss.batches)
+        total = sum(b.size for b in batches)
+        if max_samples is not None and total > max_samples:
+            raise Unsupported(f"{total} samples are more than graph_cache_samples = {max_samples}")
+        value = torch.zeros((), dtype=theta.dtype, device=theta.device)
+        grads: dict[str, torch.Tensor] = {}
+        caches = []
+        with torch.no_grad():
+            for index, batch in enumerate(batches):
+                if len(batch.inputs) != 1:
+                    raise Unsupported("the model takes more than one input")
+                saved, u = [], batch.inputs[0]
+                for layer in self.layers:
+                    u, keep = layer.forward(u, self._params(layer, values))
+                    saved.append(keep)
+                loss, d, head = _head(self.kind, u, batch.target, batch.size / total)
+                check_loss(loss, f"batch {index} ({batch.size} samples)")
+                value += loss
+                d_out = [None] * len(self.layers)
+                for i in range(len(self.layers) - 1, self.first - 1, -1):
+                    layer, d_out[i] = self.layers[i], d
+                    d, gs = layer.backward(d, saved[i], self._params(layer, values),
+                                           self.selected[i], i > self.first)
+                    for name, g in zip(layer.names, gs, strict=True):
+                        if g is not None:
+                            grads[name] = g if name not in grads else grads[name] + g
+                caches.append((saved, d_out, head))
+        self._point = (values, caches)
+        gradient = torch.cat([grads[name].reshape(-1) if name in grads
+                              else torch.zeros(size, dtype=theta.dtype, device=theta.device)
+                              for name, size in zip(self.loss.names, self.loss.sizes,
+                                                    strict=True)])
+        return value, gradient
+
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        """H·V for V of shape (n, k) at the point of the last :meth:`at`, one column at a time."""
+        return torch.stack([self._product(v) for v in V.T], 1)
+
+    def _product(self, v: torch.Tensor) -> torch.Tensor:
+        values, caches = self._point
+        tangents = self.loss.unflatten(v)
+        out: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for saved, d_out, head in caches:
+                r_in, r = [None] * len(self.layers), None
+                for i in range(self.first, len(self.layers)):
+                    layer = self.layers[i]
+                    r_in[i] = r
+                    r = layer.rforward(r, saved[i], self._params(layer, values),
+                                       self._tangents(i, tangents))
+                rd = _rhead(self.kind, r, head)
+                for i in range(len(self.layers) - 1, self.first - 1, -1):
+                    layer = self.layers[i]
+                    rd, hs = layer.rbackward(rd, d_out[i], r_in[i], saved[i],
+                                             self._params(layer, values),
+                                             self._tangents(i, tangents), i > self.first)
+                    for name, h in zip(layer.names, hs, strict=True):
+                        if h is not None:
+                            out[name] = h if name not in out else out[name].add_(h)
+        return torch.cat([out[name].reshape(-1) if name in out
+                          else torch.zeros(size, dtype=v.dtype, device=v.device)
+                          for name, size in zip(self.loss.names, self.loss.sizes, strict=True)])
+
+    @staticmethod
+    def _params(layer, values):
+        return [None if name is None else values[name] for name in layer.names]
+
+    def _tangents(self, i, tangents):
+        return [tangents[name] if sel else None
+                for name, sel in zip(self.layers[i].names, self.selected[i], strict=True)]
