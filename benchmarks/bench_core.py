@@ -608,8 +608,14 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
         try:
             ls_obj = ls.Objective.from_model(model, torch.nn.functional.cross_entropy, (X, y))
             ls_obj.hvp(v1)
+            trial = ls_obj.info.get("chain_trial", {}).get("seconds_per_product", {})
+            fl["ls_engine"] = (f"{ls_obj.info['hvp_engine']} (chain engine: "
+                               f"{ls_obj.info.get('chain_engine', '-')}; first-point trial, s per "
+                               f"product: " + ", ".join(f"{k} {t:.4f}" for k, t in trial.items())
+                               + ")")
+            log(f"[{name}] landscope HVP engine: {fl['ls_engine']}")
             ops.append(("HVP landscope obj.hvp(v)", lambda: ls_obj.hvp(v1), 1))
-            ops.append(("HVP landscope obj.hvp(V), k=10 batched, per vector",
+            ops.append(("HVP landscope obj.hvp(V), k=10 at once, per vector",
                         lambda: ls_obj.hvp(V10), 10))
         except Exception as exc:
             ls_reason = f"landscope failed: {type(exc).__name__}: {exc}"
@@ -866,6 +872,14 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
         add(r)
         add(measure(M, "landscope", "density() defaults",
                     lambda i: ls.density(ls_obj, seed=i), c_ls, runs, note_fn=ls_dnote, log=log))
+        v_floor = torch.randn(n, dtype=plain.dtype)
+
+        def products_alone(i):  # what any 1-probe x 100-step SLQ on these products costs at least
+            for _ in range(100):
+                ls_obj.hvp(v_floor)
+
+        add(measure(M, "landscope", "floor: 100 x obj.hvp(v) alone, no Lanczos", products_alone,
+                    c_ls, runs, log=log))
 
     flush()
     for r in rows:
@@ -1012,7 +1026,7 @@ def headline_table(results: dict, mem_ok: bool) -> Table:
         tgt = TARGETS["hvp_ratio"].get(name)
         r_ls = fl.get("ls_hvp_ratio")
         t.add(name, f"HVP cost <= {tgt}x gradient" if tgt else "HVP cost (x gradient; no target)",
-              (f"{r_ls:.2f}x (k=10 batched: {fl.get('ls_hvp10_ratio', float('nan')):.2f}x)"
+              (f"{r_ls:.2f}x (k=10 at once: {fl.get('ls_hvp10_ratio', float('nan')):.2f}x)"
                if r_ls else "n/a"),
               f"PyHessian {fl['ph_hvp_ratio']:.2f}x" if "ph_hvp_ratio" in fl else "–", "–",
               verdict(r_ls <= tgt if (r_ls and tgt) else None))
@@ -1087,7 +1101,8 @@ def reference_lines(name: str, res: dict) -> str:
             f"{ref['loss']:.4f}; top-5 {top}; most negative {ref['bottom'][0]:.6g} (next "
             f"{', '.join(f'{v:.6g}' for v in ref['bottom'][1:])}); trace {ref['trace']:.6g}"
             + (f" ± {ref['trace_se']:.2g} (1 s.e.)" if ref.get("trace_se") else " (exact)")
-            + f"; landscope tol for the rel. 1e-3 lambda_min row: {res['floor']['tol_min']:g}\n")
+            + f"; landscope tol for the rel. 1e-3 lambda_min row: {res['floor']['tol_min']:g}"
+            + f"; landscope HVP engine: {res['floor'].get('ls_engine', '-')}\n")
 
 
 # ================================================================================ main

@@ -232,33 +232,40 @@ def _batched_lanczos(matmat, V0: torch.Tensor, steps: int, progress):
     sizes = torch.full((probes,), steps, dtype=torch.int64)
     active = torch.ones(probes, dtype=torch.bool)
     scale = torch.zeros(probes, dtype=torch.float64)
-    products = 0
+    products, running = 0, probes
     for i in range(steps):
-        idx = torch.nonzero(active).flatten()
-        if idx.numel() == 0:
+        if running == 0:
             break
-        W = torch.zeros(probes, n, dtype=V0.dtype, device=V0.device)
-        W[idx.to(V0.device)] = apply(matmat, Q[idx.to(V0.device), i, :].T.contiguous()).T
-        products += idx.numel()
-        scale = torch.maximum(scale, torch.linalg.vector_norm(W, dim=1).double().cpu())
+        if running == probes:  # the common case: no indexing
+            W = apply(matmat, Q[:, i, :].T.contiguous()).T
+        else:
+            idx = torch.nonzero(active).flatten().to(V0.device)
+            W = torch.zeros(probes, n, dtype=V0.dtype, device=V0.device)
+            W[idx] = apply(matmat, Q[idx, i, :].T.contiguous()).T
+        products += running
+        norm0 = torch.linalg.vector_norm(W, dim=1)
         B = Q[:, : i + 1, :]
         h1 = torch.bmm(B, W.unsqueeze(2))
         W = W - torch.bmm(B.transpose(1, 2), h1).squeeze(2)
-        n1 = torch.linalg.vector_norm(W, dim=1).double().cpu()
+        n1 = torch.linalg.vector_norm(W, dim=1)
         h2 = torch.bmm(B, W.unsqueeze(2))
         W = W - torch.bmm(B.transpose(1, 2), h2).squeeze(2)
-        n2 = torch.linalg.vector_norm(W, dim=1).double().cpu()
-        alpha[idx, i] = (h1 + h2)[:, i, 0].double().cpu()[idx]
+        n2 = torch.linalg.vector_norm(W, dim=1)
+        # one device-to-host copy per step for all four per-probe numbers
+        norm0, n1, n2, a = torch.stack([norm0, n1, n2, (h1 + h2)[:, i, 0]]).double().cpu()
+        scale = torch.maximum(scale, norm0)
+        alpha[active, i] = a[active]
         if progress is not None:
             progress(products, (i + 1) / steps)
         if i + 1 == steps:
             break
         broke = active & ((n2 <= tiny * scale) | (n2 < 0.5 * n1))
-        sizes[broke] = i + 1
-        active &= ~broke
-        go = torch.nonzero(active).flatten()
-        Q[go.to(V0.device), i + 1, :] = W[go.to(V0.device)] / n2[go].to(W)[:, None]
-        beta[go, i] = n2[go]
+        if broke.any():
+            sizes[broke] = i + 1
+            active &= ~broke
+            running = int(active.sum())
+        Q[active.to(V0.device), i + 1, :] = W[active.to(V0.device)] / n2[active].to(W)[:, None]
+        beta[active, i] = n2[active]
     return alpha, beta, sizes, products
 
 
