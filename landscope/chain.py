@@ -10,7 +10,7 @@ Why by hand, when autograd's double backward through the kept first-order graph 
 autograd also differentiates the backward formulas of ReLU and friends with respect to their saved
 inputs, materialises zero tensors for that and adds them up, and it cannot merge the two halves of
 R{o} = R{u}·Wᵀ + u·Vᵀ into one accumulating matrix product. On the 26k-parameter ReLU MLP over the
-1,797 digits a product here costs about 1.2 gradients against 1.7 for the kept graph
+1,797 digits a product here costs about 1.35 gradients against 1.7 for the kept graph
 (``benchmarks/RESULTS.md``). The Objective checks this engine against autograd on first use and
 keeps whichever exact engine is faster.
 """
