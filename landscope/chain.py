@@ -1,8 +1,8 @@
 """Exact Hessian-vector products for chain-shaped models by hand-derived R-operators.
 
 A model whose traced graph (``torch.fx``) is a chain x → f₁ → … → f_L → loss of known layers
-(Linear, Conv2d, BatchNorm in eval mode, ReLU, LeakyReLU, Tanh, Sigmoid, reshapes, dropout in eval
-mode) gets H·v from Pearlmutter's R-operator R{·} = ∂(·)/∂θ · v: per point, one forward and one
+(Linear, Conv2d, BatchNorm in eval mode, ReLU, LeakyReLU, Tanh, Sigmoid, GELU, SiLU, Softplus, ELU,
+max and average pooling, reshapes, dropout in eval mode) gets H·v from Pearlmutter's R-operator R{·} = ∂(·)/∂θ · v: per point, one forward and one
 backward pass cache each layer's input u_l and output gradient ∂L/∂o_l; per product, one sweep
 forward of the tangents R{u_l} and one sweep backward of R{∂L/∂u_l}, which collects H·v.
 
@@ -16,6 +16,8 @@ keeps whichever exact engine is faster.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -184,27 +186,65 @@ class _BatchNormEval:
         return rd_u, [hg, hb]
 
 
+def _relu(u):
+    d1 = (u > 0).to(u.dtype)
+    return u * d1, d1, None
+
+
+def _leaky_relu(u, slope=0.01):
+    d1 = (u > 0).to(u.dtype).mul_(1 - slope).add_(slope)  # 1 or the slope
+    return u * d1, d1, None
+
+
+def _tanh(u):
+    o = torch.tanh(u)
+    d1 = 1 - o * o
+    return o, d1, -2 * o * d1
+
+
+def _sigmoid(u):
+    o = torch.sigmoid(u)
+    d1 = o * (1 - o)
+    return o, d1, d1 * (1 - 2 * o)
+
+
+def _gelu(u):  # u·Φ(u): σ' = Φ + u·φ, σ'' = φ·(2 − u²)
+    cdf = 0.5 * (1 + torch.erf(u / math.sqrt(2)))
+    pdf = torch.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+    return F.gelu(u), cdf + u * pdf, pdf * (2 - u * u)
+
+
+def _silu(u):  # u·s(u): σ' = s·(1 + u(1 − s)), σ'' = s(1 − s)·(2 + u(1 − 2s))
+    s = torch.sigmoid(u)
+    return F.silu(u), s * (1 + u * (1 - s)), s * (1 - s) * (2 + u * (1 - 2 * s))
+
+
+def _softplus(u, beta=1.0, threshold=20.0):  # log(1 + e^{βu})/β, the identity where βu > threshold
+    s = torch.sigmoid(beta * u)
+    linear = beta * u > threshold
+    d1 = torch.where(linear, torch.ones_like(s), s)
+    d2 = torch.where(linear, torch.zeros_like(s), beta * s * (1 - s))
+    return F.softplus(u, beta, threshold), d1, d2
+
+
+def _elu(u, alpha=1.0):  # u where u > 0, α(eᵘ − 1) elsewhere
+    curve = alpha * torch.exp(torch.clamp(u, max=0))
+    negative = u <= 0
+    d1 = torch.where(negative, curve, torch.ones_like(u))
+    return F.elu(u, alpha), d1, torch.where(negative, curve, torch.zeros_like(u))
+
+
 class _Activation:
     """o = σ(u) elementwise; saved: σ'(u) and σ''(u) (None where σ is piecewise linear)."""
 
     names: list = []
 
-    def __init__(self, kind: str, slope: float = 0.01):
-        self.kind, self.slope = kind, slope
+    def __init__(self, derivatives, **options):
+        self.derivatives, self.options = derivatives, options
 
     def forward(self, u, p):
-        if self.kind == "relu":
-            d1 = (u > 0).to(u.dtype)
-            return u * d1, (d1, None)
-        if self.kind == "leaky_relu":
-            d1 = (u > 0).to(u.dtype).mul_(1 - self.slope).add_(self.slope)  # 1 or the slope
-            return u * d1, (d1, None)
-        o = torch.tanh(u) if self.kind == "tanh" else torch.sigmoid(u)
-        if self.kind == "tanh":
-            d1 = 1 - o * o
-            return o, (d1, -2 * o * d1)
-        d1 = o * (1 - o)
-        return o, (d1, d1 * (1 - 2 * o))
+        o, d1, d2 = self.derivatives(u, **self.options)
+        return o, (d1, d2)
 
     def backward(self, d_o, saved, p, want, need_input):
         return d_o * saved[0], []
@@ -221,6 +261,63 @@ class _Activation:
         if d2 is not None and r_u is not None:
             rd_u.addcmul_(d_o * d2, r_u)
         return rd_u, []
+
+
+class _MaxPool2d:
+    """Piecewise linear: o gathers u at the window maxima (indices kept), the adjoint scatters."""
+
+    names: list = []
+
+    def __init__(self, module: nn.MaxPool2d):
+        self.args = (module.kernel_size, module.stride, module.padding, module.dilation,
+                     module.ceil_mode)
+
+    def forward(self, u, p):
+        o, index = F.max_pool2d(u, *self.args, return_indices=True)
+        return o, (index.flatten(2), u.shape, o.shape)
+
+    def backward(self, d_o, saved, p, want, need_input):
+        index, shape, _ = saved
+        d_u = d_o.new_zeros(shape[0], shape[1], shape[2] * shape[3])
+        return d_u.scatter_add_(2, index, d_o.flatten(2)).view(shape), []
+
+    def rforward(self, r_u, saved, p, vp):
+        index, _, out_shape = saved
+        return None if r_u is None else r_u.flatten(2).gather(2, index).view(out_shape)
+
+    def rbackward(self, rd_o, d_o, r_u, saved, p, vp, need_input):
+        return self.backward(rd_o, saved, p, None, need_input)
+
+
+class _AvgPool2d:
+    """A fixed linear map o = A u (average pooling); its adjoint comes from ATen's backward."""
+
+    names: list = []
+
+    def __init__(self, module):
+        if isinstance(module, nn.AdaptiveAvgPool2d):
+            self.apply = lambda t: F.adaptive_avg_pool2d(t, module.output_size)
+            self.adjoint = torch.ops.aten._adaptive_avg_pool2d_backward
+        else:
+            pair = nn.modules.utils._pair
+            args = (list(pair(module.kernel_size)),
+                    list(pair(module.stride if module.stride is not None else module.kernel_size)),
+                    list(pair(module.padding)), module.ceil_mode, module.count_include_pad,
+                    module.divisor_override)
+            self.apply = lambda t: F.avg_pool2d(t, *args)
+            self.adjoint = lambda d, u: torch.ops.aten.avg_pool2d_backward(d, u, *args)
+
+    def forward(self, u, p):
+        return self.apply(u), u
+
+    def backward(self, d_o, u, p, want, need_input):
+        return self.adjoint(d_o.contiguous(), u), []
+
+    def rforward(self, r_u, u, p, vp):
+        return None if r_u is None else self.apply(r_u)
+
+    def rbackward(self, rd_o, d_o, r_u, u, p, vp, need_input):
+        return self.adjoint(rd_o.contiguous(), u), []
 
 
 class _Reshape:
@@ -245,12 +342,17 @@ class _Reshape:
 
 
 # ============================================================================ tracing
-_ACTIVATION_MODULES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
-                       nn.LeakyReLU: "leaky_relu"}
-_ACTIVATION_FUNCTIONS = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh",
-                         F.tanh: "tanh", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
-                         F.leaky_relu: "leaky_relu"}
-_ACTIVATION_METHODS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
+_ACTIVATION_MODULES = {  # module type -> (derivatives, options read from the module)
+    nn.ReLU: (_relu, lambda m: {}), nn.Tanh: (_tanh, lambda m: {}),
+    nn.Sigmoid: (_sigmoid, lambda m: {}), nn.SiLU: (_silu, lambda m: {}),
+    nn.LeakyReLU: (_leaky_relu, lambda m: {"slope": m.negative_slope}),
+    nn.Softplus: (_softplus, lambda m: {"beta": m.beta, "threshold": m.threshold}),
+    nn.ELU: (_elu, lambda m: {"alpha": m.alpha}),
+}
+_ACTIVATION_FUNCTIONS = {torch.relu: _relu, F.relu: _relu, torch.tanh: _tanh, F.tanh: _tanh,
+                         torch.sigmoid: _sigmoid, F.sigmoid: _sigmoid, F.silu: _silu,
+                         F.gelu: _gelu, F.leaky_relu: _leaky_relu}
+_ACTIVATION_METHODS = {"relu": _relu, "tanh": _tanh, "sigmoid": _sigmoid}
 _SHAPE_METHODS = {"view", "reshape", "flatten", "contiguous"}
 _SHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
 
@@ -270,17 +372,30 @@ def _layer_for(node, model: nn.Module, buffers: dict, mode: str):
         if kind in (nn.BatchNorm1d, nn.BatchNorm2d) and mode == "eval":
             return _BatchNormEval(module, prefix, buffers)
         if kind in _ACTIVATION_MODULES:
-            return _Activation(_ACTIVATION_MODULES[kind], getattr(module, "negative_slope", 0.01))
+            derivatives, options = _ACTIVATION_MODULES[kind]
+            return _Activation(derivatives, **options(module))
+        if kind is nn.GELU and module.approximate == "none":
+            return _Activation(_gelu)
+        if kind is nn.MaxPool2d and not module.return_indices:
+            return _MaxPool2d(module)
+        if kind in (nn.AvgPool2d, nn.AdaptiveAvgPool2d):
+            return _AvgPool2d(module)
         if kind is nn.Flatten:
             return _Reshape(lambda t, m=module: t.flatten(m.start_dim, m.end_dim))
         if kind is nn.Identity or (kind is nn.Dropout and mode == "eval"):
             return _Reshape()
         raise Unsupported(f"module {node.target!r} ({kind.__name__}) in {mode} mode")
     if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
-        if kwargs.get("inplace") or (node.target is F.relu and rest and rest[0]):
-            raise Unsupported(f"in-place activation at {node.name!r}")
-        slope = (rest[0] if rest else kwargs.get("negative_slope", 0.01))
-        return _Activation(_ACTIVATION_FUNCTIONS[node.target], slope)
+        fn = _ACTIVATION_FUNCTIONS[node.target]
+        if fn is _leaky_relu:
+            slope = rest[0] if rest else kwargs.pop("negative_slope", 0.01)
+            rest, options = rest[1:], {"slope": slope}
+        else:
+            options = {}
+        if kwargs.pop("approximate", "none") != "none" or any(rest) or any(kwargs.values()):
+            raise Unsupported(f"{node.target.__name__} with options {rest or kwargs} at "
+                              f"{node.name!r} (in place or approximate)")
+        return _Activation(fn, **options)
     if node.op == "call_function" and node.target in _SHAPE_FUNCTIONS:
         return _Reshape(lambda t, f=node.target: f(t, *rest, **kwargs))
     if node.op == "call_method" and node.target in _ACTIVATION_METHODS and not rest:

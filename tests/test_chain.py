@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import classification_data, make_cnn, make_mlp, reference_hessian
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.functional import cross_entropy, gelu, mse_loss
 
 from landscope import BadInputError, NonFiniteLossError, Objective
@@ -50,12 +51,44 @@ def _mixed_mlp():
     return model
 
 
+def _smooth_mlp():
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Linear(16, 6), nn.GELU(), nn.Linear(6, 6), nn.SiLU(),
+                         nn.Linear(6, 5), nn.Softplus(beta=2.0, threshold=1.0), nn.Linear(5, 5),
+                         nn.ELU(alpha=0.7), nn.Linear(5, 3)).double()
+
+
+class PoolCNN(nn.Module):
+    """Overlapping max pooling, average pooling and adaptive pooling between convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
+        self.pool1 = nn.MaxPool2d(3, stride=1, padding=1)
+        self.conv2 = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool2 = nn.AvgPool2d(2)
+        self.pool3 = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.pool1(torch.tanh(self.conv1(x.view(-1, 1, 4, 4))))
+        h = self.pool3(self.pool2(F.gelu(self.conv2(h))))
+        return self.fc(h.flatten(1))
+
+
+def _pool_cnn():
+    torch.manual_seed(6)
+    return PoolCNN().double()
+
+
 MODELS = {  # name: (model factory, loss, parameter selection)
     "tanh_mlp": (lambda: make_mlp(nn.Tanh, sizes=(16, 6, 5, 3)), cross_entropy, None),
     "relu_mlp_mse": (lambda: make_mlp(nn.ReLU, sizes=(16, 7, 3)), mse_loss, None),
     "cnn_bn_eval": (make_cnn, cross_entropy, None),
     "view_cnn": (_view_cnn, nn.CrossEntropyLoss(), None),
     "mixed_mlp": (_mixed_mlp, cross_entropy, None),
+    "smooth_mlp": (_smooth_mlp, cross_entropy, None),
+    "pool_cnn": (_pool_cnn, cross_entropy, None),
     "last_layer_only": (lambda: make_mlp(nn.Tanh, sizes=(16, 6, 5, 3)), cross_entropy, "4.*"),
     "biases_and_bn": (make_cnn, cross_entropy, ["conv.bias", "bn.weight", "fc.bias"]),
 }
@@ -126,18 +159,18 @@ class Residual(nn.Module):
         return self.b(x + torch.tanh(self.a(x)))
 
 
-class Gelu(nn.Module):
+class TanhGelu(nn.Module):
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Linear(16, 4), nn.Linear(4, 3)
 
     def forward(self, x):
-        return self.b(gelu(self.a(x)))
+        return self.b(gelu(self.a(x), approximate="tanh"))
 
 
 @pytest.mark.parametrize("model, loss, mode, reason", [
     (Residual(), cross_entropy, "eval", "not fed by the one step before it"),
-    (Gelu(), cross_entropy, "eval", "gelu"),
+    (TanhGelu(), cross_entropy, "eval", "approximate"),
     (make_cnn(), cross_entropy, "train", "BatchNorm2d) in train mode"),
     (make_mlp(nn.Tanh, sizes=(16, 3)), lambda out, t: cross_entropy(out, t), "eval", "loss"),
     (make_mlp(nn.Tanh, sizes=(16, 3)), nn.CrossEntropyLoss(label_smoothing=0.1), "eval", "loss"),
