@@ -233,6 +233,7 @@ def _batched_lanczos(matmat, V0: torch.Tensor, steps: int, progress):
     active = torch.ones(probes, dtype=torch.bool)
     scale = torch.zeros(probes, dtype=torch.float64)
     products, running = 0, probes
+    beta_prev = torch.zeros(probes, dtype=V0.dtype, device=V0.device)
     for i in range(steps):
         if running == 0:
             break
@@ -243,29 +244,43 @@ def _batched_lanczos(matmat, V0: torch.Tensor, steps: int, progress):
             W = torch.zeros(probes, n, dtype=V0.dtype, device=V0.device)
             W[idx] = apply(matmat, Q[idx, i, :].T.contiguous()).T
         products += running
+        # Three-term recurrence first, then one classical Gram-Schmidt pass against the whole
+        # basis: the coefficients left after the recurrence are tiny, so one pass (two reads of
+        # the basis) keeps orthogonality to rounding; a second pass runs only when the first
+        # removed a large share (Daniel-Gragg-Kaufman-Stewart criterion, 1/√2).
         norm0 = torch.linalg.vector_norm(W, dim=1)
+        q = Q[:, i, :]
+        a0 = (W * q).sum(1)
+        W = W - a0[:, None] * q
+        if i:
+            W -= beta_prev[:, None] * Q[:, i - 1, :]
+        nb = torch.linalg.vector_norm(W, dim=1)
         B = Q[:, : i + 1, :]
-        h1 = torch.bmm(B, W.unsqueeze(2))
-        W = W - torch.bmm(B.transpose(1, 2), h1).squeeze(2)
+        h = torch.bmm(B, W.unsqueeze(2))
+        W = W - torch.bmm(B.transpose(1, 2), h).squeeze(2)
         n1 = torch.linalg.vector_norm(W, dim=1)
-        h2 = torch.bmm(B, W.unsqueeze(2))
-        W = W - torch.bmm(B.transpose(1, 2), h2).squeeze(2)
-        n2 = torch.linalg.vector_norm(W, dim=1)
-        # one device-to-host copy per step for all four per-probe numbers
-        norm0, n1, n2, a = torch.stack([norm0, n1, n2, (h1 + h2)[:, i, 0]]).double().cpu()
+        # one device-to-host copy per step for the per-probe numbers
+        norm0, nb, n1, a = torch.stack([norm0, nb, n1, a0 + h[:, i, 0]]).double().cpu()
+        n2, repeated = n1, bool((active & (n1 < nb / math.sqrt(2))).any())
+        if repeated:
+            h2 = torch.bmm(B, W.unsqueeze(2))
+            W = W - torch.bmm(B.transpose(1, 2), h2).squeeze(2)
+            n2 = torch.linalg.vector_norm(W, dim=1).double().cpu()
+            a = a + h2[:, i, 0].double().cpu()
         scale = torch.maximum(scale, norm0)
         alpha[active, i] = a[active]
         if progress is not None:
             progress(products, (i + 1) / steps)
         if i + 1 == steps:
             break
-        broke = active & ((n2 <= tiny * scale) | (n2 < 0.5 * n1))
+        broke = active & ((n2 <= tiny * scale) | (repeated & (n2 < 0.5 * n1)))
         if broke.any():
             sizes[broke] = i + 1
             active &= ~broke
             running = int(active.sum())
         Q[active.to(V0.device), i + 1, :] = W[active.to(V0.device)] / n2[active].to(W)[:, None]
         beta[active, i] = n2[active]
+        beta_prev = torch.where(active, n2, 0.0).to(W)
     return alpha, beta, sizes, products
 
 
