@@ -268,7 +268,8 @@ def _batched_lanczos(matmat, V0: torch.Tensor, steps: int, progress):
             n2 = torch.linalg.vector_norm(W, dim=1).double().cpu()
             a = a + h2[:, i, 0].double().cpu()
         scale = torch.maximum(scale, norm0)
-        alpha[active, i] = a[active]
+        every = running == probes  # boolean-mask indexing costs more than the arithmetic here
+        alpha[:, i] = torch.where(active, a, alpha[:, i]) if not every else a
         if progress is not None:
             progress(products, (i + 1) / steps)
         if i + 1 == steps:
@@ -278,9 +279,15 @@ def _batched_lanczos(matmat, V0: torch.Tensor, steps: int, progress):
             sizes[broke] = i + 1
             active &= ~broke
             running = int(active.sum())
-        Q[active.to(V0.device), i + 1, :] = W[active.to(V0.device)] / n2[active].to(W)[:, None]
-        beta[active, i] = n2[active]
-        beta_prev = torch.where(active, n2, 0.0).to(W)
+        if running == probes:
+            Q[:, i + 1, :] = W / n2.to(W)[:, None]
+            beta[:, i] = n2
+            beta_prev = n2.to(W)
+        else:
+            Q[active.to(V0.device), i + 1, :] = (W[active.to(V0.device)]
+                                                 / n2[active].to(W)[:, None])
+            beta[active, i] = n2[active]
+            beta_prev = torch.where(active, n2, 0.0).to(W)
     return alpha, beta, sizes, products
 
 
