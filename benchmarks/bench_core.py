@@ -13,6 +13,10 @@ clock, median of 3 runs (a run over 20 s is not repeated); HVPs are counted by w
 own HVP entry point. The headline table holds the targets; all tables go to stdout and a dated
 section is appended to ``benchmarks/RESULTS.md``.
 
+The timing and reporting machinery is in ``harness.py``, the baseline and the peers' hooks in
+``peers.py``, the peak-memory subprocess in ``memprobe.py`` (it re-runs this script with the
+hidden flag ``--_memprobe``); this file holds the measures, references and the report.
+
 Run it as ``make bench`` (creates ``benchmarks/.venv-peers`` if missing), or
 ``benchmarks/.venv-peers/bin/python benchmarks/bench_core.py [--workloads W1,W2] [--quick]
 [--no-peers]``: the script re-executes itself with the timing-hygiene environment when that is
@@ -22,23 +26,15 @@ missing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import gc
 import hashlib
 import json
 import math
-import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
-import threading
 import time
 import warnings
-from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -56,153 +52,37 @@ import scipy.sparse.linalg as sla  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(HERE))
+from harness import (  # noqa: E402
+    REPEAT_LIMIT_S,
+    LoadSampler,
+    Pending,
+    Row,
+    Table,
+    _arr,
+    _clear_grads,
+    _flat,
+    _fmt,
+    machine_info,
+    measure,
+    run_group,
+    versions,
+)
+from memprobe import _memprobe_main, memory_probe  # noqa: E402
+from peers import (  # noqa: E402
+    Counters,
+    PlainHVP,
+    import_peers,
+    shift_trick_iterations,
+    torch_eig_shim,
+)
 from workloads import HYGIENE_ENV, WORKLOADS, build_workload, cache_dir, timing_hygiene  # noqa: E402
 
-REPEAT_LIMIT_S = 20.0  # a run longer than this is not repeated
 RESULTS_MD = HERE / "RESULTS.md"
 # Most power iterations the shift trick gets to come within rel. 1e-3 of lambda_min (per workload:
 # an iteration costs ~3 ms on W1, ~10 ms on W2, ~100 ms on W3).
 LMIN_CAP = {"W1": 4000, "W2": 3000, "W3": 1000}
 TARGETS = {"hvp_ratio": {"W2": 1.6, "W3": 2.3}, "top5_speedup": 3.0, "lmin_speedup": 4.0,
            "density_speedup": 2.0}
-
-# ================================================================================ small helpers
-
-
-def _arr(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def _fmt(x, digits=3) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, str):
-        return x
-    if isinstance(x, (int, np.integer)):
-        return str(int(x))
-    if not math.isfinite(x):
-        return str(x)
-    if x == 0:
-        return "0"
-    if abs(x) >= 1e4 or abs(x) < 1e-3:
-        return f"{x:.1e}"
-    return f"{x:.{digits}g}"
-
-
-def _flat(ts) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in ts])
-
-
-def _clear_grads(model) -> None:
-    for p in model.parameters():
-        p.grad = None
-
-
-class LoadSampler:
-    """1-minute load average, sampled every 10 s in a daemon thread."""
-
-    def __init__(self, every: float = 10.0):
-        self.samples = [os.getloadavg()[0]]
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, args=(every,), daemon=True)
-        self._t.start()
-
-    def _run(self, every):
-        while not self._stop.wait(every):
-            self.samples.append(os.getloadavg()[0])
-
-    def stop(self) -> str:
-        self._stop.set()
-        s = self.samples + [os.getloadavg()[0]]
-        return (f"min {min(s):.2f}, median {statistics.median(s):.2f}, max {max(s):.2f} "
-                f"({len(s)} samples)")
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = ""
-    with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 2**20:.0f} GiB"
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem": mem, "python": platform.python_version(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
-
-
-def versions() -> dict:
-    out = {}
-    for dist in ("landscope", "PyHessian", "curvlinops-for-pytorch", "hessian-eigenthings",
-                 "numpy", "scipy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-# ================================================================================ tables
-
-
-class Table:
-    def __init__(self, title: str, headers: list[str]):
-        self.title, self.headers, self.rows = title, headers, []
-
-    def add(self, *cells) -> None:
-        self.rows.append([_fmt(c) if not isinstance(c, str) else c for c in cells])
-
-    def markdown(self) -> str:
-        out = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |",
-               "|" + "---|" * len(self.headers)]
-        out += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in self.rows]
-        return "\n".join(out) + "\n"
-
-    def show(self) -> None:
-        try:
-            from rich.console import Console
-            from rich.table import Table as RTable
-        except ImportError:
-            print(self.markdown())
-            return
-        t = RTable(title=self.title, title_justify="left")
-        for h in self.headers:
-            t.add_column(h, overflow="fold")
-        for r in self.rows:
-            t.add_row(*r)
-        Console(width=220).print(t)
-
-
-# ================================================================================ baseline HVP
-
-
-class PlainHVP:
-    """Plain torch.autograd: first backward with create_graph once, then one backward per HVP."""
-
-    def __init__(self, model, X, y, crit):
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        g = torch.autograd.grad(crit(model(X), y), self.params, create_graph=True)
-        self.g = _flat(g)
-        self.n, self.dtype, self.count = self.g.numel(), self.g.dtype, 0
-
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        self.count += 1
-        hv = torch.autograd.grad(self.g, self.params, grad_outputs=v, retain_graph=True)
-        return _flat(hv).detach()
-
-    def scipy(self) -> sla.LinearOperator:
-        def mv(x):
-            v = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(-1), dtype=self.dtype)
-            return self(v).double().numpy()
-
-        return sla.LinearOperator((self.n, self.n), matvec=mv, dtype=np.float64)
-
 
 # ================================================================================ references
 
@@ -272,106 +152,7 @@ def references(name: str, model, X, y, crit, log) -> dict:
     return ref
 
 
-# ================================================================================ measuring
-
-
-@dataclass
-class Row:
-    measure: str
-    tool: str
-    method: str
-    time: float | None = None
-    cpu: float | None = None
-    hvps: int | None = None
-    err: float | None = None
-    err_worst: float | None = None
-    runs: int = 0
-    notes: str = ""
-    value: object = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def ms_per_hvp(self):
-        if self.time is None or not self.hvps:
-            return None
-        return 1e3 * self.time / self.hvps
-
-
-@dataclass
-class Pending:
-    """One measure of one tool, waiting to be run in a group (see :func:`run_group`)."""
-
-    measure: str
-    tool: str
-    method: str
-    fn: object
-    counter: object
-    runs: int
-    err_fn: object = None
-    note_fn: object = None
-    log: object = print
-    extra: dict = field(default_factory=dict)
-
-
-def measure(measure_name, tool, method, fn, counter, runs, err_fn=None, note_fn=None,
-            log=print) -> Pending:
-    return Pending(measure_name, tool, method, fn, counter, runs, err_fn, note_fn, log)
-
-
-def run_group(pendings: list[Pending]) -> list[Row]:
-    """Run the tools of one measure round-robin: run 1 of every tool, then run 2, ...
-
-    Load changes on the shared machine then hit all tools alike. A tool stops repeating after a
-    run over REPEAT_LIMIT_S; ``fn(i)`` gets the run index (seeds), and the global torch seed is set
-    to 1000 + i before each run (PyHessian draws its start vectors from the global generator).
-    """
-    state = {id(p): {"results": [], "error": None} for p in pendings}
-    for i in range(max((p.runs for p in pendings), default=0)):
-        for p in pendings:
-            st = state[id(p)]
-            if st["error"] or i >= p.runs or (st["results"]
-                                              and st["results"][-1][0] > REPEAT_LIMIT_S):
-                continue
-            gc.collect()
-            torch.manual_seed(1000 + i)
-            c0 = p.counter()
-            t0, p0 = time.perf_counter(), time.process_time()
-            try:
-                out = p.fn(i)
-            except Exception as exc:  # a tool failing is a result too
-                st["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:160]
-                st["runs"] = i + 1
-                p.log(f"    {p.measure} / {p.tool} / {p.method}: error {st['error']}")
-                continue
-            wall, cpu = time.perf_counter() - t0, time.process_time() - p0
-            st["results"].append((wall, cpu, p.counter() - c0, out))
-    return [_finish(p, state[id(p)]) for p in pendings]
-
-
-def _finish(p: Pending, st: dict) -> Row:
-    if st["error"]:
-        return Row(p.measure, p.tool, p.method, runs=st["runs"], notes=f"error: `{st['error']}`",
-                   extra=p.extra)
-    results = st["results"]
-    errs = []
-    for r in results:
-        try:
-            errs.append(p.err_fn(r[3]) if p.err_fn else None)
-        except Exception as exc:
-            p.log(f"    {p.measure} / {p.tool}: could not score the result: {exc!r}")
-            errs.append(None)
-    order = sorted(range(len(results)), key=lambda j: results[j][0])
-    mid = order[(len(order) - 1) // 2] if len(order) != 2 else order[1]
-    wall, cpu, hv, out = results[mid]
-    row = Row(p.measure, p.tool, p.method, wall, cpu, hv, errs[mid],
-              max((e for e in errs if e is not None), default=None), len(results),
-              value=out, extra=p.extra)
-    if p.note_fn:
-        with contextlib.suppress(Exception):
-            row.notes = p.note_fn(out)
-    p.log(f"    {p.measure:18s} {p.tool:14s} {p.method[:60]:60s} {wall:8.3f} s  HVPs {hv}  "
-          f"err {_fmt(row.err)}")
-    return row
+# ================================================================================ scoring
 
 
 def _relerr(v, r):
@@ -412,114 +193,7 @@ def _density_measure(d):
     return None
 
 
-# ================================================================================ tools
-
-
-def shift_trick_iterations(make, lmin_ref: float, cap: int, seed: int):
-    """How many power iterations PyHessian's shift trick needs to get lambda_min to rel. 1e-3.
-
-    Replays the loop of ``hessian.eigenvalues(top_n=1)`` on the shifted Hessian H - cI with
-    PyHessian's own helpers (same start vector under the same seed) and scores every iterate
-    mu + c. Returns ``(t, cap)``: t is the first iteration count from which every iterate is within
-    rel. 1e-3 (checked over the next max(20, t/10) iterations), or None if that does not happen
-    within ``cap`` iterations. This oracle stop is generous to PyHessian: a user cannot know t.
-    """
-    from pyhessian.utils import group_product, hessian_vector_product, normalization, orthnormal
-
-    torch.manual_seed(seed)
-    c, h2 = make()
-    v = normalization([torch.randn(p.size()) for p in h2.params])
-    first_ok = None
-    for t in range(1, cap + 1):
-        v = orthnormal(v, [])
-        hv = hessian_vector_product(h2.gradsH, h2.params, v)
-        mu = group_product(hv, v).item()
-        v = normalization(hv)
-        if abs(mu + c - lmin_ref) <= 1e-3 * abs(lmin_ref):
-            first_ok = first_ok or t
-            if t - first_ok >= max(20, first_ok // 10):
-                return first_ok, cap
-        else:
-            first_ok = None
-    return None, cap
-
-
-@contextlib.contextmanager
-def torch_eig_shim():
-    """PyHessian 0.1's density() calls torch.eig, removed from torch: answer it with eigh."""
-    orig = torch.eig if hasattr(torch, "eig") else None
-
-    def eig(A, eigenvectors=False):
-        w, V = torch.linalg.eigh(A)
-        return torch.stack([w, torch.zeros_like(w)], 1), V
-
-    torch.eig = eig
-    try:
-        yield
-    finally:
-        if orig is None:
-            del torch.eig
-        else:
-            torch.eig = orig
-
-
-class Counters:
-    """HVP counters installed by wrapping each peer's own HVP entry point."""
-
-    def __init__(self):
-        self.c = {"pyhessian": 0, "curvlinops": 0, "eigenthings": 0}
-
-    def install(self, have: dict) -> None:
-        if have.get("pyhessian"):
-            import pyhessian  # noqa: F401  (its package attribute .hessian is the class)
-
-            ph_mod = sys.modules["pyhessian.hessian"]
-
-            orig = ph_mod.hessian_vector_product
-
-            def ph_hvp(gradsH, params, v):
-                self.c["pyhessian"] += 1
-                return orig(gradsH, params, v)
-
-            ph_mod.hessian_vector_product = ph_hvp
-        if have.get("curvlinops"):
-            from curvlinops import HessianLinearOperator
-            from curvlinops._torch_base import CurvatureLinearOperator
-
-            orig_mm = CurvatureLinearOperator._matmat
-
-            def cl_matmat(op, M):
-                self.c["curvlinops"] += int(M[0].shape[-1])
-                return orig_mm(op, M)
-
-            HessianLinearOperator._matmat = cl_matmat
-        if have.get("eigenthings"):
-            from hessian_eigenthings import HessianOperator
-
-            orig_mv = HessianOperator.matvec
-
-            def he_matvec(op, v):
-                self.c["eigenthings"] += 1 if v.ndim == 1 else int(v.shape[-1])
-                return orig_mv(op, v)
-
-            HessianOperator.matvec = he_matvec
-
-    def get(self, tool):
-        return lambda: self.c[tool]
-
-
-def import_peers(no_peers: bool, log) -> dict:
-    have = {}
-    if no_peers:
-        return have
-    for key, mod in (("pyhessian", "pyhessian"), ("curvlinops", "curvlinops"),
-                     ("eigenthings", "hessian_eigenthings")):
-        try:
-            __import__(mod)
-            have[key] = True
-        except Exception as exc:
-            log(f"peer {mod} not importable ({type(exc).__name__}: {exc}); its rows are skipped")
-    return have
+# ================================================================================ landscope
 
 
 def import_landscope(log):
@@ -898,101 +572,6 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
         mem[tool] = memory_probe(name, tool)
         log(f"[{name}] peak memory of a k=5 eigenpair call, {tool}: {mem[tool]}")
     return {"rows": rows, "floor": fl, "ref": ref, "mem": mem, "n": n, "ls_reason": ls_reason}
-
-
-# ================================================================================ memory probe
-
-
-def memory_probe(name: str, tool: str) -> dict:
-    """Run one k=5 top-eigenpair call in a fresh subprocess; report its RSS high-water mark."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_memprobe", f"{name}:{tool}"]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-        line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-        if not line:
-            return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][:160]}
-        return json.loads(line[-1])
-    except subprocess.TimeoutExpired:
-        return {"error": "timeout"}
-
-
-def _memprobe_main(spec: str) -> None:
-    name, tool = spec.split(":")
-    timing_hygiene(warn=False)
-    warnings.simplefilter("ignore")
-    model, X, y, crit = build_workload(name)
-    params = list(model.parameters())
-    with torch.no_grad():
-        crit(model(X), y)
-    if tool == "pyhessian":
-        import pyhessian
-    elif tool == "curvlinops":
-        from curvlinops import HessianLinearOperator
-    elif tool == "landscope":
-        import landscope as ls
-    gc.collect()
-    exact_peak = _reset_peak()
-    rss0 = _rss_now()
-    sampler = None if exact_peak else _PeakSampler()
-    if tool == "plain":
-        A = PlainHVP(model, X, y, crit).scipy()
-        sla.eigsh(A, k=5, which="LA", tol=1e-3)
-    elif tool == "pyhessian":
-        pyhessian.hessian(model, crit, data=(X, y), cuda=False).eigenvalues(top_n=5, tol=1e-3)
-    elif tool == "curvlinops":
-        A = HessianLinearOperator(model, crit, params, [(X, y)]).to_scipy()
-        sla.eigsh(A, k=5, which="LA", tol=1e-3)
-    elif tool == "landscope":
-        obj = ls.Objective.from_model(model, torch.nn.functional.cross_entropy, (X, y))
-        ls.spectrum(obj, k=5, which="largest", tol=1e-3)
-    peak = _peak_rss() if exact_peak else sampler.stop()
-    print(json.dumps({"extra_MiB": round((peak - rss0) / 2**20, 1),
-                      "base_MiB": round(rss0 / 2**20, 1),
-                      "how": "VmHWM after reset" if exact_peak else "psutil sampled every 2 ms"}))
-
-
-def _reset_peak() -> bool:
-    """Reset this process's RSS high-water mark (Linux >= 4.0: write 5 to clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _peak_rss() <= _rss_now() + 2**20
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class _PeakSampler:
-    def __init__(self):
-        self.peak, self._stop = _rss_now(), threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self):
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, _rss_now())
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._t.join()
-        return max(self.peak, _rss_now())
-
-
-def _rss_now() -> int:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-    except ImportError:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 # ================================================================================ report
