@@ -2,9 +2,10 @@
 
 A model whose traced graph (``torch.fx``) is a chain x → f₁ → … → f_L → loss of known layers
 (Linear, Conv2d, BatchNorm in eval mode, ReLU, LeakyReLU, Tanh, Sigmoid, GELU, SiLU, Softplus, ELU,
-max and average pooling, reshapes, dropout in eval mode) gets H·v from Pearlmutter's R-operator R{·} = ∂(·)/∂θ · v: per point, one forward and one
-backward pass cache each layer's input u_l and output gradient ∂L/∂o_l; per product, one sweep
-forward of the tangents R{u_l} and one sweep backward of R{∂L/∂u_l}, which collects H·v.
+max and average pooling, reshapes, dropout in eval mode) gets H·v from Pearlmutter's R-operator
+R{·} = ∂(·)/∂θ · v: per point, one forward and one backward pass cache each layer's input u_l and
+output gradient ∂L/∂o_l; per product, one sweep forward of the tangents R{u_l} and one sweep
+backward of R{∂L/∂u_l}, which collects H·v.
 
 Why by hand, when autograd's double backward through the kept first-order graph is exact too:
 autograd also differentiates the backward formulas of ReLU and friends with respect to their saved
