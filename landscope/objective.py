@@ -337,10 +337,9 @@ class Objective:
             self.counts["gradients"] += 1
             self._point_cache = (theta.clone(), value, gradient, self._chain)
             return self._chain
-        graph = self._graph(theta)
-        if graph is not None and self._chain is not None and graph[1] is not None:
-            return self._trial(theta, graph)
-        return graph
+        if self._chain is not None:
+            return self._trial(theta)
+        return self._graph(theta)
 
     def _graph(self, theta):
         """Build the first-order graph at θ: (θ leaf, G), or None if too much data."""
@@ -365,54 +364,57 @@ class Objective:
         self._point_cache = (theta.clone(), total / samples, G.detach(), graph)
         return graph
 
-    def _trial(self, theta, graph):
-        """Check the chain engine against the kept graph at θ and keep the faster exact one."""
-        leaf, G = graph
+    def _trial(self, theta):
+        """Check the chain engine against the kept graph at θ and keep the faster exact one.
+
+        The graph is built first (it also checks the data against the model), timed, and
+        released before the chain engine caches its own first-order quantities, so the two are
+        never held at once: peak memory is that of the larger, not of both.
+        """
         chain, self._chain = self._chain, None
-        try:
-            value, gradient = chain.at(theta, max_samples=self.graph_cache_samples)
-        except Unsupported as why:
-            self.info["chain_engine"] = f"not used: {why}"
+        passes = self.counts["passes"]
+        graph = self._graph(theta)
+        if graph is None or graph[1] is None:  # too much data to keep, or H = 0
             return graph
-        self.counts["passes"] += 1
-        self.counts["gradients"] += 1
         v = torch.randn(self.n, generator=torch.Generator().manual_seed(0),
                         dtype=torch.float64).to(self.device, self.dtype)
-        seconds = {"chain": [], "autograd": []}
-        for _ in range(2):
-            for name, product in (("chain", lambda: chain.hvp(v[:, None])[:, 0]),
-                                  ("autograd", lambda: _backward(G, leaf, v))):
-                start = time.perf_counter()
-                result = product()
-                seconds[name].append(time.perf_counter() - start)
-                if name == "chain":
-                    hv_chain = result
-                else:
-                    hv_graph = result
+        graph_seconds, hv_graph = _timed(lambda: _backward(graph[1], graph[0], v))
+        value, gradient = self._point_cache[1], self._point_cache[2]
+        self._point_cache = (theta.clone(), value, gradient, None)
+        del graph  # the graph is freed here: nothing else refers to it
+        try:
+            chain_value, chain_gradient = chain.at(theta, max_samples=self.graph_cache_samples)
+        except Unsupported as why:
+            self.info["chain_engine"] = f"not used: {why}"
+            return self._graph(theta)
+        self.counts["passes"] += 1
+        self.counts["gradients"] += 1
+        chain_seconds, hv_chain = _timed(lambda: chain.hvp(v[:, None])[:, 0])
         self.counts["hvp"] += 4
-        ref_value, ref_gradient = self._point_cache[1], self._point_cache[2]
         tol = 1e-7 if self.dtype == torch.float64 else 1e-3
-        curvature = float(hv_graph.norm() / v.norm())
-        floor = math.sqrt(torch.finfo(self.dtype).eps) * curvature * 1e-2  # rounding near ∇L = 0
-        errors = {"value": abs(float(value - ref_value)) / max(abs(float(ref_value)), 1e-30),
-                  "gradient": float((gradient - ref_gradient).norm())
-                  / max(float(ref_gradient.norm()), floor, 1e-30),
-                  "product": float((hv_chain - hv_graph).norm()) / max(float(hv_graph.norm()),
-                                                                     1e-30)}
-        times = {name: min(ts) for name, ts in seconds.items()}
-        self.info["chain_trial"] = {"seconds_per_product": times, "relative_errors": errors,
-                                    "tolerance": tol}
-        if max(errors.values()) > tol:
-            self.info["chain_engine"] = "not used: it disagreed with autograd (see chain_trial)"
-            return graph
-        if times["chain"] >= times["autograd"]:
-            self.info["chain_engine"] = "not used: slower than autograd here (see chain_trial)"
-            return graph
-        self._chain = chain
-        self._engine = self.info["hvp_engine"] = "chain"
-        self.info["chain_engine"] = "used"
-        self._point_cache = (theta.clone(), ref_value, ref_gradient, chain)
-        return chain
+        floor = math.sqrt(torch.finfo(self.dtype).eps) * float(hv_graph.norm() / v.norm()) * 1e-2
+        errors = {  # relative; the gradient's floor is rounding near ∇L = 0
+            "value": abs(float(chain_value - value)) / max(abs(float(value)), 1e-30),
+            "gradient": float((chain_gradient - gradient).norm())
+            / max(float(gradient.norm()), floor, 1e-30),
+            "product": float((hv_chain - hv_graph).norm()) / max(float(hv_graph.norm()), 1e-30),
+        }
+        trial = self.info["chain_trial"] = {
+            "seconds_per_product": {"chain": chain_seconds, "autograd": graph_seconds},
+            "relative_errors": errors, "tolerance": tol}
+        if max(errors.values()) > tol or chain_seconds >= graph_seconds:
+            why = ("it disagreed with autograd" if max(errors.values()) > tol
+                   else "slower than autograd here")
+            self.info["chain_engine"] = f"not used: {why} (see chain_trial)"
+            chain.release()
+            graph = self._graph(theta)
+        else:
+            self._chain, graph = chain, chain
+            self._engine = self.info["hvp_engine"] = "chain"
+            self.info["chain_engine"] = "used"
+            self._point_cache = (theta.clone(), value, gradient, chain)
+        trial["passes"] = self.counts["passes"] - passes
+        return graph
 
     def _products(self, leaf, G, columns: torch.Tensor) -> torch.Tensor:
         """∂(Gᵀ V)/∂θ for the columns of V through a kept graph G(θ)."""
@@ -449,6 +451,16 @@ class Objective:
         self.info["hvp_engine_seconds_per_product"] = {"loop": loop_time,
                                                        "batched": batched_time}
         return looped
+
+
+def _timed(product) -> tuple[float, torch.Tensor]:
+    """The faster of two runs of ``product()`` in seconds, and its result."""
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        result = product()
+        seconds.append(time.perf_counter() - start)
+    return min(seconds), result
 
 
 def _backward(G, leaf, v):
