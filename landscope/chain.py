@@ -1,8 +1,9 @@
-"""Exact Hessian-vector products for chain-shaped models by hand-derived R-operators.
+"""Exact Hessian-vector products by hand-derived R-operators, for models built of known steps.
 
-A model whose traced graph (``torch.fx``) is a chain x → f₁ → … → f_L → loss of known layers
+A model whose traced graph (``torch.fx``) runs x → f₁ → … → f_L → loss through known layers
 (Linear, Conv2d, BatchNorm in eval mode, ReLU, LeakyReLU, Tanh, Sigmoid, GELU, SiLU, Softplus, ELU,
-max and average pooling, reshapes, dropout in eval mode) gets H·v from Pearlmutter's R-operator
+max and average pooling, reshapes, dropout in eval mode), and may branch and rejoin by addition
+(skip connections, as in a residual block), gets H·v from Pearlmutter's R-operator
 R{·} = ∂(·)/∂θ · v: per point, one forward and one backward pass cache each layer's input u_l and
 output gradient ∂L/∂o_l; per product, one sweep forward of the tangents R{u_l} and one sweep
 backward of R{∂L/∂u_l}, which collects H·v.
@@ -13,12 +14,15 @@ inputs, materialises zero tensors for that and adds them up, and it cannot merge
 R{o} = R{u}·Wᵀ + u·Vᵀ into one accumulating matrix product. On the 26k-parameter ReLU MLP over the
 1,797 digits a product here costs about 1.35 gradients against 1.7 for the kept graph
 (``benchmarks/RESULTS.md``). The Objective checks this engine against autograd on first use and
-keeps whichever exact engine is faster.
+keeps whichever exact engine is faster. On CPU that is this one for MLPs, with or without skip
+connections, and for plain CNNs; a residual CNN with BatchNorm measured 1.17x slower than autograd
+here (its fused BatchNorm kernels), so there the trial keeps autograd.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch import nn
@@ -249,6 +253,7 @@ class _Activation:
 
     def __init__(self, derivatives, **options):
         self.derivatives, self.options = derivatives, options
+        self.inplace = True  # set by the engine: may tangents be updated in place?
         self.keeps_grad_out = derivatives not in (_relu, _leaky_relu)  # needed only with σ''
 
     def forward(self, u, p):
@@ -261,12 +266,12 @@ class _Activation:
     def rforward(self, r_u, saved, p, vp):
         if r_u is None:
             return None
-        # In place where R{u} is not needed again (σ'' = 0): R{u} is a fresh buffer of ours.
-        return r_u.mul_(saved[0]) if saved[1] is None else r_u * saved[0]
+        # In place where R{u} is not needed again (σ'' = 0) and nothing else reads it.
+        return r_u.mul_(saved[0]) if saved[1] is None and self.inplace else r_u * saved[0]
 
     def rbackward(self, rd_o, d_o, r_u, saved, p, vp, need_input):
-        d1, d2 = saved  # R{d_o·σ'(u)} = R{d_o}·σ'(u) + d_o·σ''(u)·R{u}; R{d_o} is ours to reuse
-        rd_u = rd_o.mul_(d1)
+        d1, d2 = saved  # R{d_o·σ'(u)} = R{d_o}·σ'(u) + d_o·σ''(u)·R{u}
+        rd_u = rd_o.mul_(d1) if self.inplace else rd_o * d1
         if d2 is not None and r_u is not None:
             rd_u.addcmul_(d_o * d2, r_u)
         return rd_u, []
@@ -373,7 +378,8 @@ def _layer_for(node, model: nn.Module, buffers: dict, mode: str):
     """The chain layer computing fx ``node`` (whose first argument is the previous output)."""
     rest, kwargs = node.args[1:], dict(node.kwargs)
     if any(isinstance(a, torch.fx.Node) for a in (*rest, *kwargs.values())):
-        raise Unsupported(f"step {node.name!r} combines two tensors (not a chain)")
+        raise Unsupported(f"step {node.name!r} ({node.target!r}) combines two tensors in a way "
+                          "the chain engine does not know (it knows a + b)")
     if node.op == "call_module":
         module, prefix = model.get_submodule(node.target), node.target + "."
         kind = type(module)
@@ -417,28 +423,45 @@ def _layer_for(node, model: nn.Module, buffers: dict, mode: str):
     raise Unsupported(f"operation {node.target!r} at step {node.name!r}")
 
 
+def _is_add(node) -> bool:
+    """``a + b`` of two tensors of the graph (``operator.add``, ``torch.add``, ``a.add(b)``)."""
+    two = (len(node.args) == 2 and not node.kwargs
+           and all(isinstance(a, torch.fx.Node) for a in node.args))
+    return two and ((node.op == "call_function" and node.target in (operator.add, torch.add))
+                    or (node.op == "call_method" and node.target == "add"))
+
+
 def _trace(model: nn.Module, buffers: dict, mode: str) -> list:
+    """The model as steps ``(layer, inputs)`` in execution order; output 0 is the model's input,
+    output j the result of step j; ``layer`` is None for a sum of two outputs (a skip
+    connection)."""
     try:
         graph = torch.fx.symbolic_trace(model).graph
-    except Exception as error:  # noqa: BLE001 - any tracing failure means "not a chain"
+    except Exception as error:  # noqa: BLE001 - any tracing failure means "not supported"
         raise Unsupported(f"the model cannot be traced by torch.fx ({type(error).__name__})") \
             from None
     nodes = list(graph.nodes)
     if not nodes or nodes[0].op != "placeholder" or sum(n.op == "placeholder" for n in nodes) != 1:
         raise Unsupported("the model does not take exactly one input tensor")
-    layers, previous = [], nodes[0]
+    index, steps = {nodes[0]: 0}, []
     for node in nodes[1:]:
         if node.op == "output":
-            if node.args[0] is not previous:
+            if index.get(node.args[0]) != len(steps):
                 raise Unsupported("the model's output is not its last step")
             break
-        if not node.args or node.args[0] is not previous or len(previous.users) != 1:
-            raise Unsupported(f"step {node.name!r} is not fed by the one step before it")
-        layers.append(_layer_for(node, model, buffers, mode))
-        previous = node
-    if not any(name for layer in layers for name in layer.names):
+        if _is_add(node):
+            if any(a not in index for a in node.args):
+                raise Unsupported(f"step {node.name!r} adds a tensor that is not computed here")
+            steps.append((None, [index[a] for a in node.args]))
+        elif node.args and node.args[0] in index:
+            steps.append((_layer_for(node, model, buffers, mode), [index[node.args[0]]]))
+        else:
+            raise Unsupported(f"step {node.name!r} ({node.op} {node.target!r}) is not fed by an "
+                              "earlier step")
+        index[node] = len(steps)
+    if not any(name for layer, _ in steps if layer is not None for name in layer.names):
         raise Unsupported("the model has no parameterised layer")
-    return layers
+    return steps
 
 
 # ============================================================================ losses
@@ -482,23 +505,37 @@ def _rhead(kind: str, r_z: torch.Tensor, saved) -> torch.Tensor:
 
 # ============================================================================ the engine
 class ChainHessian:
-    """L, ∇L and H·V for a chain-shaped ``ModelLoss``; :meth:`supports` says whether it applies.
+    """L, ∇L and H·V for a ``ModelLoss`` whose model is a graph of known steps.
 
-    Raises :class:`Unsupported` (with the reason) for anything else: a non-chain graph, an
-    unknown layer or loss, BatchNorm or dropout in train mode.
+    The graph may branch and rejoin by addition (skip connections); a tensor used by several
+    steps gets the sum of their gradients. Raises :class:`Unsupported` (with the reason) for
+    anything else: an unknown layer, operation or loss, BatchNorm or dropout in train mode.
     """
 
     def __init__(self, loss: ModelLoss):
         self.loss = loss
         self.kind = _loss_kind(loss.loss_fn)
-        self.layers = _trace(loss.model, loss.buffers, loss.mode)
+        self.steps = _trace(loss.model, loss.buffers, loss.mode)
         selected = set(loss.names)
-        self.selected = [[name is not None and name in selected for name in layer.names]
-                         for layer in self.layers]
-        touched = [i for i, sel in enumerate(self.selected) if any(sel)]
-        if not touched:
-            raise Unsupported("no selected parameter belongs to a layer of the chain")
-        self.first = touched[0]  # nothing before this layer depends on θ
+        self.selected = [[] if layer is None else
+                         [name is not None and name in selected for name in layer.names]
+                         for layer, _ in self.steps]
+        # depends[j]: output j depends on θ (output 0, the data, does not)
+        self.depends = [False]
+        for (_, inputs), sel in zip(self.steps, self.selected, strict=True):
+            self.depends.append(any(sel) or any(self.depends[i] for i in inputs))
+        if not self.depends[-1]:
+            raise Unsupported("no selected parameter belongs to a step of the model")
+        self.users = [0] * (len(self.steps) + 1)  # how many steps read output j
+        for _, inputs in self.steps:
+            for i in inputs:
+                self.users[i] += 1
+        # In a pure chain every tangent has one reader, so activations may update it in place;
+        # where outputs are shared (a skip connection), they must not.
+        shared = any(count > 1 for count in self.users)
+        for layer, _ in self.steps:
+            if isinstance(layer, _Activation):
+                layer.inplace = not shared
         self._point = None
 
     def at(self, theta: torch.Tensor, max_samples: int | None = None
@@ -520,19 +557,40 @@ class ChainHessian:
             for index, batch in enumerate(batches):
                 if len(batch.inputs) != 1:
                     raise Unsupported("the model takes more than one input")
-                saved, u = [], batch.inputs[0]
-                for layer in self.layers:
-                    u, keep = layer.forward(u, self._params(layer, values))
-                    saved.append(keep)
-                loss, d, head = _head(self.kind, u, batch.target, batch.size / total)
+                outputs, saved = [batch.inputs[0]], [None]
+                unread = list(self.users)
+                for layer, inputs in self.steps:
+                    if layer is None:
+                        outputs.append(outputs[inputs[0]] + outputs[inputs[1]])
+                        saved.append(None)
+                    else:
+                        out, keep = layer.forward(outputs[inputs[0]], self._params(layer, values))
+                        outputs.append(out)
+                        saved.append(keep)
+                    for i in inputs:  # the steps keep what they need in ``saved``
+                        unread[i] -= 1
+                        if not unread[i]:
+                            outputs[i] = None
+                loss, d, head = _head(self.kind, outputs[-1], batch.target, batch.size / total)
+                del outputs
                 check_loss(loss, f"batch {index} ({batch.size} samples)")
                 value += loss
-                d_out = [None] * len(self.layers)
-                for i in range(len(self.layers) - 1, self.first - 1, -1):
-                    layer = self.layers[i]
-                    d_out[i] = d if layer.keeps_grad_out else None
-                    d, gs = layer.backward(d, saved[i], self._params(layer, values),
-                                           self.selected[i], i > self.first)
+                d_in = [None] * len(saved)  # ∂L/∂(output j), summed over the steps reading it
+                d_in[-1] = d
+                d_out = [None] * len(saved)
+                for j in range(len(self.steps), 0, -1):
+                    (layer, inputs), d = self.steps[j - 1], d_in[j]
+                    if d is None or not self.depends[j]:
+                        continue
+                    if layer is None:
+                        for i in inputs:
+                            d_in[i] = _add(d_in[i], d) if self.depends[i] else None
+                        continue
+                    d_out[j] = d if layer.keeps_grad_out else None
+                    d_u, gs = layer.backward(d, saved[j], self._params(layer, values),
+                                             self.selected[j - 1], self.depends[inputs[0]])
+                    if d_u is not None:
+                        d_in[inputs[0]] = _add(d_in[inputs[0]], d_u)
                     for name, g in zip(layer.names, gs, strict=True):
                         if g is not None:
                             grads[name] = g if name not in grads else grads[name] + g
@@ -558,18 +616,32 @@ class ChainHessian:
         out: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for saved, d_out, head in caches:
-                r_in, r = [None] * len(self.layers), None
-                for i in range(self.first, len(self.layers)):
-                    layer = self.layers[i]
-                    r_in[i] = r
-                    r = layer.rforward(r, saved[i], self._params(layer, values),
-                                       self._tangents(i, tangents))
-                rd = _rhead(self.kind, r, head)
-                for i in range(len(self.layers) - 1, self.first - 1, -1):
-                    layer = self.layers[i]
-                    rd, hs = layer.rbackward(rd, d_out[i], r_in[i], saved[i],
-                                             self._params(layer, values),
-                                             self._tangents(i, tangents), i > self.first)
+                r = [None] * len(saved)  # R{output j}; None where it is zero
+                for j, (layer, inputs) in enumerate(self.steps, 1):
+                    if not self.depends[j]:
+                        continue
+                    if layer is None:
+                        a, b = (r[i] for i in inputs)
+                        r[j] = a + b if a is not None and b is not None else _copy(a, b)
+                    else:
+                        r[j] = layer.rforward(r[inputs[0]], saved[j], self._params(layer, values),
+                                              self._tangents(j, tangents))
+                rd = [None] * len(saved)  # R{∂L/∂(output j)}
+                rd[-1] = _rhead(self.kind, r[-1], head)
+                for j in range(len(self.steps), 0, -1):
+                    (layer, inputs), rd_o = self.steps[j - 1], rd[j]
+                    if rd_o is None or not self.depends[j]:
+                        continue
+                    if layer is None:
+                        for i in inputs:
+                            rd[i] = _add(rd[i], rd_o) if self.depends[i] else None
+                        continue
+                    rd_u, hs = layer.rbackward(rd_o, d_out[j], r[inputs[0]], saved[j],
+                                               self._params(layer, values),
+                                               self._tangents(j, tangents),
+                                               self.depends[inputs[0]])
+                    if rd_u is not None:
+                        rd[inputs[0]] = _add(rd[inputs[0]], rd_u)
                     for name, h in zip(layer.names, hs, strict=True):
                         if h is not None:
                             out[name] = h if name not in out else out[name].add_(h)
@@ -581,6 +653,13 @@ class ChainHessian:
     def _params(layer, values):
         return [None if name is None else values[name] for name in layer.names]
 
-    def _tangents(self, i, tangents):
+    def _tangents(self, j, tangents):
+        layer = self.steps[j - 1][0]
         return [tangents[name] if sel else None
-                for name, sel in zip(self.layers[i].names, self.selected[i], strict=True)]
+                for name, sel in zip(layer.names, self.selected[j - 1], strict=True)]
+
+
+def _copy(a, b):
+    """The one non-zero tangent of a sum, copied: steps after the sum may update it in place."""
+    t = a if a is not None else b
+    return None if t is None else t.clone()

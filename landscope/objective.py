@@ -9,18 +9,18 @@ per point θ (one forward and one backward with ``create_graph``) and kept; ever
 extra backward pass, H v = ∂(Gᵀv)/∂θ, about 1.4–2.3 gradients instead of the 2.5–4 of a product that
 re-runs the forward. The graph costs memory of the order of the activations of the data set, so it
 is kept only up to ``graph_cache_samples`` samples; beyond that products are recomputed per batch.
-Models shaped as a chain of known layers (an MLP, a plain CNN) have a faster exact engine, "chain"
-(:mod:`landscope.chain`, hand-derived R-operators: 1.1–1.9 gradients per product on the benchmark
-MLPs and CNN, against 1.4–2.3 through the kept graph). With ``engine="auto"`` the first point
-checks it against autograd (value, gradient and one product within 1e-7 relative in float64, 1e-3
-in float32), times one product of each twice, and keeps the chain engine only if it agrees and is
-faster; ``info`` records the trial. Otherwise, for k vectors at once there are two autograd
+Models built of known layers (an MLP, a plain CNN, skip connections) have a faster exact engine,
+"chain" (:mod:`landscope.chain`, hand-derived R-operators: 1.1–1.9 gradients per product on the
+benchmark MLPs and CNN, against 1.4–2.3 through the kept graph). With ``engine="auto"`` the first
+point checks it against autograd (value, gradient and one product within 1e-7 relative in float64,
+1e-3 in float32), times one product of each twice, and keeps the chain engine only if it agrees and
+is faster; ``info`` records the trial. Otherwise, for k vectors at once there are two autograd
 engines: k backward passes through the kept graph ("loop"), or one vmapped backward ("batched",
 ``is_grads_batched``). Which is faster depends on the model and the device (vmap wins for small
 MLPs, loses for convolutions on CPU), so the first call with k ≥ ``CALIBRATE_COLUMNS`` times both
-and keeps the faster; the choice is recorded in ``info``. Fewer columns (the residual check of a
-few Ritz vectors) take the loop without that trial: little time is at stake, and the vmapped trial
-holds a second copy of the graph's backward buffers.
+and keeps the faster; the choice is recorded in ``info``. Fewer columns (the residual check of a few
+Ritz vectors) take the loop without that trial: little time is at stake, and the vmapped trial holds
+a second copy of the graph's backward buffers.
 """
 
 from __future__ import annotations

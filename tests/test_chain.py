@@ -81,6 +81,52 @@ def _pool_cnn():
     return PoolCNN().double()
 
 
+class ResidualMLP(nn.Module):
+    """Two residual blocks (one with a ReLU that would update a shared tangent in place)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(16, 8)
+        self.a1, self.a2 = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.b1 = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        h = h + self.a2(torch.relu(self.a1(h)))
+        h = torch.tanh(self.b1(h)).add(h)
+        return self.out(torch.relu(h))
+
+
+class ResidualCNN(nn.Module):
+    """A ResNet basic block with BatchNorm (eval) and an identity shortcut, then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 3, 3, padding=1)
+        self.conv1, self.bn1 = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.conv2, self.bn2 = nn.Conv2d(3, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3 * 16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x.view(-1, 1, 4, 4)))
+        y = torch.relu(self.bn1(self.conv1(h)))
+        y = self.bn2(self.conv2(y))
+        h = torch.relu(y + h)
+        return self.fc(h.flatten(1))
+
+
+def _residual_cnn():
+    torch.manual_seed(7)
+    model = ResidualCNN().double().eval()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+    return model
+
+
 MODELS = {  # name: (model factory, loss, parameter selection)
     "tanh_mlp": (lambda: make_mlp(nn.Tanh, sizes=(16, 6, 5, 3)), cross_entropy, None),
     "relu_mlp_mse": (lambda: make_mlp(nn.ReLU, sizes=(16, 7, 3)), mse_loss, None),
@@ -89,6 +135,10 @@ MODELS = {  # name: (model factory, loss, parameter selection)
     "mixed_mlp": (_mixed_mlp, cross_entropy, None),
     "smooth_mlp": (_smooth_mlp, cross_entropy, None),
     "pool_cnn": (_pool_cnn, cross_entropy, None),
+    "residual_mlp": (lambda: (torch.manual_seed(8), ResidualMLP().double())[1], cross_entropy,
+                     None),
+    "residual_cnn": (_residual_cnn, cross_entropy, None),
+    "residual_tail_only": (_residual_cnn, cross_entropy, ["conv2.weight", "bn2.*", "fc.*"]),
     "last_layer_only": (lambda: make_mlp(nn.Tanh, sizes=(16, 6, 5, 3)), cross_entropy, "4.*"),
     "biases_and_bn": (make_cnn, cross_entropy, ["conv.bias", "bn.weight", "fc.bias"]),
 }
@@ -150,13 +200,13 @@ def test_auto_engine_tries_the_chain_once_and_records_the_trial():
     torch.testing.assert_close(hv, reference.hvp(v), rtol=1e-10, atol=1e-12)
 
 
-class Residual(nn.Module):
+class Gated(nn.Module):
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 3)
 
     def forward(self, x):
-        return self.b(x + torch.tanh(self.a(x)))
+        return self.b(x * torch.sigmoid(self.a(x)))
 
 
 class TanhGelu(nn.Module):
@@ -169,7 +219,7 @@ class TanhGelu(nn.Module):
 
 
 @pytest.mark.parametrize("model, loss, mode, reason", [
-    (Residual(), cross_entropy, "eval", "not fed by the one step before it"),
+    (Gated(), cross_entropy, "eval", "combines two tensors"),
     (TanhGelu(), cross_entropy, "eval", "approximate"),
     (make_cnn(), cross_entropy, "train", "BatchNorm2d) in train mode"),
     (make_mlp(nn.Tanh, sizes=(16, 3)), lambda out, t: cross_entropy(out, t), "eval", "loss"),
