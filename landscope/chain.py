@@ -575,25 +575,16 @@ class ChainHessian:
                 del outputs
                 check_loss(loss, f"batch {index} ({batch.size} samples)")
                 value += loss
-                d_in = [None] * len(saved)  # ∂L/∂(output j), summed over the steps reading it
-                d_in[-1] = d
                 d_out = [None] * len(saved)
-                for j in range(len(self.steps), 0, -1):
-                    (layer, inputs), d = self.steps[j - 1], d_in[j]
-                    if d is None or not self.depends[j]:
-                        continue
-                    if layer is None:
-                        for i in inputs:
-                            d_in[i] = _add(d_in[i], d) if self.depends[i] else None
-                        continue
+
+                def back(j, layer, source, d, saved=saved, d_out=d_out):
                     d_out[j] = d if layer.keeps_grad_out else None
                     d_u, gs = layer.backward(d, saved[j], self._params(layer, values),
-                                             self.selected[j - 1], self.depends[inputs[0]])
-                    if d_u is not None:
-                        d_in[inputs[0]] = _add(d_in[inputs[0]], d_u)
-                    for name, g in zip(layer.names, gs, strict=True):
-                        if g is not None:
-                            grads[name] = g if name not in grads else grads[name] + g
+                                             self.selected[j - 1], self.depends[source])
+                    _collect(grads, layer.names, gs)
+                    return d_u
+
+                self._sweep_back(d, back)
                 caches.append((saved, d_out, head))
         self._point = (values, caches)
         gradient = torch.cat([grads[name].reshape(-1) if name in grads
@@ -626,28 +617,36 @@ class ChainHessian:
                     else:
                         r[j] = layer.rforward(r[inputs[0]], saved[j], self._params(layer, values),
                                               self._tangents(j, tangents))
-                rd = [None] * len(saved)  # R{∂L/∂(output j)}
-                rd[-1] = _rhead(self.kind, r[-1], head)
-                for j in range(len(self.steps), 0, -1):
-                    (layer, inputs), rd_o = self.steps[j - 1], rd[j]
-                    if rd_o is None or not self.depends[j]:
-                        continue
-                    if layer is None:
-                        for i in inputs:
-                            rd[i] = _add(rd[i], rd_o) if self.depends[i] else None
-                        continue
-                    rd_u, hs = layer.rbackward(rd_o, d_out[j], r[inputs[0]], saved[j],
+
+                def back(j, layer, source, rd_o, saved=saved, d_out=d_out, r=r):
+                    rd_u, hs = layer.rbackward(rd_o, d_out[j], r[source], saved[j],
                                                self._params(layer, values),
-                                               self._tangents(j, tangents),
-                                               self.depends[inputs[0]])
-                    if rd_u is not None:
-                        rd[inputs[0]] = _add(rd[inputs[0]], rd_u)
-                    for name, h in zip(layer.names, hs, strict=True):
-                        if h is not None:
-                            out[name] = h if name not in out else out[name].add_(h)
+                                               self._tangents(j, tangents), self.depends[source])
+                    _collect(out, layer.names, hs)
+                    return rd_u
+
+                self._sweep_back(_rhead(self.kind, r[-1], head), back)
         return torch.cat([out[name].reshape(-1) if name in out
                           else torch.zeros(size, dtype=v.dtype, device=v.device)
                           for name, size in zip(self.loss.names, self.loss.sizes, strict=True)])
+
+    def _sweep_back(self, top, back) -> None:
+        """Carry a quantity from the output back to the input through the steps: ``top`` enters
+        at the output; ``back(j, layer, source, incoming)`` maps what reaches step j to what its
+        input ``source`` receives; a sum passes it to both inputs; readers of one output add up."""
+        incoming = [None] * (len(self.steps) + 1)
+        incoming[-1] = top
+        for j in range(len(self.steps), 0, -1):
+            (layer, inputs), x = self.steps[j - 1], incoming[j]
+            if x is None or not self.depends[j]:
+                continue
+            if layer is None:
+                for i in inputs:
+                    incoming[i] = _add(incoming[i], x) if self.depends[i] else None
+                continue
+            sent = back(j, layer, inputs[0], x)
+            if sent is not None:
+                incoming[inputs[0]] = _add(incoming[inputs[0]], sent)
 
     @staticmethod
     def _params(layer, values):
@@ -657,6 +656,13 @@ class ChainHessian:
         layer = self.steps[j - 1][0]
         return [tangents[name] if sel else None
                 for name, sel in zip(layer.names, self.selected[j - 1], strict=True)]
+
+
+def _collect(total: dict, names, pieces) -> None:
+    """Add each non-None piece into ``total[name]`` (in place: the layers return fresh tensors)."""
+    for name, piece in zip(names, pieces, strict=True):
+        if piece is not None:
+            total[name] = piece if name not in total else total[name].add_(piece)
 
 
 def _copy(a, b):
