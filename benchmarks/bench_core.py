@@ -400,6 +400,16 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
     fl["tol_min"] = tol_min
 
     # ---------------------------------------------------------------- (1) top-1
+    def add_largest(measure_name, k, err):
+        """landscope's k largest at tol 1e-3 (the headline row) and at its default tol."""
+        for tol, head in ((1e-3, True), (None, False)):
+            label = f"tol={tol:g}" if tol else "default tol"
+            r = measure(measure_name, "landscope", f"spectrum(k={k}, which='largest', {label})",
+                        lambda i, t=tol: ls_spec(i, k, "largest", t), c_ls, runs, err,
+                        lambda o: ls_note(o, lmax_ref), log)
+            r.extra["headline"] = head
+            add(r)
+
     M = "(1) top-1"
     add(measure(M, "plain", "scipy eigsh LA k=1 tol 1e-3",
                 lambda i: sla.eigsh(plain_sp, k=1, which="LA", tol=1e-3, v0=v0(i),
@@ -415,13 +425,7 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
                                         return_eigenvectors=False), c_cl, runs, top1_err,
                     val_note, log))
     if ls_obj is not None:
-        for tol, head in ((1e-3, True), (None, False)):
-            label = f"tol={tol:g}" if tol else "default tol"
-            r = measure(M, "landscope", f"spectrum(k=1, which='largest', {label})",
-                        lambda i, t=tol: ls_spec(i, 1, "largest", t), c_ls, runs,
-                        lambda o: top1_err(o["values"][0]), lambda o: ls_note(o, lmax_ref), log)
-            r.extra["headline"] = head
-            add(r)
+        add_largest(M, 1, lambda o: top1_err(o["values"][0]))
 
     flush()
     # ---------------------------------------------------------------- (2) top-5
@@ -439,13 +443,7 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
                                         return_eigenvectors=False), c_cl, runs, top5_err,
                     log=log))
     if ls_obj is not None:
-        for tol, head in ((1e-3, True), (None, False)):
-            label = f"tol={tol:g}" if tol else "default tol"
-            r = measure(M, "landscope", f"spectrum(k=5, which='largest', {label})",
-                        lambda i, t=tol: ls_spec(i, 5, "largest", t), c_ls, runs,
-                        lambda o: top5_err(o["values"]), lambda o: ls_note(o, lmax_ref), log)
-            r.extra["headline"] = head
-            add(r)
+        add_largest(M, 5, lambda o: top5_err(o["values"]))
 
     flush()
     # ---------------------------------------------------------------- (3) most negative
