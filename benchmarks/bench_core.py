@@ -400,6 +400,14 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
     fl["tol_min"] = tol_min
 
     # ---------------------------------------------------------------- (1) top-1
+    def add_eigsh(measure_name, tool, operator, counter, k, which, err, note=None):
+        """scipy ARPACK (eigsh) on a tool's operator at tol 1e-3, seeded start vectors."""
+        how = "scipy eigsh" if tool == "plain" else "to_scipy() + eigsh"
+        add(measure(measure_name, tool, f"{how} {which} k={k} tol 1e-3",
+                    lambda i: sla.eigsh(operator, k=k, which=which, tol=1e-3, v0=v0(i),
+                                        return_eigenvectors=False), counter, runs, err, note,
+                    log))
+
     def add_largest(measure_name, k, err):
         """landscope's k largest at tol 1e-3 (the headline row) and at its default tol."""
         for tol, head in ((1e-3, True), (None, False)):
@@ -411,47 +419,33 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
             add(r)
 
     M = "(1) top-1"
-    add(measure(M, "plain", "scipy eigsh LA k=1 tol 1e-3",
-                lambda i: sla.eigsh(plain_sp, k=1, which="LA", tol=1e-3, v0=v0(i),
-                                    return_eigenvectors=False), c_plain, runs, top1_err,
-                val_note, log))
+    add_eigsh(M, "plain", plain_sp, c_plain, 1, "LA", top1_err, val_note)
     if have.get("pyhessian"):
         add(measure(M, "PyHessian", "eigenvalues(top_n=1, tol=1e-3, maxIter=100)",
                     lambda i: ph.eigenvalues(top_n=1, tol=1e-3, maxIter=100)[0][0], c_ph, runs,
                     top1_err, val_note, log))
     if have.get("curvlinops"):
-        add(measure(M, "curvlinops", "to_scipy() + eigsh LA k=1 tol 1e-3",
-                    lambda i: sla.eigsh(cl_sp, k=1, which="LA", tol=1e-3, v0=v0(i),
-                                        return_eigenvectors=False), c_cl, runs, top1_err,
-                    val_note, log))
+        add_eigsh(M, "curvlinops", cl_sp, c_cl, 1, "LA", top1_err, val_note)
     if ls_obj is not None:
         add_largest(M, 1, lambda o: top1_err(o["values"][0]))
 
     flush()
     # ---------------------------------------------------------------- (2) top-5
     M = "(2) top-5"
-    add(measure(M, "plain", "scipy eigsh LA k=5 tol 1e-3",
-                lambda i: sla.eigsh(plain_sp, k=5, which="LA", tol=1e-3, v0=v0(i),
-                                    return_eigenvectors=False), c_plain, runs, top5_err, log=log))
+    add_eigsh(M, "plain", plain_sp, c_plain, 5, "LA", top5_err)
     if have.get("pyhessian"):
         add(measure(M, "PyHessian", "eigenvalues(top_n=5, tol=1e-3) (deflated power)",
                     lambda i: ph.eigenvalues(top_n=5, tol=1e-3)[0], c_ph, runs, top5_err,
                     log=log))
     if have.get("curvlinops"):
-        add(measure(M, "curvlinops", "to_scipy() + eigsh LA k=5 tol 1e-3",
-                    lambda i: sla.eigsh(cl_sp, k=5, which="LA", tol=1e-3, v0=v0(i),
-                                        return_eigenvectors=False), c_cl, runs, top5_err,
-                    log=log))
+        add_eigsh(M, "curvlinops", cl_sp, c_cl, 5, "LA", top5_err)
     if ls_obj is not None:
         add_largest(M, 5, lambda o: top5_err(o["values"]))
 
     flush()
     # ---------------------------------------------------------------- (3) most negative
     M = "(3) most negative"
-    add(measure(M, "plain", "scipy eigsh SA k=1 tol 1e-3",
-                lambda i: sla.eigsh(plain_sp, k=1, which="SA", tol=1e-3, v0=v0(i),
-                                    return_eigenvectors=False), c_plain, runs, lmin_err,
-                val_note, log))
+    add_eigsh(M, "plain", plain_sp, c_plain, 1, "SA", lmin_err, val_note)
     if have.get("pyhessian"):
         import pyhessian
 
@@ -488,10 +482,7 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
         r.extra.update(headline=True, reached=need is not None)
         add(r)
     if have.get("curvlinops"):
-        add(measure(M, "curvlinops", "to_scipy() + eigsh SA k=1 tol 1e-3",
-                    lambda i: sla.eigsh(cl_sp, k=1, which="SA", tol=1e-3, v0=v0(i),
-                                        return_eigenvectors=False), c_cl, runs, lmin_err,
-                    val_note, log))
+        add_eigsh(M, "curvlinops", cl_sp, c_cl, 1, "SA", lmin_err, val_note)
     if ls_obj is not None:
         r = measure(M, "landscope", f"spectrum(k=1, which='smallest', tol={tol_min:g})",
                     lambda i: ls_spec(i, 1, "smallest", tol_min), c_ls, runs,
