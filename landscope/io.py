@@ -1,8 +1,10 @@
 """The run directory: schema-versioned ``result.json`` files and weights-only checkpoints.
 
-Results are written atomically (to a temporary file, then renamed), so a file that exists is
-complete. Checkpoints are read with ``torch.load(weights_only=True)``: a file that would need to
-unpickle arbitrary Python objects is refused, never executed.
+Every file landscope writes (results, checkpoints, surfaces, pictures) goes through
+:func:`atomic_write`: a temporary file beside the target, renamed onto it once complete, so a file
+that exists is complete and an interrupt leaves no partial file. Checkpoints are read with
+``torch.load(weights_only=True)``: a file that would need to unpickle arbitrary Python objects is
+refused, never executed.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ import json
 import math
 import os
 import pickle
-import tempfile
-import zipfile
+import re
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -23,6 +29,53 @@ from landscope.errors import BadInputError, CheckpointError
 
 SCHEMA = "landscope.result"
 SCHEMA_VERSION = 1
+
+_WRITTEN: ContextVar[list[Path] | None] = ContextVar("landscope_written", default=None)
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
+    """Write ``path`` through a stream on a temporary file beside it, renamed onto it at the end.
+
+    An error or an interrupt inside the block removes the temporary file and leaves ``path`` as it
+    was. The file gets the mode ``open`` would give it (0666 less the umask: 0644 by default).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "note.txt"
+    >>> with atomic_write(target, "w") as stream:
+    ...     _ = stream.write("complete")
+    >>> target.read_text()
+    'complete'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    handle = os.open(temporary, flags, 0o666)  # the umask applies, as for open()
+    try:
+        with os.fdopen(handle, mode, **open_kwargs) as stream:
+            yield stream
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    written = _WRITTEN.get()
+    if written is not None:
+        written.append(path)
+
+
+@contextmanager
+def recording() -> Iterator[list[Path]]:
+    """The paths that :func:`atomic_write` completes inside the block, in order (the command line
+    lists them when it is interrupted)."""
+    written: list[Path] = []
+    token = _WRITTEN.set(written)
+    try:
+        yield written
+    finally:
+        _WRITTEN.reset(token)
 
 
 def write_result(directory: str | Path, kind: str, payload: dict,
@@ -40,14 +93,8 @@ def write_result(directory: str | Path, kind: str, payload: dict,
         **payload,
     }
     path = directory / name
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(_jsonable(document), stream, indent=2, allow_nan=False)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as stream:
+        json.dump(_jsonable(document), stream, indent=2, allow_nan=False)
     return path
 
 
@@ -78,20 +125,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Accepts a bare state dict or the common wrappers ``{"state_dict": ...}`` and
     ``{"model": ...}``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"refused to load {path}: it holds pickled Python objects that only a full unpickle "
-            "could rebuild, and landscope loads checkpoints with weights_only=True. Save the "
-            "weights alone: torch.save(model.state_dict(), path)."
-        ) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file: {error}") \
-            from error
+    loaded = load_weights(path)
     for key in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -101,6 +135,35 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"checkpoint {path} is not a state dict of tensors; save model.state_dict()"
         )
     return loaded
+
+
+def load_weights(path: str | Path):
+    """Whatever ``torch.save`` wrote to ``path`` (tensors, dicts, lists), read with
+    ``weights_only=True``; every way of failing gets a message that says which it is and the fix.
+    """
+    path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".bin"))
+        raise CheckpointError(
+            f"checkpoint {path} is a directory; give the file inside it"
+            + (f" (it holds {', '.join(inside[:5])})" if inside else "")
+        )
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found is None:  # a pickle stream the safe unpickler cannot parse: damaged
+            raise CheckpointError(_unreadable(path, error)) from error
+        raise CheckpointError(
+            f"refused to load {path}: besides tensors it holds a pickled Python object "
+            f"({found.group(1)}) that only a full unpickle could rebuild, and landscope loads "
+            "checkpoints with weights_only=True. Save the weights alone: "
+            "torch.save(model.state_dict(), path)."
+        ) from error
+    except Exception as error:  # torch.load fails on damaged files in many ways
+        raise CheckpointError(_unreadable(path, error)) from error
 
 
 def load_into(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
@@ -116,11 +179,19 @@ def load_into(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
 def save_state_dict(model: torch.nn.Module, path: str | Path) -> Path:
     """Save the model's weights atomically (a checkpoint that exists is complete)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), temporary)
-    os.replace(temporary, path)
+    with atomic_write(path) as stream:
+        torch.save(model.state_dict(), stream)
     return path
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """The message for a file torch.load cannot read; torch's own advice to load it unsafely is
+    left out, only its diagnosis is kept."""
+    text = str(error).split("WeightsUnpickler error:")[-1].strip()
+    reason = text.splitlines()[0].split(". ")[0][:160] if text else ""
+    return (f"checkpoint {path} is damaged or not a file written by torch.save "
+            f"({type(error).__name__}{': ' + reason if reason else ''}); save it again with "
+            "torch.save(model.state_dict(), path)")
 
 
 def _jsonable(value):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 
+import numpy as np
 import pytest
 import torch
 from helpers import make_mlp
@@ -69,10 +71,68 @@ def test_pickled_checkpoint_is_refused(tmp_path):
 
 def test_corrupt_missing_and_mismatched_checkpoints(tmp_path):
     (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="corrupt"):
+    with pytest.raises(CheckpointError, match="damaged"):
         io.load_state_dict(tmp_path / "corrupt.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         io.load_state_dict(tmp_path / "missing.pt")
     io.save_state_dict(make_mlp(sizes=(4, 7, 3)), tmp_path / "big.pt")
     with pytest.raises(CheckpointError, match="does not fit the model"):
         io.load_into(make_mlp(sizes=(4, 5, 3)), tmp_path / "big.pt")
+
+
+def test_pictures_results_and_checkpoints_get_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        paths = [io.write_result(tmp_path, "probe", {}), io.save_state_dict(make_mlp(),
+                                                                            tmp_path / "w.pt")]
+        with io.atomic_write(tmp_path / "picture.png") as stream:
+            stream.write(b"\x89PNG")
+        paths.append(tmp_path / "picture.png")
+        assert [p.stat().st_mode & 0o777 for p in paths] == [0o644] * 3
+        os.umask(0o077)
+        assert io.write_result(tmp_path, "probe", {}, name="private.json").stat().st_mode \
+            & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_an_interrupted_atomic_write_keeps_the_old_file_and_records_only_complete_ones(tmp_path):
+    target = tmp_path / "surface-3d.png"
+    target.write_bytes(b"old picture")
+    with io.recording() as written:
+        with io.atomic_write(tmp_path / "first.svg", "w") as stream:
+            stream.write("<svg/>")
+        with pytest.raises(KeyboardInterrupt), io.atomic_write(target) as stream:
+            stream.write(b"half a new pic")
+            raise KeyboardInterrupt
+    assert written == [tmp_path / "first.svg"]
+    assert target.read_bytes() == b"old picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.svg", "surface-3d.png"]
+    with io.atomic_write(tmp_path / "outside.txt", "w") as stream:
+        stream.write("not recorded")
+    assert written == [tmp_path / "first.svg"]
+
+
+@pytest.mark.parametrize("content, expected", [
+    (np.random.default_rng(0).bytes(300), "damaged or not a file written by torch.save"),
+    (b"epoch,loss\n1,0.5\n", "damaged or not a file written by torch.save"),
+    (b"", "damaged or not a file written by torch.save (EOFError)"),
+])
+def test_damaged_checkpoints_are_called_damaged_not_pickled(tmp_path, content, expected):
+    (tmp_path / "w.pt").write_bytes(content)
+    with pytest.raises(CheckpointError) as caught:
+        io.load_state_dict(tmp_path / "w.pt")
+    message = str(caught.value)
+    assert expected in message and "save it again with torch.save" in message
+    assert "pickled" not in message and "weights_only=False" not in message
+
+
+def test_a_directory_is_called_a_directory_with_the_files_inside(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    io.save_state_dict(make_mlp(), tmp_path / "ckpt" / "model.pt")
+    with pytest.raises(CheckpointError, match=r"is a directory; give the file inside it "
+                                              r"\(it holds model.pt\)"):
+        io.load_state_dict(tmp_path / "ckpt")
+    torch.save({"model": NotWeights()}, tmp_path / "pickled.pt")
+    with pytest.raises(CheckpointError, match=r"pickled Python object \(test_io.NotWeights\)"):
+        io.load_state_dict(tmp_path / "pickled.pt")
