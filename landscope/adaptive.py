@@ -16,6 +16,10 @@ each with a stated error against the full-data, full-resolution grid:
    spent. The leaves of this quadtree cover the grid; a point that was never evaluated is
    interpolated inside its leaf, with error s (for a twice-differentiable L the error at the finer
    scale is about s/4, so s is a conservative statement) plus the corners' subset error.
+
+The coarse grid has a node at the centre (where every coordinate is 0, when the grid holds it):
+the point the picture is about is always computed, never interpolated, and since multilinear
+interpolation stays within its corners' range, the lowest value shown is a computed one.
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ def adaptive_surface(
     samples: data per point: a count (> 1), a fraction of the data set (≤ 1), or None (all of
         it). Needs a model Objective in eval mode.
     coarse: stride of the first grid (default: the power of two giving at most 4 cells per
-        axis). The first grid and its first refinement are always evaluated.
+        axis), laid out from the centre. The first grid and its first refinement are always
+        evaluated.
     seed: of the subset permutation.
 
     Returns
@@ -90,7 +95,7 @@ def adaptive_surface(
     settings.update(view="budgeted", tol=tol, rel_tol=rel_tol, budget=budget, coarse=coarse)
     grid = Grid(obj, frame, grid_axes, settings, checkpoint)
     stride = coarse or 2 ** math.ceil(math.log2(max(1.0, (min(shape) - 1) / 4)))
-    cells = [tuple(zip(lo, hi, strict=True)) for lo, hi in _coarse(shape, stride)]
+    cells = _coarse(grid_axes, stride)
 
     def run(points, at_least):
         grid.run(sorted(set(points)), lambda i: compute(grid.point(i), at_least), progress,
@@ -202,10 +207,19 @@ def _interpolate(values, cell, index) -> float:
     return total
 
 
-def _coarse(shape, stride):
-    starts = [list(range(0, n - 1, stride)) for n in shape]
-    for lows in itertools.product(*starts):
-        yield lows, tuple(min(lo + stride, n - 1) for lo, n in zip(lows, shape, strict=True))
+def _coarse(grid_axes, stride):
+    """The first cells: per axis, nodes every ``stride`` points out from the centre (0), else from
+    the first point; an end piece shorter than stride/2 joins its neighbour."""
+    nodes = []
+    for coords in grid_axes:
+        last = len(coords) - 1
+        zero = np.flatnonzero(coords == 0.0)
+        anchor = int(zero[0]) if zero.size else 0
+        inner = [i for i in range(anchor % stride, last, stride)
+                 if 2 * min(i, last - i) >= stride or i == anchor]
+        nodes.append(sorted({0, last, *inner}))
+    return [tuple(pair) for pair in itertools.product(
+        *[list(itertools.pairwise(axis)) for axis in nodes])]
 
 
 def _corners(cell):

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from landscope import directions, pointwise
+from landscope import directions, io, pointwise
 from landscope.errors import BadInputError
 from landscope.objective import Objective
 
@@ -91,18 +90,29 @@ class Surface:
                           trajectory_radius=p.radius)
         meta = {**self.meta, "fidelity": self.fidelity,
                 "projection": None if self.projection is None else self.projection.explained}
-        return _atomic_savez(path, meta=np.array(json.dumps(meta)), **arrays)
+        path = Path(path)
+        with io.atomic_write(path) as stream:
+            np.savez(stream, meta=np.array(json.dumps(meta)), **arrays)
+        return path
 
     @classmethod
     def load(cls, path: str | Path) -> Surface:
         """Read a surface written by :meth:`save` (no pickles: ``allow_pickle=False``)."""
+        path = Path(path)
+        if path.is_dir():
+            raise BadInputError(f"{path} is a directory; give the surface.npz that `landscope "
+                                "surface` wrote into it")
+        if not path.is_file():
+            raise BadInputError(f"no surface file at {path}")
+        if not zipfile.is_zipfile(path):
+            raise BadInputError(f"{path} is not a landscope surface file: `landscope surface` "
+                                "writes an .npz archive (surface.npz); give that file")
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
-        except FileNotFoundError as error:
-            raise BadInputError(f"no surface file at {path}") from error
-        except (ValueError, OSError) as error:
-            raise BadInputError(f"{path} is not a landscope surface file ({error})") from error
+        except (ValueError, OSError, zipfile.BadZipFile) as error:
+            raise BadInputError(f"{path} is a damaged surface file ({type(error).__name__}); "
+                                "compute it again with `landscope surface`") from error
         meta = json.loads(str(arrays.get("meta", "{}")))
         if meta.get("schema") != SCHEMA or meta.get("schema_version") != SCHEMA_VERSION:
             raise BadInputError(f"{path} is not a landscope surface of schema version "
@@ -389,20 +399,6 @@ def _meta(obj: Objective, frame, centre, grid_axes, settings: dict) -> dict:
 def _sha256(tensor: torch.Tensor) -> str:
     array = tensor.detach().cpu().contiguous().numpy()
     return hashlib.sha256(str(array.dtype).encode() + array.tobytes()).hexdigest()
-
-
-def _atomic_savez(path, **arrays) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _progress(progress, total: int):

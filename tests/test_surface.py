@@ -261,6 +261,24 @@ def test_adaptive_view_matches_the_full_grid_within_its_stated_error():
     assert cheap.error.max() < 0.05 * np.ptp(full.values)
 
 
+def test_budgeted_view_computes_the_centre_and_shows_the_true_lowest_point():
+    # A well of width ~0.05 at the centre: invisible to a coarse grid laid out from a corner
+    # (nodes at ±0.2, ±0.6, ±1), so the centre was interpolated as 2 where the truth is 1.
+    obj = Objective.from_function(lambda x: 2.0 - torch.exp(-(x**2).sum() / 0.002),
+                                  torch.zeros(2, dtype=torch.float64))
+    frame = D.frame(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+    cheap = adaptive_surface(obj, frame, steps=41, rel_tol=0.01)
+    assert cheap.evaluated[20, 20] and cheap.error[20, 20] == 0
+    summary = cheap.summary()
+    assert summary["centre_value"] == pytest.approx(1.0, abs=1e-12)
+    assert summary["min"] == pytest.approx(1.0, abs=1e-12) and summary["argmin"] == [0.0, 0.0]
+    full = surface(obj, frame, steps=41)
+    assert np.array_equal(cheap.values[cheap.evaluated], full.values[cheap.evaluated])
+    assert summary["argmin"] == full.summary()["argmin"]
+    off = adaptive_surface(obj, frame, span=(-0.3, 1.0), steps=9)  # no grid point at 0
+    assert off.values.shape == (9, 9) and np.isfinite(off.error).all()
+
+
 def test_adaptive_view_with_data_subsets_on_a_network():
     model = make_mlp(sizes=(4, 16, 3))
     X, y = classification_data(n=400)
