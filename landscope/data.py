@@ -1,31 +1,47 @@
-"""What a user calls "data", turned into a re-iterable sequence of weighted batches.
+"""What a user calls "data", turned into a re-iterable sequence of batches that is the same on
+every pass.
 
-Why this is a module of its own: the full-data loss must not depend on how the data was cut.
-With per-batch mean losses ℓ_b over n_b samples, landscope analyses
+Why this is a module of its own: the full-data loss must not depend on how the data was cut. Each
+batch b has a loss ℓ_b that averages over w_b items (its samples, or the targets a loss does not
+ignore, or the sum of their class weights; :mod:`landscope.functional` says which), and landscope
+analyses
 
-    L(θ) = Σ_b n_b · ℓ_b(θ) / Σ_b n_b,
+    L(θ) = Σ_b w_b · ℓ_b(θ) / Σ_b w_b,
 
-the mean over all samples, whatever the batch sizes (averaging ℓ_b without the weights n_b, as some
-tools do, is off whenever the last batch is short). Gradients and Hessians inherit the weighting.
+what the loss means on the whole data set at once, whatever the batch sizes (averaging ℓ_b without
+the weights, as some tools do, is off whenever batches differ). Gradients and Hessians inherit the
+weighting.
+
+Every pass must see the same batches: an analysis runs hundreds of passes (one per product), and a
+loss that changes between them is no function of θ. A shuffling DataLoader is refused before it
+is read; any other source that changes between passes is caught on the second pass by a
+fingerprint of every batch (its size and the sum of its first tensor). Reading the data never
+moves the caller's random number generator (a DataLoader draws a seed from it on every pass).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import torch
+from torch.utils.data import DataLoader, SequentialSampler
 
 from landscope.errors import BadInputError
+
+TARGET_KEYS = ("labels", "label", "target", "targets", "y")
+"""Entries of a dict batch that are the target (not handed to the model), the first one found."""
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch: the model's positional inputs, the target, and the number of samples."""
+    """One batch: the model's positional inputs, the target, the number of samples, and the
+    model's keyword inputs (the entries of a dict batch)."""
 
     inputs: tuple[torch.Tensor, ...]
-    target: torch.Tensor
+    target: torch.Tensor | None
     size: int
+    kwargs: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Batches:
@@ -34,62 +50,142 @@ class Batches:
     Parameters
     ----------
     data:
-        ``(X, y)`` tensors with equal first dimension; a ``DataLoader``; or any iterable whose
-        items are ``(inputs..., target)`` tuples. A one-shot iterator (a generator) is read once
-        and kept in memory so that every pass sees the same batches.
+        ``(X, y)`` tensors with equal first dimension; a ``DataLoader`` (without shuffling); or any
+        iterable whose items are ``(inputs..., target)`` tuples or mappings such as a Hugging Face
+        ``BatchEncoding`` (``{"input_ids": ..., "attention_mask": ..., "labels": ...}``). A one-shot
+        iterator (a generator) is read once and kept in memory so that every pass sees the same
+        batches.
     batch_size:
         Only for ``(X, y)``: evaluate in chunks of this many samples (bounds memory). ``None``
         evaluates all samples in one batch.
     dtype, device:
         Floating tensors are cast to ``dtype``; everything is moved to ``device``.
+    target_key:
+        For mapping batches: the entry that is the target (default: the first of
+        :data:`TARGET_KEYS` present). The other entries are the model's keyword arguments.
+    target_to_model:
+        Hand the target to the model too (for a model that computes its own loss, as Hugging Face
+        models do when given ``labels``); a tuple batch is then passed whole, positionally.
     """
 
-    def __init__(self, data, *, batch_size: int | None = None, dtype=None, device=None):
+    def __init__(self, data, *, batch_size: int | None = None, dtype=None, device=None,
+                 target_key: str | None = None, target_to_model: bool = False):
         self.dtype = dtype
         self.device = device
+        self.target_key = target_key
+        self.target_to_model = target_to_model
         self._source, self.description = _normalise(data, batch_size)
+        self._fingerprints: list[tuple[int, float]] | None = None
 
     def __iter__(self) -> Iterator[Batch]:
-        for index, raw in enumerate(self._source):
-            yield self._prepare(index, raw)
+        seen = []
+        for index, raw in enumerate(_rng_neutral(self._source)):
+            batch = self._prepare(index, raw)
+            seen.append(self._check_same(index, batch))
+            yield batch
+        if self._fingerprints is None:
+            self._fingerprints = seen
+        elif len(seen) != len(self._fingerprints):
+            raise _changed(f"{len(self._fingerprints)} batches on the first pass, {len(seen)} now")
 
     def fixed(self) -> Batches:
         """The same batches, read once and frozen (needed when batch composition matters)."""
         frozen = Batches.__new__(Batches)
-        frozen.dtype, frozen.device = self.dtype, self.device
-        frozen._source = list(self._source)
+        frozen.__dict__.update(self.__dict__)
+        frozen._source = list(_rng_neutral(self._source))
         frozen.description = self.description + ", batches fixed"
         return frozen
 
+    def _check_same(self, index: int, batch: Batch) -> tuple[int, float]:
+        """The batch's fingerprint (size, sum of its first tensor), checked against pass one."""
+        first = batch.target if batch.target is not None else next(
+            iter((*batch.inputs, *batch.kwargs.values())))
+        mark = (batch.size, float(first.double().sum()))
+        known = self._fingerprints
+        if known is not None and (index >= len(known) or known[index] != mark):
+            raise _changed(f"batch {index} differs from the first pass")
+        return mark
+
     def _prepare(self, index: int, raw) -> Batch:
-        if not isinstance(raw, (tuple, list)) or len(raw) < 2:
+        if isinstance(raw, Mapping):
+            return self._prepare_mapping(index, raw)
+        if not isinstance(raw, (tuple, list)) or len(raw) < (1 if self.target_to_model else 2):
             raise BadInputError(
                 f"batch {index} is a {type(raw).__name__}; landscope expects each batch to be a "
-                "tuple (inputs..., target), as a DataLoader over a TensorDataset yields"
+                "tuple (inputs..., target), as a DataLoader over a TensorDataset yields, or a "
+                "mapping of named tensors (input_ids, attention_mask, labels, ...)"
             )
-        tensors = [self._move(index, t) for t in raw]
-        target = tensors[-1]
-        if target.dim() == 0:
-            raise BadInputError(
-                f"batch {index} has a 0-d target; the target's first dimension must count samples"
-            )
-        for position, tensor in enumerate(tensors[:-1]):
-            if tensor.dim() == 0 or tensor.shape[0] != target.shape[0]:
-                raise BadInputError(
-                    f"batch {index}: input {position} has shape {tuple(tensor.shape)} but the "
-                    f"target has {target.shape[0]} samples; inputs and target must agree in their "
-                    "first dimension"
-                )
-        return Batch(tuple(tensors[:-1]), target, int(target.shape[0]))
+        tensors = tuple(self._move(index, t) for t in raw)
+        if self.target_to_model:
+            return self._checked(index, Batch(tensors, None, 0))
+        return self._checked(index, Batch(tensors[:-1], tensors[-1], 0))
 
-    def _move(self, index: int, value) -> torch.Tensor:
-        if not isinstance(value, torch.Tensor):
+    def _prepare_mapping(self, index: int, raw: Mapping) -> Batch:
+        entries = {str(k): self._move(index, v, name=str(k)) for k, v in raw.items()}
+        key = self.target_key or next((k for k in TARGET_KEYS if k in entries), None)
+        if key is not None and key not in entries:
+            raise BadInputError(f"batch {index} has no entry {key!r} (it has "
+                                f"{', '.join(entries)}); name the target with target_key=...")
+        if key is None and not self.target_to_model:
             raise BadInputError(
-                f"batch {index} holds a {type(value).__name__}; every element of a batch must be a "
-                "torch.Tensor"
+                f"batch {index} is a mapping with entries {', '.join(entries)} and none of them "
+                f"is a target ({', '.join(TARGET_KEYS)}); name it with target_key=..., or use the "
+                "model's own loss (loss='model')"
+            )
+        target = entries.get(key) if key is not None else None
+        kwargs = {k: v for k, v in entries.items() if self.target_to_model or k != key}
+        return self._checked(index, Batch((), target, 0, kwargs))
+
+    def _checked(self, index: int, batch: Batch) -> Batch:
+        """The batch with its size (the first dimension shared by the target and every input)."""
+        named = [(f"input {i}", t) for i, t in enumerate(batch.inputs)]
+        named += [(f"entry {k!r}", t) for k, t in batch.kwargs.items()]
+        lead = ("the target", batch.target) if batch.target is not None else next(
+            iter(named), None)
+        if lead is None:
+            raise BadInputError(f"batch {index} holds no tensor")
+        if lead[1].dim() == 0:
+            raise BadInputError(f"batch {index}: {lead[0]} is 0-d; its first dimension must "
+                                "count samples")
+        size = int(lead[1].shape[0])
+        for name, tensor in named:
+            if tensor.dim() == 0 or tensor.shape[0] != size:
+                raise BadInputError(
+                    f"batch {index}: {name} has shape {tuple(tensor.shape)} but {lead[0]} has "
+                    f"{size} samples; inputs and target must agree in their first dimension"
+                )
+        return Batch(batch.inputs, batch.target, size, batch.kwargs)
+
+    def _move(self, index: int, value, name: str | None = None) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor):
+            where = f" (entry {name!r})" if name is not None else ""
+            raise BadInputError(
+                f"batch {index} holds a {type(value).__name__}{where}; every element of a batch "
+                "must be a torch.Tensor (tokenise with return_tensors='pt')"
             )
         dtype = self.dtype if value.is_floating_point() and self.dtype is not None else None
         return value.to(device=self.device, dtype=dtype)
+
+
+def _rng_neutral(source: Iterable) -> Iterator:
+    """Iterate ``source`` without moving the caller's CPU random number generator."""
+    with torch.random.fork_rng(devices=[]):
+        iterator = iter(source)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item
+
+
+def _changed(what: str) -> BadInputError:
+    return BadInputError(
+        f"the data changed between two passes ({what}); landscope needs the same batches on every "
+        "pass. Use a DataLoader with shuffle=False and drop_last=False (the full-data loss does "
+        "not depend on the order), or pass the data as tensors"
+    )
 
 
 def _normalise(data, batch_size: int | None) -> tuple[Iterable, str]:
@@ -111,15 +207,34 @@ def _normalise(data, batch_size: int | None) -> tuple[Iterable, str]:
         raise BadInputError(
             "batch_size only applies to (X, y) tensors; a DataLoader keeps its own batch size"
         )
-    if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
+    if isinstance(data, (torch.Tensor, Mapping)) or not isinstance(data, Iterable):
         raise BadInputError(
             f"data is a {type(data).__name__}; pass (X, y) tensors, a DataLoader, or an iterable "
-            "of (inputs, target) batches"
+            "of batches ((inputs, target) tuples or dicts of tensors)"
         )
+    if isinstance(data, DataLoader):
+        return data, _loader_description(data)
     if iter(data) is data:  # a generator or other one-shot iterator: keep what it yields
         data = list(data)
         return data, f"{len(data)} batches read once from an iterator"
     return data, f"{type(data).__name__} of batches"
+
+
+def _loader_description(loader: DataLoader) -> str:
+    """How a DataLoader batches its data; a shuffling one is refused before it is read."""
+    sampler = loader.sampler
+    if loader.batch_sampler is not None and not isinstance(sampler, SequentialSampler) and \
+            not isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        raise BadInputError(
+            f"the DataLoader draws its samples with a {type(sampler).__name__} (shuffle=True?), "
+            "so every pass would see different batches and the loss would be no function of θ. "
+            "Pass DataLoader(dataset, batch_size=..., shuffle=False, drop_last=False): the "
+            "full-data loss does not depend on the order"
+        )
+    text = f"DataLoader of batches of {loader.batch_size}"
+    if loader.drop_last:
+        text += " (drop_last=True: the samples of a short last batch are left out)"
+    return text
 
 
 def _is_tensor_pair(data) -> bool:

@@ -6,6 +6,25 @@ each pass, buffers are handed over as copies whenever a train-mode forward could
 (BatchNorm running statistics), and train-mode randomness (dropout) is drawn from a forked RNG
 seeded per batch, so the caller's RNG stream is untouched and every pass sees the same masks.
 
+Tied parameters. θ holds one block per distinct ``nn.Parameter`` (an embedding tied to its output
+head, a module used twice), named by its first name in ``named_parameters()``. The substitution
+goes through *slots*: every distinct (module, attribute) pair that holds a parameter, each set once
+to the view of its block (``tie_weights=False``). Setting one attribute twice, as
+``functional_call``'s default tying does for a module reached by two paths, restores the wrong
+tensor and leaves the caller's model holding a view of θ.
+
+What a batch's loss averages over (its weight w_b in L = Σ w_b ℓ_b / Σ w_b, see
+:mod:`landscope.data`): the samples, for most losses; the targets not equal to ``ignore_index``,
+or the sum of their class weights, for cross-entropy and NLL; the label tokens (≠ −100, shifted by
+one for causal language models) for a Hugging Face model's own loss; nothing, for
+``reduction="sum"``, whose batch losses are summed. A batch with nothing to average over is
+skipped. A loss landscope does not know is taken as a mean over samples unless declared
+(``reduction=``, ``batch_weight=``).
+
+Attention. PyTorch's fused ``scaled_dot_product_attention`` kernels have no second derivative;
+passes whose graph is differentiated twice run under the math kernel (same function, composite
+operations), first-order passes keep the fast kernels.
+
 Why eval mode by default: in train mode BatchNorm normalises with the statistics of the batch
 itself and dropout samples masks, so "the loss" depends on how the data was batched and on a
 random draw; the function the network computes at test time, and whose minimum training seeks,
@@ -14,31 +33,48 @@ is the eval-mode one. Train mode (with fixed batches and fixed masks) is an opti
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from landscope.data import Batches
+from landscope.data import Batch, Batches
 from landscope.errors import BadInputError, NonFiniteLossError
 
 MODES = ("eval", "train")
+REDUCTIONS = ("mean", "sum")
+MODEL_LOSS = "model"
+"""``loss_fn`` value meaning "the loss the model returns itself" (Hugging Face: ``.loss``)."""
+IGNORED_LABEL = -100
+"""The label value Hugging Face losses (and PyTorch's default ``ignore_index``) leave out."""
 
 
 class ModelLoss:
-    """θ ↦ per-batch losses of ``loss_fn(model(*inputs), target)`` with θ substituted.
+    """θ ↦ per-batch losses of ``loss_fn(output(model(*inputs, **kwargs)), target)`` at θ.
 
-    Calling the object with θ yields ``(batch index, batch mean loss, batch size)`` for every
-    batch; the loss carries the autograd graph back to θ.
+    Calling the object with θ yields ``(batch index, batch loss, weight w_b, samples)`` for every
+    batch with w_b > 0; the loss carries the autograd graph back to θ, and
+    L(θ) = Σ w_b ℓ_b / Σ w_b (``reduction == "mean"``) or Σ ℓ_b (``"sum"``).
+
+    Attributes
+    ----------
+    names, shapes, sizes: θ's blocks, one per distinct selected Parameter (its first name).
+    frozen: the other parameters' values. buffers: the model's buffers (first names).
+    slots, buffer_slots: ``{slot: first name}`` for every distinct (module, attribute) holding a
+        parameter or buffer (tied aliases included; a module reached by two paths once).
+    reduction: "mean" or "sum". weighting: what w_b counts, in words.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: Callable,
+        loss_fn: Callable | str,
         batches: Batches,
         *,
         params: str | Sequence[str] | None,
@@ -46,10 +82,17 @@ class ModelLoss:
         dtype: torch.dtype,
         device: torch.device,
         seed: int,
+        output: int | str | Callable | None = None,
+        reduction: str | None = None,
+        batch_weight: Callable[[Batch], float] | None = None,
     ):
         if mode not in MODES:
             raise BadInputError(f"mode={mode!r}; use 'eval' (the default) or 'train'")
+        if isinstance(loss_fn, str) and loss_fn != MODEL_LOSS:
+            raise BadInputError(f"loss={loss_fn!r}; pass a loss function, or {MODEL_LOSS!r} for "
+                                "the loss the model returns itself")
         self.model, self.loss_fn, self.mode, self.seed = model, loss_fn, mode, seed
+        self.output, self.device = output, device
         self.batches = batches.fixed() if mode == "train" else batches
         self.names = select_parameters(model, params)
         named = dict(model.named_parameters())
@@ -57,15 +100,16 @@ class ModelLoss:
         self.shapes = [p.shape for p in chosen]
         self.sizes = [p.numel() for p in chosen]
         self.theta0 = torch.cat([p.detach().reshape(-1) for p in chosen]).to(device, dtype)
-        self.frozen = {
-            name: p.detach().to(device, dtype)
-            for name, p in named.items()
-            if name not in set(self.names)
-        }
-        self.buffers = {
-            name: b.detach().to(device, dtype if b.is_floating_point() else None)
-            for name, b in model.named_buffers()
-        }
+        selected = set(self.names)
+        self.frozen = {name: p.detach().to(device, dtype)
+                       for name, p in named.items() if name not in selected}
+        buffers = dict(model.named_buffers())
+        self.buffers = {name: b.detach().to(device, dtype if b.is_floating_point() else None)
+                        for name, b in buffers.items()}
+        self.slots = _slots(model, model.named_parameters(remove_duplicate=False), named)
+        self.buffer_slots = _slots(model, model.named_buffers(remove_duplicate=False), buffers)
+        self.reduction, self.weighting, self.weight = _weighing(loss_fn, model, reduction,
+                                                                batch_weight)
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """θ as a ``{parameter name: tensor}`` dict (views, no copy)."""
@@ -75,41 +119,60 @@ class ModelLoss:
             for name, piece, shape in zip(self.names, pieces, self.shapes, strict=True)
         }
 
-    def __call__(self, theta: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, int]]:
-        state = {**self.frozen, **self.unflatten(theta)}
-        with _modes(self.model, self.mode):
+    def state(self, theta: torch.Tensor | dict, buffers: dict | None = None
+              ) -> dict[str, torch.Tensor]:
+        """What ``functional_call`` needs at θ: every slot set to its block's view (or frozen
+        value) and every buffer slot to its buffer (``buffers`` by first name, default the
+        model's). θ may also be given as its ``unflatten`` views."""
+        views = theta if isinstance(theta, dict) else self.unflatten(theta)
+        values = {**self.frozen, **views}
+        buffers = self.buffers if buffers is None else buffers
+        return {**{slot: values[name] for slot, name in self.slots.items()},
+                **{slot: buffers[name] for slot, name in self.buffer_slots.items()}}
+
+    def __call__(self, theta: torch.Tensor, second_order: bool = False
+                 ) -> Iterator[tuple[int, torch.Tensor, float, int]]:
+        views = self.unflatten(theta)
+        with _modes(self.model, self.mode), _attention(second_order):
             for index, batch in enumerate(self.batches):
-                loss = self._forward(state, index, batch)
-                yield index, loss, batch.size
+                weight = float(self.weight(batch))
+                if weight > 0:
+                    yield index, self._forward(views, index, batch), weight, batch.size
+
+    def loss_of(self, output, batch: Batch) -> torch.Tensor:
+        """The batch's loss from the model's raw output."""
+        if isinstance(self.loss_fn, str):
+            return _own_loss(output)
+        return self.loss_fn(select_output(output, self.output), batch.target)
 
     def unused_parameters(self, theta: torch.Tensor) -> list[str]:
         """Names of selected parameters that the loss does not depend on (curvature zero)."""
         views = self.unflatten(theta.detach().requires_grad_(True))
-        state = {**self.frozen, **views}
         with _modes(self.model, self.mode):
-            batch = next(iter(self.batches))
-            loss = self._forward(state, 0, batch)
+            index, batch = next((i, b) for i, b in enumerate(self.batches) if self.weight(b) > 0)
+            loss = self._forward(views, index, batch)
         grads = torch.autograd.grad(loss, list(views.values()), allow_unused=True)
         return [name for name, g in zip(views, grads, strict=True) if g is None]
 
-    def _forward(self, state: dict, index: int, batch) -> torch.Tensor:
-        buffers = self.buffers
+    def _forward(self, views: dict, index: int, batch: Batch) -> torch.Tensor:
+        buffers = None
         if self.mode == "train":  # train-mode forwards may update running statistics in place
-            buffers = {name: b.clone() for name, b in buffers.items()}
+            buffers = {name: b.clone() for name, b in self.buffers.items()}
         try:
-            with torch.random.fork_rng(devices=_rng_devices(batch.target), enabled=self._random):
+            with torch.random.fork_rng(devices=_rng_devices(self.device), enabled=self._random):
                 if self._random:
                     torch.manual_seed(self.seed + index)
                 output = torch.func.functional_call(
-                    self.model, {**state, **buffers}, batch.inputs, strict=False
+                    self.model, self.state(views, buffers), batch.inputs, dict(batch.kwargs),
+                    strict=False, tie_weights=False,
                 )
-                loss = self.loss_fn(output, batch.target)
-        except (RuntimeError, ValueError, TypeError, IndexError) as error:
-            shapes = ", ".join(str(tuple(t.shape)) for t in batch.inputs)
+                loss = self.loss_of(output, batch)
+        except BadInputError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as error:
             raise BadInputError(
-                f"the model or loss failed on batch {index} (inputs {shapes}, target "
-                f"{tuple(batch.target.shape)}): {error}. Check that the data matches the model "
-                "and that the loss accepts (output, target)."
+                f"the model or loss failed on batch {index} ({_describe(batch)}): {error}. Check "
+                "that the data matches the model and that the loss accepts (output, target)."
             ) from error
         check_loss(loss, f"batch {index} ({batch.size} samples)")
         return loss
@@ -117,6 +180,143 @@ class ModelLoss:
     @property
     def _random(self) -> bool:
         return self.mode == "train"
+
+
+def select_output(output, spec: int | str | Callable | None = None):
+    """The tensor the loss reads from a model's output.
+
+    ``spec`` None: a tensor as it is, the first element of a tuple or list, the ``logits`` entry
+    of a mapping or Hugging Face ``ModelOutput``; an int indexes a tuple, a str names an entry or
+    attribute, a callable maps the output to the tensor.
+    """
+    if callable(spec):
+        return spec(output)
+    if isinstance(output, torch.Tensor) and spec is None:
+        return output
+    if isinstance(output, Mapping):
+        key = "logits" if spec is None else spec
+        if key not in output:
+            raise BadInputError(
+                f"the model returns a mapping with entries {', '.join(map(str, output))} and no "
+                f"{key!r}; name the output the loss reads with output='<entry>'"
+            )
+        return output[key]
+    if isinstance(output, (tuple, list)):
+        index = 0 if spec is None else spec
+        if not isinstance(index, int) or not -len(output) <= index < len(output):
+            raise BadInputError(f"output={spec!r}, but the model returns a {type(output).__name__}"
+                                f" of {len(output)}; use an index below {len(output)}")
+        return output[index]
+    if isinstance(spec, str) and hasattr(output, spec):
+        return getattr(output, spec)
+    if spec is None:
+        return output
+    raise BadInputError(f"output={spec!r} does not apply to a {type(output).__name__} output")
+
+
+def _own_loss(output) -> torch.Tensor:
+    """The loss a model returned itself: ``.loss`` / ``["loss"]``, or a tuple's first element."""
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if loss is None and isinstance(output, (tuple, list)) and output:
+        loss = output[0]
+    if loss is None and isinstance(output, torch.Tensor):
+        loss = output
+    if loss is None:
+        raise BadInputError(
+            "loss='model', but the model returned no loss; pass the labels in the batch (a "
+            "'labels' entry, as Hugging Face models expect) or give a loss function instead"
+        )
+    return loss
+
+
+def _weighing(loss_fn, model: nn.Module, reduction: str | None,
+              batch_weight: Callable[[Batch], float] | None):
+    """(reduction, what w_b counts, w_b as a function of the batch) for ``loss_fn``."""
+    declared = getattr(loss_fn, "reduction", None) if isinstance(loss_fn, nn.Module) else None
+    if declared not in (None, *REDUCTIONS):
+        raise BadInputError(
+            f"the loss has reduction={declared!r}; landscope needs a scalar loss per batch. Use "
+            "reduction='mean' (the PyTorch default) or 'sum'"
+        )
+    if reduction is not None and reduction not in REDUCTIONS:
+        raise BadInputError(f"reduction={reduction!r}; use 'mean' or 'sum'")
+    if declared is not None and reduction is not None and declared != reduction:
+        raise BadInputError(f"reduction={reduction!r}, but the loss itself has "
+                            f"reduction={declared!r}; leave reduction out or make them agree")
+    reduction = reduction or declared or "mean"
+    if reduction == "sum":
+        return "sum", "none: batch losses are summed (reduction='sum')", lambda batch: 1.0
+    if batch_weight is not None:
+        return "mean", "as declared by batch_weight", batch_weight
+    if isinstance(loss_fn, str):
+        shift = _is_causal_lm(model)
+        what = "label tokens ≠ −100" + (" after the causal shift" if shift else "")
+        return "mean", what, lambda batch: _label_count(batch, shift)
+    if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
+        ignore, weight = loss_fn.ignore_index, loss_fn.weight
+        what = ("the class weights of targets" if weight is not None else "targets") + \
+            f" ≠ ignore_index ({ignore})"
+        return "mean", what, lambda batch: _class_targets(batch, ignore, weight)
+    if loss_fn in (F.cross_entropy, F.nll_loss):
+        return ("mean", f"targets ≠ ignore_index ({IGNORED_LABEL})",
+                lambda batch: _class_targets(batch, IGNORED_LABEL, None))
+    return "mean", "samples", lambda batch: batch.size
+
+
+def _class_targets(batch: Batch, ignore: int, weight: torch.Tensor | None) -> float:
+    """What a mean cross-entropy / NLL divides by: Σ weight[y] over targets y ≠ ``ignore``."""
+    target = batch.target
+    if target is None or target.is_floating_point():  # class probabilities: a mean over samples
+        return batch.size
+    kept = target[target != ignore]
+    if weight is None:
+        return kept.numel()
+    return float(weight.to(kept.device)[kept].sum())
+
+
+def _label_count(batch: Batch, shift: bool) -> float:
+    """What a Hugging Face model's own loss averages over: label tokens ≠ −100 (for a causal
+    language model, those after the first position of each sequence: token t predicts t + 1)."""
+    labels = batch.target
+    if labels is None or labels.is_floating_point():
+        return batch.size
+    if shift:
+        labels = labels[..., 1:]
+    return int((labels != IGNORED_LABEL).sum())
+
+
+def _is_causal_lm(model: nn.Module) -> bool:
+    name = type(model).__name__
+    return getattr(model, "loss_type", None) == "ForCausalLM" or name.endswith(
+        ("ForCausalLM", "LMHeadModel"))
+
+
+def _slots(model: nn.Module, pairs, first: dict[str, torch.Tensor]) -> dict[str, str]:
+    """``{slot: first name}``: one slot per distinct (module, attribute) that holds one of the
+    tensors in ``first`` (named by their first names); ``pairs`` lists every path to them."""
+    name_of = {id(t): name for name, t in first.items()}
+    slots, seen = {}, set()
+    for name, tensor in pairs:
+        owner, _, attribute = name.rpartition(".")
+        key = (id(model.get_submodule(owner)), attribute)
+        if key not in seen:
+            seen.add(key)
+            slots[name] = name_of[id(tensor)]
+    return slots
+
+
+@contextmanager
+def _attention(second_order: bool):
+    """Run ``scaled_dot_product_attention`` on its twice-differentiable math kernel if asked."""
+    with sdpa_kernel([SDPBackend.MATH]) if second_order else contextlib.nullcontext():
+        yield
+
+
+def _describe(batch: Batch) -> str:
+    parts = [str(tuple(t.shape)) for t in batch.inputs]
+    parts += [f"{k}={tuple(t.shape)}" for k, t in batch.kwargs.items()]
+    target = "none" if batch.target is None else str(tuple(batch.target.shape))
+    return f"inputs {', '.join(parts)}, target {target}"
 
 
 def check_loss(loss, where: str) -> None:
@@ -178,5 +378,5 @@ def _modes(model: nn.Module, mode: str):
             module.training = training
 
 
-def _rng_devices(tensor: torch.Tensor) -> list:
-    return [tensor.device] if tensor.device.type == "cuda" else []
+def _rng_devices(device: torch.device) -> list:
+    return [device] if torch.device(device).type == "cuda" else []

@@ -79,17 +79,19 @@ class Objective:
 
     def __init__(
         self,
-        batch_losses: Callable[[torch.Tensor], Iterator[tuple[int, torch.Tensor, int]]],
+        batch_losses: Callable[..., Iterator[tuple[int, torch.Tensor, float, int]]],
         theta0: torch.Tensor,
         *,
         info: dict,
         lower_bound: float | None = None,
         graph_cache_samples: int = 100_000,
         engine: str = "auto",
+        reduction: str = "mean",
     ):
         if engine not in ENGINES:
             raise BadInputError(f"engine={engine!r}; use one of {', '.join(ENGINES)}")
         self._batch_losses = batch_losses
+        self._reduction = reduction
         self.theta0 = theta0.detach().clone()
         self.n = theta0.numel()
         self.dtype, self.device = theta0.dtype, theta0.device
@@ -128,8 +130,8 @@ class Objective:
         if x0.numel() == 0:
             raise BadInputError("x0 is empty; the function needs at least one coordinate")
 
-        def batch_losses(theta):
-            yield 0, f(theta), 1
+        def batch_losses(theta, second_order=False):
+            yield 0, f(theta), 1.0, 1
 
         label = name or getattr(f, "__name__", "f")
         obj = cls(batch_losses, x0, lower_bound=lower_bound,
@@ -153,14 +155,26 @@ class Objective:
         seed: int = 0,
         graph_cache_samples: int = 100_000,
         engine: str = "auto",
+        output: int | str | Callable | None = None,
+        target_key: str | None = None,
+        reduction: str | None = None,
+        batch_weight: Callable | None = None,
     ) -> Objective:
-        """L(θ) = sample-weighted mean of ``loss_fn(model(*inputs), target)`` over ``data``.
+        """L(θ) = ``loss_fn(model(*inputs, **kwargs), target)`` over the whole of ``data``.
+
+        L is what the loss means on all the data at once: batch losses weighted by what each
+        averages over (see :mod:`landscope.functional`), so no result depends on the batching.
 
         Parameters
         ----------
-        model: any ``nn.Module``; it is never modified (parameters, buffers, modes, RNG).
-        loss_fn: ``loss_fn(output, target)`` returning the batch **mean** (PyTorch's default).
-        data: ``(X, y)`` tensors, a DataLoader, or an iterable of ``(inputs..., target)``.
+        model: any ``nn.Module``; it is never modified (parameters and their ties, buffers,
+            modes, RNG).
+        loss_fn: ``loss_fn(output, target)`` returning the batch mean (PyTorch's default) or,
+            with ``reduction='sum'``, the batch sum; or ``"model"``: the loss the model returns
+            itself (a Hugging Face model given ``labels``).
+        data: ``(X, y)`` tensors, a DataLoader (``shuffle=False``), or an iterable of
+            ``(inputs..., target)`` tuples or of mappings (``input_ids``, ``attention_mask``,
+            ``labels``, ...: the model gets the entries as keyword arguments, less the target).
         params: names or patterns of the parameters that form θ (default: all trainable); the
             others stay fixed at their current values.
         mode: ``"eval"`` (default: BatchNorm uses running statistics, dropout is off) or
@@ -169,15 +183,37 @@ class Objective:
         batch_size: for ``(X, y)`` only, evaluate in chunks of this size to bound memory.
         lower_bound: known lower bound of the loss (inferred as 0 for MSE, cross-entropy, ...).
         graph_cache_samples: keep the first-order graph for HVPs up to this many samples.
-        engine: how k > 1 Hessian-vector products are computed ("auto", "loop", "batched").
+        engine: how products are computed ("auto", "chain", "loop", "batched").
+        output: which part of the model's output the loss reads (default: a tensor as is, a
+            tuple's first element, a mapping's ``logits``); an index, a name or a callable.
+        target_key: the target entry of mapping batches (default ``labels``, ``label``, ...).
+        reduction: ``"mean"`` or ``"sum"``, for a loss function whose reduction landscope cannot
+            read (a loss module's own ``reduction`` is read).
+        batch_weight: ``batch_weight(batch)`` = what the loss of a
+            :class:`landscope.data.Batch` averages over, for a mean loss landscope does not know
+            (default: its samples; targets ≠ ignore_index and class weights are read from
+            ``nn.CrossEntropyLoss`` / ``nn.NLLLoss``).
+
+        Half-precision models (float16, bfloat16) are analysed in float32 unless ``dtype`` says
+        otherwise: eigen-solvers need more than 3 significant digits, and half-precision
+        products are refused.
         """
         first = next(iter(model.parameters()), None)
-        dtype = dtype or (first.dtype if first is not None else torch.get_default_dtype())
+        dtype = dtype or _analysis_dtype(first)
+        if dtype in (torch.float16, torch.bfloat16):
+            raise BadInputError(
+                f"dtype={dtype}: half precision keeps about 3 significant digits, too few for "
+                "Hessian eigenvalues. Analyse in float32 (the default for half-precision models) "
+                "or float64"
+            )
         device = torch.device(device) if device is not None else (
             first.device if first is not None else torch.device("cpu"))
-        batches = Batches(data, batch_size=batch_size, dtype=dtype, device=device)
+        own_loss = isinstance(loss_fn, str)
+        batches = Batches(data, batch_size=batch_size, dtype=dtype, device=device,
+                          target_key=target_key, target_to_model=own_loss)
         loss = ModelLoss(model, loss_fn, batches, params=params, mode=mode, dtype=dtype,
-                         device=device, seed=seed)
+                         device=device, seed=seed, output=output, reduction=reduction,
+                         batch_weight=batch_weight)
         info = {
             "kind": "model",
             "name": type(model).__name__,
@@ -185,12 +221,19 @@ class Objective:
             "mode": mode,
             "parameters": loss.names,
             "frozen_parameters": sorted(loss.frozen),
+            "tied_parameters": _ties(loss),
             "data": loss.batches.description,
+            "reduction": loss.reduction,
+            "batch_weights": loss.weighting,
+            "attention": "second-order passes run scaled_dot_product_attention's math kernel",
         }
-        if lower_bound is None:
+        if first is not None and first.dtype != dtype:
+            info["model_dtype"] = str(first.dtype).replace("torch.", "")
+        if lower_bound is None and not own_loss:
             lower_bound = _known_lower_bound(loss_fn)
         obj = cls(loss, loss.theta0, info=info, lower_bound=lower_bound,
-                  graph_cache_samples=graph_cache_samples, engine=engine)
+                  graph_cache_samples=graph_cache_samples, engine=engine,
+                  reduction=loss.reduction)
         obj.info["unused_parameters"] = loss.unused_parameters(loss.theta0)
         obj._unflatten = loss.unflatten
         obj.model_loss = loss
@@ -202,6 +245,8 @@ class Objective:
                     raise BadInputError(f"engine='chain' does not apply to this model: {why}. "
                                         "Use engine='auto' (autograd products).") from None
                 obj.info["chain_engine"] = f"not used: {why}"
+            else:  # on trial: the first point checks it against autograd (see _trial)
+                obj._engine, obj._chain_forced = "auto", engine == "chain"
         return obj
 
     # ------------------------------------------------------------------ evaluation
@@ -211,12 +256,13 @@ class Objective:
         cached = self._cached(theta)
         if cached is not None:
             return cached[1]
-        total, samples = torch.zeros((), dtype=self.dtype, device=self.device), 0
+        total, weights, samples = torch.zeros((), dtype=self.dtype, device=self.device), 0.0, 0
         with torch.no_grad():
-            for _, loss, size in self._batch_losses(theta):
-                total, samples = total + size * loss.reshape(()), samples + size
+            for _, loss, weight, size in self._batch_losses(theta):
+                total, weights, samples = total + weight * loss.reshape(()), weights + weight, \
+                    samples + size
         self._samples, self.counts["passes"] = samples, self.counts["passes"] + 1
-        return total / samples
+        return total / self._normaliser(weights)
 
     def grad(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """∇L(θ), shape (n,)."""
@@ -231,17 +277,19 @@ class Objective:
             return cached[1], cached[2]
         leaf = theta.detach().requires_grad_(True)
         total = torch.zeros((), dtype=self.dtype, device=self.device)
-        gradient, samples = torch.zeros_like(leaf), 0
-        for _, loss, size in self._batch_losses(leaf):
+        gradient, weights, samples = torch.zeros_like(leaf), 0.0, 0
+        for _, loss, weight, size in self._batch_losses(leaf):
             (g,) = torch.autograd.grad(loss.reshape(()), leaf, allow_unused=True)
             if g is not None:
-                gradient += size * g
-            total, samples = total + size * loss.detach().reshape(()), samples + size
+                gradient += weight * g
+            total = total + weight * loss.detach().reshape(())
+            weights, samples = weights + weight, samples + size
         self._samples = samples
         self.counts["passes"] += 1
         self.counts["gradients"] += 1
-        self._point_cache = (theta.clone(), total / samples, gradient / samples, None)
-        return total / samples, gradient / samples
+        norm = self._normaliser(weights)
+        self._point_cache = (theta.clone(), total / norm, gradient / norm, None)
+        return total / norm, gradient / norm
 
     def hvp(self, v: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """H(θ)·v for v of shape (n,), or H(θ)·V for V of shape (n, k): k products at once."""
@@ -254,15 +302,15 @@ class Objective:
         elif graph is not None:
             result = self._products(graph[0], graph[1], columns)
         else:  # too much data to keep the graph: rebuild it batch by batch
-            result, samples = torch.zeros_like(columns), 0
+            result, weights = torch.zeros_like(columns), 0.0
             leaf = theta.detach().requires_grad_(True)
-            for _, loss, size in self._batch_losses(leaf):
+            for _, loss, weight, _ in self._batch_losses(leaf, second_order=True):
                 (g,) = torch.autograd.grad(loss.reshape(()), leaf, create_graph=True,
                                            allow_unused=True)
                 if g is not None and g.requires_grad:
-                    result += size * self._products(leaf, g, columns)
-                samples += size
-            result /= samples
+                    result += weight * self._products(leaf, g, columns)
+                weights += weight
+            result /= self._normaliser(weights)
         self.counts["hvp"] += columns.shape[1]
         return result if V.dim() == 2 else result[:, 0]
 
@@ -317,6 +365,18 @@ class Objective:
             )
         return v.detach().to(self.device, self.dtype)
 
+    def _normaliser(self, weights: float) -> float:
+        """Σ_b w_b for a mean loss (refused when no batch has anything to average over), 1 for
+        a sum."""
+        if self._reduction == "sum":
+            return 1.0
+        if weights <= 0:
+            raise BadInputError(
+                "no batch has anything to average over (every target ignored, or every weight "
+                "zero); check ignore_index and the labels (−100 marks a token to ignore)"
+            )
+        return weights
+
     def _cached(self, theta):
         cache = self._point_cache
         if cache is not None and (cache[0] is theta or torch.equal(cache[0], theta)):
@@ -332,21 +392,49 @@ class Objective:
         if self._samples is not None and self._samples > self.graph_cache_samples:
             return None
         if self._engine == "chain":
-            value, gradient = self._chain.at(theta, max_samples=self.graph_cache_samples)
-            self.counts["passes"] += 1
-            self.counts["gradients"] += 1
-            self._point_cache = (theta.clone(), value, gradient, self._chain)
-            return self._chain
+            return self._checked_chain(theta)
         if self._chain is not None:
             return self._trial(theta)
+        return self._graph(theta)
+
+    def _checked_chain(self, theta):
+        """The chain engine at a new θ, its L and ∇L checked against one plain autograd pass (none
+        if L and ∇L are cached at θ already); on a mismatch autograd takes over for good."""
+        value, gradient = self.value_and_grad(theta)
+        checks = self.info["chain_checks"]
+        try:
+            chain_value, chain_gradient = self._chain.at(theta,
+                                                         max_samples=self.graph_cache_samples)
+        except Unsupported as why:
+            errors, failure = None, f"{why}"
+        else:
+            self.counts["passes"] += 1
+            self.counts["gradients"] += 1
+            errors = _disagreement(chain_value, value, chain_gradient, gradient,
+                                   checks["gradient_floor"])
+            for key, error in errors.items():
+                checks["max_relative_errors"][key] = max(checks["max_relative_errors"][key],
+                                                         error)
+            failure = None if max(errors.values()) <= checks["tolerance"] else (
+                "it disagreed with autograd there (relative errors: "
+                + ", ".join(f"{key} {error:.1e}" for key, error in errors.items()) + ")")
+        checks["points"] += 1
+        if failure is None:
+            self._point_cache = (theta.clone(), value, gradient, self._chain)
+            return self._chain
+        self.info["chain_engine"] = (f"not used from point {checks['points']} on: {failure} "
+                                     "(see chain_checks)")
+        self._chain.release()
+        self._chain, self._engine = None, "auto"
+        self.info["hvp_engine"] = self._engine
         return self._graph(theta)
 
     def _graph(self, theta):
         """Build the first-order graph at θ: (θ leaf, G), or None if too much data."""
         leaf = theta.detach().requires_grad_(True)
         total = torch.zeros((), dtype=self.dtype, device=self.device)
-        G, samples = torch.zeros_like(leaf), 0
-        for _, loss, size in self._batch_losses(leaf):
+        G, weights, samples = torch.zeros_like(leaf), 0.0, 0
+        for _, loss, weight, size in self._batch_losses(leaf, second_order=True):
             samples += size
             if samples > self.graph_cache_samples:  # give up keeping it; products will stream
                 self._samples = samples
@@ -354,18 +442,21 @@ class Objective:
             (g,) = torch.autograd.grad(loss.reshape(()), leaf, create_graph=True,
                                        allow_unused=True)
             if g is not None:
-                G = G + size * g
-            total = total + size * loss.detach().reshape(())
+                G = G + weight * g
+            total = total + weight * loss.detach().reshape(())
+            weights += weight
         self._samples = samples
         self.counts["passes"] += 1
         self.counts["gradients"] += 1
-        G = G / samples
+        norm = self._normaliser(weights)
+        G = G / norm
         graph = (leaf, G if G.requires_grad else None)
-        self._point_cache = (theta.clone(), total / samples, G.detach(), graph)
+        self._point_cache = (theta.clone(), total / norm, G.detach(), graph)
         return graph
 
     def _trial(self, theta):
-        """Check the chain engine against the kept graph at θ and keep the faster exact one.
+        """Check the chain engine against the kept graph at θ (L, ∇L and one product) and keep
+        it if it agrees and, unless ``engine="chain"`` asked for it, is faster.
 
         The graph is built first (it also checks the data against the model), timed, and
         released before the chain engine caches its own first-order quantities, so the two are
@@ -375,10 +466,12 @@ class Objective:
         passes = self.counts["passes"]
         graph = self._graph(theta)
         if graph is None or graph[1] is None:  # too much data to keep, or H = 0
+            self._chain = chain  # the trial waits for a point where it can run
             return graph
         v = torch.randn(self.n, generator=torch.Generator().manual_seed(0),
                         dtype=torch.float64).to(self.device, self.dtype)
-        graph_seconds, hv_graph = _timed(lambda: _backward(graph[1], graph[0], v))
+        runs = 1 if self._chain_forced else 2  # asked for: checked, not timed
+        graph_seconds, hv_graph = _timed(lambda: _backward(graph[1], graph[0], v), runs)
         value, gradient = self._point_cache[1], self._point_cache[2]
         self._point_cache = (theta.clone(), value, gradient, None)
         del graph  # the graph is freed here: nothing else refers to it
@@ -389,22 +482,20 @@ class Objective:
             return self._graph(theta)
         self.counts["passes"] += 1
         self.counts["gradients"] += 1
-        chain_seconds, hv_chain = _timed(lambda: chain.hvp(v[:, None])[:, 0])
-        self.counts["hvp"] += 4
+        chain_seconds, hv_chain = _timed(lambda: chain.hvp(v[:, None])[:, 0], runs)
+        self.counts["hvp"] += 2 * runs
         tol = 1e-7 if self.dtype == torch.float64 else 1e-3
         floor = math.sqrt(torch.finfo(self.dtype).eps) * float(hv_graph.norm() / v.norm()) * 1e-2
-        errors = {  # relative; the gradient's floor is rounding near ∇L = 0
-            "value": abs(float(chain_value - value)) / max(abs(float(value)), 1e-30),
-            "gradient": float((chain_gradient - gradient).norm())
-            / max(float(gradient.norm()), floor, 1e-30),
-            "product": float((hv_chain - hv_graph).norm()) / max(float(hv_graph.norm()), 1e-30),
-        }
+        errors = {**_disagreement(chain_value, value, chain_gradient, gradient, floor),
+                  "product": float((hv_chain - hv_graph).norm())
+                  / max(float(hv_graph.norm()), 1e-30)}
         trial = self.info["chain_trial"] = {
             "seconds_per_product": {"chain": chain_seconds, "autograd": graph_seconds},
             "relative_errors": errors, "tolerance": tol}
-        if max(errors.values()) > tol or chain_seconds >= graph_seconds:
-            why = ("it disagreed with autograd" if max(errors.values()) > tol
-                   else "slower than autograd here")
+        slower = chain_seconds >= graph_seconds and not self._chain_forced
+        if max(errors.values()) > tol or slower:
+            why = "it disagreed with autograd" if max(errors.values()) > tol else \
+                "slower than autograd here"
             self.info["chain_engine"] = f"not used: {why} (see chain_trial)"
             chain.release()
             graph = self._graph(theta)
@@ -412,6 +503,10 @@ class Objective:
             self._chain, graph = chain, chain
             self._engine = self.info["hvp_engine"] = "chain"
             self.info["chain_engine"] = "used"
+            self.info["chain_checks"] = {  # L and ∇L at every later point, see _checked_chain
+                "points": 1, "max_relative_errors": {"value": errors["value"],
+                                                     "gradient": errors["gradient"]},
+                "tolerance": tol, "gradient_floor": floor}
             self._point_cache = (theta.clone(), value, gradient, chain)
         trial["passes"] = self.counts["passes"] - passes
         return graph
@@ -453,14 +548,24 @@ class Objective:
         return looped
 
 
-def _timed(product) -> tuple[float, torch.Tensor]:
-    """The faster of two runs of ``product()`` in seconds, and its result."""
+def _timed(product, runs: int = 2) -> tuple[float, torch.Tensor]:
+    """The fastest of ``runs`` runs of ``product()`` in seconds, and its result."""
     seconds = []
-    for _ in range(2):
+    for _ in range(runs):
         start = time.perf_counter()
         result = product()
         seconds.append(time.perf_counter() - start)
     return min(seconds), result
+
+
+def _disagreement(value, reference_value, gradient, reference_gradient, floor: float) -> dict:
+    """Relative errors of (L, ∇L) against the reference; the gradient's error is relative to
+    max(‖∇L‖, ``floor``), the rounding scale near ∇L = 0."""
+    return {
+        "value": abs(float(value - reference_value)) / max(abs(float(reference_value)), 1e-30),
+        "gradient": float((gradient - reference_gradient).norm())
+        / max(float(reference_gradient.norm()), floor, 1e-30),
+    }
 
 
 def _backward(G, leaf, v):
@@ -481,7 +586,26 @@ def _batched(G, leaf, columns):
 
 
 def _loss_name(loss_fn) -> str:
+    if isinstance(loss_fn, str):
+        return "the model's own loss"
     return getattr(loss_fn, "__name__", None) or type(loss_fn).__name__
+
+
+def _analysis_dtype(first: torch.nn.Parameter | None) -> torch.dtype:
+    """The model's dtype, or float32 for a half-precision model."""
+    if first is None:
+        return torch.get_default_dtype()
+    return torch.float32 if first.dtype in (torch.float16, torch.bfloat16) else first.dtype
+
+
+def _ties(loss: ModelLoss) -> dict[str, list[str]]:
+    """``{first name: [other names]}`` for parameters held under several names."""
+    first = {id(p): name for name, p in loss.model.named_parameters()}
+    ties: dict[str, list[str]] = {}
+    for name, p in loss.model.named_parameters(remove_duplicate=False):
+        if name != first[id(p)]:
+            ties.setdefault(first[id(p)], []).append(name)
+    return ties
 
 
 def _known_lower_bound(loss_fn) -> float | None:

@@ -80,7 +80,6 @@ def bn_buffers(obj: Objective, theta: torch.Tensor) -> dict[str, torch.Tensor]:
             sums[name][2] = sums[name][2] + (x * x).sum(1)
         return hook
 
-    state = {**loss.frozen, **loss.unflatten(theta.detach())}
     saved = [(module, module.training) for module in loss.model.modules()]
     handles = [m.register_forward_pre_hook(collect(name)) for name, m in layers.items()]
     try:
@@ -90,8 +89,9 @@ def bn_buffers(obj: Objective, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             for batch in loss.batches:
                 buffers = {name: b.clone() for name, b in loss.buffers.items()}
-                torch.func.functional_call(loss.model, {**state, **buffers}, batch.inputs,
-                                           strict=False)
+                torch.func.functional_call(loss.model, loss.state(theta.detach(), buffers),
+                                           batch.inputs, dict(batch.kwargs), strict=False,
+                                           tie_weights=False)
     finally:
         for handle in handles:
             handle.remove()
@@ -144,12 +144,20 @@ class SubsetLoss:
         if chunks not in self.T95:
             raise BadInputError(f"chunks={chunks}; use one of {sorted(self.T95)}")
         batches = list(self._loss.batches)
+        if self._loss.reduction != "mean" or any(self._loss.weight(b) != b.size
+                                                  for b in batches):
+            raise BadInputError(
+                "a data subset needs a loss that is a plain mean over samples; this one averages "
+                f"over {self._loss.weighting}. Use the full data (no budget)"
+            )
         inputs = tuple(torch.cat(parts) for parts in zip(*(b.inputs for b in batches),
                                                           strict=True))
+        kwargs = {key: torch.cat([b.kwargs[key] for b in batches]) for key in batches[0].kwargs}
         target = torch.cat([b.target for b in batches])
         order = torch.randperm(target.shape[0], generator=torch.Generator().manual_seed(seed))
         order = order.to(target.device)
         self.inputs, self.target = tuple(x[order] for x in inputs), target[order]
+        self.kwargs = {key: x[order] for key, x in kwargs.items()}
         self.total, self.chunks, self.seed = int(target.shape[0]), chunks, seed
         self.per_sample = self._splits_per_sample()
         self.t95 = 1.96 if self.per_sample else self.T95[chunks]
@@ -172,7 +180,8 @@ class SubsetLoss:
         """The loss over the first m samples, and its per-sample losses (or chunk means)."""
         parts: list = []
         view = copy.copy(self._loss)
-        view.batches = [Batch(tuple(x[:m] for x in self.inputs), self.target[:m], m)]
+        view.batches = [Batch(tuple(x[:m] for x in self.inputs), self.target[:m], m,
+                              {key: x[:m] for key, x in self.kwargs.items()})]
         view.loss_fn = _recording(self._loss.loss_fn, self.chunks, parts, per_sample)
         return _weighted_mean(view, theta), parts
 
@@ -263,14 +272,18 @@ class Replica:
         return value
 
     def _forward(self) -> float:
-        total, samples = 0.0, 0
+        total, weights = 0.0, 0.0
         with torch.inference_mode():
             for index, batch in enumerate(self._batches):
-                loss = self._loss.loss_fn(self._model(*batch.inputs), batch.target).item()
+                weight = float(self._loss.weight(batch))
+                if weight <= 0:
+                    continue
+                output = self._model(*batch.inputs, **batch.kwargs)
+                loss = self._loss.loss_of(output, batch).item()
                 if not math.isfinite(loss):
                     check_loss(torch.tensor(loss), f"batch {index} ({batch.size} samples)")
-                total, samples = total + batch.size * loss, samples + batch.size
-        return total / samples
+                total, weights = total + weight * loss, weights + weight
+        return total / _normaliser(self._loss, weights)
 
 
 def model_loss(obj: Objective, purpose: str) -> ModelLoss:
@@ -288,11 +301,15 @@ def _agreement(dtype: torch.dtype) -> float:
 
 
 def _weighted_mean(loss: ModelLoss, theta: torch.Tensor) -> float:
-    total, samples = 0.0, 0
+    total, weights = 0.0, 0.0
     with torch.no_grad():
-        for _, value, size in loss(theta.detach()):
-            total, samples = total + size * value.item(), samples + size
-    return total / samples
+        for _, value, weight, _ in loss(theta.detach()):
+            total, weights = total + weight * value.item(), weights + weight
+    return total / _normaliser(loss, weights)
+
+
+def _normaliser(loss: ModelLoss, weights: float) -> float:
+    return 1.0 if loss.reduction == "sum" else weights
 
 
 def _recording(loss_fn, chunks: int, sink: list, per_sample: bool):
