@@ -21,6 +21,7 @@ here (its fused BatchNorm kernels), so there the trial keeps autograd.
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from landscope.functional import ModelLoss, check_loss
+from landscope.functional import ModelLoss, _modes, check_loss
 
 
 class Unsupported(Exception):
@@ -337,7 +338,12 @@ class _AvgPool2d:
 
 
 class _Reshape:
-    """A shape-only step (view, reshape, flatten) or the identity (dropout in eval mode)."""
+    """A shape-only step (view, reshape, flatten, squeeze) or the identity (dropout in eval mode).
+
+    ``fn(u, shapes)`` makes the output; ``shapes`` (of the model's input and of every output so far)
+    feeds size arguments such as ``x.shape[0]``. Each such step is a row-major reshape, so tangents
+    take the output's shape and adjoints the input's.
+    """
 
     names: list = []
     keeps_grad_out = False  # R{∂L/∂u} does not involve ∂L/∂o
@@ -345,17 +351,18 @@ class _Reshape:
     def __init__(self, fn=None):
         self.fn = fn
 
-    def forward(self, u, p):
-        return (u if self.fn is None else self.fn(u)), u.shape
+    def forward(self, u, shapes):
+        o = u if self.fn is None else self.fn(u, shapes)
+        return o, (u.shape, o.shape)
 
-    def backward(self, d_o, shape, p, want, need_input):
-        return d_o.reshape(shape), []
+    def backward(self, d_o, saved, p, want, need_input):
+        return d_o.reshape(saved[0]), []
 
-    def rforward(self, r_u, shape, p, vp):
-        return r_u if r_u is None or self.fn is None else self.fn(r_u)
+    def rforward(self, r_u, saved, p, vp):
+        return None if r_u is None else r_u.reshape(saved[1])
 
-    def rbackward(self, rd_o, d_o, r_u, shape, p, vp, need_input):
-        return rd_o.reshape(shape), []
+    def rbackward(self, rd_o, d_o, r_u, saved, p, vp, need_input):
+        return rd_o.reshape(saved[0]), []
 
 
 # ============================================================================ tracing
@@ -366,20 +373,124 @@ _ACTIVATION_MODULES = {  # module type -> (derivatives, options read from the mo
     nn.Softplus: (_softplus, lambda m: {"beta": m.beta, "threshold": m.threshold}),
     nn.ELU: (_elu, lambda m: {"alpha": m.alpha}),
 }
-_ACTIVATION_FUNCTIONS = {torch.relu: _relu, F.relu: _relu, torch.tanh: _tanh, F.tanh: _tanh,
-                         torch.sigmoid: _sigmoid, F.sigmoid: _sigmoid, F.silu: _silu,
-                         F.gelu: _gelu, F.leaky_relu: _leaky_relu}
-_ACTIVATION_METHODS = {"relu": _relu, "tanh": _tanh, "sigmoid": _sigmoid}
-_SHAPE_METHODS = {"view", "reshape", "flatten", "contiguous"}
-_SHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
+_ACTIVATION_FUNCTIONS = {torch.relu: _relu, F.relu: _relu, torch.relu_: _relu,
+                         torch.tanh: _tanh, F.tanh: _tanh, torch.tanh_: _tanh,
+                         torch.sigmoid: _sigmoid, F.sigmoid: _sigmoid, torch.sigmoid_: _sigmoid,
+                         F.silu: _silu, F.gelu: _gelu, F.leaky_relu: _leaky_relu}
+_ACTIVATION_METHODS = {"relu": _relu, "tanh": _tanh, "sigmoid": _sigmoid, "relu_": _relu,
+                       "tanh_": _tanh, "sigmoid_": _sigmoid}
+_SHAPE_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze"}
+_SHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+_SIZE_OPERATORS = {operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv,
+                   operator.mod, operator.neg}
+_IN_PLACE_OPERATORS = {name: getattr(operator, name) for name in (
+    "iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul", "iand", "ior",
+    "ixor", "ilshift", "irshift")}
 
 
-def _layer_for(node, model: nn.Module, buffers: dict, mode: str):
-    """The chain layer computing fx ``node`` (whose first argument is the previous output)."""
+class _Proxy(torch.fx.Proxy):
+    """fx's Proxy, with ``a += b`` (and the other augmented assignments) traced as in place.
+
+    Plain fx has no in-place operators, so Python turns ``h += f(h)`` into ``h = h + f(h)`` and
+    the graph no longer shows that every other name for ``h`` now sees the sum.
+    """
+
+
+def _in_place(target):
+    return lambda self, other: self.tracer.create_proxy("call_function", target, (self, other),
+                                                        {})
+
+
+for _name, _target in _IN_PLACE_OPERATORS.items():
+    setattr(_Proxy, f"__{_name}__", _in_place(_target))
+
+
+class _Tracer(torch.fx.Tracer):
+    def proxy(self, node):
+        return _Proxy(node, self)
+
+
+def _trace(model: nn.Module, buffers: dict, mode: str) -> list:
+    """The model as steps ``(layer, inputs)`` in execution order; output 0 is the model's input,
+    output j the result of step j; ``layer`` is None for a sum of two outputs (a skip
+    connection).
+
+    The model is traced in the analysis ``mode`` (a forward that branches on ``self.training``
+    takes the branch the analysis runs). Refused: hooks (the trace does not run them), and an
+    in-place operation whose overwritten tensor is read again (the steps would read the old
+    value); an in-place ReLU on a tensor nobody else reads is an ordinary step.
+    """
+    hooked = _hooked(model)
+    if hooked:
+        raise Unsupported(f"{hooked} has hooks, which the traced graph does not run")
+    try:
+        with _modes(model, mode):
+            graph = _Tracer().trace(model)
+    except Exception as error:  # noqa: BLE001 - any tracing failure means "not supported"
+        raise Unsupported(f"the model cannot be traced by torch.fx ({type(error).__name__})") \
+            from None
+    nodes = list(graph.nodes)
+    if not nodes or nodes[0].op != "placeholder" or sum(n.op == "placeholder" for n in nodes) != 1:
+        raise Unsupported("the model does not take exactly one input tensor")
+    index, sizes, steps = {nodes[0]: 0}, {}, []
+    storage = {nodes[0]: nodes[0]}  # node -> the node whose tensor it shares memory with
+    for node in nodes[1:]:
+        if node.op == "output":
+            if index.get(node.args[0]) != len(steps):
+                raise Unsupported("the model's output is not its last step")
+            break
+        size = _size_of(node, index, sizes)
+        if size is not None:
+            sizes[node] = size
+            continue
+        if _is_add(node):
+            if any(a not in index for a in node.args):
+                raise Unsupported(f"step {node.name!r} adds a tensor that is not computed here")
+            layer = None
+            steps.append((None, [index[a] for a in node.args]))
+        elif node.args and node.args[0] in index:
+            layer = _layer_for(node, model, buffers, mode, sizes)
+            steps.append((layer, [index[node.args[0]]]))
+        else:
+            raise Unsupported(f"step {node.name!r} ({node.op} {node.target!r}) is not fed by an "
+                              "earlier step")
+        index[node] = len(steps)
+        writes = _writes(node, model)
+        storage[node] = storage[node.args[0]] if writes or isinstance(layer, _Reshape) else node
+        if writes:
+            _check_overwrite(node, nodes, storage, sizes)
+    if not any(name for layer, _ in steps if layer is not None for name in layer.names):
+        raise Unsupported("the model has no parameterised layer")
+    return steps
+
+
+def _layer_for(node, model: nn.Module, buffers: dict, mode: str, sizes: dict):
+    """The chain layer computing fx ``node`` (whose first argument is the previous output);
+    ``sizes`` maps the graph's size nodes (``x.shape[0]``) to functions of the outputs' shapes."""
     rest, kwargs = node.args[1:], dict(node.kwargs)
-    if any(isinstance(a, torch.fx.Node) for a in (*rest, *kwargs.values())):
+    nodes = []
+    torch.fx.node.map_arg((rest, kwargs), nodes.append)
+    if any(a not in sizes for a in nodes):
         raise Unsupported(f"step {node.name!r} ({node.target!r}) combines two tensors in a way "
                           "the chain engine does not know (it knows a + b)")
+    shape_step = ((node.op == "call_function" and node.target in _SHAPE_FUNCTIONS)
+                  or (node.op == "call_method" and node.target in _SHAPE_METHODS))
+    if shape_step:
+        def arguments(shapes):
+            return torch.fx.node.map_arg((rest, kwargs), lambda a: sizes[a](shapes))
+
+        if node.op == "call_function":
+            def fn(t, shapes, f=node.target):
+                args, kw = arguments(shapes)
+                return f(t, *args, **kw)
+        else:
+            def fn(t, shapes, m=node.target):
+                args, kw = arguments(shapes)
+                return getattr(t, m)(*args, **kw)
+        return _Reshape(fn)
+    if nodes:
+        raise Unsupported(f"step {node.name!r} ({node.target!r}) reads tensor sizes (the chain "
+                          "engine knows them only in reshapes)")
     if node.op == "call_module":
         module, prefix = model.get_submodule(node.target), node.target + "."
         kind = type(module)
@@ -399,69 +510,114 @@ def _layer_for(node, model: nn.Module, buffers: dict, mode: str):
         if kind in (nn.AvgPool2d, nn.AdaptiveAvgPool2d):
             return _AvgPool2d(module)
         if kind is nn.Flatten:
-            return _Reshape(lambda t, m=module: t.flatten(m.start_dim, m.end_dim))
+            return _Reshape(lambda t, shapes, m=module: t.flatten(m.start_dim, m.end_dim))
         if kind is nn.Identity or (kind is nn.Dropout and mode == "eval"):
             return _Reshape()
         raise Unsupported(f"module {node.target!r} ({kind.__name__}) in {mode} mode")
     if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
         fn = _ACTIVATION_FUNCTIONS[node.target]
+        options = {}
+        kwargs.pop("inplace", None)  # whether that is safe is _check_overwrite's question
         if fn is _leaky_relu:
-            slope = rest[0] if rest else kwargs.pop("negative_slope", 0.01)
-            rest, options = rest[1:], {"slope": slope}
-        else:
-            options = {}
-        if kwargs.pop("approximate", "none") != "none" or any(rest) or any(kwargs.values()):
+            options["slope"] = rest[0] if rest else kwargs.pop("negative_slope", 0.01)
+            rest = rest[1:]
+        if node.target in (F.relu, F.leaky_relu, F.silu):
+            rest = rest[1:]  # the positional ``inplace``
+        if kwargs.pop("approximate", "none") != "none" or rest or kwargs:
             raise Unsupported(f"{node.target.__name__} with options {rest or kwargs} at "
-                              f"{node.name!r} (in place or approximate)")
+                              f"{node.name!r} (approximate)")
         return _Activation(fn, **options)
-    if node.op == "call_function" and node.target in _SHAPE_FUNCTIONS:
-        return _Reshape(lambda t, f=node.target: f(t, *rest, **kwargs))
     if node.op == "call_method" and node.target in _ACTIVATION_METHODS and not rest:
         return _Activation(_ACTIVATION_METHODS[node.target])
-    if node.op == "call_method" and node.target in _SHAPE_METHODS:
-        return _Reshape(lambda t, m=node.target: getattr(t, m)(*rest, **kwargs))
     raise Unsupported(f"operation {node.target!r} at step {node.name!r}")
 
 
 def _is_add(node) -> bool:
-    """``a + b`` of two tensors of the graph (``operator.add``, ``torch.add``, ``a.add(b)``)."""
+    """``a + b`` of two tensors of the graph (``operator.add``, ``torch.add``, ``a.add(b)``), or
+    in place (``a += b``, ``a.add_(b)``)."""
     two = (len(node.args) == 2 and not node.kwargs
            and all(isinstance(a, torch.fx.Node) for a in node.args))
-    return two and ((node.op == "call_function" and node.target in (operator.add, torch.add))
-                    or (node.op == "call_method" and node.target == "add"))
+    return two and (
+        (node.op == "call_function" and node.target in (operator.add, torch.add, operator.iadd))
+        or (node.op == "call_method" and node.target in ("add", "add_")))
 
 
-def _trace(model: nn.Module, buffers: dict, mode: str) -> list:
-    """The model as steps ``(layer, inputs)`` in execution order; output 0 is the model's input,
-    output j the result of step j; ``layer`` is None for a sum of two outputs (a skip
-    connection)."""
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception as error:  # noqa: BLE001 - any tracing failure means "not supported"
-        raise Unsupported(f"the model cannot be traced by torch.fx ({type(error).__name__})") \
-            from None
-    nodes = list(graph.nodes)
-    if not nodes or nodes[0].op != "placeholder" or sum(n.op == "placeholder" for n in nodes) != 1:
-        raise Unsupported("the model does not take exactly one input tensor")
-    index, steps = {nodes[0]: 0}, []
-    for node in nodes[1:]:
-        if node.op == "output":
-            if index.get(node.args[0]) != len(steps):
-                raise Unsupported("the model's output is not its last step")
-            break
-        if _is_add(node):
-            if any(a not in index for a in node.args):
-                raise Unsupported(f"step {node.name!r} adds a tensor that is not computed here")
-            steps.append((None, [index[a] for a in node.args]))
-        elif node.args and node.args[0] in index:
-            steps.append((_layer_for(node, model, buffers, mode), [index[node.args[0]]]))
-        else:
-            raise Unsupported(f"step {node.name!r} ({node.op} {node.target!r}) is not fed by an "
-                              "earlier step")
-        index[node] = len(steps)
-    if not any(name for layer, _ in steps if layer is not None for name in layer.names):
-        raise Unsupported("the model has no parameterised layer")
-    return steps
+def _size_of(node, index: dict, sizes: dict):
+    """For a node that computes a size from the shapes of tensors (``x.shape``, ``x.size(d)``,
+    ``x.dim()``, ``x.numel()``, their items and integer arithmetic on them): its value as a
+    function of the list of shapes of the model's input and step outputs. Else None."""
+    args = node.args
+    if node.op == "call_function" and node.target is getattr and len(args) == 2 \
+            and args[0] in index and args[1] in ("shape", "ndim"):
+        i = index[args[0]]
+        return (lambda s: s[i]) if args[1] == "shape" else (lambda s: len(s[i]))
+    if node.op == "call_method" and node.target in ("size", "dim", "numel") and args \
+            and args[0] in index and not node.kwargs:
+        i, rest = index[args[0]], args[1:]
+        if node.target == "size" and all(isinstance(d, int) for d in rest) and len(rest) <= 1:
+            return lambda s: s[i][rest[0]] if rest else s[i]
+        if not rest:
+            return (lambda s: len(s[i])) if node.target == "dim" else (lambda s: math.prod(s[i]))
+        return None
+    operands = [*args, *node.kwargs.values()]
+    if node.op == "call_function" and node.target in _SIZE_OPERATORS and not node.kwargs \
+            and any(a in sizes for a in operands if isinstance(a, torch.fx.Node)) \
+            and all(a in sizes for a in operands if isinstance(a, torch.fx.Node)):
+        parts = [sizes[a] if isinstance(a, torch.fx.Node) else (lambda s, a=a: a) for a in args]
+        return lambda s: node.target(*(part(s) for part in parts))
+    return None
+
+
+def _writes(node, model: nn.Module) -> bool:
+    """Whether fx ``node`` overwrites its first argument (an in-place operation)."""
+    if node.op == "call_module":
+        return bool(getattr(model.get_submodule(node.target), "inplace", False))
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if node.target in _IN_PLACE_OPERATORS.values() or (
+            name.endswith("_") and not name.startswith("_")):
+        return True
+    if node.kwargs.get("inplace"):
+        return True
+    try:  # a Python function with an ``inplace`` parameter given by position (F.relu(x, True))
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):
+        return False
+    return bool(bound.arguments.get("inplace", False))
+
+
+def _check_overwrite(node, nodes: list, storage: dict, sizes: dict) -> None:
+    """Refuse the in-place ``node`` if any tensor sharing the memory it overwrites, made before
+    it, is read after it (by a step or as the output): that reader would see the new value where
+    the traced steps pass on the old one."""
+    where = storage[node]
+    if where is nodes[0]:
+        raise Unsupported(f"step {node.name!r} overwrites the model's input in place")
+    position = {n: i for i, n in enumerate(nodes)}
+    here = position[node]
+    for earlier in nodes[1:here]:
+        if storage.get(earlier) is not where:
+            continue
+        late = [user.name for user in earlier.users
+                if user is not node and user not in sizes and position[user] > here]
+        if late:
+            raise Unsupported(
+                f"step {node.name!r} overwrites {earlier.name!r} in place, and {late[0]!r} reads "
+                "it afterwards (the traced steps would pass on its old value)")
+
+
+def _hooked(model: nn.Module) -> str | None:
+    """The first module with forward or backward hooks ("the model" for the root, or global
+    hooks), else None."""
+    from torch.nn.modules import module as registry
+
+    if any((registry._global_forward_hooks, registry._global_forward_pre_hooks,
+            registry._global_backward_hooks, registry._global_backward_pre_hooks)):
+        return "every module (global module hooks are registered)"
+    for name, module in model.named_modules():
+        if (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks):
+            return f"module {name!r}" if name else "the model"
+    return None
 
 
 # ============================================================================ losses
@@ -558,15 +714,18 @@ class ChainHessian:
                 if len(batch.inputs) != 1:
                     raise Unsupported("the model takes more than one input")
                 outputs, saved = [batch.inputs[0]], [None]
+                shapes = [batch.inputs[0].shape]  # what size arguments (x.shape[0]) read
                 unread = list(self.users)
                 for layer, inputs in self.steps:
                     if layer is None:
                         outputs.append(outputs[inputs[0]] + outputs[inputs[1]])
                         saved.append(None)
                     else:
-                        out, keep = layer.forward(outputs[inputs[0]], self._params(layer, values))
+                        p = shapes if isinstance(layer, _Reshape) else self._params(layer, values)
+                        out, keep = layer.forward(outputs[inputs[0]], p)
                         outputs.append(out)
                         saved.append(keep)
+                    shapes.append(outputs[-1].shape)
                     for i in inputs:  # the steps keep what they need in ``saved``
                         unread[i] -= 1
                         if not unread[i]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import pytest
 import torch
 from helpers import classification_data, make_cnn, make_mlp, reference_hessian
@@ -10,6 +12,7 @@ from torch.nn import functional as F
 from torch.nn.functional import cross_entropy, gelu, mse_loss
 
 from landscope import BadInputError, NonFiniteLossError, Objective
+from landscope.functional import _modes
 
 
 class ViewCNN(nn.Module):
@@ -127,6 +130,74 @@ def _residual_cnn():
     return model
 
 
+class IdiomCNN(nn.Module):
+    """The digits CNN as users write it: sizes read from the input, functional and in-place
+    ReLUs on tensors nobody else reads, flatten in its three spellings."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 2, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(2 * 16, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = x.reshape(x.shape[0], 1, 4, 4)
+        h = F.relu(self.bn1(self.conv1(h)), inplace=True)
+        h = torch.relu(self.conv2(h))
+        h = torch.flatten(h, 1).view(h.size(0), -1).flatten(1)
+        return self.fc2(torch.tanh(self.fc1(h)))
+
+
+def _idiom_cnn():
+    torch.manual_seed(9)
+    model = IdiomCNN().double().eval()
+    with torch.no_grad():
+        model.bn1.running_mean.uniform_(-0.5, 0.5)
+        model.bn1.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+class InplaceResidual(nn.Module):
+    """torchvision's BasicBlock idiom: nn.ReLU(inplace=True) after BatchNorm, ``out += x``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(16, 6)
+        self.fc1, self.bn1 = nn.Linear(6, 6), nn.BatchNorm1d(6)
+        self.fc2, self.bn2 = nn.Linear(6, 6), nn.BatchNorm1d(6)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = torch.tanh(self.stem(x))
+        out = self.relu(self.bn1(self.fc1(x)))
+        out = self.bn2(self.fc2(out))
+        out += x
+        out = self.relu(out)
+        return self.head(out)
+
+
+def _inplace_residual():
+    torch.manual_seed(10)
+    model = InplaceResidual().double().eval()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+class Twice(nn.Module):
+    """One Linear applied twice: its weight's gradient and curvature add up over the uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.fc, self.out = nn.Linear(16, 5), nn.Linear(5, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.fc(torch.tanh(self.fc(self.inp(x))))))
+
+
 MODELS = {  # name: (model factory, loss, parameter selection)
     "tanh_mlp": (lambda: make_mlp(nn.Tanh, sizes=(16, 6, 5, 3)), cross_entropy, None),
     "relu_mlp_mse": (lambda: make_mlp(nn.ReLU, sizes=(16, 7, 3)), mse_loss, None),
@@ -141,6 +212,9 @@ MODELS = {  # name: (model factory, loss, parameter selection)
     "residual_tail_only": (_residual_cnn, cross_entropy, ["conv2.weight", "bn2.*", "fc.*"]),
     "last_layer_only": (lambda: make_mlp(nn.Tanh, sizes=(16, 6, 5, 3)), cross_entropy, "4.*"),
     "biases_and_bn": (make_cnn, cross_entropy, ["conv.bias", "bn.weight", "fc.bias"]),
+    "idiom_cnn": (_idiom_cnn, cross_entropy, None),
+    "inplace_residual": (_inplace_residual, cross_entropy, None),
+    "module_twice": (lambda: (torch.manual_seed(11), Twice().double())[1], cross_entropy, None),
 }
 
 
@@ -255,3 +329,170 @@ def test_a_non_finite_loss_under_the_chain_names_the_batch():
     theta[0] = float("nan")
     with pytest.raises(NonFiniteLossError, match="batch 0"):
         obj.hvp(torch.ones(obj.n, dtype=torch.float64), theta)
+
+
+# ---------------------------------------------------------------------------- traps
+class _Trap(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(16, 6), nn.Linear(6, 3), nn.Linear(6, 3)
+        self.relu = nn.ReLU(inplace=True)
+
+
+class InplaceModuleReuse(_Trap):
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(self.relu(h)) + self.c(h)  # c reads h after the ReLU overwrote it
+
+
+class InplaceFunctionReuse(_Trap):
+    def forward(self, x):
+        h = self.a(x)
+        y = F.relu(h, inplace=True)
+        return self.b(y) + self.c(h)
+
+
+class InplaceMethod(_Trap):
+    def forward(self, x):
+        h = self.a(x)
+        h.relu_()
+        return self.b(h)
+
+
+class AugmentedAlias(_Trap):
+    def forward(self, x):
+        h = self.a(x)
+        skip = h
+        h += torch.tanh(self.a(x))  # skip is h: it sees the sum too
+        return self.b(h + skip)
+
+
+class Hooked(_Trap):
+    def __init__(self):
+        super().__init__()
+        self.a.register_forward_hook(lambda module, inputs, output: output * 2)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def _points(obj, count=3, scale=0.5):
+    """θ₀ and ``count - 1`` seeded points around it."""
+    gen = torch.Generator().manual_seed(12)
+    return [obj.theta0] + [obj.theta0 + scale * torch.randn(obj.n, generator=gen,
+                                                            dtype=obj.dtype)
+                           for _ in range(count - 1)]
+
+
+def _dense(model, loss, X, y, obj, theta, mode="eval"):
+    """(L, ∇²L) at θ by torch.func.hessian in the analysis mode, on a copy of the model."""
+    copy = deepcopy(model)
+
+    def f(t):
+        state = {**obj.unflatten(t), **dict(copy.named_buffers())}
+        return loss(torch.func.functional_call(copy, state, (X,)), y)
+
+    with _modes(copy, mode):
+        return f(theta.clone()).detach(), torch.func.hessian(f)(theta.clone())
+
+
+@pytest.mark.parametrize("trap, reason", [
+    (InplaceModuleReuse, "'relu' overwrites 'a' in place, and 'c' reads it afterwards"),
+    (InplaceFunctionReuse, "'relu' overwrites 'a' in place, and 'c' reads it afterwards"),
+    (InplaceMethod, "'relu_' overwrites 'a' in place, and 'b' reads it afterwards"),
+    (AugmentedAlias, "'iadd' overwrites 'a' in place, and 'add' reads it afterwards"),
+    (Hooked, "module 'a' has hooks"),
+])
+def test_traps_fall_back_to_autograd_with_the_reason(trap, reason):
+    torch.manual_seed(13)
+    model = trap().double()
+    X, y = classification_data(n=23, features=16, classes=3)
+    with pytest.raises(BadInputError, match="engine='chain' does not apply") as error:
+        Objective.from_model(model, cross_entropy, (X, y), engine="chain")
+    assert reason in str(error.value)
+    obj = Objective.from_model(model, cross_entropy, (X, y))
+    assert reason in obj.info["chain_engine"]
+    V = torch.randn(obj.n, 2, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    for theta in _points(obj):
+        value, H = _dense(model, cross_entropy, X, y, obj, theta)
+        torch.testing.assert_close(obj.hvp(V, theta), H @ V, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(obj.value(theta), value, rtol=1e-12, atol=0)
+
+
+class TrainingBranch(_Trap):
+    def forward(self, x):
+        h = self.a(x)
+        h = torch.tanh(h) if self.training else torch.relu(h)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_the_trace_follows_the_analysis_mode_not_the_callers(mode):
+    torch.manual_seed(15)
+    model = TrainingBranch().double().train(mode == "eval")  # the caller's mode is the other one
+    X, y = classification_data(n=23, features=16, classes=3)
+    obj = Objective.from_model(model, cross_entropy, (X, y), mode=mode, engine="chain")
+    V = torch.randn(obj.n, 2, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
+    for theta in _points(obj):
+        _, H = _dense(model, cross_entropy, X, y, obj, theta, mode)
+        torch.testing.assert_close(obj.hvp(V, theta), H @ V, rtol=1e-10, atol=1e-12)
+    assert obj.info["chain_engine"] == "used" and obj.info["chain_checks"]["points"] == 3
+    assert model.training == (mode == "eval") and model.a.training == (mode == "eval")
+
+
+def _positive_at_theta0():
+    """The in-place trap with every pre-activation of ``a`` positive at θ₀ (its bias is large),
+    so there the trap does not show; at ``theta1`` (bias −1) it does."""
+    torch.manual_seed(0)
+    model = InplaceModuleReuse().double()
+    with torch.no_grad():
+        model.a.bias.fill_(6.0)
+    X, y = classification_data(n=23, features=16, classes=3)
+    return model, X, y
+
+
+@pytest.mark.parametrize("engine", ["auto", "chain"])
+def test_every_new_point_is_checked_and_a_mismatch_switches_to_autograd(monkeypatch, engine):
+    # A trap that slips past the structural checks (switched off here) is still caught at the
+    # first point where it shows.
+    monkeypatch.setattr("landscope.chain._check_overwrite", lambda *args: None)
+    model, X, y = _positive_at_theta0()
+    obj = Objective.from_model(model, cross_entropy, (X, y), engine=engine)
+    monkeypatch.setattr(obj, "_chain_forced", True)  # keep it whatever the timing says
+    v = torch.randn(obj.n, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
+    value0, H0 = _dense(model, cross_entropy, X, y, obj, obj.theta0)
+    torch.testing.assert_close(obj.hvp(v), H0 @ v, rtol=1e-10, atol=1e-12)
+    assert obj.info["chain_engine"] == "used"  # the two semantics agree at θ₀
+    theta1 = obj.theta0.clone()
+    obj.unflatten(theta1)["a.bias"].fill_(-1.0)
+    chain_value = obj._chain.at(theta1)[0]
+    value1, H1 = _dense(model, cross_entropy, X, y, obj, theta1)
+    assert abs(float(chain_value - value1)) > 0.1 * float(value1)  # the chain alone is wrong
+    torch.testing.assert_close(obj.hvp(v, theta1), H1 @ v, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(obj.value(theta1), value1, rtol=1e-12, atol=0)
+    assert obj.info["chain_engine"].startswith("not used from point 2 on: it disagreed")
+    assert obj.info["hvp_engine"] != "chain" and obj.info["chain_checks"]["points"] == 2
+    assert obj.info["chain_checks"]["max_relative_errors"]["value"] > 0.1
+    torch.testing.assert_close(obj.hvp(v), H0 @ v, rtol=1e-10, atol=1e-12)  # autograd for good
+    assert obj.info["chain_checks"]["points"] == 2
+
+
+def test_the_check_costs_one_gradient_per_new_point_and_nothing_per_product():
+    _, _, _, _, obj = _case("tanh_mlp")
+    V = torch.randn(obj.n, 3, generator=torch.Generator().manual_seed(18), dtype=torch.float64)
+    theta0, theta1, theta2 = _points(obj)
+    obj.hvp(V, theta0)  # the trial
+    counts = dict(obj.counts)
+    obj.hvp(V, theta1)  # a new point: the chain's pass and one autograd gradient
+    assert obj.counts["gradients"] - counts["gradients"] == 2
+    assert obj.counts["passes"] - counts["passes"] == 2
+    counts = dict(obj.counts)
+    obj.hvp(V, theta1)  # the same point: products only
+    assert obj.counts["gradients"] == counts["gradients"] and obj.counts["hvp"] == counts["hvp"] + 3
+    obj.grad(theta2)  # L and ∇L by autograd first: the check reuses them
+    counts = dict(obj.counts)
+    obj.hvp(V, theta2)
+    assert obj.counts["gradients"] - counts["gradients"] == 1
+    checks = obj.info["chain_checks"]
+    assert checks["points"] == 3 and max(checks["max_relative_errors"].values()) < 1e-12
+    assert obj.info["hvp_engine"] == "chain"
