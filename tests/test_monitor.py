@@ -278,7 +278,7 @@ def test_curvature_is_spent_on_a_stall_only_and_within_the_budget():
     with Monitor(frozen, opt, loss_fn=nn.functional.cross_entropy, held=held, window=20,
                  check_every=10, budget=0.0) as monitor:
         _train(frozen, opt, X, y, 60, monitor, batch=None)
-    assert len(monitor.record.meta["events"]) == 1  # the first is free, then the budget holds
+    assert monitor.record.meta["events"] == []  # no budget: not even the first
     learning = _net()
     opt = torch.optim.SGD(learning.parameters(), lr=0.5, momentum=0.9)
     separable = X[:, :3].argmax(1)  # a task the network learns steadily: the loss keeps falling
@@ -286,6 +286,98 @@ def test_curvature_is_spent_on_a_stall_only_and_within_the_budget():
                  window=20, check_every=10, budget=math.inf) as monitor:
         _train(learning, opt, X, separable, 40, monitor, batch=None)
     assert monitor.record.meta["events"] == []
+
+
+class _CountedClock:
+    """A clock that moves only when counted work happens: gradient passes and Hessian-vector
+    products on the Objectives curvature builds (cost per sample), and what the test adds."""
+
+    def __init__(self, monkeypatch, gradient=1e-3, product=2e-3):
+        self.now, self.products = 0.0, 0
+        clock = self
+
+        class Counted(curvature_module.Objective):
+            def value_and_grad(self, theta=None):
+                out = super().value_and_grad(theta)
+                clock.now += gradient * self._samples
+                return out
+
+            def hvp(self, v, theta=None):
+                out = super().hvp(v, theta)
+                columns = out.shape[1] if out.dim() == 2 else 1
+                clock.now += product * self._samples * columns
+                clock.products += columns
+                return out
+
+        fake_time = SimpleNamespace(perf_counter=lambda: clock.now)
+        monkeypatch.setattr(curvature_module, "Objective", Counted)
+        monkeypatch.setattr(curvature_module, "time", fake_time)
+        monkeypatch.setattr(monitor_module, "time", fake_time)
+
+
+@pytest.mark.parametrize("seconds, products, measured", [
+    (2.0, True, True),  # λ_max, λ_min and the preconditioned sharpness, each capped
+    (0.5, True, False),  # 13 gradients' time: it starts, but 2 products per run are too few
+    (0.1, False, False),  # below 13 gradients' time: it stops after the gradient
+])
+def test_a_measurement_keeps_its_time_budget_under_a_counted_clock(monkeypatch, seconds,
+                                                                    products, measured):
+    """32 held samples: a gradient costs 0.032, a product 0.064 (counted, not measured)."""
+    X, y = _data(n=32)
+    model = _net(activation=nn.Tanh)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)  # a second (preconditioned) run
+    _train(model, opt, X, y, 3)
+    free = measure(model, nn.functional.cross_entropy, (X, y), opt, smallest=True,
+                   max_products=200)
+    clock = _CountedClock(monkeypatch)
+    result = measure(model, nn.functional.cross_entropy, (X, y), opt, smallest=True,
+                     max_products=200, seconds=seconds)
+    assert result["seconds"] == pytest.approx(clock.now)
+    assert result["seconds"] <= seconds + 1e-12
+    assert result["gradient_seconds"] == pytest.approx(0.032)
+    assert result["held_loss"] == pytest.approx(free["held_loss"], rel=1e-12)
+    if products:
+        assert result["fixed_seconds"] == pytest.approx(0.032 + 0.064)  # + the graph's product
+        assert result["seconds_per_product"] == pytest.approx(0.064)
+        assert 2 <= clock.products <= 2 + (seconds - 0.032 - 2 * 0.064) / 0.064 + 1e-9
+        assert clock.products <= result["curvature_products"]  # which counts engine trials too
+    else:
+        assert clock.products == 0
+    assert clock.products < free["curvature_products"]  # the budget binds
+    assert math.isfinite(result["lambda_max"]) == measured
+    assert math.isfinite(result["sharpness"]) == measured
+    if measured:
+        assert result["lambda_max_residual"] >= 0 and result["note"] == "" or "noise" in \
+            result["note"]
+    else:
+        assert "not measured" in result["note"]
+
+
+def test_the_first_curvature_measurement_is_within_the_budget_too(monkeypatch):
+    """Each training step costs 1 on the counted clock; curvature's time, the first measurement
+    included, stays within budget × training time at every measurement."""
+    X, y = _data()
+    held = (X[:32], y[:32])
+    clock = _CountedClock(monkeypatch, gradient=0.02, product=0.01)  # a product: 0.32 steps
+    frozen = _net()
+    opt = torch.optim.SGD(frozen.parameters(), lr=0.0)  # a stall at every window
+
+    def tick(step):
+        clock.now += 1.0
+
+    budget, spent = 0.05, []
+    with Monitor(frozen, opt, loss_fn=nn.functional.cross_entropy, held=held, window=100,
+                 check_every=100, budget=budget) as monitor:
+        _train(frozen, opt, X, y, 1000, monitor, batch=None, inspect=tick)
+    events = monitor.record.meta["events"]
+    # before the first: a step's time (1) × 32/48 samples × 13 passes = 8.7 > 5 at step 99
+    assert events[0]["step"] == 199
+    for event in events:
+        spent.append(event["seconds"])
+        assert sum(spent) <= budget * (event["step"] + 1) + 1e-9
+    assert len(events) < 9  # the budget skipped some stalled windows
+    assert events[0]["products"] < 100  # capped below max_products by the time left
+    assert np.isfinite(monitor.record["lambda_max"][[e["step"] for e in events]]).all()
 
 
 # ---------------------------------------------------------------------- it only observes
@@ -302,7 +394,7 @@ def test_training_is_bit_identical_with_and_without_the_monitor(tmp_path):
         model = net()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)  # tiny steps: the loss stalls
         monitor = (Monitor(model, opt, tmp_path, loss_fn=nn.functional.cross_entropy,
-                           held=(X, y), window=10, check_every=5, budget=1.0)
+                           held=(X, y), window=10, check_every=5, budget=math.inf)
                    if monitored else None)
         _train(model, opt, X, y, 30, monitor)
         if monitor is not None:
@@ -314,6 +406,141 @@ def test_training_is_bit_identical_with_and_without_the_monitor(tmp_path):
     assert plain.keys() == watched.keys()
     assert all(torch.equal(plain[k], watched[k]) for k in plain)  # parameters and BN buffers
     assert torch.equal(rng_a, rng_b) and mode_a == mode_b and modes_a == modes_b
+
+
+class _TiedLM(nn.Module):
+    """Embedding → Linear → tanh → output head whose weight IS the embedding's (as GPT-2)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(10, 4)
+        self.mix = nn.Linear(4, 4)
+        self.act = nn.Tanh()
+        self.head = nn.Linear(4, 10)
+        self.head.weight = self.emb.weight
+        self.double()
+
+    def forward(self, ids):
+        return self.head(self.act(self.mix(self.emb(ids))))
+
+
+def test_tied_embedding_and_head_are_one_layer_and_curvature_matches_dense_eigh(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    ids, targets = torch.randint(0, 10, (40,), generator=gen), torch.randint(0, 10, (40,),
+                                                                           generator=gen)
+    model = _TiedLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # frozen: stalls, so curvature runs
+    before = list(model.named_parameters(remove_duplicate=False))
+    with Monitor(model, opt, tmp_path, loss_fn=nn.functional.cross_entropy,
+                 held=(ids[:32], targets[:32]), every=1, window=20, check_every=10,
+                 budget=math.inf) as monitor:
+        _train(model, opt, ids, targets, 20, monitor, batch=None)
+    record = read_record(tmp_path)
+    assert [(layer["name"], layer["params"]) for layer in record.meta["layers"]] == [
+        ("emb", ["emb.weight"]), ("mix", ["mix.weight", "mix.bias"]), ("head", ["head.bias"])]
+    assert record.meta["n_parameters"] == 40 + 20 + 10  # the tied matrix once
+    model.zero_grad()
+    nn.functional.cross_entropy(model(ids), targets).backward()
+    assert record["grad_norm:emb"][0] == pytest.approx(model.emb.weight.grad.norm().item())
+    # ground truth, written out by hand: one matrix E serves as embedding and head
+    E, W, b, c = (p.detach() for p in (model.emb.weight, model.mix.weight, model.mix.bias,
+                                      model.head.bias))
+    sizes = [E.numel(), W.numel(), b.numel(), c.numel()]
+
+    def loss(theta):
+        e, w, bb, cc = theta.split(sizes)
+        e = e.view(10, 4)
+        hidden = torch.tanh(e[ids[:32]] @ w.view(4, 4).T + bb)
+        return nn.functional.cross_entropy(hidden @ e.T + cc, targets[:32])
+
+    theta = torch.cat([E.reshape(-1), W.reshape(-1), b, c])
+    eig = torch.linalg.eigvalsh(torch.func.hessian(loss)(theta))
+    event = record.meta["events"][0]
+    assert event["reason"] == "stalled"
+    assert record["lambda_max"][event["step"]] == pytest.approx(eig[-1].item(), rel=1e-6)
+    assert record["lambda_min"][event["step"]] == pytest.approx(
+        eig[0].item(), abs=1e-3 * eig.abs().max().item())
+    after = list(model.named_parameters(remove_duplicate=False))
+    assert [(n, id(p)) for n, p in before] == [(n, id(p)) for n, p in after]
+    assert model.head.weight is model.emb.weight
+
+
+def test_a_module_used_twice_leaves_the_model_and_its_training_unchanged():
+    """nn.Sequential(l, tanh, l): the same Parameters (by identity, all four names), an
+    optimizer made before still moves the layer, and training is bit-identical."""
+    X, y = _data(n=32, features=3, classes=3)
+    results = []
+    for monitored in (False, True):
+        torch.manual_seed(0)
+        layer = nn.Linear(3, 3).double()
+        model = nn.Sequential(layer, nn.Tanh(), layer)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        names = [(n, p) for n, p in model.named_parameters(remove_duplicate=False)]
+        monitor = (Monitor(model, opt, loss_fn=nn.functional.cross_entropy, held=(X, y),
+                           every=1, window=10, check_every=5, budget=math.inf)
+                   if monitored else None)
+        _train(model, opt, X, y, 30, monitor, batch=8)
+        if monitor is not None:
+            monitor.close()
+            events = monitor.record.meta["events"]
+            assert events and all(math.isfinite(monitor.record["lambda_max"][e["step"]])
+                                  for e in events)
+        after = list(model.named_parameters(remove_duplicate=False))
+        assert len(after) == 4 and [n for n, _ in after] == [n for n, _ in names]
+        assert all(p is q and isinstance(q, nn.Parameter)
+                   for (_, p), (_, q) in zip(names, after, strict=True))
+        assert model[0].weight is layer.weight and model[2].weight is layer.weight
+        assert opt.param_groups[0]["params"][0] is layer.weight
+        start = layer.weight.detach().clone()
+        _train(model, opt, X, y, 1)  # the optimizer made before still moves the layer
+        assert not torch.equal(layer.weight.detach(), start)
+        results.append(layer.weight.detach().clone())
+    assert torch.equal(results[0], results[1])
+
+
+def test_a_failing_curvature_measurement_is_recorded_and_training_goes_on():
+    def unsupported(output, target):  # the analysis' loss only: the loop computes its own
+        raise NotImplementedError("derivative for aten::some_kernel is not implemented")
+
+    X, y = _data()
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.warns(RuntimeWarning, match="curvature on the held batch failed.*some_kernel"), \
+            Monitor(model, opt, loss_fn=unsupported, held=(X, y), window=20, check_every=10,
+                    budget=math.inf) as monitor:
+        _train(model, opt, X, y, 60, monitor, batch=None)
+    record = monitor.record
+    assert len(record) == 60 and np.isfinite(record["loss"]).all()
+    (event,) = record.meta["events"]  # once: then curvature is off for the run
+    assert event["step"] == 19 and "some_kernel is not implemented" in event["note"]
+    assert event["products"] == 0
+
+
+def test_log_after_the_flush_that_wrote_the_step_rewrites_its_row(tmp_path):
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, opt, tmp_path, check_every=4) as on_disk, \
+            Monitor(model, opt, check_every=4) as in_memory:
+        for monitor in (on_disk, in_memory):
+            with pytest.raises(BadInputError, match="call step"):
+                monitor.log(val_loss=1.0)
+        for step in range(8):
+            for monitor in (on_disk, in_memory):
+                monitor.step(None if step == 3 else float(step))  # step 3: a loss known later
+                if step == 3:  # t = 4 flushed steps 0..3
+                    monitor.log(loss=float("nan"), val_loss=0.25)
+                if step == 5:
+                    monitor.log(val_loss=0.5)
+    for record in (read_record(tmp_path), in_memory.record):
+        assert record["val_loss"][[3, 5]].tolist() == [0.25, 0.5]
+        assert np.isnan(record["loss"][3]) and record["non_finite"][3] == 1.0
+        assert record["loss"][[0, 4, 7]].tolist() == [0.0, 4.0, 7.0]
+        assert len(record) == 8
+    lines = (tmp_path / "monitor.csv").read_text().splitlines()
+    assert len(lines) == 9 and lines[4].startswith("3,nan,0.25,0.1,1,")
+    with pytest.raises(BadInputError, match="closed"):
+        on_disk.log(val_loss=1.0)
 
 
 def test_hooks_are_removed_on_close_and_the_context_manager_closes():
@@ -478,37 +705,6 @@ def test_huggingface_hooks_attach_logged_losses(tmp_path):
     record = read_record(tmp_path)
     assert np.isfinite(record["grad_norm"]).all()
     assert np.isnan(record["loss"][[0, 2]]).all() and record["loss"][3] == pytest.approx(1.2)
-
-
-def test_real_lightning_callback_when_installed(tmp_path):
-    pl = pytest.importorskip("lightning.pytorch")
-    from landscope.monitor import lightning_callback
-
-    X, y = _data(dtype=torch.float32)
-
-    class Module(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = _net(dtype=torch.float32)
-
-        def training_step(self, batch, index):
-            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=16)
-    trainer = pl.Trainer(max_steps=6, callbacks=[lightning_callback(tmp_path)], logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False)
-    trainer.fit(Module(), loader)
-    assert len(read_record(tmp_path)) == 6
-
-
-def test_real_huggingface_callback_when_installed():
-    pytest.importorskip("transformers")
-    from landscope.monitor import huggingface_callback
-
-    assert huggingface_callback("unused") is not None
 
 
 @pytest.mark.parametrize("module", [stats_module, signals_module, record_module,

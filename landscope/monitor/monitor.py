@@ -20,14 +20,19 @@ path. Values are converted in one go at a flush every ``check_every`` steps, whi
 Curvature (λ_max against the optimiser's stability limit, λ_min, gradient noise; see
 :mod:`landscope.monitor.curvature`) needs a held batch and is spent only when the loss curve
 rises, or stalls short of convergence or while oscillating (:func:`signals.curvature_reason`), at
-most once per ``window`` steps, and only while the time spent on it stays within ``budget`` of
-the run's time so far (the first measurement is always allowed).
+most once per ``window`` steps, and only within ``budget``: the time spent on it, this
+measurement included, stays within ``budget`` times the training time so far. Each measurement
+gets the time left and caps its Hessian-vector products from a timed product
+(:func:`curvature.measure`); the first is no exception. A measurement that fails (a model the
+analysis cannot differentiate twice) is recorded with its error and a warning, and curvature is
+off for the rest of the run: observing never stops the training.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +59,8 @@ class Monitor:
     check_every: flush and read the loss curve every this many steps.
     window: steps in the window the loss curve is read over (the doctor reads the final one);
         also the curvature cool-down. Keep several ``every`` intervals inside it.
-    budget: curvature may use at most this fraction of the run's wall time (the first is free).
+    budget: curvature may use at most this fraction of the training time so far, every
+        measurement included.
     max_products: Hessian-vector products per eigenvalue computation on the iterative path.
     lower_bound: known lower bound of the loss (0 for cross-entropy and MSE).
     tensorboard: also write the scalars with ``torch.utils.tensorboard`` (if installed).
@@ -109,6 +115,7 @@ class Monitor:
         self._recent = np.zeros((0, 3))  # loss, cosine, non-finite flag of the last window
         self._head: list[float] = []  # the first finite losses (the initial loss)
         self._captured: tuple | None = None
+        self._last_row: tuple[int, np.ndarray] | None = None  # CSV offset and values, last row
         self._prev_grad: tuple[int, torch.Tensor] | None = None
         self._acts: dict[str, tuple] = {}
         self._calls: dict[str, int] = {}
@@ -116,6 +123,8 @@ class Monitor:
         self._batch_size: int | None = None
         self._last_grad_norm = math.nan
         self._last_curvature = -math.inf
+        self._gradient_seconds: float | None = None  # of the last curvature measurement
+        self._curvature_failed = False
         self._start = time.perf_counter()
         self._seconds = {"monitor": 0.0, "curvature": 0.0}
         self._closed = False
@@ -154,12 +163,21 @@ class Monitor:
             self._arm()
 
     def log(self, *, loss: float | None = None, val_loss: float | None = None) -> None:
-        """Attach a loss or validation loss known only later to the most recent step."""
-        if not self._pending:
+        """Attach a loss or validation loss known only later to the most recent step.
+
+        Also after the flush that wrote that step (a framework's logging or validation often
+        comes right after the step that flushed): its row is then rewritten in place.
+        """
+        if self._closed:
+            raise BadInputError("this Monitor is closed; create a new one for another run")
+        if self.t == 0:
             raise BadInputError("log() attaches values to the last step; call step() first")
-        step, value, lr, row, acts, val = self._pending[-1]
-        self._pending[-1] = (step, value if loss is None else loss, lr, row, acts,
-                             val if val_loss is None else val_loss)
+        if self._pending:
+            step, value, lr, row, acts, val = self._pending[-1]
+            self._pending[-1] = (step, value if loss is None else loss, lr, row, acts,
+                                 val if val_loss is None else val_loss)
+        elif loss is not None or val_loss is not None:
+            self._amend(loss, val_loss)
 
     def flush(self, *, final: bool = False) -> None:
         """Convert pending steps, read the loss curve (maybe measuring curvature), write them.
@@ -188,7 +206,8 @@ class Monitor:
         if self.run_dir is not None:
             if first or events < len(self.events):
                 record.write_header(self.run_dir, self._meta(finished=False))
-            record.append_rows(self.run_dir, self.columns, rows, new=first)
+            self._last_row = (record.append_rows(self.run_dir, self.columns, rows, new=first),
+                              rows[-1].copy())
         if self._writer is not None:
             record.write_scalars(self._writer, self.columns, rows)
         if armed:
@@ -336,9 +355,26 @@ class Monitor:
             self._head += losses[np.isfinite(losses)][:10 - len(self._head)].tolist()
         self._recent = np.concatenate([self._recent, rows[:, [1, 6, 4]]])[-self.window:]
 
+    def _amend(self, loss, val_loss) -> None:
+        """Write a late loss or validation loss into the last flushed row, wherever it lives."""
+        updates = {column: _values([value])[0]
+                   for column, value in ((1, loss), (2, val_loss)) if value is not None}
+        row = self._data[-1][-1] if self.run_dir is None else self._last_row[1]
+        for column, value in updates.items():
+            row[column] = value
+        if 1 in updates:  # the curve reads it; non_finite: the loss's flag joins the gradient's
+            self._recent[-1, 0] = updates[1]
+            row[4] = float(not math.isfinite(updates[1]) or row[4] == 1)
+        if self.run_dir is not None:
+            record.rewrite_last_row(self.run_dir, *self._last_row)
+        if self._writer is not None:
+            record.write_scalars(self._writer, ["step", *(self.columns[c] for c in updates)],
+                                 np.array([[row[0], *updates.values()]]))
+
     def _check_curve(self, rows: np.ndarray) -> None:
         """Read the last ``window`` losses; measure curvature if they stall or rise."""
-        if self.held is None or self.t - self._last_curvature < self.window:
+        if (self.held is None or self._curvature_failed
+                or self.t - self._last_curvature < self.window):
             return
         window = self._recent
         if len(window) < self.window or np.nansum(window[:, 2]) > 0:
@@ -349,18 +385,45 @@ class Monitor:
         reason = signals.curvature_reason(status, window[:, 0], window[:, 1], initial,
                                           self.lower_bound, self.thresholds)
         spent = self._seconds["curvature"]
-        if reason is None or spent > self.budget * (time.perf_counter() - self._start - spent):
+        training = time.perf_counter() - self._start - spent
+        allowance = self.budget * training - spent
+        if reason is None or allowance < self._least_seconds(training):
             return
-        result = curvature.measure(self.model, self.loss_fn, self.held, self.optimizer,
-                                   smallest=reason == "stalled", max_products=self.max_products,
-                                   noise_chunks=self.noise_chunks)
+        event = {"step": int(rows[-1, 0]), "reason": reason, "progress": progress}
+        start = time.perf_counter()
+        try:
+            result = curvature.measure(self.model, self.loss_fn, self.held, self.optimizer,
+                                       smallest=reason == "stalled",
+                                       max_products=self.max_products,
+                                       noise_chunks=self.noise_chunks, seconds=allowance)
+        except Exception as error:  # observing must never stop the user's training
+            note = (f"curvature on the held batch failed and is off for the rest of the run: "
+                    f"{type(error).__name__}: {error}")
+            warnings.warn(note, RuntimeWarning, stacklevel=4)
+            seconds = time.perf_counter() - start
+            self._seconds["curvature"] += seconds
+            self._curvature_failed = True
+            self.events.append({**event, "seconds": seconds, "rule": None, "products": 0,
+                                "note": note})
+            return
         for name in curvature.COLUMNS:
             rows[-1, self.columns.index(name)] = result[name]
         self._seconds["curvature"] += result["seconds"]
         self._last_curvature = self.t
-        self.events.append({"step": int(rows[-1, 0]), "reason": reason, "progress": progress,
-                            "seconds": result["seconds"], "rule": result["rule"],
+        if math.isfinite(result["gradient_seconds"]):
+            self._gradient_seconds = result["gradient_seconds"]
+        self.events.append({**event, "seconds": result["seconds"], "rule": result["rule"],
                             "products": result["curvature_products"], "note": result["note"]})
+
+    def _least_seconds(self, training: float) -> float:
+        """The least time a curvature measurement is started with: from the last measurement's
+        gradient pass, or before the first from the training step's time (a step is at least a
+        gradient pass on a mini-batch) scaled from the mini-batch to the held batch."""
+        gradient = self._gradient_seconds
+        if gradient is None:
+            held = int(self.held[0].shape[0])
+            gradient = training / max(self.t, 1) * held / (self._batch_size or held)
+        return curvature.least_seconds(gradient)
 
     def _meta(self, finished: bool) -> dict:
         group = self.optimizer.param_groups[0]
