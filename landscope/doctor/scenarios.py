@@ -202,14 +202,16 @@ def _train(setup: Setup, run_dir: Path, seed: int) -> None:
     """Mini-batch training under a Monitor with a held batch of up to 256 training samples.
 
     These runs are a few hundred steps, so the Monitor records every 5th step over 100-step
-    windows (the defaults, every 25 over 200, suit longer runs).
+    windows (the defaults, every 25 over 200, suit longer runs), and curvature, which the
+    curvature findings (a saddle, an ill-conditioned valley) need, may take as long as the
+    training (``budget=1.0``: the default 5% of a run under a second buys no products).
     """
     X, y = setup.data
     generator = torch.Generator().manual_seed(seed)
     held = (X[:256], y[:256])
     model, optimizer = setup.model, setup.optimizer
     with Monitor(model, optimizer, run_dir, loss_fn=setup.loss_fn, held=held, every=5,
-                 window=100) as monitor:
+                 window=100, budget=1.0) as monitor:
         step = 0
         while step < setup.steps:
             for index in torch.randperm(len(X), generator=generator).split(setup.batch):

@@ -36,6 +36,8 @@ COLUMNS = ("held_loss", "held_grad_norm", "lambda_max", "lambda_max_residual", "
 
 EIG_TOL = 1e-3
 """Relative residual tolerance of the eigenvalues: a verdict needs two digits, not eight."""
+MIN_PRODUCTS = 10
+"""Fewer Hessian-vector products than this per eigenvalue are not worth spending."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def stability(optimizer: torch.optim.Optimizer, named: dict[str, torch.Tensor],
 
 def measure(model: torch.nn.Module, loss_fn, held: tuple[torch.Tensor, torch.Tensor],
             optimizer: torch.optim.Optimizer, *, smallest: bool, max_products: int,
-            noise_chunks: int = 4, seed: int = 0) -> dict:
+            noise_chunks: int = 4, seed: int = 0, seconds: float = math.inf) -> dict:
     """Curvature and noise of the loss on the held batch at the model's current weights.
 
     Parameters
@@ -101,12 +103,20 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple[torch.Tensor, torch.Ten
     smallest: also compute λ_min (the loss has stalled) besides λ_max.
     max_products: Hessian-vector product budget of each Lanczos run.
     noise_chunks: the held batch is cut into this many chunks for the gradient noise.
+    seconds: time budget. The gradient pass comes first, taking t_g; unless
+        :func:`least_seconds` (t_g) fits in the budget the measurement stops there. Then a first
+        product builds the graph, and a second, timed one t_p sets what the rest may use: each
+        Lanczos run gets min(max_products, ⌊remaining / (runs · t_p)⌋) products (a run cut
+        short reports its residual); below :data:`MIN_PRODUCTS` no eigenvalue is computed. The
+        noise scale, about one more gradient pass, is computed only if t_g is left. So the
+        budget is exceeded by at most the gradient pass, and only when it is below t_g.
 
     Returns
     -------
-    A dict with every name in :data:`COLUMNS` (NaN where not computed) plus ``seconds``, ``rule``
-    and ``note``. Never changes the model or the global RNG (the Objective guarantees it; Lanczos
-    draws from its own seeded generator).
+    A dict with every name in :data:`COLUMNS` (NaN where not computed) plus ``seconds``,
+    ``rule``, ``note``, and the costs seen: ``gradient_seconds`` (t_g), ``fixed_seconds`` (up
+    to the timed product) and ``seconds_per_product`` (t_p). Never changes the model or the
+    global RNG (the Objective guarantees it; Lanczos draws from its own seeded generator).
 
     Examples
     --------
@@ -120,35 +130,81 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple[torch.Tensor, torch.Ten
     """
     start = time.perf_counter()
     out = dict.fromkeys(COLUMNS, math.nan)
+    costs = {"gradient_seconds": math.nan, "fixed_seconds": math.nan,
+             "seconds_per_product": math.nan}
+
+    def finish(rule, note):
+        return {**out, **costs, "seconds": time.perf_counter() - start, "rule": rule,
+                "note": note}
+
     mode = "train" if model.training else "eval"
     obj = Objective.from_model(model, loss_fn, held, mode=mode)
     try:
         loss, grad = obj.value_and_grad()
     except NonFiniteLossError as error:
-        return {**out, "seconds": time.perf_counter() - start, "rule": None, "note": str(error)}
+        return finish(None, str(error))
+    costs["gradient_seconds"] = gradient_seconds = time.perf_counter() - start
     out["held_loss"], out["held_grad_norm"] = loss.item(), grad.norm().item()
+    named = dict(model.named_parameters(remove_duplicate=False))
+    stab = stability(optimizer, named, obj.info["parameters"])
+    out["stability_threshold"] = math.nan if stab.threshold is None else stab.threshold
+    if seconds < least_seconds(gradient_seconds):
+        return finish(stab.rule, f"the time budget ({seconds:.3g} s) is below what "
+                                 f"{MIN_PRODUCTS} products need after a gradient pass of "
+                                 f"{gradient_seconds:.3g} s; not measured")
+    obj.hvp(grad)  # builds the graph (or picks the engine): not a typical product's cost
+    tick = time.perf_counter()
+    obj.hvp(grad)
+    costs["seconds_per_product"] = per_product = max(time.perf_counter() - tick, 1e-9)
+    costs["fixed_seconds"] = time.perf_counter() - start - per_product
+
+    def allowed(runs: int) -> int:
+        remaining = seconds - (time.perf_counter() - start)
+        if remaining == math.inf:
+            return max_products
+        return min(max_products, max(0, int(remaining / (runs * per_product))))
+
+    runs = 1 + (stab.preconditioner is not None)
+    budget = allowed(runs)
+    if budget < MIN_PRODUCTS:
+        out["curvature_products"] = obj.counts["hvp"]
+        return finish(stab.rule, f"the time budget ({seconds:.3g} s) leaves {budget} "
+                                 "Hessian-vector products per eigenvalue; not measured")
     spec = spectrum(obj, k=1, which="both" if smallest else "largest", tol=EIG_TOL,
-                    max_products=max_products, seed=seed)
+                    max_products=budget, exact=None if obj.n <= budget else False, seed=seed)
     out["lambda_max"] = spec.largest.values[0].item()
     out["lambda_max_residual"] = spec.largest.residuals[0].item()
     if smallest:
         out["lambda_min"] = spec.smallest.values[0].item()
         out["lambda_min_residual"] = spec.smallest.residuals[0].item()
-    named = dict(model.named_parameters())
-    stab = stability(optimizer, named, obj.info["parameters"])
-    out["stability_threshold"] = math.nan if stab.threshold is None else stab.threshold
     out["sharpness"] = out["lambda_max"]
     products = obj.counts["hvp"]
+    notes = []
     if stab.preconditioner is not None:
-        scale = stab.preconditioner.to(obj.device, obj.dtype).rsqrt()[:, None]
-        result = extreme_eigenpairs(lambda V: scale * obj.hvp(scale * V), obj.n, k_largest=1,
-                                    tol=EIG_TOL, max_products=max_products, dtype=obj.dtype,
-                                    device=obj.device, seed=seed)
-        out["sharpness"] = result.largest.values[0].item()
-        products += result.products
-    out["noise_scale"] = _noise_scale(model, loss_fn, held, mode, noise_chunks)
+        budget = allowed(1)
+        if budget >= MIN_PRODUCTS:
+            scale = stab.preconditioner.to(obj.device, obj.dtype).rsqrt()[:, None]
+            result = extreme_eigenpairs(lambda V: scale * obj.hvp(scale * V), obj.n,
+                                        k_largest=1, tol=EIG_TOL, max_products=budget,
+                                        dtype=obj.dtype, device=obj.device, seed=seed)
+            out["sharpness"] = result.largest.values[0].item()
+            products += result.products
+        else:
+            out["sharpness"] = math.nan
+            notes.append("no time left for the preconditioned sharpness")
     out["curvature_products"] = products
-    return {**out, "seconds": time.perf_counter() - start, "rule": stab.rule, "note": ""}
+    if seconds - (time.perf_counter() - start) >= gradient_seconds:
+        out["noise_scale"] = _noise_scale(model, loss_fn, held, mode, noise_chunks)
+    else:
+        notes.append("no time left for the noise scale")
+    return finish(stab.rule, "; ".join(notes))
+
+
+def least_seconds(gradient_seconds: float) -> float:
+    """The least time worth starting a measurement with, from the time t_g of a gradient pass
+    on the held batch: the pass, the two setup products and :data:`MIN_PRODUCTS` products, each
+    product counted as one gradient pass (a Hessian-vector product costs at least that)."""
+    return (3 + MIN_PRODUCTS) * gradient_seconds
 
 
 def check_held(held, loss_fn) -> None:
