@@ -50,6 +50,10 @@ class Layer:
 def layers(model: nn.Module) -> list[Layer]:
     """The model's trainable layers in registration order, grouping parameters by owning module.
 
+    A tied parameter (one Parameter under several names, as an embedding shared with the output
+    head) belongs to the first module that registers it, under the name ``named_parameters()``
+    gives it; a module used several times is one layer.
+
     Examples
     --------
     >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -57,8 +61,11 @@ def layers(model: nn.Module) -> list[Layer]:
     [('0', 16), ('2', 10)]
     """
     found: list[Layer] = []
+    seen: set[int] = set()
     for module_name, module in model.named_modules():
-        own = [(name, p) for name, p in module.named_parameters(recurse=False) if p.requires_grad]
+        own = [(name, p) for name, p in module.named_parameters(recurse=False)
+               if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for _, p in own)
         if not own:
             continue
         prefix = f"{module_name}." if module_name else ""
