@@ -292,6 +292,31 @@ def test_diagnose_refuses_what_it_cannot_read(tmp_path):
         diagnose(42)
 
 
+@pytest.mark.parametrize("run_dir", [True, False])
+def test_diagnose_on_an_open_monitor_reads_every_step_so_far(tmp_path, run_dir):
+    """Steps not yet flushed (fewer than check_every) are flushed first, on disk or in memory."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    y = X[:, :3].argmax(1)
+    losses = []
+    with Monitor(model, opt, tmp_path if run_dir else None, check_every=100) as monitor:
+        for steps in (30, 45):
+            while len(losses) < steps:
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(X), y)
+                loss.backward()
+                opt.step()
+                monitor.step(loss)
+                losses.append(loss.item())
+            summary = diagnose(monitor).summary
+            assert summary["steps"] == steps
+            assert summary["final_loss"] == pytest.approx(float(np.median(losses[-10:])),
+                                                          rel=1e-9)
+    np.testing.assert_allclose(monitor.record["loss"], losses, rtol=1e-9)  # CSV: 10 digits
+
+
 # ---------------------------------------------------------------------- the command
 runner = CliRunner()
 

@@ -19,7 +19,8 @@ def diagnose(source: Record | Monitor | str | Path,
 
     Parameters
     ----------
-    source: a run directory written by a Monitor, a Monitor (its record so far), or a Record.
+    source: a run directory written by a Monitor, a Monitor (open or closed: its record so far,
+        pending steps flushed first), or a Record.
     thresholds: where the rules fire (default :class:`~landscope.doctor.rules.Thresholds`).
 
     Returns
@@ -37,6 +38,7 @@ def diagnose(source: Record | Monitor | str | Path,
     True
     """
     if isinstance(source, Monitor):
+        source.flush()  # an open Monitor's last steps may still be pending
         record = source.record
     elif isinstance(source, Record):
         record = source
