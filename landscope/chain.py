@@ -664,18 +664,30 @@ class ChainHessian:
     """L, ∇L and H·V for a ``ModelLoss`` whose model is a graph of known steps.
 
     The graph may branch and rejoin by addition (skip connections); a tensor used by several
-    steps gets the sum of their gradients. Raises :class:`Unsupported` (with the reason) for
-    anything else: an unknown layer, operation or loss, BatchNorm or dropout in train mode.
+    steps gets the sum of their gradients, and so does a parameter used by several steps (a
+    module called twice, a weight tied to another module's): its one block of θ collects
+    ∂L/∂p and (H v)_p over its uses. Raises :class:`Unsupported` (with the reason) for anything
+    else: an unknown layer, operation or loss, BatchNorm or dropout in train mode, keyword inputs,
+    a selected part of the output, a summed loss.
     """
 
     def __init__(self, loss: ModelLoss):
         self.loss = loss
         self.kind = _loss_kind(loss.loss_fn)
-        self.steps = _trace(loss.model, loss.buffers, loss.mode)
+        if loss.reduction != "mean":
+            raise Unsupported(f"reduction={loss.reduction!r} (the chain engine knows batch means)")
+        if loss.output is not None:
+            raise Unsupported(f"output={loss.output!r} selects what the loss reads (the chain "
+                              "engine differentiates the model's output itself)")
+        buffers = {slot: loss.buffers[name] for slot, name in loss.buffer_slots.items()}
+        self.steps = _trace(loss.model, buffers, loss.mode)
+        # blocks[j - 1]: for each parameter slot of step j, the first name of its Parameter
+        # (its θ block, or its frozen value): where its gradient and curvature add up
+        self.blocks = [[] if layer is None else [self._block(name) for name in layer.names]
+                       for layer, _ in self.steps]
         selected = set(loss.names)
-        self.selected = [[] if layer is None else
-                         [name is not None and name in selected for name in layer.names]
-                         for layer, _ in self.steps]
+        self.selected = [[name is not None and name in selected for name in names]
+                         for names in self.blocks]
         # depends[j]: output j depends on θ (output 0, the data, does not)
         self.depends = [False]
         for (_, inputs), sel in zip(self.steps, self.selected, strict=True):
@@ -694,6 +706,14 @@ class ChainHessian:
                 layer.inplace = not shared
         self._point = None
 
+    def _block(self, slot: str | None) -> str | None:
+        if slot is None:
+            return None
+        if slot not in self.loss.slots:
+            raise Unsupported(f"{slot!r} is not a parameter of the model as named_parameters "
+                              "lists it")
+        return self.loss.slots[slot]
+
     def at(self, theta: torch.Tensor, max_samples: int | None = None
            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cache the first-order quantities at θ; return (L(θ), ∇L(θ)).
@@ -701,18 +721,24 @@ class ChainHessian:
         Raises :class:`Unsupported` if the data has more than ``max_samples`` samples (the
         caches hold activations of the order of the data set, like a kept autograd graph).
         """
-        values = {**self.loss.frozen, **self.loss.unflatten(theta.detach())}
-        batches = list(self.loss.batches)
-        total = sum(b.size for b in batches)
-        if max_samples is not None and total > max_samples:
-            raise Unsupported(f"{total} samples are more than graph_cache_samples = {max_samples}")
+        values = self.loss.state(theta.detach())  # every parameter and buffer slot
+        batches = [(index, batch, float(self.loss.weight(batch)))
+                   for index, batch in enumerate(self.loss.batches)]
+        samples = sum(batch.size for _, batch, _ in batches)
+        if max_samples is not None and samples > max_samples:
+            raise Unsupported(f"{samples} samples are more than graph_cache_samples = "
+                              f"{max_samples}")
+        total = sum(weight for *_, weight in batches)  # L = Σ w_b ℓ_b / Σ w_b, as the Objective
         value = torch.zeros((), dtype=theta.dtype, device=theta.device)
         grads: dict[str, torch.Tensor] = {}
         caches = []
         with torch.no_grad():
-            for index, batch in enumerate(batches):
-                if len(batch.inputs) != 1:
-                    raise Unsupported("the model takes more than one input")
+            for index, batch, weight in batches:
+                if weight <= 0:
+                    continue
+                if len(batch.inputs) != 1 or batch.kwargs or batch.target is None:
+                    raise Unsupported("the model takes other inputs than one tensor, or the "
+                                      "batches hold no target")
                 outputs, saved = [batch.inputs[0]], [None]
                 shapes = [batch.inputs[0].shape]  # what size arguments (x.shape[0]) read
                 unread = list(self.users)
@@ -730,7 +756,7 @@ class ChainHessian:
                         unread[i] -= 1
                         if not unread[i]:
                             outputs[i] = None
-                loss, d, head = _head(self.kind, outputs[-1], batch.target, batch.size / total)
+                loss, d, head = _head(self.kind, outputs[-1], batch.target, weight / total)
                 del outputs
                 check_loss(loss, f"batch {index} ({batch.size} samples)")
                 value += loss
@@ -740,7 +766,7 @@ class ChainHessian:
                     d_out[j] = d if layer.keeps_grad_out else None
                     d_u, gs = layer.backward(d, saved[j], self._params(layer, values),
                                              self.selected[j - 1], self.depends[source])
-                    _collect(grads, layer.names, gs)
+                    _collect(grads, self.blocks[j - 1], gs)
                     return d_u
 
                 self._sweep_back(d, back)
@@ -781,7 +807,7 @@ class ChainHessian:
                     rd_u, hs = layer.rbackward(rd_o, d_out[j], r[source], saved[j],
                                                self._params(layer, values),
                                                self._tangents(j, tangents), self.depends[source])
-                    _collect(out, layer.names, hs)
+                    _collect(out, self.blocks[j - 1], hs)
                     return rd_u
 
                 self._sweep_back(_rhead(self.kind, r[-1], head), back)
@@ -812,9 +838,8 @@ class ChainHessian:
         return [None if name is None else values[name] for name in layer.names]
 
     def _tangents(self, j, tangents):
-        layer = self.steps[j - 1][0]
         return [tangents[name] if sel else None
-                for name, sel in zip(layer.names, self.selected[j - 1], strict=True)]
+                for name, sel in zip(self.blocks[j - 1], self.selected[j - 1], strict=True)]
 
 
 def _collect(total: dict, names, pieces) -> None:

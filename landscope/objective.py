@@ -246,7 +246,8 @@ class Objective:
                                         "Use engine='auto' (autograd products).") from None
                 obj.info["chain_engine"] = f"not used: {why}"
             else:  # on trial: the first point checks it against autograd (see _trial)
-                obj._engine, obj._chain_forced = "auto", engine == "chain"
+                obj._chain_forced = engine == "chain"
+                obj._engine = obj.info["hvp_engine"] = "auto"
         return obj
 
     # ------------------------------------------------------------------ evaluation

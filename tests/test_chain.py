@@ -308,8 +308,8 @@ def test_what_the_chain_does_not_handle_falls_back_with_the_reason(model, loss, 
     obj = Objective.from_model(model, loss, (X, y), mode=mode)  # auto: autograd, and why
     assert reason in obj.info["chain_engine"]
     hv = obj.hvp(torch.ones(obj.n, dtype=torch.float64))
-    H = Objective.from_model(model, loss, (X, y), mode=mode, engine="loop").hessian()
-    torch.testing.assert_close(hv, H @ torch.ones(obj.n, dtype=torch.float64))
+    loop = Objective.from_model(model, loss, (X, y), mode=mode, engine="loop")
+    torch.testing.assert_close(hv, loop.hvp(torch.ones(obj.n, dtype=torch.float64)))
 
 
 def test_probability_targets_fall_back_at_the_first_point():
@@ -496,3 +496,83 @@ def test_the_check_costs_one_gradient_per_new_point_and_nothing_per_product():
     checks = obj.info["chain_checks"]
     assert checks["points"] == 3 and max(checks["max_relative_errors"].values()) < 1e-12
     assert obj.info["hvp_engine"] == "chain"
+
+
+# ---------------------------------------------------------------------------- shared weights
+class TiedPair(nn.Module):
+    """Two Linear layers holding one weight Parameter (as an embedding tied to its head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.a, self.b = nn.Linear(16, 5), nn.Linear(5, 5), nn.Linear(5, 5)
+        self.b.weight = self.a.weight
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.b(torch.tanh(self.a(torch.tanh(self.inp(x)))))))
+
+
+def _reused_sequential():
+    torch.manual_seed(19)
+    shared = nn.Linear(5, 5)
+    return nn.Sequential(nn.Linear(16, 5), nn.Tanh(), shared, nn.Tanh(), shared, nn.Tanh(),
+                         nn.Linear(5, 3)).double()
+
+
+def _tied_pair():
+    torch.manual_seed(20)
+    return TiedPair().double()
+
+
+@pytest.mark.parametrize("factory, params, names", [
+    (_tied_pair, None, ["inp.weight", "inp.bias", "a.weight", "a.bias", "b.bias", "out.weight",
+                        "out.bias"]),
+    (_tied_pair, "a.weight,out.*", ["a.weight", "out.weight", "out.bias"]),
+    (_reused_sequential, None, ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight",
+                                "6.bias"]),
+    (_reused_sequential, "2.weight", ["2.weight"]),
+])
+def test_shared_weights_are_one_block_exactly_and_the_model_keeps_them(factory, params, names):
+    model = factory()
+    before = {name: (p, p.detach().clone()) for name, p in model.named_parameters(
+        remove_duplicate=False)}
+    count = len(list(model.parameters()))
+    X, y = classification_data(n=23, features=16, classes=3)
+    obj = Objective.from_model(model, cross_entropy, (X, y), params=params, engine="chain")
+    assert obj.info["parameters"] == names
+    V = torch.randn(obj.n, 3, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    for theta in _points(obj):
+        value, H = _dense(model, cross_entropy, X, y, obj, theta)
+        torch.testing.assert_close(obj.hvp(V, theta), H @ V, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(obj.value(theta), value, rtol=1e-12, atol=0)
+    assert obj.info["chain_engine"] == "used" and obj.info["chain_checks"]["points"] == 3
+    after = dict(model.named_parameters(remove_duplicate=False))
+    assert after.keys() == before.keys() and len(list(model.parameters())) == count
+    for name, (parameter, values) in before.items():
+        assert after[name] is parameter and torch.equal(parameter.detach(), values)
+    assert model.training
+
+
+@pytest.mark.parametrize("options, reason", [
+    ({"reduction": "sum"}, "reduction='sum'"),
+    ({"output": lambda out: 2 * out}, "selects what the loss reads"),
+])
+def test_losses_other_than_a_batch_mean_of_the_output_are_refused(options, reason):
+    model = make_mlp(nn.Tanh, sizes=(16, 4, 3))
+    X, y = classification_data(n=20, features=16, classes=3)
+    with pytest.raises(BadInputError, match=reason):
+        Objective.from_model(model, cross_entropy, (X, y), engine="chain", **options)
+    obj = Objective.from_model(model, cross_entropy, (X, y), **options)
+    assert reason in obj.info["chain_engine"]
+
+
+def test_keyword_inputs_fall_back_at_the_first_point():
+    model = make_mlp(nn.Tanh, sizes=(16, 4, 3))
+    X, y = classification_data(n=20, features=16, classes=3)
+    batches = [{"input": X[:12], "labels": y[:12]}, {"input": X[12:], "labels": y[12:]}]
+    obj = Objective.from_model(model, cross_entropy, batches, engine="chain")
+    v = torch.ones(obj.n, dtype=torch.float64)
+    _, H = _dense(model, cross_entropy, X, y, obj, obj.theta0)
+    torch.testing.assert_close(obj.hvp(v), H @ v, rtol=1e-10, atol=1e-12)
+    assert "other inputs than one tensor" in obj.info["chain_engine"]
+    assert obj.info["hvp_engine"] != "chain"
