@@ -1,9 +1,15 @@
-"""Benchmark workloads W1-W3 for landscope and the peer tools.
+"""Benchmark workloads W1-W5 for landscope and the peer tools.
 
-Every workload uses scikit-learn's bundled ``load_digits`` (1797 samples x 64 features, no
-download), standardised with ``StandardScaler``; the loss is the mean cross-entropy over all 1797
-samples, taken as one batch. Each model is trained for 5 epochs of Adam (lr 1e-3, batch 64,
-seed 0) so that it sits somewhere after the start of training, then put in eval mode:
+W1-W3 use scikit-learn's bundled ``load_digits`` (1797 samples x 64 features, no download),
+standardised with ``StandardScaler``. W4 and W5 are the networks people train today, on synthetic
+data generated here from a fixed seed (nothing is downloaded): W4 a small causal text transformer
+whose output head is tied to its token embedding (it classifies a sequence by predicting its
+label token, GPT-style), W5 a ResNet-20 on CIFAR-shaped images. The loss is the mean
+cross-entropy over the whole data set, taken as one batch. Each model is trained with Adam
+(lr 1e-3, batch 64, seed 0) for 5 epochs (W4: 20, W5: 30) so that it sits somewhere after the
+start of training, then put in eval mode. W5 holds 64 images, one training batch: on a 2-core
+CPU its Hessian-vector product already takes about 0.5 s, and the peers' smallest-eigenvalue runs
+need hundreds of them.
 
 ====  ============================================================  =========  ==========
 name  model                                                         dtype      parameters
@@ -12,6 +18,13 @@ W1    MLP 64-32-10, tanh                                            float64     
 W2    MLP 64-128-128-10, ReLU                                       float32    26,122
 W3    CNN conv16 3x3 -> BN2d -> ReLU -> conv32 3x3 -> ReLU ->       float32    25,322
       Linear(2048, 10), eval mode (BN uses running statistics)
+W4    causal transformer LM classifier: token + position            float32    155,200
+      embedding (vocab 64, width 64), 3 pre-norm encoder layers
+      (4 heads, MLP 256), final LayerNorm, head tied to the token
+      embedding; 256 sequences of 16 tokens, 10 label tokens
+W5    ResNet-20 (3 stages x 3 basic blocks, 16/32/64 channels,      float32    269,722
+      BatchNorm, identity skips zero-padded where downsampling),
+      eval mode; 64 images 3x32x32, 10 classes
 ====  ============================================================  =========  ==========
 
 Trained weights are cached (``$LANDSCOPE_BENCH_CACHE`` or ``~/.cache/landscope-bench``) and loaded
@@ -43,8 +56,11 @@ __all__ = [
     "WORKLOADS",
     "Workload",
     "build_workload",
+    "cifar_like",
     "cache_dir",
     "digits",
+    "label_token_sequences",
+    "resnet20",
     "timing_hygiene",
 ]
 
@@ -64,6 +80,13 @@ HYGIENE_ENV = {
 
 BENCH_THREADS = 2
 TRAIN_THREADS = 2
+
+# W4's and W5's synthetic data: classes, W4's vocabulary (the last CLASSES tokens are the label
+# tokens), sequence length and the content tokens that mark each class.
+CLASSES = 10
+VOCAB = 64
+SEQ_LEN = 16
+KEYS_PER_CLASS = 3
 
 
 def restart_with_hygiene() -> None:
@@ -116,6 +139,38 @@ def digits(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(feats).to(dtype), torch.as_tensor(bunch.target, dtype=torch.long)
 
 
+def label_token_sequences(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """W4's data: ``n`` sequences of :data:`SEQ_LEN` tokens and their label tokens.
+
+    Class c (of :data:`CLASSES`) owns :data:`KEYS_PER_CLASS` content tokens; a sequence is uniform
+    content tokens with four positions overwritten by keys of its class, so a model must attend
+    over the sequence to tell the class. The target is the label token ``VOCAB - CLASSES + c``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    content = VOCAB - CLASSES
+    c = torch.randperm(n, generator=g) % CLASSES
+    X = torch.randint(0, content, (n, SEQ_LEN), generator=g)
+    keys = torch.randperm(content, generator=g)[:CLASSES * KEYS_PER_CLASS].view(CLASSES, -1)
+    pos = torch.rand(n, SEQ_LEN, generator=g).argsort(1)[:, :4]
+    pick = torch.randint(0, KEYS_PER_CLASS, (n, 4), generator=g)
+    X.scatter_(1, pos, keys[c.unsqueeze(1), pick])
+    return X, c + content
+
+
+def cifar_like(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """W5's data: ``n`` images 3x32x32 (float32) and labels in 0..9, CIFAR-shaped.
+
+    Each class has a smooth random template (a 3x4x4 Gaussian pattern upsampled bilinearly); an
+    image is its class template plus unit Gaussian pixel noise.
+    """
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(CLASSES, 3, 4, 4, generator=g)
+    templates = nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear",
+                                          align_corners=False)
+    y = torch.randperm(n, generator=g) % CLASSES
+    return templates[y] + torch.randn(n, 3, 32, 32, generator=g), y
+
+
 # ---------------------------------------------------------------------------------------- models
 def _mlp(widths: list[int], activation: type[nn.Module]) -> nn.Module:
     """Linear layers of the given widths with ``activation`` between them (none after the last)."""
@@ -145,12 +200,75 @@ class DigitsCNN(nn.Module):
         return self.fc(torch.flatten(h, 1))
 
 
+class TiedTransformerLM(nn.Module):
+    """Causal transformer LM over :data:`VOCAB` tokens whose output head is its token embedding.
+
+    logits = LayerNorm(h_last) E^T, with E the (VOCAB, WIDTH) token embedding shared as one
+    Parameter by ``embed`` and ``head`` (GPT-2's tie); h_last is the last position's state.
+    """
+
+    def __init__(self, width: int = 64, heads: int = 4, layers: int = 3, mlp: int = 256) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, width)
+        self.pos = nn.Parameter(0.02 * torch.randn(SEQ_LEN, width))
+        layer = nn.TransformerEncoderLayer(width, heads, mlp, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, VOCAB, bias=False)
+        self.head.weight = self.embed.weight
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(SEQ_LEN),
+                             persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens) + self.pos
+        h = self.encoder(h, mask=self.causal, is_causal=True)
+        return self.head(self.norm(h[:, -1]))
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus the input, then ReLU (He et al. 2016, CIFAR variant).
+
+    Where the block halves the resolution and doubles the channels, the skip subsamples the input
+    and pads the new channels with zeros (option A), so skips carry no parameters.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.stride, self.pad = stride, c_out - c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        skip = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        if self.pad:
+            skip = nn.functional.pad(skip, (0, 0, 0, 0, 0, self.pad))
+        return torch.relu(out + skip)
+
+
+def resnet20() -> nn.Module:
+    """ResNet-20 for 32x32 images: conv16-BN-ReLU, 3 stages x 3 basic blocks, avg-pool, linear."""
+    blocks: list[nn.Module] = []
+    c_in = 16
+    for c_out in (16, 32, 64):
+        for i in range(3):
+            blocks.append(BasicBlock(c_in, c_out, 2 if (i == 0 and c_out != 16) else 1))
+            c_in = c_out
+    return nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, CLASSES))
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
     desc: str
     dtype: torch.dtype
     n_params: int
+    epochs: int = 5
 
     def make(self) -> nn.Module:
         if self.name == "W1":
@@ -159,7 +277,19 @@ class Workload:
             return _mlp([64, 128, 128, 10], nn.ReLU)
         if self.name == "W3":
             return DigitsCNN()
+        if self.name == "W4":
+            return TiedTransformerLM()
+        if self.name == "W5":
+            return resnet20()
         raise KeyError(self.name)
+
+    def data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full data set ``(X, y)``."""
+        if self.name == "W4":
+            return label_token_sequences()
+        if self.name == "W5":
+            return cifar_like()
+        return digits(self.dtype)
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -167,6 +297,10 @@ WORKLOADS: dict[str, Workload] = {
     "W2": Workload("W2", "MLP 64-128-128-10 ReLU, float32", torch.float32, 26_122),
     "W3": Workload("W3", "CNN conv16-BN2d-ReLU-conv32-ReLU-linear, float32, eval mode",
                    torch.float32, 25_322),
+    "W4": Workload("W4", "causal transformer LM classifier, 3 layers, width 64, head tied to the "
+                   "token embedding, float32, eval mode", torch.float32, 155_200, epochs=20),
+    "W5": Workload("W5", "ResNet-20 (BatchNorm, skips) on 64 CIFAR-shaped images, float32, "
+                   "eval mode", torch.float32, 269_722, epochs=30),
 }
 
 
@@ -184,16 +318,17 @@ def _train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int, l
             opt.step()
 
 
-def build_workload(name: str, *, epochs: int = 5, lr: float = 1e-3, batch: int = 64,
+def build_workload(name: str, *, epochs: int | None = None, lr: float = 1e-3, batch: int = 64,
                    seed: int = 0, cache: bool = True):
     """Return ``(model, X, y, criterion)`` for workload ``name``.
 
-    The model is trained (or loaded from the cache), in eval mode, with no ``.grad`` set; ``X, y``
-    are the full data set; ``criterion`` is ``nn.CrossEntropyLoss()`` (mean reduction).
-    Deterministic for a given seed.
+    The model is trained for ``epochs`` (default: the workload's) or loaded from the cache, in
+    eval mode, with no ``.grad`` set; ``X, y`` are the full data set; ``criterion`` is
+    ``nn.CrossEntropyLoss()`` (mean reduction). Deterministic for a given seed.
     """
     wl = WORKLOADS[name]
-    X, y = digits(wl.dtype)
+    epochs = wl.epochs if epochs is None else epochs
+    X, y = wl.data()
     torch.manual_seed(seed)
     model = wl.make().to(wl.dtype)
     path = cache_dir() / f"{name}-v{SPEC_VERSION}-seed{seed}-ep{epochs}-lr{lr:g}-b{batch}.pt"
