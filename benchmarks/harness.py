@@ -89,8 +89,14 @@ def machine_info() -> dict:
             if line.startswith("MemTotal"):
                 mem = f"{int(line.split()[1]) / 2**20:.0f} GiB"
                 break
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem": mem, "python": platform.python_version(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    vm = False
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        vm = any(line.startswith("flags") and " hypervisor" in line for line in fh)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    kind = f"{os.cpu_count()}-core CPU {'VM' if vm else 'machine'}, {gpu}"
+    return {"kind": kind, "cpu": cpu, "cores": os.cpu_count(), "mem": mem,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
 
 
 def versions() -> dict:

@@ -2,7 +2,8 @@
 
 The plain torch.autograd + scipy baseline (:class:`PlainHVP`); for the peers PyHessian, curvlinops
 and hessian-eigenthings: their imports, HVP counters wrapped around their own HVP entry points,
-and the workarounds PyHessian needs (torch.eig shim, the shift trick for lambda_min).
+the workarounds PyHessian needs (torch.eig shim, the shift trick for lambda_min), and the one any
+of them needs on attention (:func:`second_order_context`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,41 @@ def shift_trick_iterations(make, lmin_ref: float, cap: int, seed: int):
         else:
             first_ok = None
     return None, cap
+
+
+def second_order_context(product):
+    """How a tool's Hessian-vector products can run on this workload: ``(context, error)``.
+
+    ``product()`` builds the tool's operator and applies it once. Run as shipped first; if it
+    raises, run it again inside ``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``: the fused
+    attention kernels PyTorch picks by default have no derivative of their backward (double
+    backward) and no forward-mode derivative on CPU, so every second-order pass through
+    ``scaled_dot_product_attention`` fails until the user forces the math kernel. Returns
+    ``(contextlib.nullcontext, None)`` when the tool runs as shipped, ``(math kernel context
+    factory, the as-shipped error)`` when it needs the workaround; raises if it fails even so.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    try:
+        product()
+        return contextlib.nullcontext, None
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:160]
+
+    def math_kernel():
+        return sdpa_kernel(SDPBackend.MATH)
+
+    with math_kernel():
+        product()
+    return math_kernel, error
+
+
+def in_context(context, fn):
+    """``fn`` with every call made inside a fresh ``context()``."""
+    def call(*args, **kwargs):
+        with context():
+            return fn(*args, **kwargs)
+    return call
 
 
 @contextlib.contextmanager
