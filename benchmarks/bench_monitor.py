@@ -1,4 +1,4 @@
-"""Benchmark: what watching a training run costs (landscope's Monitor beside Cockpit), issue 5.
+"""Benchmark: what watching a training run costs (landscope's Monitor beside Cockpit), issues 5, 9.
 
 Workload: W2 training (``benchmarks/workloads.py``: MLP 64-128-128-10 ReLU, float32, the digits,
 Adam lr 1e-3, batch 64, shuffled), from the seed-0 initialisation. Every configuration trains the
@@ -15,7 +15,9 @@ Rows:
   cosine, ReLU dead fractions) every 25 steps;
 - the first-order tier every step (``every=1``), every 10 and every 16 steps;
 - the default Monitor with a held batch of 256 samples (curvature allowed when the loss curve
-  asks for it), over a whole healthy run of ``--epochs`` epochs: the amortised cost;
+  asks for it), over a whole run of ``--held-steps`` steps (1,500: the loss stalls on the way,
+  so curvature is measured, the first measurement included): the amortised cost, with the
+  number of curvature measurements, their products and their share of the run;
 - one curvature measurement (λ_max and λ_min by Lanczos with ≤ 100 products each, gradient noise
   from 4 chunks) on the held batch, in units of one training step;
 - Cockpit 1.0.2 (if installed): ``economy`` every step and every 16 steps, and its λ_max gauge
@@ -26,14 +28,17 @@ Run with the peer venv to include Cockpit::
 
     benchmarks/.venv-peers/bin/python benchmarks/bench_monitor.py
 
+``--held-only`` measures the held-data run alone (the issue-9 target: at most 1.05x an unmonitored
+run, median of alternating runs).
+
 The process re-executes itself with the timing-hygiene environment (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -49,6 +54,7 @@ if __name__ == "__main__":
     restart_with_hygiene()
 
 import torch  # noqa: E402
+from harness import machine_info  # noqa: E402
 from torch import nn  # noqa: E402
 
 from landscope.monitor import Monitor  # noqa: E402
@@ -61,8 +67,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats (median)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per timed run")
-    parser.add_argument("--healthy-epochs", type=int, default=30,
-                        help="epochs of the whole healthy run (amortised cost)")
+    parser.add_argument("--held-steps", type=int, default=1500,
+                        help="steps of the whole run with a held batch (amortised cost)")
+    parser.add_argument("--held-repeats", type=int, default=7,
+                        help="alternating pairs of the held-batch run (median)")
+    parser.add_argument("--held-only", action="store_true",
+                        help="measure the held-batch run alone")
     parser.add_argument("--cockpit-repeats", type=int, default=3)
     parser.add_argument("--cockpit-epochs", type=int, default=2)
     parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
@@ -70,25 +80,33 @@ def main() -> int:
     timing_hygiene()
     X, y = digits(torch.float32)
     held = (X[:256], y[:256])
-    cockpit = _cockpit()
-    configs = {
-        "unmonitored against unmonitored (the noise floor of these ratios)": _unmonitored,
-        "landscope default (loss every step, first-order tier every 25 steps)": _landscope(),
-        "landscope first-order tier every step": _landscope(every=1),
-        "landscope first-order tier every 10 steps": _landscope(every=10),
-        "landscope first-order tier every 16 steps": _landscope(every=16),
-    }
-    plain, ratios, own = _compare(configs, X, y, args.epochs, args.repeats)
-    if cockpit is not None:
-        ratios.update(_compare(cockpit, X, y, args.cockpit_epochs, args.cockpit_repeats)[1])
-    amortised = "landscope default + held batch, whole healthy run (amortised)"
-    _, healthy, closed = _compare(
+    per_epoch = math.ceil(len(X) / BATCH)
+    ratios, own, plain = {}, {}, None
+    cockpit = None if args.held_only else _cockpit()
+    if not args.held_only:
+        configs = {
+            "unmonitored against unmonitored (the noise floor of these ratios)": _unmonitored,
+            "landscope default (loss every step, first-order tier every 25 steps)": _landscope(),
+            "landscope first-order tier every step": _landscope(every=1),
+            "landscope first-order tier every 10 steps": _landscope(every=10),
+            "landscope first-order tier every 16 steps": _landscope(every=16),
+        }
+        plain, ratios, own = _compare(configs, X, y, args.epochs * per_epoch, args.repeats)
+        if cockpit is not None:
+            ratios.update(_compare(cockpit, X, y, args.cockpit_epochs * per_epoch,
+                                   args.cockpit_repeats)[1])
+    amortised = (f"landscope default + held batch of 256, whole {args.held_steps:,}-step run "
+                 "(amortised)")
+    held_plain, healthy, closed = _compare(
         {amortised: _landscope(loss_fn=nn.functional.cross_entropy, held=held)},
-        X, y, args.healthy_epochs, max(3, args.repeats // 3))
+        X, y, args.held_steps, args.held_repeats)
+    plain = plain or held_plain
     own.update(closed)
-    steps = _curvature_seconds(held) / plain
-    rows = [*ratios.items(), *healthy.items(),
-            ("one curvature measurement (held batch of 256), in training steps", (steps, None))]
+    rows = [*ratios.items(), *healthy.items()]
+    if not args.held_only:
+        steps = _curvature_seconds(held) / plain
+        rows.append(("one curvature measurement (held batch of 256), in training steps",
+                     (steps, None)))
     text = _table(rows, plain, args, cockpit is not None, own)
     print(text)
     if not args.no_results:
@@ -104,8 +122,9 @@ def _plain_step(out, target, optimizer, step):
     optimizer.step()
 
 
-def _run(X, y, epochs, watch=None):
-    """One W2 training run: (wall seconds per step, CPU seconds per step, ``close()``'s result).
+def _run(X, y, steps, watch=None):
+    """A W2 training run of ``steps`` steps (shuffled epochs of batches of :data:`BATCH`):
+    (wall seconds per step, CPU seconds per step, ``close()``'s result).
 
     ``watch(model, optimizer, run_dir)`` gives ``(step_fn, close)``; ``step_fn(out, target,
     optimizer, step)`` does the backward pass and the optimiser step, watched.
@@ -117,12 +136,12 @@ def _run(X, y, epochs, watch=None):
     with tempfile.TemporaryDirectory() as run_dir:
         start, cpu = time.perf_counter(), time.process_time()
         step_fn, close = watch(model, optimizer, run_dir) if watch else (_plain_step, None)
-        steps = 0
-        for _ in range(epochs):
-            for index in torch.randperm(len(X), generator=shuffle).split(BATCH):
+        done = 0
+        while done < steps:
+            for index in torch.randperm(len(X), generator=shuffle).split(BATCH)[:steps - done]:
                 optimizer.zero_grad(set_to_none=True)
-                step_fn(model(X[index]), y[index], optimizer, steps)
-                steps += 1
+                step_fn(model(X[index]), y[index], optimizer, done)
+                done += 1
         result = close() if close else None
         return ((time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps,
                 result)
@@ -145,31 +164,35 @@ def _landscope(**options):
         def close():
             monitor.close()
             meta = monitor.record.meta
+            seconds = meta["seconds"]
             return {"events": len(meta["events"]),
-                    "share": meta["seconds"]["monitor"] / meta["seconds"]["total"]}
+                    "products": sum(e.get("products", 0) for e in meta["events"]),
+                    "curvature": seconds.get("curvature", 0.0) / seconds["total"],
+                    "share": seconds["monitor"] / seconds["total"]}
 
         return step_fn, close
     return watch
 
 
-def _compare(configs, X, y, epochs, repeats):
+def _compare(configs, X, y, steps, repeats):
     """(median plain wall seconds per step, {config: (wall ratio, CPU ratio)}, closer results).
 
     Each repeat runs every configuration next to an unmonitored run, in alternating order (so a
     drift in the machine's load hits both sides alike); ratios are medians over the repeats.
     """
-    _run(X, y, 1)  # warm-up
+    epoch = math.ceil(len(X) / BATCH)
+    _run(X, y, epoch)  # warm-up
     for watch in configs.values():
-        _run(X, y, 1, watch)
+        _run(X, y, epoch, watch)
     plain, ratios, results = [], {name: ([], []) for name in configs}, {}
     for repeat in range(repeats):
         for name, watch in configs.items():
             if repeat % 2:
-                *watched, results[name] = _run(X, y, epochs, watch)
-                base = _run(X, y, epochs)[:2]
+                *watched, results[name] = _run(X, y, steps, watch)
+                base = _run(X, y, steps)[:2]
             else:
-                base = _run(X, y, epochs)[:2]
-                *watched, results[name] = _run(X, y, epochs, watch)
+                base = _run(X, y, steps)[:2]
+                *watched, results[name] = _run(X, y, steps, watch)
             plain.append(base[0])
             for k in range(2):
                 ratios[name][k].append(watched[k] / base[k])
@@ -235,17 +258,18 @@ def _cockpit():
 
 # ---------------------------------------------------------------------- the report
 def _table(rows, plain, args, with_cockpit, own) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), platform.processor())
+    machine = machine_info()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
-        f"## Monitor overhead (issue 5) — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"## Monitor overhead (issues 5, 9) — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
-        f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"Machine: {machine['kind']} ({machine['cpu']}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, load average {load}. Command: "
-        f"`python benchmarks/bench_monitor.py --repeats {args.repeats} --epochs {args.epochs} "
-        f"--healthy-epochs {args.healthy_epochs} --cockpit-repeats {args.cockpit_repeats} "
-        f"--cockpit-epochs {args.cockpit_epochs}`.",
+        f"`python benchmarks/bench_monitor.py "
+        + ("--held-only " if args.held_only else f"--repeats {args.repeats} --epochs "
+           f"{args.epochs} --cockpit-repeats {args.cockpit_repeats} --cockpit-epochs "
+           f"{args.cockpit_epochs} ")
+        + f"--held-steps {args.held_steps} --held-repeats {args.held_repeats}`.",
         f"W2 training step (Adam, batch {BATCH}), unmonitored: {plain * 1e3:.3f} ms. Ratios are "
         "medians of paired runs (monitored / unmonitored, same seed, next to each other, "
         "alternating order), by wall clock and by this process's CPU time (which a busy machine "
@@ -269,9 +293,10 @@ def _table(rows, plain, args, with_cockpit, own) -> str:
         mine = own.get(name) or {}
         timed = f"{mine['share']:.1%}" if mine else "—"
         if "events" in mine and "amortised" in name:
-            timed += f" ({mine['events']} curvature measurements)"
+            timed += (f" ({mine['events']} curvature measurements, {mine['products']} products, "
+                      f"{mine['curvature']:.1%} of the run)")
         lines.append(f"| {name} | {wall:.3f}{unit} | {cpu_text} | {timed} | {anchor} |")
-    if not with_cockpit:
+    if not with_cockpit and not args.held_only:
         lines.append("| Cockpit | not installed in this venv | | | anchors above |")
     return "\n".join(lines) + "\n"
 
