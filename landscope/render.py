@@ -67,8 +67,11 @@ def _evidence(p: Probe, seconds: float | None) -> str:
     else:
         sp = ev["spectrum"]
         state = "converged" if sp.get("converged") else "NOT converged"
-        parts.append(f"Lanczos {sp.get('products')} products, {sp.get('iterations')} steps, "
-                     f"{sp.get('restarts')} restarts, {state} (tol {sp.get('tol'):g})")
+        if sp.get("method") == "exact":  # k near n: the eigenpairs came from the dense Hessian
+            parts.append(f"eigenpairs: {sp.get('solver')} ({sp.get('products')} products)")
+        else:
+            parts.append(f"Lanczos {sp.get('products')} products, {sp.get('iterations')} steps, "
+                         f"{sp.get('restarts')} restarts, {state} (tol {sp.get('tol'):g})")
         quad = ev["density"].get("quadrature", {})
         parts.append(f"SLQ {quad.get('probes', '?')} probes × {quad.get('steps', '?')} steps "
                      f"({ev['density']['products']} products)")

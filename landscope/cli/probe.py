@@ -60,7 +60,7 @@ def _probe(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, k,
     with _ProductsProgress("probing the Hessian") as report:
         result = run_probe(obj, k=k, exact=exact, seed=seed, progress=report)
     seconds = time.perf_counter() - start
-    console.print(probe_panel(result, seconds))
     path = io.write_result(out, "probe", {"probe": result.to_dict(), "seconds": seconds,
-                                          "command": " ".join(sys.argv)})
+                                          "command": " ".join(sys.argv)})  # before any printing
+    console.print(probe_panel(result, seconds))
     console.print(f"written: {path}")
