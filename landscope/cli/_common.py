@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import traceback
 from enum import Enum
 from pathlib import Path
 
@@ -46,7 +47,18 @@ class Mode(str, Enum):
 def _load_data(spec: str, dtype):
     if spec == "digits":
         return default.digits(dtype)
-    return _load_factory(spec, "--data")()
+    return _call_factory(spec, "--data")
+
+
+def _call_factory(spec: str, option: str):
+    """Load the user's factory and call it; what it raises is framed as the user's error."""
+    factory = _load_factory(spec, option)
+    try:
+        return factory()
+    except Exception as error:
+        code = getattr(factory, "__code__", None)
+        raise BadInputError(f"{option} {spec!r}: your factory raised: {type(error).__name__}: "
+                            f"{error} ({_where(error, code and code.co_filename)})") from error
 
 
 def _load_factory(spec: str, option: str):
@@ -65,25 +77,54 @@ def _load_factory(spec: str, option: str):
             module = importlib.import_module(where)
     except (ImportError, FileNotFoundError) as error:
         raise BadInputError(f"{option} {spec!r}: cannot import {where!r} ({error})") from error
+    except Exception as error:  # the file's own code failed: a SyntaxError, a NameError, ...
+        own = where if where.endswith(".py") else None
+        raise BadInputError(f"{option} {spec!r}: your factory's module raised on import: "
+                            f"{type(error).__name__}: {_message(error)} "
+                            f"({_where(error, own)})") from error
     if not hasattr(module, name):
         raise BadInputError(f"{option} {spec!r}: {where!r} has no attribute {name!r}")
     return getattr(module, name)
 
 
+def _message(error: Exception) -> str:
+    return error.msg if isinstance(error, SyntaxError) else str(error)
+
+
+def _where(error: Exception, filename: str | None) -> str:
+    """'file.py, line 7, in model': where ``error`` arose in ``filename`` (else innermost)."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f"{Path(error.filename).name}, line {error.lineno}"
+    frames = traceback.extract_tb(error.__traceback__)
+    own = [f for f in frames if filename and Path(f.filename).resolve() == Path(filename).resolve()]
+    frame = (own or frames)[-1]
+    return f"{Path(frame.filename).name}, line {frame.lineno}, in {frame.name}"
+
+
 def _guard(work) -> None:
-    """Run ``work``, turning errors into messages and exit codes (2 bad input, 1 failure)."""
-    try:
-        work()
-    except (BadInputError, CheckpointError) as error:
-        errors.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
-    except LandscopeError as error:
-        errors.print(f"[bold red]failed:[/] {error}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        errors.print("interrupted: no result was written (checkpoints already saved are kept; "
-                     "run the same command again to resume)")
-        raise typer.Exit(130) from None
+    """Run ``work``, turning errors into messages and exit codes (2 bad input, 1 failure); on
+    Ctrl-C, say which complete files were written before it (no partial file is ever left)."""
+    with io.recording() as written:
+        try:
+            work()
+        except (BadInputError, CheckpointError) as error:
+            errors.print(f"[bold red]error:[/] {error}")
+            raise typer.Exit(2) from None
+        except LandscopeError as error:
+            errors.print(f"[bold red]failed:[/] {error}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            kept = [path for path in dict.fromkeys(written) if path.exists()]
+            if kept:
+                errors.print("interrupted: kept these complete files, written before the "
+                             "interrupt: " + ", ".join(map(str, kept)) + ". Nothing was left "
+                             "half-written; run the same command again to resume.",
+                             soft_wrap=True)
+            else:
+                errors.print("interrupted: no file was written and nothing was left "
+                             "half-written; run the same command again to start over.",
+                             soft_wrap=True)
+            raise typer.Exit(130) from None
 
 
 # ====================================================================== surface and plot (issue 3)
@@ -120,10 +161,8 @@ def _default_trained(out: Path):
 
             default.train(net, X, y, on_epoch=record)
         path = torch.stack(points)
-        out.mkdir(parents=True, exist_ok=True)
-        temporary = path_file.with_name(f".{path_file.name}.tmp")
-        torch.save(path, temporary)
-        temporary.replace(path_file)
+        with io.atomic_write(path_file) as stream:
+            torch.save(path, stream)
         io.save_state_dict(net, out / f"{stem}.pt")
         console.print(f"trained the default MLP 64-32-10 (tanh) for {default.EPOCHS} epochs of "
                       f"Adam; weights and training path in {out}")
@@ -166,7 +205,7 @@ def _objective(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode
     else:
         if data_spec is None:
             raise BadInputError("--data is required with --model (or use --data digits)")
-        net = _load_factory(model_spec, "--model")()
+        net = _call_factory(model_spec, "--model")
         if not isinstance(net, torch.nn.Module):
             raise BadInputError(f"--model {model_spec} returned a {type(net).__name__}, "
                                 "not a torch.nn.Module")
