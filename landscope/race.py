@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from landscope import functions as zoo
-from landscope import optim
+from landscope import io, optim
 from landscope.critical import probe
 from landscope.errors import BadInputError
 from landscope.optim.runner import Descent, derive_seed, descend
@@ -72,7 +72,7 @@ class RaceResult:
         paths = directory / "race-summary.csv", directory / "race-runs.csv"
         for path, rows, fields in ((paths[0], self.summary, SUMMARY_FIELDS),
                                    (paths[1], self.runs, RUN_FIELDS)):
-            with open(path, "w", newline="") as stream:
+            with io.atomic_write(path, "w", newline="") as stream:
                 writer = csv.DictWriter(stream, fields, extrasaction="ignore")
                 writer.writeheader()
                 writer.writerows(rows)

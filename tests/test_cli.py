@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from landscope.cli import app
+from landscope.render import probe_panel
 
 FIXTURE = str(Path(__file__).parent / "fixtures" / "user_net.py")
 runner = CliRunner()
@@ -103,3 +104,60 @@ def test_help_lists_every_option():
     for option in ("--model", "--checkpoint", "--data", "--loss", "--dtype", "--params",
                    "--out", "--mode", "--exact"):
         assert option in result.output
+
+
+@pytest.mark.parametrize("source, option, expected", [
+    ("import torch\ndef build():\n    raise ValueError('no such width')\n"
+     "def model():\n    return build()\n", "--model",
+     "your factory raised: ValueError: no such width (net.py, line 3, in build)"),
+    ("import torch\ndef model():\n    return torch.nn.Linear(4, 3)\n"
+     "def data():\n    return torch.randn(8, 4), labels\n", "--data",
+     "your factory raised: NameError: name 'labels' is not defined (net.py, line 5, in data)"),
+    ("import torch\ndef model(:\n    pass\n", "--model",
+     "your factory's module raised on import: SyntaxError: invalid syntax (net.py, line 2)"),
+])
+def test_a_factory_that_raises_is_framed_as_the_users_error(tmp_path, source, option, expected):
+    (tmp_path / "net.py").write_text(source)
+    model = f"{tmp_path / 'net.py'}:model" if option == "--model" else f"{FIXTURE}:model"
+    data = f"{tmp_path / 'net.py'}:data" if option == "--data" else "digits"
+    result = _probe(tmp_path, "--model", model, "--data", data)
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert f"error: {option} '" in output and expected in output
+    assert "Traceback" not in output and not (tmp_path / "result.json").exists()
+
+
+def test_k_near_n_writes_the_result_and_prints_it(tmp_path, monkeypatch):
+    import landscope.cli.probe as command
+
+    written_first = []
+
+    def panel(*args):
+        written_first.append((tmp_path / "result.json").exists())
+        return probe_panel(*args)
+
+    monkeypatch.setattr(command, "probe_panel", panel)
+    (tmp_path / "tiny.py").write_text(
+        "import torch\n"
+        "def model():\n    torch.manual_seed(0)\n    return torch.nn.Linear(3, 2)\n"
+        "def data():\n    g = torch.Generator().manual_seed(0)\n"
+        "    return torch.randn(20, 3, generator=g), torch.randint(0, 2, (20,), generator=g)\n")
+    tiny = f"{tmp_path / 'tiny.py'}"
+    result = _probe(tmp_path, "--model", f"{tiny}:model", "--data", f"{tiny}:data", "--k", "4",
+                    "--iterative")  # n = 8 and 2k ≥ n: the spectrum comes from the dense Hessian
+    assert result.exit_code == 0, result.output
+    probe = json.loads((tmp_path / "result.json").read_text())["probe"]
+    assert probe["objective"]["n"] == 8 and probe["evidence"]["spectrum"]["method"] == "exact"
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "eigenpairs: numpy.linalg.eigh (float64) on the dense Hessian (8 products)" in text
+    assert written_first == [True]  # the result is on disk before anything is printed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizers", ","], "--optimizers ',' names no optimiser"),
+    (["--functions", " , "], "--functions ' , ' names no function"),
+])
+def test_race_with_empty_name_lists_exits_2(tmp_path, args, message):
+    result = runner.invoke(app, ["race", "--out", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())

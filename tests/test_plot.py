@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from landscope import BadInputError, Objective  # noqa: E402
@@ -147,3 +149,108 @@ def test_cli_bad_input_exits_2(tmp_path, args, message):
                                  *args])
     assert result.exit_code == 2, result.output
     assert message in result.output.replace("\n", " ")
+
+
+def _bowl(low=1.6, high=370.0):
+    """low at the centre, high at the corners of [−1, 1]²: a steep-walled basin."""
+    return Objective.from_function(
+        lambda x: low + (high - low) * ((x[0]**2 + x[1]**2) / 2)**4, [0.0, 0.0])
+
+
+def test_colour_scale_is_log_when_the_range_spans_decades_and_says_so():
+    steep = surface(_bowl(), PLANE, steps=21)
+    assert steep.values.min() == pytest.approx(1.6) and steep.values.max() == pytest.approx(370)
+    fig = contour(steep)
+    levels = fig.axes[0].collections[0].levels
+    assert np.allclose(np.diff(np.log(levels)), np.log(levels[1] / levels[0]))  # geometric
+    assert fig.axes[1].get_ylabel() == "loss (log scale: spans 2.36 decades)"  # log10(370/1.6)
+    forced = contour(steep, log=False)
+    assert forced.axes[1].get_ylabel() == "loss"
+    assert np.allclose(np.diff(forced.axes[0].collections[0].levels), 368.4 / 29)
+    gentle = contour(surface(_bowl(1.6, 40.0), PLANE, steps=21))  # 1.40 decades: linear
+    assert gentle.axes[1].get_ylabel() == "loss (linear scale: spans 1.40 decades)"
+    ax = surface3d(steep).axes[0]
+    assert ax.get_zlabel() == "log₁₀ loss"
+    assert np.allclose(ax.get_zlim(), np.log10([1.6, 370]), atol=0.1)
+    # not positive: log of the excess over the minimum, whose median is far below the walls
+    sunk = Objective.from_function(lambda x: -5 + 300 * ((x[0]**2 + x[1]**2) / 2)**4, [0., 0.])
+    label = contour(surface(sunk, PLANE, steps=21)).axes[1].get_ylabel()
+    assert label.startswith("loss − min + 3.0e-01 (log scale: spans")
+
+
+def test_3d_labels_and_caption_lie_inside_the_picture():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    gen = torch.Generator().manual_seed(0)
+    X, Y = (torch.randn(8, 2, generator=gen, dtype=torch.float64) for _ in range(2))
+    obj = Objective.from_model(torch.nn.Linear(2, 2).double(), torch.nn.functional.mse_loss, (X, Y))
+    fig = surface3d(surface(obj, D.random(obj, 2, seed=0), steps=7))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer, box = canvas.get_renderer(), fig.bbox
+    assert "α: random (seed 0, filter-normalised)" in fig.get_supxlabel()
+    ax = fig.axes[0]
+    caption = [t for t in fig.findobj(Text) if t.get_text() == fig.get_supxlabel()]
+    texts = [ax.xaxis.label, ax.yaxis.label, ax.zaxis.label, ax.title, *caption]
+    assert [t.get_text() for t in texts[:3]] == ["α", "β", "loss"] and len(caption) == 1
+    for text in texts:
+        extent = text.get_window_extent(renderer)
+        assert (extent.x0 >= box.x0 and extent.y0 >= box.y0 and extent.x1 <= box.x1
+                and extent.y1 <= box.y1), (text.get_text(), extent, box)
+
+
+def test_an_interrupt_while_drawing_leaves_no_partial_picture_and_says_what_was_kept(
+        tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    original, calls = Figure.savefig, []
+
+    def savefig(fig, target, **kwargs):
+        calls.append(kwargs.get("format"))
+        if len(calls) == 2:  # the 3-D picture: half written, then Ctrl-C
+            target.write(b"\x89PNG half a picture")
+            raise KeyboardInterrupt
+        return original(fig, target, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    old = os.umask(0o022)
+    try:
+        result = runner.invoke(app, ["surface", "--model", f"{FIXTURE}:model", "--data",
+                                     f"{FIXTURE}:data", "--steps", "5", "--out", str(tmp_path)])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 130, result.output
+    message = " ".join(result.output.split())
+    kept = [tmp_path / "surface.npz", tmp_path / "surface-contour.png"]
+    assert f"kept these complete files, written before the interrupt: {kept[0]}, {kept[1]}." \
+        in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["surface-contour.png", "surface.npz"]
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in kept)
+    assert Surface.load(kept[0]).values.shape == (5, 5)
+
+
+def test_checkpoint_glob_is_read_in_natural_order_and_says_so(tmp_path):
+    from landscope.cli import _common
+    from landscope.cli.surface import _load_trajectory
+
+    for epoch in (1, 2, 10, 11, 3):
+        torch.save({"w": torch.full((2,), float(epoch))}, tmp_path / f"epoch_{epoch}.pt")
+    with _common.console.capture() as captured:
+        states = _load_trajectory(str(tmp_path / "epoch_*.pt"))
+    assert [float(s["w"][0]) for s in states] == [1, 2, 3, 10, 11]
+    assert ("5 checkpoints in natural order (numbers in names compared as numbers): "
+            "epoch_1.pt, epoch_2.pt, epoch_3.pt, epoch_10.pt, epoch_11.pt") in " ".join(
+        captured.get().split())
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "notes.txt").write_text("loss went down\n") and d / "notes.txt",
+     "is not a landscope surface file: `landscope surface` writes an .npz archive"),
+    (lambda d: d, "is a directory; give the surface.npz"),
+])
+def test_plot_of_something_else_says_what_to_give_and_never_suggests_unpickling(
+        tmp_path, make, message):
+    result = runner.invoke(app, ["plot", str(make(tmp_path))])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert message in text and "pickle" not in text.lower()

@@ -13,6 +13,7 @@ from landscope.cli._common import (
     app,
     console,
 )
+from landscope.errors import BadInputError
 
 
 @app.command()
@@ -72,15 +73,17 @@ def _race(*, functions="saddle,six_hump_camel,rosenbrock", optimizers="all", sta
             table.add_row(r.name, f"{r.lr:g}", r.description)
         console.print(table)
         return
-    names = [n.strip() for n in optimizers.split(",") if n.strip()]
+    names = _names(optimizers, "--optimizers", "optimiser")
     chosen = optim.NAMES if names == ["all"] else names
     with console.status("racing") as status:
-        result = run_race([f.strip() for f in functions.split(",") if f.strip()], chosen,
+        result = run_race(_names(functions, "--functions", "function"), chosen,
                           starts=starts, steps=steps, start=start, tune=tune,
                           tune_starts=tune_starts, noise=noise, tol=tol,
                           strategies=optim.STRATEGIES if strategies else (),
                           strategy_runs=strategy_runs, seed=seed,
                           progress=lambda message: status.update(f"racing · {message}"))
+    written = [*result.write_csv(out), io.write_result(
+        out, "race", {**result.to_dict(), "command": " ".join(sys.argv)}, name="race.json")]
     console.print(f"landscope race · {starts} starts · {steps} steps · tune {tune} · "
                   f"noise {noise:g} · seed {seed}")
     short = {"local_min": "min", "local_max": "max", "not_critical": "none",
@@ -98,23 +101,27 @@ def _race(*, functions="saddle,six_hump_camel,rosenbrock", optimizers="all", sta
                           f"{100 * row['success_rate']:.0f}%", _number(row["median_steps"]),
                           _number(row["median_evaluations"]), str(row["diverged"]), ends)
         console.print(table)
-    written = list(result.write_csv(out))
     if pictures:
         import matplotlib
 
         matplotlib.use("Agg")
+        from landscope.plot._files import save_figure
         from landscope.plot.race import race_figure, race_page
 
         for name, fn in result.functions.items():
             if fn.dim == 2:
-                race_figure(result, name).savefig(out / f"race-{name}.png", dpi=110)
-                written += [out / f"race-{name}.png",
+                written += [save_figure(race_figure(result, name), out / f"race-{name}.png"),
                             race_page(result, name, out / f"race-{name}.html")]
-    written.append(io.write_result(out, "race", {**result.to_dict(),
-                                                 "command": " ".join(sys.argv)},
-                                   name="race.json"))
     for path in written:
         console.print(f"written: {path}")
+
+
+def _names(text: str, option: str, what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise BadInputError(f"{option} {text!r} names no {what}; give comma-separated names "
+                            "(see --list)" + (" or 'all'" if what == "optimiser" else ""))
+    return names
 
 
 def _number(value) -> str:

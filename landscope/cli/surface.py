@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from enum import Enum
@@ -22,6 +23,11 @@ from landscope.cli._common import (
     console,
 )
 from landscope.errors import BadInputError
+
+_SCALE_HELP = ("Colour scale: log or linear. Default: log when the values span more than 1.5 "
+               "decades (max/min; for a loss that is not positive, (max − min)/(median − "
+               "min), drawn as the excess over the minimum), else linear; the colour bar says "
+               "which.")
 
 
 class SurfaceDirections(str, Enum):
@@ -75,7 +81,8 @@ def surface(
     seed: Annotated[int, typer.Option(help="Seed of the random directions.")] = 0,
     trajectory: Annotated[str, typer.Option(help="Training path to draw: a .pt file holding a "
                                             "(T, n) tensor, or a glob of state-dict checkpoints "
-                                            "('ckpt/*.pt', sorted by name).")] = None,
+                                            "('ckpt/*.pt', in natural order: epoch_2 before "
+                                            "epoch_10).")] = None,
     bn: Annotated[SurfaceBN, typer.Option(help="BatchNorm at each point: eval (running "
                                           "statistics) or recompute (over the data, per point)."
                                           )] = SurfaceBN.eval,
@@ -90,7 +97,8 @@ def surface(
     spread: Annotated[int, typer.Option(min=0, help="Fidelity check: redo an 11×11 picture "
                                         "with this many other seeds and report the spread "
                                         "(random directions).")] = 0,
-    log: Annotated[bool, typer.Option(help="Log colour scale.")] = False,
+    log: Annotated[bool, typer.Option("--log/--linear", help=_SCALE_HELP,
+                                      show_default=False)] = None,
     image_format: Annotated[str, typer.Option("--format", help="png or svg.")] = "png",
     batch_size: Annotated[int, typer.Option(min=1, help="Evaluate (X, y) data in chunks.")] =
         None,
@@ -114,7 +122,8 @@ def plot(
     file: Annotated[Path, typer.Argument(help="A surface .npz written by `landscope surface`.")],
     out: Annotated[Path, typer.Option(help="Directory for the pictures (default: the file's)."
                                       )] = None,
-    log: Annotated[bool, typer.Option(help="Log colour scale.")] = False,
+    log: Annotated[bool, typer.Option("--log/--linear", help=_SCALE_HELP,
+                                      show_default=False)] = None,
     image_format: Annotated[str, typer.Option("--format", help="png or svg.")] = "png",
     interactive: Annotated[bool, typer.Option(help="Also write the plotly HTML page.")] = True,
 ):
@@ -135,7 +144,7 @@ def plot(
 def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_entropy",
              dtype=None, params=None, mode=Mode.eval, kind="random", norm="filter",
              biases="zero", dims=2, span=None, steps=41, seed=0, trajectory=None, bn="eval",
-             budget=False, budget_fraction=0.25, samples=None, spread=0, log=False,
+             budget=False, budget_fraction=0.25, samples=None, spread=0, log=None,
              image_format="png", batch_size=None, out=Path("landscope-out")):
     """The work of `landscope surface`; `landscope demo` calls it with directions="pca"."""
     import matplotlib
@@ -144,6 +153,7 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
     from landscope import directions as lsd
     from landscope.adaptive import adaptive_surface
     from landscope.plot import render, taylor_plot
+    from landscope.plot._files import save_figure
     from landscope.surface import seed_spread
     from landscope.surface import surface as grid_surface
     from landscope.taylor import taylor
@@ -195,39 +205,43 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
     if dims == 1:
         profile = taylor(obj, frame, span=(float(surf.axes[0][0]), float(surf.axes[0][-1])),
                          steps=steps)
-        files.append(out / f"taylor.{fmt}")
-        taylor_plot(profile).savefig(files[-1], dpi=110)
+        files.append(save_figure(taylor_plot(profile), out / f"taylor.{fmt}"))
         surf.fidelity["taylor"] = {k: v for k, v in profile.to_dict().items()
                                    if k not in ("t", "real", "first", "second")}
     summary = surf.summary()
-    _surface_table(summary, surf, seconds)
     result = io.write_result(out, "surface", {"surface": summary, "meta": surf.meta,
                                               "files": [str(f) for f in files],
                                               "seconds": seconds, "command": " ".join(sys.argv)},
-                             name="surface.json")
+                             name="surface.json")  # before any printing
+    _surface_table(summary, surf, seconds)
     for f in [*files, result]:
         console.print(f"written: {f}")
 
 
 def _load_trajectory(spec: str):
-    """A (T, n) tensor from one .pt file, or state dicts from a sorted glob of checkpoints."""
+    """A (T, n) tensor from one .pt file, or state dicts from a glob of checkpoints in natural
+    order (numbers compared as numbers: epoch_2 before epoch_10), which is printed."""
     import glob
 
     magic = any(c in spec for c in "*?[")
-    files = [Path(f) for f in sorted(glob.glob(spec))] if magic else [Path(spec)]
+    files = sorted((Path(f) for f in glob.glob(spec)), key=_natural) if magic else [Path(spec)]
     if not files or not all(f.is_file() for f in files):
         raise BadInputError(f"--trajectory {spec!r} matches no file")
     if len(files) == 1:
-        import pickle
-
-        try:
-            loaded = torch.load(files[0], map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-            raise BadInputError(f"--trajectory {files[0]} is not a readable tensor file: "
-                                f"{error}") from error
+        loaded = io.load_weights(files[0])
         if isinstance(loaded, torch.Tensor):
             return loaded
+    names = [f.name for f in files]
+    shown = names if len(names) <= 8 else [*names[:4], "…", *names[-3:]]
+    console.print(f"trajectory: {len(files)} checkpoints in natural order (numbers in names "
+                  f"compared as numbers): {', '.join(shown)}")
     return [io.load_state_dict(f) for f in files]
+
+
+def _natural(path: Path) -> list:
+    """Sort key: 'epoch_10' after 'epoch_2' (runs of digits compare as numbers)."""
+    return [int(part) if part.isdigit() else part.lower()
+            for part in re.split(r"(\d+)", str(path))]
 
 
 def _format(image_format: str) -> str:

@@ -18,6 +18,7 @@ import torch
 from matplotlib.figure import Figure
 
 from landscope.errors import BadInputError
+from landscope.plot._files import save_page
 
 _OUTCOME = {True: "#1a9850", False: "#7f7f7f", "diverged": "#d73027"}
 _MARK = {"local_min": "o", "saddle": "X", "local_max": "^"}
@@ -116,10 +117,7 @@ def race_page(result, function: str, path: str | Path, *, max_paths: int = 4,
         updatemenus=[{"type": "buttons", "showactive": False, "x": 0, "y": -0.08, "buttons": [
             {"label": "play", "method": "animate",
              "args": [None, {"frame": {"duration": 80, "redraw": False}, "fromcurrent": True}]}]}])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs=True, auto_play=False)
-    return path
+    return save_page(fig, path, include_plotlyjs=True, auto_play=False)
 
 
 def _legend():

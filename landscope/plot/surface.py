@@ -6,6 +6,11 @@ global pyplot state or needs a display; save them with ``fig.savefig(path)`` (PN
 What needs care is honesty, not drawing: a trajectory is drawn with the share of it the plane holds,
 a budgeted surface shows its stated error and which points were computed, and the log scale of a
 loss that is not positive is drawn as log₁₀(L − L_min + δ) and labelled so.
+
+The colour scale is chosen from the values unless forced (``log=True`` or ``False``): a loss
+whose range spans more than :data:`AUTO_LOG_DECADES` decades (max/min for a positive loss; else
+(max − min)/(median − min)) is drawn on a log scale, since on a linear one everything but the
+highest walls shares one colour; the colour bar says which scale was chosen and why.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from landscope.errors import BadInputError
+from landscope.plot._files import save_figure, save_page
 from landscope.surface import Surface
 
+AUTO_LOG_DECADES = 1.5
 
-def contour(surf: Surface, *, log: bool = False, levels: int = 30, trajectory: bool = True,
+
+def contour(surf: Surface, *, log: bool | None = None, levels: int = 30, trajectory: bool = True,
             title: str | None = None) -> Figure:
     """Filled contour of a 2-D surface, with the trajectory, marks and (if budgeted) its error.
 
@@ -38,10 +46,12 @@ def contour(surf: Surface, *, log: bool = False, levels: int = 30, trajectory: b
     fig = Figure(figsize=(11.5 if budgeted else 6.4, 5.2), layout="constrained")
     ax = fig.add_subplot(1, 2 if budgeted else 1, 1)
     a, b = surf.axes
-    Z, label, norm = _scaled(surf.values, log)
-    filled = ax.contourf(a, b, Z.T, levels=_levels(Z, levels, log), norm=norm, cmap="viridis")
+    Z, label, norm, note = _scaled(surf.values, log)
+    filled = ax.contourf(a, b, Z.T, levels=_levels(Z, levels, norm is not None), norm=norm,
+                         cmap="viridis")
     ax.contour(a, b, Z.T, levels=filled.levels, colors="k", linewidths=0.3, alpha=0.4)
-    bar = fig.colorbar(filled, ax=ax, label=label, ticks=filled.levels[::3], format="%.3g")
+    bar = fig.colorbar(filled, ax=ax, label=_noted(label, note), ticks=filled.levels[::3],
+                       format="%.3g")
     bar.minorticks_off()
     ax.plot([0], [0], marker="+", color="w", markersize=12, mew=2)
     _marks(ax, surf)
@@ -63,42 +73,50 @@ def contour(surf: Surface, *, log: bool = False, levels: int = 30, trajectory: b
     return fig
 
 
-def surface3d(surf: Surface, *, log: bool = False, title: str | None = None) -> Figure:
-    """A 3-D rendering of a 2-D surface (log₁₀ of the loss with ``log``)."""
+def surface3d(surf: Surface, *, log: bool | None = None, title: str | None = None) -> Figure:
+    """A 3-D rendering of a 2-D surface (log₁₀ of the loss on a log scale).
+
+    Matplotlib's layout does not make room for 3-D axis labels, so the axes carry short names
+    (α, β) and a caption below says what they are.
+    """
     _need(surf, 2, "3-D surface")
-    fig = Figure(figsize=(7, 5.5), layout="constrained")
+    fig = Figure(figsize=(7, 6), layout="constrained")
     ax = fig.add_subplot(projection="3d")
     A, B = np.meshgrid(*surf.axes, indexing="ij")
-    Z, label = _logged(surf.values, log)
+    Z, label, note = _logged(surf.values, log)
     ax.plot_surface(A, B, Z, cmap="viridis", linewidth=0, antialiased=True, rstride=1, cstride=1)
-    ax.set_xlabel(_axis_label(surf, 0))
-    ax.set_ylabel(_axis_label(surf, 1))
+    ax.set_xlabel("α")
+    ax.set_ylabel("β")
     ax.set_zlabel(label)
+    ax.set_box_aspect(None, zoom=0.9)
     ax.set_title(title or _title(surf))
+    fig.supxlabel("\n".join([_axis_label(surf, 0), _axis_label(surf, 1)] +
+                            ([_noted(f"height: {label}", note)] if note else [])), fontsize=9)
     return fig
 
 
-def profile(surf: Surface, *, log: bool = False, title: str | None = None) -> Figure:
+def profile(surf: Surface, *, log: bool | None = None, title: str | None = None) -> Figure:
     """A 1-D surface as a curve, with its stated error band when budgeted."""
     _need(surf, 1, "profile")
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     t = surf.axes[0]
-    ax.plot(t, surf.values, color="C0", label="loss")
+    Z, label, norm, note = _scaled(surf.values, log)
+    ax.plot(t, Z, color="C0", label="loss")
     if surf.error is not None:
-        ax.fill_between(t, surf.values - surf.error, surf.values + surf.error, color="C0",
-                        alpha=0.25, label="stated error")
+        ax.fill_between(t, Z - surf.error, Z + surf.error, color="C0", alpha=0.25,
+                        label="stated error")
     _marks(ax, surf)
-    if log and surf.values.min() > 0:
+    if norm is not None:
         ax.set_yscale("log")
     ax.set_xlabel(_axis_label(surf, 0))
-    ax.set_ylabel("loss")
+    ax.set_ylabel(_noted(label, note))
     ax.set_title(title or _title(surf))
     ax.legend()
     return fig
 
 
-def html(surf: Surface, path: str | Path, *, log: bool = False, cdn: bool = False) -> Path:
+def html(surf: Surface, path: str | Path, *, log: bool | None = None, cdn: bool = False) -> Path:
     """An interactive plotly page: 3-D surface beside a contour, values on hover (1-D: a curve).
 
     The page embeds plotly.js (works offline, ~4 MB) unless ``cdn`` loads it from the web.
@@ -106,7 +124,7 @@ def html(surf: Surface, path: str | Path, *, log: bool = False, cdn: bool = Fals
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    values, label = _logged(surf.values, log)
+    values, label, note = _logged(surf.values, log)
     names = [_axis_label(surf, i) for i in range(surf.values.ndim)]
     if surf.values.ndim == 1:
         fig = go.Figure(go.Scatter(x=surf.axes[0], y=values, mode="lines+markers",
@@ -127,19 +145,16 @@ def html(surf: Surface, path: str | Path, *, log: bool = False, cdn: bool = Fals
                                      line={"color": "white"}, name="trajectory"), 1, 2)
         fig.update_xaxes(title_text=names[0], row=1, col=2)
         fig.update_yaxes(title_text=names[1], row=1, col=2)
-    fig.update_layout(title=_title(surf), height=560, width=1150)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs="cdn" if cdn else True)
-    return path
+    fig.update_layout(title=_noted(_title(surf), note), height=560, width=1150)
+    return save_page(fig, path, include_plotlyjs="cdn" if cdn else True)
 
 
 def render(surf: Surface, directory: str | Path, *, name: str = "surface",
-           formats=("png",), log: bool = False, interactive: bool = True) -> list[Path]:
-    """Write every picture of a surface into ``directory``; returns the paths.
+           formats=("png",), log: bool | None = None, interactive: bool = True) -> list[Path]:
+    """Write every picture of a surface into ``directory``, each atomically; returns the paths.
 
     2-D: ``{name}-contour.{fmt}`` and ``{name}-3d.{fmt}``; 1-D: ``{name}-profile.{fmt}``; and
-    ``{name}.html`` when ``interactive``.
+    ``{name}.html`` when ``interactive``. ``log``: force the colour scale (None: automatic).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -150,9 +165,7 @@ def render(surf: Surface, directory: str | Path, *, name: str = "surface",
     paths = []
     for kind, fig in figures.items():
         for fmt in formats:
-            path = directory / f"{name}-{kind}.{fmt}"
-            fig.savefig(path, dpi=110)
-            paths.append(path)
+            paths.append(save_figure(fig, directory / f"{name}-{kind}.{fmt}"))
     if interactive:
         paths.append(html(surf, directory / f"{name}.html", log=log))
     return paths
@@ -168,22 +181,49 @@ def _need(surf: Surface, dims: int, what: str) -> None:
                             "command to finish it before plotting")
 
 
-def _scaled(values: np.ndarray, log: bool):
-    """(values to draw, their label, a colour norm) — log scale of a loss that may not be > 0."""
+def _scaled(values: np.ndarray, log: bool | None):
+    """(values to draw, their label, a colour norm or None for linear, a note on the scale).
+
+    ``log`` None chooses the scale. A log scale of a loss that is not positive draws
+    L − L_min + δ, δ = 10⁻³ of the range.
+    """
+    note = "log scale" if log else None
+    if log is None:
+        decades = _decades(values)
+        log = decades > AUTO_LOG_DECADES
+        note = f"{'log' if log else 'linear'} scale: spans {decades:.2f} decades"
     if not log:
-        return values, "loss", None
+        return values, "loss", None, note
     low = float(values.min())
     if low > 0:
-        return values, "loss", LogNorm(vmin=low, vmax=float(values.max()))
+        return values, "loss", LogNorm(vmin=low, vmax=float(values.max())), note
     delta = 1e-3 * max(float(values.max()) - low, 1e-12)
     shifted = values - low + delta
-    return shifted, f"loss − min + {delta:.1e}", LogNorm(vmin=delta, vmax=float(shifted.max()))
+    return (shifted, f"loss − min + {delta:.1e}", LogNorm(vmin=delta, vmax=float(shifted.max())),
+            note)
 
 
-def _logged(values: np.ndarray, log: bool):
-    """(values, label) to draw on a linear axis: log₁₀ of the (shifted) loss with ``log``."""
-    Z, label, _ = _scaled(values, log)
-    return (np.log10(Z), f"log₁₀({label})") if log else (Z, label)
+def _decades(values: np.ndarray) -> float:
+    """Decades a colour scale must span: log₁₀(max/min) for a positive loss, else
+    log₁₀((max − min)/(median − min)), how far the walls rise above the typical excess (≤ 3)."""
+    low, high = float(values.min()), float(values.max())
+    if not high > low:
+        return 0.0
+    if low > 0:
+        return float(np.log10(high / low))
+    typical = max(float(np.median(values)) - low, 1e-3 * (high - low))
+    return float(np.log10((high - low) / typical))
+
+
+def _noted(label: str, note: str | None) -> str:
+    return f"{label} ({note})" if note else label
+
+
+def _logged(values: np.ndarray, log: bool | None):
+    """(values, label, note) to draw on a linear axis: log₁₀ of the (shifted) loss on a log
+    scale."""
+    Z, label, norm, note = _scaled(values, log)
+    return (np.log10(Z), f"log₁₀ {label}", note) if norm is not None else (Z, label, note)
 
 
 def _levels(Z: np.ndarray, count: int, log: bool):
