@@ -2,7 +2,8 @@
 interactive plotly page (surface + contour, values on hover).
 
 Figures are built on ``matplotlib.figure.Figure`` rather than pyplot, so nothing here touches the
-global pyplot state or needs a display; save them with ``fig.savefig(path)`` (PNG, SVG, PDF).
+global pyplot state or needs a display; :func:`render` and :func:`html` write their files
+atomically (a picture that exists is complete), and ``fig.savefig(path)`` works on any of them.
 What needs care is honesty, not drawing: a trajectory is drawn with the share of it the plane holds,
 a budgeted surface shows its stated error and which points were computed, and the log scale of a
 loss that is not positive is drawn as log₁₀(L − L_min + δ) and labelled so.
