@@ -13,10 +13,20 @@ autograd also differentiates the backward formulas of ReLU and friends with resp
 inputs, materialises zero tensors for that and adds them up, and it cannot merge the two halves of
 R{o} = R{u}·Wᵀ + u·Vᵀ into one accumulating matrix product. On the 26k-parameter ReLU MLP over the
 1,797 digits a product here costs about 1.35 gradients against 1.7 for the kept graph
-(``benchmarks/RESULTS.md``). The Objective checks this engine against autograd on first use and
-keeps whichever exact engine is faster. On CPU that is this one for MLPs, with or without skip
-connections, and for plain CNNs; a residual CNN with BatchNorm measured 1.17x slower than autograd
-here (its fused BatchNorm kernels), so there the trial keeps autograd.
+(``benchmarks/RESULTS.md``). The Objective checks this engine against autograd on first use (L,
+∇L and one product) and keeps whichever exact engine is faster; at every later point it checks L
+and ∇L against one plain gradient pass. On CPU the chain engine wins for MLPs, with or without
+skip connections, and for plain CNNs; a residual CNN with BatchNorm measured 1.17x slower than
+autograd here (its fused BatchNorm kernels), so there the trial keeps autograd.
+
+The trace must mean what the model computes. It is taken in the analysis mode (a forward that
+branches on ``self.training`` takes the analysed branch) with ``a += b`` kept as an in-place
+node (plain fx rewrites it as ``a = a + b``), and refused where the steps would differ from the
+model: an in-place operation whose overwritten tensor is read again (an in-place ReLU on a
+tensor nobody else reads is accepted), hooks, keyword inputs, an output selector, a summed loss.
+A parameter used by several steps (a module called twice, a weight tied to another module's) is
+one block of θ whose gradient and curvature add up over its uses. Sizes read from tensors
+(``x.reshape(x.shape[0], -1)``) are evaluated per batch.
 """
 
 from __future__ import annotations

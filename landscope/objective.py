@@ -11,16 +11,19 @@ re-runs the forward. The graph costs memory of the order of the activations of t
 is kept only up to ``graph_cache_samples`` samples; beyond that products are recomputed per batch.
 Models built of known layers (an MLP, a plain CNN, skip connections) have a faster exact engine,
 "chain" (:mod:`landscope.chain`, hand-derived R-operators: 1.1–1.9 gradients per product on the
-benchmark MLPs and CNN, against 1.4–2.3 through the kept graph). With ``engine="auto"`` the first
-point checks it against autograd (value, gradient and one product within 1e-7 relative in float64,
-1e-3 in float32), times one product of each twice, and keeps the chain engine only if it agrees and
-is faster; ``info`` records the trial. Otherwise, for k vectors at once there are two autograd
-engines: k backward passes through the kept graph ("loop"), or one vmapped backward ("batched",
-``is_grads_batched``). Which is faster depends on the model and the device (vmap wins for small
-MLPs, loses for convolutions on CPU), so the first call with k ≥ ``CALIBRATE_COLUMNS`` times both
-and keeps the faster; the choice is recorded in ``info``. Fewer columns (the residual check of a few
-Ritz vectors) take the loop without that trial: little time is at stake, and the vmapped trial holds
-a second copy of the graph's backward buffers.
+benchmark MLPs and CNN, against 1.4–2.3 through the kept graph). The first point checks it against
+autograd (value, gradient and one product within 1e-7 relative in float64, 1e-3 in float32); with
+``engine="auto"`` it also times one product of each twice and keeps the chain engine only if it
+agrees and is faster (``engine="chain"`` skips only the timing). At every later point its value and
+gradient are checked against one plain autograd gradient pass (none if they were computed there
+already), never per product; a mismatch hands the products to autograd for good. ``info`` records
+the trial (``chain_trial``) and the checks (``chain_checks``). Otherwise, for k vectors at once
+there are two autograd engines: k backward passes through the kept graph ("loop"), or one vmapped
+backward ("batched", ``is_grads_batched``). Which is faster depends on the model and the device
+(vmap wins for small MLPs, loses for convolutions on CPU), so the first call with
+k ≥ ``CALIBRATE_COLUMNS`` times both and keeps the faster; the choice is recorded in ``info``.
+Fewer columns (the residual check of a few Ritz vectors) take the loop without that trial: little
+time is at stake, and the vmapped trial holds a second copy of the graph's backward buffers.
 """
 
 from __future__ import annotations

@@ -576,3 +576,17 @@ def test_keyword_inputs_fall_back_at_the_first_point():
     torch.testing.assert_close(obj.hvp(v), H @ v, rtol=1e-10, atol=1e-12)
     assert "other inputs than one tensor" in obj.info["chain_engine"]
     assert obj.info["hvp_engine"] != "chain"
+
+
+def test_engine_chain_is_checked_at_the_first_point_too(monkeypatch):
+    monkeypatch.setattr("landscope.chain._check_overwrite", lambda *args: None)
+    torch.manual_seed(22)
+    model = InplaceModuleReuse().double()  # pre-activations of both signs: the trap shows at θ₀
+    X, y = classification_data(n=23, features=16, classes=3)
+    obj = Objective.from_model(model, cross_entropy, (X, y), engine="chain")
+    v = torch.randn(obj.n, generator=torch.Generator().manual_seed(23), dtype=torch.float64)
+    _, H = _dense(model, cross_entropy, X, y, obj, obj.theta0)
+    torch.testing.assert_close(obj.hvp(v), H @ v, rtol=1e-10, atol=1e-12)
+    assert obj.info["chain_engine"] == "not used: it disagreed with autograd (see chain_trial)"
+    assert max(obj.info["chain_trial"]["relative_errors"].values()) > 1e-2
+    assert obj.info["hvp_engine"] != "chain"
