@@ -59,7 +59,7 @@ def _doctor(run_dir, scenario, remedy, list_scenarios, out: Path, seed: int):
             run_scenario(scenario, run_dir, remedy=remedy, seed=seed)
         title = f"landscope doctor · scenario {scenario}{' (remedied)' if remedy else ''}"
     diagnosis = diagnose(run_dir)
-    console.print(diagnosis_report(diagnosis, title))
     path = io.write_result(run_dir, "doctor", {"diagnosis": diagnosis.to_dict(),
                                                "command": " ".join(sys.argv)}, name="doctor.json")
+    console.print(diagnosis_report(diagnosis, title))  # after the result is safe on disk
     console.print(f"written: {path}")
