@@ -15,7 +15,7 @@ weighting.
 Every pass must see the same batches: an analysis runs hundreds of passes (one per product), and a
 loss that changes between them is no function of θ. A shuffling DataLoader is refused before it
 is read; any other source that changes between passes is caught on the second pass by a
-fingerprint of every batch (its size and the sum of its first tensor). Reading the data never
+fingerprint of every batch (its size and the sum of its tensors). Reading the data never
 moves the caller's random number generator (a DataLoader draws a seed from it on every pass).
 """
 
@@ -97,10 +97,10 @@ class Batches:
         return frozen
 
     def _check_same(self, index: int, batch: Batch) -> tuple[int, float]:
-        """The batch's fingerprint (size, sum of its first tensor), checked against pass one."""
-        first = batch.target if batch.target is not None else next(
-            iter((*batch.inputs, *batch.kwargs.values())))
-        mark = (batch.size, float(first.double().sum()))
+        """The batch's fingerprint (size, sum of every tensor), checked against pass one."""
+        tensors = (*batch.inputs, *batch.kwargs.values(),
+                   *(() if batch.target is None else (batch.target,)))
+        mark = (batch.size, float(sum(t.double().sum() for t in tensors)))
         known = self._fingerprints
         if known is not None and (index >= len(known) or known[index] != mark):
             raise _changed(f"batch {index} differs from the first pass")

@@ -149,7 +149,14 @@ class ModelLoss:
         """Names of selected parameters that the loss does not depend on (curvature zero)."""
         views = self.unflatten(theta.detach().requires_grad_(True))
         with _modes(self.model, self.mode):
-            index, batch = next((i, b) for i, b in enumerate(self.batches) if self.weight(b) > 0)
+            index, batch = next(((i, b) for i, b in enumerate(self.batches)
+                                 if self.weight(b) > 0), (None, None))
+            if batch is None:
+                raise BadInputError(
+                    "no batch has anything to average over (every target ignored, or every "
+                    "weight zero); check ignore_index and the labels (−100 marks a token to "
+                    "ignore)"
+                )
             loss = self._forward(views, index, batch)
         grads = torch.autograd.grad(loss, list(views.values()), allow_unused=True)
         return [name for name, g in zip(views, grads, strict=True) if g is None]
