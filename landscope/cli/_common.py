@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscope import default, io
 from landscope.errors import BadInputError, CheckpointError, LandscopeError
+from landscope.functional import MODEL_LOSS
 from landscope.objective import Objective
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ errors = Console(stderr=True)
 LOSSES = {
     "cross_entropy": torch.nn.functional.cross_entropy,
     "mse": torch.nn.functional.mse_loss,
+    "model": MODEL_LOSS,  # the loss the model returns itself (Hugging Face: .loss)
 }
 
 

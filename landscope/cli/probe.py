@@ -31,7 +31,8 @@ def probe(
                                     "torch.save); loaded with weights_only=True."),
     data: str = typer.Option(None, help="'pkg.module:factory' returning (X, y) tensors or a "
                              "DataLoader, or 'digits' (scikit-learn's bundled digits)."),
-    loss: str = typer.Option("cross_entropy", help="cross_entropy, mse, or 'pkg.module:fn' "
+    loss: str = typer.Option("cross_entropy", help="cross_entropy, mse, model (its own "
+                             "loss), or 'pkg.module:fn' "
                              "taking (output, target) and returning the batch mean."),
     dtype: DType = typer.Option(None, help="Analyse in this dtype (default: the model's)."),
     params: str = typer.Option(None, help="Only these parameters, e.g. 'net.2.*' "

@@ -57,7 +57,8 @@ def surface(
                                              "with weights_only=True.")] = None,
     data: Annotated[str, typer.Option(help="'pkg.module:factory' returning (X, y) or a "
                                       "DataLoader, or 'digits'.")] = None,
-    loss: Annotated[str, typer.Option(help="cross_entropy, mse, or 'pkg.module:fn'.")] =
+    loss: Annotated[str, typer.Option(
+        help="cross_entropy, mse, model (its own loss), or 'pkg.module:fn'.")] =
         "cross_entropy",
     dtype: Annotated[DType, typer.Option(help="Analyse in this dtype (default: the model's).")] =
         None,
