@@ -102,6 +102,66 @@ def test_negative_curvature_first_step(dense_max):
     np.testing.assert_allclose(x1, X0 - 0.1 * _gradient(A), rtol=1e-12)
 
 
+def _rosenbrock_hessian(x, y):
+    return np.array([[1200 * x**2 - 400 * y + 2, -400 * x], [-400 * x, 200.0]])
+
+
+def test_negative_curvature_step_is_safeguarded_on_rosenbrock():
+    """Above Rosenbrock's valley λ_min is large and negative; the bold step |λ_min|/L₂ with
+    L₂ = 1 overshoots by hundreds of units. The safeguard halves it until the loss falls."""
+    fn = zoo.get("rosenbrock")
+    start = np.array([0.0, 2.0])
+    values, vectors = np.linalg.eigh(_rosenbrock_hessian(*start))
+    assert values[0] == pytest.approx(-798.0)  # by hand: H = diag(−798, 200)
+    g = np.array([-2.0, 400.0])  # ∇f(0, 2) by hand
+    bold = start - 0.01 * g + abs(values[0]) / 1.0 * vectors[:, 0]  # the old, unguarded step
+    f = lambda p: fn.f(torch.tensor(p)[None]).item()  # noqa: E731
+    assert f(bold) > 1e9 * f(start)
+    x = torch.tensor(start[None], requires_grad=True)
+    opt = optim.NegativeCurvatureDescent([x], batched=True)
+
+    def closure():
+        opt.zero_grad()
+        return fn.f(x)
+
+    opt.step(closure)
+    assert f(x.detach()[0].numpy()) < f(start)
+    trials, L2 = int(opt.row_state["trials"][0]), opt.row_state["hessian_lipschitz"][0].item()
+    assert trials > 1 and 2.0 ** (trials - 2) == L2  # doubled per rejected trial, then halved
+    assert opt.row_state["lambda_min"][0].item() == pytest.approx(-798.0)
+
+
+def test_negative_curvature_descent_never_raises_the_loss_on_rosenbrock():
+    """Six starts, three of them above the valley where the curvature step acts: the loss falls
+    at every step, from 24–757 to the valley floor (f < 0.2) in 400 steps, and keeps falling."""
+    fn = zoo.get("rosenbrock")
+    starts = torch.tensor([[-1.2, 1.0], [0.0, 2.0], [-0.5, 1.5], [0.5, 1.5], [1.5, -0.5],
+                           [1.8, 2.0]], dtype=torch.float64)
+    assert sum(np.linalg.eigvalsh(_rosenbrock_hessian(*p))[0] < 0 for p in starts.tolist()) == 3
+    run = optim.descend(fn, "negative_curvature", starts, steps=400, gtol=-1)
+    assert run.status == ("ran",) * 6
+    steps = run.values[1:] - run.values[:-1]
+    assert (steps <= 0).all()
+    assert (run.values[-1] < 0.2).all() and (run.values[-1] < run.values[100]).all()
+
+
+def test_negative_curvature_descent_converges_from_an_exact_saddle():
+    """At the strict saddle of ½Σλᵢxᵢ² + ¼Σxᵢ⁴ (g = 0) only the curvature step can move: it
+    leaves along ±e₁ and the descent converges to the minimum ±e₁, f = −¼."""
+    f = _strict_saddle(10)
+    x = torch.zeros(1, 10, dtype=torch.float64, requires_grad=True)
+    opt = optim.NegativeCurvatureDescent([x], lr=0.5, batched=True)
+
+    def closure():
+        opt.zero_grad()
+        return f(x)
+
+    for _ in range(60):
+        opt.step(closure)
+    assert f(x.detach()).item() == pytest.approx(-0.25, abs=1e-12)
+    assert abs(x[0, 0].item()) == pytest.approx(1.0, abs=1e-6)
+
+
 def test_perturbed_gd_steps_jumps_and_stops():
     x1, _ = _first_step(lambda p: optim.PerturbedGD(p, lr=0.1), A, create_graph=False)
     np.testing.assert_allclose(x1, X0 - 0.1 * _gradient(A), rtol=1e-12)  # ‖g‖ above g_thres
@@ -110,21 +170,83 @@ def test_perturbed_gd_steps_jumps_and_stops():
                           create_graph=False)
     assert 0 < np.linalg.norm(x1 - minimum) <= 0.05  # a jump within the ball
     # at a minimum the jump does not pay off: after t_thres steps it returns to x̃ and stays
-    x = torch.tensor(minimum, requires_grad=True)
-    opt = optim.PerturbedGD([x], lr=0.1, radius=0.05, t_thres=5, f_thres=1e-3)
     f = _quadratic(A)
+    for backoff in (None, 2.0):
+        x = torch.tensor(minimum, requires_grad=True)
+        opt = optim.PerturbedGD([x], lr=0.1, radius=0.05, t_thres=5, f_thres=1e-3,
+                                backoff=backoff)
+
+        def closure(opt=opt, x=x):
+            opt.zero_grad()
+            loss = f(x)
+            loss.backward()
+            return loss
+
+        path = []
+        for _ in range(8):
+            opt.step(closure)
+            path.append(x.detach().clone().numpy())
+        jumps = [np.linalg.norm(p - minimum) for p in path]
+        assert 0 < jumps[0] <= 0.05 and jumps[3] < jumps[0]  # the jump, then GD contracts
+        if backoff is None:  # the paper: back to x̃ at step 5, and there for good
+            assert bool(opt.row_state["stopped"][0])
+            np.testing.assert_array_equal(path[5], minimum)
+            np.testing.assert_array_equal(x.detach().numpy(), minimum)
+            assert int(opt.row_state["perturbations"][0]) == 1
+        else:  # back to x̃ at step 5 and another jump from it, judged 10 steps later
+            assert not bool(opt.row_state["stopped"][0])
+            assert 0 < jumps[5] <= 0.05 and int(opt.row_state["perturbations"][0]) == 2
+            assert int(opt.row_state["wait"][0]) == 10 and int(opt.row_state["judge"][0]) == 15
+            assert opt.row_state["x_tilde"][0].tolist() == minimum.tolist()
+
+
+def _strict_saddle(d):
+    """f(x) = ½ Σ λᵢxᵢ² + ¼ Σ xᵢ⁴ with λ = (−1, 0.5 … 2): a strict saddle at 0 (f = 0); its
+    minima ±e₁ have f = −¼."""
+    lam = torch.cat([torch.tensor([-1.0]), torch.linspace(0.5, 2.0, d - 1)]).double()
+    return lambda X: 0.5 * (lam * X**2).sum(1) + 0.25 * (X**4).sum(1)
+
+
+def _from_the_saddle(opt_factory, d, steps, rows=20, until=None):
+    """Step from exactly the saddle; with ``until``, stop early once every row is below it."""
+    f = _strict_saddle(d)
+    X = torch.zeros(rows, d, dtype=torch.float64, requires_grad=True)  # exactly at the saddle
+    opt = opt_factory([X])
 
     def closure():
         opt.zero_grad()
-        loss = f(x)
-        loss.backward()
-        return loss
+        return f(X)
 
-    for _ in range(8):
+    for step in range(steps):
         opt.step(closure)
-    assert bool(opt.row_state["stopped"][0])
-    np.testing.assert_array_equal(x.detach().numpy(), minimum)
-    assert int(opt.row_state["perturbations"][0]) == 1
+        if until is not None and step % 50 == 0 and bool((f(X) < until).all()):
+            break
+    return f(X).detach(), opt
+
+
+@pytest.mark.parametrize("d", [10, 100, 1000])
+def test_perturbed_gd_defaults_escape_an_exact_strict_saddle_in_any_dimension(d):
+    """Every one of 20 independent perturbation sequences (batched rows) ends in a minimum,
+    f = −¼, well below the saddle's 0. Escaping shows in the loss after ~1,300 steps at
+    d = 1000 (the default η = 0.01), long after the first test at t_thres = 20."""
+    values, opt = _from_the_saddle(lambda p: optim.PerturbedGD(p, batched=True), d, 2000,
+                                   until=-0.24)
+    assert (values < -0.24).all(), values
+    assert not opt.row_state["stopped"].any()
+    # the paper's permanent stop with the same fixed t_thres = 20 stays at the saddle
+    values, opt = _from_the_saddle(lambda p: optim.PerturbedGD(p, batched=True, backoff=None),
+                                   d, 200)
+    stopped = opt.row_state["stopped"]
+    assert stopped.sum() >= (15 if d < 1000 else 20) and (values[stopped] == 0).all()
+
+
+def test_perturbed_gd_with_the_papers_settings_escapes_in_d_1000():
+    """jin2017's t_thres grows with ln n; with ℓ = 3 ≥ max λ near 0, ρ = 6 (the quartic's
+    Hessian Lipschitz constant on |x| ≤ 1), the permanent-stop rule escapes on every row."""
+    values, opt = _from_the_saddle(lambda p: optim.PerturbedGD.jin2017(
+        p, ell=3.0, rho=6.0, eps=1e-2, delta_f=0.25, batched=True), 1000, 400)
+    assert opt.param_groups[0]["backoff"] is None
+    assert (values < -0.24).all() and not opt.row_state["stopped"].any()
 
 
 def test_perturbed_gd_settings_from_the_paper():

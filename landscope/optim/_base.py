@@ -58,7 +58,7 @@ class PointOptimizer(torch.optim.Optimizer):
                 for p, g in zip(self._params, grads, strict=True):
                     p.grad = torch.zeros_like(p) if g is None else g
         self.counts["closure"] += 1
-        point = Point(self._params, loss, self.batched, self.counts)
+        point = Point(self._params, loss, self.batched, self.counts, closure)
         point.write(self._update(point))
         point.release()
         return loss
@@ -75,12 +75,12 @@ class PointOptimizer(torch.optim.Optimizer):
 class Point:
     """The S points being stepped: x, g of shape (S, n), values (S,), and their curvature."""
 
-    def __init__(self, params, loss, batched: bool, counts: dict):
+    def __init__(self, params, loss, batched: bool, counts: dict, closure=None):
         missing = [i for i, p in enumerate(params) if p.grad is None]
         if missing:
             raise BadInputError(f"parameter(s) {missing} have no gradient: the closure must call "
                                 "loss.backward() (create_graph=True for second-order methods)")
-        self.params, self.batched, self.counts = params, batched, counts
+        self.params, self.batched, self.counts, self._closure = params, batched, counts, closure
         self._grads = [p.grad for p in params]
         self.x = self._rows([p.detach() for p in params]).clone()
         self.g = self._rows([g.detach() for g in self._grads]).clone()
@@ -109,13 +109,28 @@ class Point:
         H = torch.stack([self.hvp(eye[j].expand(self.rows, -1)) for j in range(self.n)], -1)
         return (H + H.transpose(-1, -2)) / 2
 
+    def values_at(self, x: torch.Tensor) -> torch.Tensor:
+        """f at the points x (S, n), from one more closure call; the parameters are put back.
+
+        Line searches use it (torch's L-BFGS evaluates its trial points the same way)."""
+        self.write(x)
+        try:
+            with torch.enable_grad():
+                loss = self._closure()
+        finally:
+            self.write(self.x)
+        self.counts["closure"] += 1
+        return torch.as_tensor(loss, dtype=self.x.dtype).detach().reshape(self.rows).to(
+            self.x.device)
+
     def write(self, x: torch.Tensor) -> None:
         for p, piece in zip(self.params, self._pieces(x), strict=True):
             p.copy_(piece)
 
     def release(self) -> None:
-        for p in self.params:
-            p.grad = p.grad.detach()
+        """Leave the step's gradient (without its graph) in ``.grad``, also after trial calls."""
+        for p, g in zip(self.params, self._grads, strict=True):
+            p.grad = g.detach()
 
     def _rows(self, tensors) -> torch.Tensor:
         if self.batched:

@@ -104,9 +104,10 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     _ours("saddle_free_newton", SaddleFreeNewton, 1.0, "saddle-free Newton, |H| in K_20(H, g)",
           second_order=True),
     _ours("negative_curvature", NegativeCurvatureDescent, 0.01,
-          "gradient step + step |λ_min| along v_min when λ_min < −1e-6", second_order=True),
-    _ours("perturbed_gd", PerturbedGD, 0.01, "perturbed GD (Jin et al. 2017), r = 0.1",
-          stochastic=True),
+          "gradient step + step |λ_min| along v_min when λ_min < −1e-6, halved until the "
+          "loss falls", second_order=True),
+    _ours("perturbed_gd", PerturbedGD, 0.01, "perturbed GD (Jin et al. 2017), r = 0.1; a "
+          "failed escape test doubles the wait", stochastic=True),
     _ours("noisy_gd", NoisyGD, 0.01, "GD + annealed noise σ² = 0.01/(1+t)^0.55",
           stochastic=True),
 )}

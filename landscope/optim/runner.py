@@ -152,7 +152,11 @@ class _Runner:
             done = frozen.clone()
             if deterministic:  # converged, or stalled: a deterministic run that did not move
                 done |= (norms[-1] <= gtol) | (self.x.detach() == before).all(1)
-            spent += torch.where(done, 0, self.calls - calls + self._hvps() - hvps)
+            used = self.calls - calls + self._hvps() - hvps
+            trials = self._trials()
+            if trials is not None:  # a line search: each row counts the trial calls it needed
+                used = used - trials.max() + trials
+            spent += torch.where(done, 0, used)
             self._freeze(before, values[0], frozen, status, stop, t + 1)
             if bool((done | frozen).all()):
                 break
@@ -179,6 +183,13 @@ class _Runner:
                 frozen |= new
             if bool(frozen.any()):
                 self.x[frozen] = self.rest[frozen]
+
+    def _trials(self) -> torch.Tensor | None:
+        """Closure calls each row's line search needed in the last step (landscope's own
+        line-searching optimisers); a batched call serves all rows, so it is not what a row
+        spent."""
+        state = getattr(self.opt, "row_state", None)
+        return state.get("trials") if state else None
 
     def _hvps(self) -> int:
         return getattr(self.opt, "counts", {}).get("hvp", 0)

@@ -8,7 +8,10 @@ needs eigenvectors, so it works in a Krylov subspace K_k(H, g) of k Lanczos vect
 d = −Q(|T| + δI)⁻¹Qᵀg with T = QᵀHQ. Negative-curvature descent (Carmon et al. 2018; Xu et al.
 2018) looks for the most negative eigenvalue λ_min and, when λ_min < −ε, adds a step of length
 |λ_min|/L₂ along its eigenvector v, signed so that gᵀ(step) ≤ 0; the cubic model promises a
-decrease of at least |λ_min|³/(3L₂²) from that step alone.
+decrease of at least |λ_min|³/(3L₂²) from that step alone, but only if L₂ bounds the Hessian's
+Lipschitz constant: with a guessed L₂ (1 by default) the step can be far too long (it diverges on
+Rosenbrock). So the step is safeguarded: it is accepted only if the loss falls by a fraction of
+what the cubic model predicts, and halved (η/2, 2L₂) until it does.
 
 All three run dense (the Hessian from n products and ``eigh``) up to ``dense_max`` parameters,
 matrix-free above. Their closure returns the loss without calling backward (the optimiser takes
@@ -103,30 +106,73 @@ class SaddleFreeNewton(PointOptimizer):
 
 
 class NegativeCurvatureDescent(PointOptimizer):
-    """Gradient descent plus a step along the most negative curvature where there is some.
+    """Gradient descent plus a step along the most negative curvature, safeguarded.
 
-    θ ← θ − lr · g + [λ_min < −eps] · (|λ_min| / hessian_lipschitz) · s v, with v the unit
-    eigenvector of λ_min and s = −sign(gᵀv) (+1 when gᵀv = 0).
+    The step is d = −η g + [λ_min < −eps] (|λ_min| / L₂) s v, with v the unit eigenvector of
+    λ_min and s = −sign(gᵀv) (+1 when gᵀv = 0). It is accepted when the loss falls by at least
+    ``accept`` times the decrease the cubic model m(d) = gᵀd + ½dᵀHd + (L₂/6)‖d‖³ predicts,
+    −m(d) > 0 (dᵀHd from one more product, H v = λ_min v); otherwise η is halved and L₂ doubled
+    and the step is tried again (at most ``max_trials`` times; a point where no trial passes
+    stays where it is, so the loss never rises). ``lr`` = η and ``hessian_lipschitz`` = L₂ are
+    the boldest values tried: after an accepted step each point's η doubles and its L₂ halves
+    again, up to them (``row_state["eta"]``, ``row_state["hessian_lipschitz"]``). A point where
+    the model predicts a change below rounding (a minimum) stays without trials.
+    ``row_state["trials"]`` holds the closure calls each point's last line search needed.
 
     λ_min comes from ``eigh`` of the dense Hessian up to ``dense_max`` parameters, else from
-    thick-restart Lanczos (:func:`landscope.linalg.extreme_eigenpairs`).
+    thick-restart Lanczos (:func:`landscope.linalg.extreme_eigenpairs`). Each trial costs one
+    closure call.
     """
 
     def __init__(self, params, lr: float = 0.01, hessian_lipschitz: float = 1.0,
-                 eps: float = 1e-6, dense_max: int = 256, *, batched: bool = False):
+                 eps: float = 1e-6, dense_max: int = 256, accept: float = 0.1,
+                 max_trials: int = 30, *, batched: bool = False):
         _check(lr=lr, eps=eps)
         if not hessian_lipschitz > 0:
             raise BadInputError(f"hessian_lipschitz={hessian_lipschitz!r}; use a value > 0")
+        if not 0 < accept < 1:
+            raise BadInputError(f"accept={accept!r}; use a fraction in (0, 1)")
+        if int(max_trials) < 1:
+            raise BadInputError(f"max_trials={max_trials!r}; use a whole number ≥ 1")
         super().__init__(params, {"lr": lr, "hessian_lipschitz": hessian_lipschitz, "eps": eps,
-                                  "dense_max": dense_max}, batched=batched)
+                                  "dense_max": dense_max, "accept": accept,
+                                  "max_trials": int(max_trials)}, batched=batched)
 
     def _update(self, point):
-        o = self.param_groups[0]
+        o, state = self.param_groups[0], self.row_state
+        if not state:
+            state["eta"] = torch.full_like(point.values, o["lr"])
+            state["hessian_lipschitz"] = torch.full_like(point.values, o["hessian_lipschitz"])
         lam, v = _smallest_pairs(point, o)
-        sign = torch.where((point.g * v).sum(1) > 0, -1.0, 1.0).to(v.dtype)
-        length = torch.where(lam < -o["eps"], lam.abs() / o["hessian_lipschitz"], 0.0)
-        self.row_state["lambda_min"] = lam
-        return point.x - o["lr"] * point.g + (length * sign)[:, None] * v
+        state["lambda_min"] = lam
+        g, f = point.g, point.values
+        gv = (g * v).sum(1)
+        sign = torch.where(gv > 0, -1.0, 1.0).to(v.dtype)
+        negative = lam < -o["eps"]
+        gg, gHg = (g * g).sum(1), (g * point.hvp(g)).sum(1)
+        eta, L2 = state["eta"].clone(), state["hessian_lipschitz"].clone()
+        floor = 4 * torch.finfo(f.dtype).eps * f.abs().clamp(min=torch.finfo(f.dtype).tiny)
+        new, done = point.x.clone(), torch.zeros_like(negative)
+        trials = torch.zeros(point.rows, dtype=torch.long, device=f.device)
+        for _ in range(o["max_trials"]):
+            a, b = eta, torch.where(negative, lam.abs() / L2, 0.0) * sign
+            step = -a[:, None] * g + b[:, None] * v
+            # m(d) with gᵀd = −a‖g‖² + b gᵀv and dᵀHd = a²gᵀHg − 2ab λ gᵀv + b²λ
+            model = (-a * gg + b * gv + 0.5 * (a * a * gHg - 2 * a * b * lam * gv + b * b * lam)
+                     + L2 / 6 * step.norm(dim=1) ** 3)
+            done |= model.abs() <= floor  # a change below rounding (at rest, or a tiny step)
+            if bool(done.all()):
+                break
+            trial = torch.where(done[:, None], new, point.x + step)
+            trials += ~done
+            passed = ~done & (model < 0) & (f - point.values_at(trial) >= -o["accept"] * model)
+            new = torch.where(passed[:, None], trial, new)
+            done |= passed
+            eta, L2 = torch.where(done, eta, eta / 2), torch.where(done, L2, 2 * L2)
+        state["trials"] = trials
+        state["eta"] = torch.clamp(2 * eta, max=o["lr"])
+        state["hessian_lipschitz"] = torch.clamp(L2 / 2, min=o["hessian_lipschitz"])
+        return new
 
 
 # ---------------------------------------------------------------------- helpers
