@@ -1,26 +1,35 @@
 """Where did training stop? ``probe`` classifies the point θ an Objective sits at.
 
-The first test is first-order: is θ a critical point at all? The gradient alone is not scale-free,
-so landscope compares what one safe gradient step would still gain with what there is to gain.
-With ρ = max|λ(H)|, the descent lemma promises L(θ − g/ρ) ≤ L(θ) − ‖g‖²/(2ρ); θ counts as critical
-when that promised decrease is at most ``descent_rtol`` times the excess loss E = L − L_low (L_low
-the known lower bound, or 0). Otherwise the verdict is ``not_critical`` (still sliding, e.g. along a
-narrow valley) and the ratio says how far from critical. A gradient below the rounding floor
-10·eps·ρ·‖θ‖ (the size of rounding errors in terms of magnitude ρ‖θ‖) counts as zero whatever the
-ratio, so that a loss fitted to exactly 0 is not called "still sliding" on rounding noise.
+Definitions: θ* is a local minimum when L ≥ L(θ*) in a neighbourhood, strict when L > L(θ*) off
+θ*; likewise a maximum; a saddle is a critical point that is neither.
 
-The second test is second-order: with zero tolerance τ = ``rel_tol``·ρ (a rounding-level
-threshold), eigenvalues ≤ −τ count as negative, > τ as positive, the rest as zero. Both signs:
-saddle. One sign and no zero eigenvalue: local minimum or maximum. Zero eigenvalues and no contrary
-sign: the higher-order test of :mod:`landscope.degenerate` settles it where it can, else
-``degenerate`` with the reason.
+The first test is first-order: is θ a critical point at all? With ρ = max|λ(H)|, the descent
+lemma's safe step θ − g/ρ has length s = ‖g‖/ρ, a lower bound on the distance to the stationary
+point of the local quadratic model (‖H⁻¹g‖ ≥ ‖g‖/ρ). θ counts as critical when
+s ≤ ``step_rtol``·‖θ‖, never below the rounding floor 10·eps; otherwise the verdict is
+``not_critical`` (still sliding, e.g. along a narrow valley). The ratio is invariant:
+L → aL + b (a > 0) maps g → ag, ρ → aρ; θ → cθ maps g → g/c, ρ → ρ/c², ‖θ‖ → c‖θ‖; so
+‖g‖/(ρ‖θ‖) is unchanged by both, with or without a known lower bound of L.
+
+The second test is second-order: with zero tolerance τ = ``rel_tol``·ρ, eigenvalues ≤ −τ count as
+negative, > τ as positive, the rest as zero. Both signs: saddle. One sign and no zero eigenvalue:
+strict local minimum or maximum. Zero eigenvalues and no contrary sign: the higher-order test of
+:mod:`landscope.degenerate` reads the loss along the null directions. A direction where it falls
+beside one where it rises (or beside a Hessian eigenvalue of the other sign) makes a saddle;
+falling everywhere a maximum (−x⁴); rising everywhere a strict minimum (x² + y⁴); flat to working
+precision along some directions and rising in all others a non-strict minimum, with the dimension
+of the flat directions (x² in R², the valleys of minima that symmetries give networks).
+``degenerate`` is left for points the tests cannot settle, and the reason says what was tried.
+
+Parameters the loss does not depend on (``info["unused_parameters"]``) are left out: their exact
+zero eigenvalues are not the landscape's, so neither the fractions nor the verdict count them.
 
 The sign fractions (index = fraction negative, minimum ratio = fraction positive) are reported
 with a wider band, |λ| ≤ ``flat_band``·ρ counting as flat (default 1% of ρ). At the end of training
 most eigenvalues form a bulk just around zero; their signs at a rounding-level tolerance are noise,
 and no affordable density estimate resolves them (stochastic Lanczos quadrature resolves about
 ρ / steps), so a fraction read at τ would carry an error bar as wide as the bulk. Both tolerances
-are recorded in every result.
+are recorded in every result, and a negative λ_min inside the band is named in the reason.
 
 On the iterative path a negative Ritz value vᵀHv < −τ (v a unit vector) certifies negative
 curvature on its own; "no negative eigenvalue" rests on Lanczos having converged at the bottom end,
@@ -44,6 +53,8 @@ from landscope.spectrum import (
     Spectrum,
     dense_spectrum,
     density,
+    embed,
+    restricted_hessian,
     spectrum,
 )
 
@@ -64,10 +75,14 @@ def default_global_tol(dtype: torch.dtype) -> float:
 class Probe:
     """The kind of point θ is, with the numbers that show it.
 
-    kind: one of KINDS. reason: one sentence saying why. index: fraction of negative eigenvalues.
-    minimum_ratio: fraction of positive eigenvalues (#positive / n). condition_number: ρ / λ_min
-    at a positive-definite point (the ratio that slows gradient descent); on the exact path at
-    other points, max|λ| / min|λ| over the eigenvalues beyond the zero tolerance; else None.
+    kind: one of KINDS. reason: one sentence saying why. strict: for a local minimum or maximum,
+    whether it is strict (False: the loss is flat to working precision along ``flat_directions``
+    directions); None for other kinds. n_unused: parameters the loss does not depend on, left out
+    of the spectrum, the fractions and the verdict. index: fraction of negative eigenvalues.
+    minimum_ratio: fraction of positive eigenvalues (#positive / #used parameters).
+    condition_number: ρ / λ_min at a positive-definite point (the ratio that slows gradient
+    descent); on the exact path at other points, max|λ| / min|λ| over the eigenvalues beyond the
+    zero tolerance; else None.
     """
 
     kind: str
@@ -79,6 +94,9 @@ class Probe:
     fractions: dict[str, FractionEstimate]
     condition_number: float | None
     is_global_min: bool
+    strict: bool | None
+    flat_directions: int | None
+    n_unused: int
     tolerances: dict
     stationarity: dict
     evidence: dict
@@ -98,6 +116,8 @@ class Probe:
         return {
             "kind": self.kind,
             "reason": self.reason,
+            "strict": self.strict,
+            "flat_directions": self.flat_directions,
             "is_global_min": self.is_global_min,
             "loss": self.loss,
             "grad_norm": self.grad_norm,
@@ -105,6 +125,7 @@ class Probe:
             "lambda_min": self.lambda_min,
             "index": self.index,
             "minimum_ratio": self.minimum_ratio,
+            "n_unused": self.n_unused,
             "fractions": {name: f.to_dict() for name, f in self.fractions.items()},
             "condition_number": self.condition_number,
             "tolerances": self.tolerances,
@@ -123,7 +144,7 @@ def probe(
     k: int = 5,
     rel_tol: float | None = None,
     flat_band: float = 1e-2,
-    descent_rtol: float = 1e-6,
+    step_rtol: float = 1e-6,
     global_tol: float | None = None,
     eig_tol: float | None = None,
     probes: int = 8,
@@ -140,7 +161,7 @@ def probe(
     rel_tol: zero tolerance for eigenvalues relative to ρ = max|λ| (default by dtype), used to
         classify.
     flat_band: eigenvalues with |λ| ≤ flat_band·ρ count as flat in the reported fractions.
-    descent_rtol: θ is critical when ‖g‖²/(2ρ) ≤ descent_rtol · (L − L_low).
+    step_rtol: θ is critical when ‖g‖/ρ ≤ step_rtol·‖θ‖ (never below 10·eps).
     global_tol: a minimum is global when L − L_low ≤ global_tol (needs a known lower bound).
     eig_tol: residual tolerance of the iterative eigen-solver (see :func:`spectrum`).
     probes, steps: of the stochastic Lanczos quadrature that estimates the sign fractions.
@@ -151,6 +172,9 @@ def probe(
     >>> p = probe(Objective.from_function(lambda x: x[0]**2 + x[1]**3, [0.0, 0.0]))
     >>> p.kind
     'saddle'
+    >>> p = probe(Objective.from_function(lambda x: x[0]**2 + 0 * x[1], [0.0, 0.5]))
+    >>> p.kind, p.strict, p.flat_directions
+    ('local_min', False, 1)
     """
     if k < 1:
         raise BadInputError(f"k={k}; probe needs at least one eigenpair at each end")
@@ -158,14 +182,18 @@ def probe(
     before = dict(obj.counts)
     exact = obj.n <= EXACT_MAX_N if exact is None else exact
     rel_tol = default_rel_tol(obj.dtype) if rel_tol is None else rel_tol
+    coords, n_unused = _used_coordinates(obj)
     if exact:
-        H = obj.hessian(theta, max_n=max(obj.n, EXACT_MAX_N))
+        H = restricted_hessian(obj, theta, coords)
         values, vectors = dense_eigh(H)
-        spec = dense_spectrum(H, values, vectors, k, k, obj.dtype)
-        dens = Density("exact", obj.n, eigenvalues=values, products=obj.n)
+        spec = dense_spectrum(H, values, vectors, k, k, obj.dtype, coords, obj.n)
+        dens = Density("exact", values.numel(), eigenvalues=values, products=obj.n)
+        vectors = embed(vectors, coords, obj.n)
     else:
-        spec = spectrum(obj, k, "both", theta=theta, tol=eig_tol, seed=seed, progress=progress)
-        dens = density(obj, probes, steps, theta=theta, exact=False, seed=seed, progress=progress)
+        spec = spectrum(obj, k, "both", theta=theta, tol=eig_tol, coords=coords, seed=seed,
+                        progress=progress)
+        dens = density(obj, probes, steps, theta=theta, exact=False, coords=coords, seed=seed,
+                       progress=progress)
         values = vectors = None
     # after the products: the pass that kept their graph also gave L and ∇L at θ
     loss_t, g = obj.value_and_grad(theta)
@@ -175,18 +203,29 @@ def probe(
     zero_tol = rel_tol * rho if rho > 0 else torch.finfo(obj.dtype).tiny
     flat_tol = flat_band * rho if rho > 0 else zero_tol
     fractions = dens.fractions(flat_tol)
-    grad_floor = 10 * torch.finfo(obj.dtype).eps * rho * theta.norm().item()
-    stationarity = _stationarity(loss, grad_norm, rho, obj.lower_bound, descent_rtol, grad_floor)
-    verdict = _Verdict(obj, theta, values, vectors, spec, fractions, zero_tol, seed)
+    used = theta if coords is None else theta[coords]
+    stationarity = _stationarity(grad_norm, rho, used.norm().item(), loss, obj.lower_bound,
+                                 step_rtol, torch.finfo(obj.dtype).eps)
     if not stationarity["critical"]:
-        kind, reason, null_test = "not_critical", stationarity["explanation"], None
+        kind, reason, strict, flat, null_test = ("not_critical", stationarity["explanation"],
+                                                 None, None, None)
     else:
-        kind, reason, null_test = verdict.classify()
+        verdict = _Verdict(obj, theta, values, vectors, spec, fractions, zero_tol, seed)
+        kind, reason, strict, flat, null_test = verdict.classify()
     global_tol = default_global_tol(obj.dtype) if global_tol is None else global_tol
     is_global = (kind == "local_min" and obj.lower_bound is not None
                  and loss - obj.lower_bound <= global_tol)
     if is_global:
         reason += f"; the loss is within {global_tol:g} of its lower bound {obj.lower_bound:g}"
+    tolerances = {"rel_tol": rel_tol, "zero_tol": zero_tol, "flat_band": flat_band,
+                  "flat_tol": flat_tol, "step_rtol": step_rtol,
+                  "step_tol": stationarity["step_tol"], "global_tol": global_tol,
+                  "eig_tol": spec.evidence.get("tol")}
+    note = index_note(lam_min, fractions["negative"].value, tolerances)
+    if note:
+        reason += f"; {note}"
+    if n_unused:
+        reason += f"; {n_unused} parameter(s) the loss does not depend on are left out"
     evidence = {
         "path": "exact" if exact else "iterative",
         "spectrum": spec.evidence,
@@ -194,16 +233,40 @@ def probe(
         "null_direction_test": null_test.to_dict() if null_test else None,
         "counts": {key: obj.counts[key] - before[key] for key in obj.counts},
     }
-    tolerances = {"rel_tol": rel_tol, "zero_tol": zero_tol, "flat_band": flat_band,
-                  "flat_tol": flat_tol, "descent_rtol": descent_rtol,
-                  "global_tol": global_tol, "eig_tol": spec.evidence.get("tol")}
     return Probe(kind, reason, loss, grad_norm, lam_max, lam_min, fractions,
-                 _condition_number(values, lam_max, lam_min, zero_tol), is_global, tolerances,
-                 stationarity, evidence, dict(obj.info), spec, dens)
+                 _condition_number(values, lam_max, lam_min, zero_tol), is_global, strict, flat,
+                 n_unused, tolerances, stationarity, evidence, dict(obj.info), spec, dens)
+
+
+def index_note(lam_min: float, index: float, tolerances: dict) -> str:
+    """Why the index is 0 beside a negative λ_min: it lies inside the flat band."""
+    if not (lam_min < 0 and index == 0):
+        return ""
+    where = f"inside the ±{100 * tolerances['flat_band']:g} % flat band (|λ| ≤ " \
+            f"{tolerances['flat_tol']:.2g})"
+    if lam_min >= -tolerances["zero_tol"]:
+        where = f"within the zero tolerance {tolerances['zero_tol']:.2g}, and {where}"
+    return f"index 0: λ_min = {lam_min:.2g} lies {where}"
+
+
+def _used_coordinates(obj: Objective) -> tuple[torch.Tensor | None, int]:
+    """(indices of θ the loss depends on, or None for all; how many it does not depend on)."""
+    unused = set(obj.info.get("unused_parameters") or ())
+    if not unused:
+        return None, 0
+    blocks = obj.unflatten(torch.arange(obj.n, device=obj.device))
+    mask = torch.ones(obj.n, dtype=torch.bool, device=obj.device)
+    for name, index in blocks.items():
+        if name in unused:
+            mask[index.reshape(-1)] = False
+    return mask.nonzero().squeeze(1), int((~mask).sum())
 
 
 class _Verdict:
-    """The second-order decision, and the higher-order test where it is inconclusive."""
+    """The second-order decision, and the higher-order test where it is inconclusive.
+
+    ``classify`` returns (kind, reason, strict, flat directions, the higher-order test or None).
+    """
 
     def __init__(self, obj, theta, values, vectors, spec, fractions, zero_tol, seed):
         self.obj, self.theta, self.values, self.vectors = obj, theta, values, vectors
@@ -217,7 +280,8 @@ class _Verdict:
             share = self.fractions["negative"]
             return "saddle", (
                 f"saddle point: λ_min = {lam_min:.4g} < 0 < λ_max = {lam_max:.4g}; "
-                f"{100 * share.value:.3g}% of the eigenvalues lie below the flat band"), None
+                f"{100 * share.value:.3g}% of the eigenvalues lie below the flat band"), \
+                None, None, None
         if self.values is not None:
             near_zero = int((self.values.abs() <= self.zero_tol).sum())
         else:
@@ -225,42 +289,54 @@ class _Verdict:
                             + (self.spec.largest.values.abs() <= self.zero_tol).sum())
         if near_zero == 0:
             if has_pos:
-                return "local_min", f"local minimum: every eigenvalue is positive, λ_min = " \
-                                    f"{lam_min:.4g} > {self.zero_tol:.2g}", None
-            return "local_max", f"local maximum: every eigenvalue is negative, λ_max = " \
-                                f"{lam_max:.4g} < {-self.zero_tol:.2g}", None
+                return "local_min", f"local minimum (strict): every eigenvalue is positive, " \
+                                    f"λ_min = {lam_min:.4g} > {self.zero_tol:.2g}", True, 0, None
+            return "local_max", f"local maximum (strict): every eigenvalue is negative, " \
+                                f"λ_max = {lam_max:.4g} < {-self.zero_tol:.2g}", True, 0, None
         return self._higher_order(has_neg, has_pos, near_zero)
 
     def _higher_order(self, has_neg, has_pos, near_zero):
         null, rng, rng_values = self._null_and_range()
         rho = max(abs(self.spec.largest.values[0].item()), abs(self.spec.smallest.values[0].item()))
         test = null_direction_test(self.obj, self.theta, null, rng, rng_values, curvature=rho,
-                                   seed=self.seed)
+                                   zero_tol=self.zero_tol, seed=self.seed)
         where = (f"{near_zero} eigenvalue(s) within {self.zero_tol:.2g} of zero; higher-order "
-                 f"test along {test.directions} null direction(s)")
-        if test.witness is not None:
+                 f"test along {test.summary()}")
+        lowers, raises = has_neg or test.descent, has_pos or test.ascent
+        if lowers and raises:
             w = test.witness
-            where += f" (e.g. at distance {w['t']:.2g} the loss changes by {w['phi']:.3g})"
-        lowers = test.descent or has_neg
-        raises = test.ascent or has_pos
-        if test.descent and not has_neg:
-            return "saddle", f"saddle point (higher order): {where}: a direction lowers the " \
-                             "loss arbitrarily close to θ", test
-        if test.ascent and has_neg and not has_pos:
-            return "saddle", f"saddle point (higher order): {where}: a direction raises the " \
-                             "loss although the Hessian is negative semi-definite", test
-        complete = self.values is not None and test.flat_directions == 0
-        if complete and test.ascent_everywhere and not lowers:
-            return "local_min", f"local minimum (higher order): {where}: the loss rises in " \
-                                "every probed direction", test
-        if complete and not raises and test.descent and not test.ascent:
-            return "local_max", f"local maximum (higher order): {where}: the loss falls in " \
-                                "every probed direction", test
-        why = (f"{test.flat_directions} direction(s) flat to working precision"
-               if test.flat_directions else "the sampled directions do not settle it")
+            change = "lowers" if w["phi"] < 0 else "raises"
+            return "saddle", (
+                f"saddle point (higher order): {where}; at distance {w['t']:.2g} a null direction "
+                f"{change} the loss (less its leftover linear part) by {abs(w['phi']):.3g}, "
+                f"while {'a negative' if has_neg else 'a positive' if has_pos else 'another'} "
+                "direction does the opposite"), None, None, test
+        undecided = []
+        if test.outcomes["unsettled"]:
+            undecided.append(f"along {test.outcomes['unsettled']} direction(s) the relaxation of "
+                             "the other directions left a gain that could reverse the sign")
         if self.values is None:
-            why += "; only the null directions found by Lanczos were probed"
-        return "degenerate", f"degenerate critical point: {where}; {why}", test
+            undecided.append("only the null directions found by Lanczos were examined (the "
+                             "exact path, exact=True, examines the whole null space)")
+        elif not test.complete:
+            undecided.append(f"only {test.basis_examined} of the {test.null_dim} null basis "
+                             "vectors were examined")
+        if undecided:
+            return "degenerate", f"degenerate critical point, not settled: {where}; " \
+                                 + "; ".join(undecided), None, None, test
+        kind, name = ("local_max", "maximum") if lowers else ("local_min", "minimum")
+        moves = "falls" if lowers else "rises"
+        if not test.outcomes["flat"]:
+            return kind, f"local {name} (strict, higher order): {where}: the loss {moves} in " \
+                         f"every examined direction, down to radius {test.settled_radius:.2g}", \
+                True, 0, test
+        flat = test.flat_dimension
+        rest = (f"and {moves} in all others" if lowers or raises
+                else "and in every other direction examined: also a non-strict local maximum")
+        return kind, (f"local {name} (non-strict: {flat} flat direction(s)): {where}; along "
+                      f"{flat} direction(s) the loss stays within rounding and ½τt² (τ the zero "
+                      f"tolerance) at every radius t from {test.flat_radius:.2g} down to "
+                      f"{test.radii[-1]:.2g} {rest}"), False, flat, test
 
     def _null_and_range(self):
         if self.values is not None:
@@ -275,20 +351,24 @@ class _Verdict:
         return vectors[:, is_null], None, None
 
 
-def _stationarity(loss, grad_norm, rho, lower_bound, descent_rtol, grad_floor) -> dict:
-    excess = abs(loss - lower_bound) if lower_bound is not None else abs(loss)
-    decrease = _quotient(grad_norm**2, 2 * rho)  # the descent lemma's promise for a 1/ρ step
-    ratio = _quotient(decrease, excess)
-    critical = ratio <= descent_rtol or grad_norm <= grad_floor
-    of = "the excess over the lower bound" if lower_bound is not None else "|L|"
+def _stationarity(grad_norm, rho, theta_norm, loss, lower_bound, step_rtol, eps) -> dict:
+    step = _quotient(grad_norm, rho)  # the length of the descent lemma's 1/ρ step
+    relative = _quotient(step, theta_norm)
+    tol = max(step_rtol, 10 * eps)  # never below rounding: exact fits are not "sliding"
+    critical = relative <= tol
+    decrease = _quotient(grad_norm**2, 2 * rho)
+    ratio = _quotient(decrease, max(loss - lower_bound, 0.0)) if lower_bound is not None else None
     explanation = (
-        f"not a critical point: ‖∇L‖ = {grad_norm:.3g}; one gradient step of size 1/ρ "
-        f"(ρ = {rho:.3g}) would lower the loss by ≈ {decrease:.3g}, a fraction {ratio:.3g} of "
-        f"{of}, above the tolerance {descent_rtol:g}: training is still sliding"
+        f"not a critical point: ‖∇L‖ = {grad_norm:.3g}; a gradient step of the safe size 1/ρ "
+        f"(ρ = {rho:.3g}) would move θ by {step:.3g}, {relative:.3g} of ‖θ‖ = {theta_norm:.3g}, "
+        f"above the tolerance {tol:g}: training is still sliding"
     )
-    return {"critical": critical, "grad_norm": grad_norm, "predicted_decrease": decrease,
-            "descent_ratio": ratio, "excess_loss": excess, "grad_noise_floor": grad_floor,
-            "newton_distance_lower_bound": grad_norm / rho if rho > 0 else None,
+    if ratio is not None:
+        explanation += (f" (that step would lower the loss by ≈ {decrease:.3g}, a fraction "
+                        f"{ratio:.3g} of the excess over the lower bound)")
+    return {"critical": critical, "grad_norm": grad_norm, "step": step, "theta_norm": theta_norm,
+            "relative_step": relative, "step_tol": tol, "predicted_decrease": decrease,
+            "descent_ratio": ratio, "newton_distance_lower_bound": step,
             "explanation": explanation}
 
 

@@ -6,7 +6,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from landscope.critical import Probe
+from landscope.critical import Probe, index_note
 
 _STYLE = {"local_min": "green", "saddle": "yellow", "local_max": "red",
           "degenerate": "magenta", "not_critical": "cyan"}
@@ -19,7 +19,7 @@ def probe_panel(p: Probe, seconds: float | None = None) -> Panel:
     info = p.info
     title = (f"{info.get('name')} · loss {info.get('loss')} · "
              f"{info.get('mode') or 'function'} mode · n = {info['n']:,} ({info['dtype']})")
-    verdict = _TITLE[p.kind] + (" (GLOBAL)" if p.is_global_min else "")
+    verdict = _TITLE[p.kind] + _strictness(p) + (" (GLOBAL)" if p.is_global_min else "")
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
@@ -27,9 +27,9 @@ def probe_panel(p: Probe, seconds: float | None = None) -> Panel:
     table.add_row("why", p.reason)
     table.add_row("loss", f"{p.loss:.6g}")
     st = p.stationarity
-    table.add_row("‖∇L‖", f"{p.grad_norm:.3g}  (a 1/ρ gradient step would gain "
-                          f"{st['descent_ratio']:.2g} of the excess loss; critical below "
-                          f"{p.tolerances['descent_rtol']:g})")
+    table.add_row("‖∇L‖", f"{p.grad_norm:.3g}  (a 1/ρ gradient step moves θ by {st['step']:.2g} "
+                          f"= {st['relative_step']:.2g}·‖θ‖; critical below "
+                          f"{st['step_tol']:g}·‖θ‖)")
     table.add_row("λ_max", _eig(p.spectrum.largest))
     table.add_row("λ_min", _eig(p.spectrum.smallest))
     tol = p.tolerances
@@ -38,11 +38,25 @@ def probe_panel(p: Probe, seconds: float | None = None) -> Panel:
         (("negative", "negative"), ("flat", "zero"), ("positive", "positive"))))
     table.add_row("", f"(flat: |λ| ≤ {tol['flat_tol']:.2g} = {tol['flat_band']:g}·ρ; the verdict "
                       f"treats |λ| ≤ {tol['zero_tol']:.2g} = {tol['rel_tol']:g}·ρ as zero)")
-    table.add_row("index", f"{p.index:.4g}   minimum ratio {p.minimum_ratio:.4g}")
+    note = index_note(p.lambda_min, p.index, tol)
+    table.add_row("index", f"{p.index:.4g}   minimum ratio {p.minimum_ratio:.4g}"
+                           + (f"   ({note})" if note else ""))
+    if p.n_unused:
+        table.add_row("unused", f"{p.n_unused:,} parameters the loss does not depend on (left "
+                                "out of the spectrum, the fractions and the verdict)")
     cond = "—" if p.condition_number is None else f"{p.condition_number:.4g}"
     table.add_row("condition no.", cond)
     table.add_row("evidence", _evidence(p, seconds))
     return Panel(table, title=title, border_style=_STYLE[p.kind])
+
+
+def _strictness(p: Probe) -> str:
+    if p.strict is None:
+        return ""
+    if p.strict:
+        return " (strict)"
+    s = "" if p.flat_directions == 1 else "s"
+    return f" (non-strict: {p.flat_directions} flat direction{s})"
 
 
 def _eig(pairs) -> str:
@@ -78,7 +92,8 @@ def _evidence(p: Probe, seconds: float | None) -> str:
     test = ev.get("null_direction_test")
     if test:
         parts.append(f"higher-order test: {test['evaluations']} evaluations along "
-                     f"{test['directions']} directions")
+                     f"{test['directions']} directions at radii {test['radii'][0]:.2g} to "
+                     f"{test['radii'][-1]:.2g}")
     counts = ev["counts"]
     parts.append(f"{counts['hvp']} Hessian-vector products in all")
     if seconds is not None:

@@ -75,6 +75,7 @@ def spectrum(
     exact: bool | None = None,
     max_products: int | None = None,
     basis_size: int | None = None,
+    coords: torch.Tensor | None = None,
     seed: int = 0,
     progress=None,
 ) -> Spectrum:
@@ -90,6 +91,9 @@ def spectrum(
     basis_size: Lanczos vectors kept between restarts (default max(40, 3·wanted + 20)); memory is
         (basis_size + 1)·n numbers. A larger basis needs fewer products next to a tight cluster
         (W2's smallest eigenvalue: 186 products with 40, 118 with 120).
+    coords: indices of the coordinates to keep (default all): the spectrum of the block
+        P ∇²L Pᵀ on them, e.g. without parameters the loss does not depend on (their exact zero
+        eigenvalues are not the landscape's). Eigenvectors come back in Rⁿ, zero elsewhere.
 
     Examples
     --------
@@ -104,15 +108,18 @@ def spectrum(
     k_largest = k if which in ("largest", "both") else 0
     k_smallest = k if which in ("smallest", "both") else 0
     if _use_exact(obj, exact, k_largest + k_smallest):
-        return _exact_spectrum(obj, theta, k_largest, k_smallest)
+        H = restricted_hessian(obj, theta, coords)
+        return dense_spectrum(H, *dense_eigh(H), k_largest, k_smallest, obj.dtype, coords, obj.n)
     before = obj.counts["hvp"]
+    matvec, m = _operator(obj, theta, coords)
     result = extreme_eigenpairs(
-        lambda V: obj.hvp(V, theta), obj.n, k_largest=k_largest, k_smallest=k_smallest,
+        matvec, m, k_largest=k_largest, k_smallest=k_smallest,
         tol=default_tol(obj.dtype) if tol is None else tol, max_products=max_products,
         basis_size=basis_size, dtype=obj.dtype, device=obj.device, seed=seed, progress=progress,
     )
     evidence = {**result.to_dict(), "hvp_products": obj.counts["hvp"] - before}
-    return Spectrum(result.largest, result.smallest, "lanczos", evidence)
+    largest, smallest = (_embed_pairs(p, coords, obj.n) for p in (result.largest, result.smallest))
+    return Spectrum(largest, smallest, "lanczos", evidence)
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,7 @@ def density(
     *,
     theta: torch.Tensor | None = None,
     exact: bool | None = None,
+    coords: torch.Tensor | None = None,
     seed: int = 0,
     progress=None,
 ) -> Density:
@@ -200,16 +208,18 @@ def density(
     The spectral measure μ = (1/n) Σᵢ δ(λᵢ) is estimated as the mean over ``probes`` random
     vectors v of the Gauss quadrature Σⱼ wⱼ δ(xⱼ) from ``steps`` Lanczos steps started at v.
     All probes advance together: each step is one batched product of ``probes`` vectors.
+    ``coords`` restricts H to those coordinates (see :func:`spectrum`); then n = len(coords).
     """
     if probes < 1 or steps < 1:
         raise BadInputError(f"probes={probes}, steps={steps}; both must be at least 1")
     if _use_exact(obj, exact, 0):
-        values = _exact_values(obj, theta)[0]
-        return Density("exact", obj.n, eigenvalues=values, products=obj.n)
+        values = dense_eigh(restricted_hessian(obj, theta, coords))[0]
+        return Density("exact", values.numel(), eigenvalues=values, products=obj.n)
     before = obj.counts["hvp"]
-    quadrature = slq(lambda V: obj.hvp(V, theta), obj.n, probes=probes, steps=steps,
+    matvec, m = _operator(obj, theta, coords)
+    quadrature = slq(matvec, m, probes=probes, steps=steps,
                      dtype=obj.dtype, device=obj.device, seed=seed, progress=progress)
-    return Density("slq", obj.n, quadrature=quadrature, products=obj.counts["hvp"] - before)
+    return Density("slq", m, quadrature=quadrature, products=obj.counts["hvp"] - before)
 
 
 @dataclass(frozen=True)
@@ -246,7 +256,7 @@ def trace(
     if samples < 2:
         raise BadInputError(f"samples={samples}; a standard error needs at least 2 samples")
     if _use_exact(obj, exact, 0):
-        values = _exact_values(obj, theta)[0]
+        values = dense_eigh(restricted_hessian(obj, theta, None))[0]
         return Trace(values.sum().item(), 0.0, "exact", 0, obj.n)
     before = obj.counts["hvp"]
     est = hutchinson(lambda V: obj.hvp(V, theta), obj.n, samples=samples, batch=batch, rtol=rtol,
@@ -260,28 +270,56 @@ def _use_exact(obj: Objective, exact: bool | None, wanted: int) -> bool:
     return exact
 
 
-def _exact_values(obj: Objective, theta):
-    return dense_eigh(obj.hessian(theta, max_n=max(obj.n, EXACT_MAX_N)))
-
-
-def _exact_spectrum(obj, theta, k_largest, k_smallest) -> Spectrum:
+def restricted_hessian(obj: Objective, theta, coords: torch.Tensor | None) -> torch.Tensor:
+    """The dense Hessian, or its block on ``coords``."""
     H = obj.hessian(theta, max_n=max(obj.n, EXACT_MAX_N))
-    return dense_spectrum(H, *dense_eigh(H), k_largest, k_smallest, obj.dtype)
+    return H if coords is None else H[coords][:, coords]
 
 
-def dense_spectrum(H, values, vectors, k_largest: int, k_smallest: int, dtype) -> Spectrum:
-    """A :class:`Spectrum` read off a dense Hessian and its full eigendecomposition."""
+def _operator(obj: Objective, theta, coords: torch.Tensor | None):
+    """(matvec, size) of H, or of its block P H Pᵀ on ``coords``."""
+    if coords is None:
+        return (lambda V: obj.hvp(V, theta)), obj.n
+
+    def matvec(V):
+        full = V.new_zeros((obj.n, *V.shape[1:]))
+        full[coords] = V
+        return obj.hvp(full, theta)[coords]
+
+    return matvec, coords.numel()
+
+
+def embed(vectors: torch.Tensor, coords: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Columns in the coordinates ``coords`` put back in Rⁿ (zero elsewhere)."""
+    if coords is None:
+        return vectors
+    full = vectors.new_zeros((n, vectors.shape[1]))
+    full[coords.to(vectors.device)] = vectors
+    return full
+
+
+def _embed_pairs(pairs: Eigenpairs | None, coords: torch.Tensor | None, n: int):
+    if pairs is None:
+        return pairs
+    return Eigenpairs(pairs.values, embed(pairs.vectors, coords, n), pairs.residuals)
+
+
+def dense_spectrum(H, values, vectors, k_largest: int, k_smallest: int, dtype,
+                   coords: torch.Tensor | None = None, n_full: int | None = None) -> Spectrum:
+    """A :class:`Spectrum` read off a dense Hessian (or its block on ``coords`` of Rⁿ_full)
+    and its full eigendecomposition; eigenvectors come back in R^n_full."""
     n = H.shape[0]
     Hd = H.to(torch.float64).cpu()
 
     def pairs(index):
         vals, vecs = values[index], vectors[:, index]
         residuals = torch.linalg.vector_norm(Hd @ vecs - vecs * vals, dim=0)
-        return Eigenpairs(vals, vecs.to(H.device, dtype), residuals)
+        return _embed_pairs(Eigenpairs(vals, vecs.to(H.device, dtype), residuals), coords,
+                            n_full)
 
     k_largest, k_smallest = min(k_largest, n), min(k_smallest, n)
     largest = pairs(torch.arange(n - 1, n - 1 - k_largest, -1)) if k_largest else None
     smallest = pairs(torch.arange(k_smallest)) if k_smallest else None
-    evidence = {"method": "exact", "products": n, "converged": True,
+    evidence = {"method": "exact", "products": n_full or n, "converged": True,
                 "solver": "numpy.linalg.eigh (float64) on the dense Hessian"}
     return Spectrum(largest, smallest, "exact", evidence, eigenvalues=values)

@@ -41,7 +41,9 @@ CASES = [
      "saddle", 0.0),
     ("x⁴+y⁴", lambda x: x[0] ** 4 + x[1] ** 4, [0, 0], "local_min", 0.0),
     ("−x⁴−y²", lambda x: -x[0] ** 4 - x[1] ** 2, [0, 0], "local_max", 0.5),
-    ("x² (flat in y)", lambda x: x[0] ** 2 + 0 * x[1], [0, 3], "degenerate", 0.0),
+    ("x² (flat in y)", lambda x: x[0] ** 2 + 0 * x[1], [0, 3], "local_min", 0.0),
+    ("−x⁴ (every direction falls)", lambda x: -x[0] ** 4, [0], "local_max", 0.0),
+    ("−(x²+y²)²", lambda x: -(x[0] ** 2 + x[1] ** 2) ** 2, [0, 0], "local_max", 0.0),
     ("quadratic saddle of index 2/5", lambda x: (x[:3] ** 2).sum() - (x[3:] ** 2).sum(),
      [0.0] * 5, "saddle", 0.4),
 ]
@@ -76,7 +78,11 @@ def test_non_critical_point_reports_its_distance():
     p = probe(Objective.from_function(f, [2 / 3, -2 / 3]))  # ∇f = (0, 8/3): not critical
     assert p.kind == "not_critical"
     assert p.grad_norm == pytest.approx(8 / 3)
-    assert p.stationarity["descent_ratio"] > 1e-3
+    # H = [[2, 2], [2, −4]]: ρ = 1 + √13; the 1/ρ step moves θ by ‖g‖/ρ, against ‖θ‖ = √8/3
+    rho = 1 + math.sqrt(13)
+    assert p.stationarity["step"] == pytest.approx(8 / 3 / rho, rel=1e-12)
+    assert p.stationarity["relative_step"] == pytest.approx(8 / 3 / rho / (math.sqrt(8) / 3),
+                                                            rel=1e-12)
     assert "still sliding" in p.reason
 
 
@@ -98,8 +104,11 @@ def test_interpolating_regression_is_a_global_minimum():
         model.weight.copy_(torch.linalg.lstsq(X, target).solution.T)
     p = probe(Objective.from_model(model, mse_loss, (X, target)))
     assert p.loss < 1e-20
-    # 3 samples, 4 weights: one null direction along which the fit is exact: a valley floor
-    assert p.kind == "degenerate" and p.fractions["zero"].value == 0.25
+    # 3 samples, 4 weights: one null direction along which the fit is exact: a valley floor of
+    # global minima, so a non-strict one
+    assert p.kind == "local_min" and p.is_global_min
+    assert p.strict is False and p.flat_directions == 1
+    assert p.fractions["zero"].value == 0.25
 
 
 def test_network_exact_path_matches_numpy_eigh():
@@ -152,3 +161,96 @@ def test_saddle_of_a_network_at_the_origin():
     p = probe(Objective.from_model(model, mse_loss, (X, target)))
     assert p.grad_norm == 0.0
     assert p.kind == "saddle" and p.lambda_min < 0 < p.lambda_max
+
+
+@pytest.mark.parametrize("a, b, c", [(1, 0, 1), (1, 1000, 1), (1e-3, -5, 1), (1e4, 1e6, 1),
+                                     (1, 0, 1e-3), (1, 1000, 1e3), (7, -3, 1e2)])
+@pytest.mark.parametrize("known_bound", [False, True])
+def test_first_order_test_is_invariant_to_affine_loss_and_parameter_scale(a, b, c, known_bound):
+    # L(x) = a·(x/c)² + b at x = 0.01·c: ‖g‖/(ρ‖θ‖) = (2a·0.01/c)/(2a/c² · 0.01c) = 1, whatever
+    # a, b, c: never critical (x² + 1000 at 0.01 used to be called a minimum, x² not critical)
+    bound = b if known_bound else None
+    p = probe(Objective.from_function(lambda x: a * (x[0] / c) ** 2 + b, [0.01 * c],
+                                      lower_bound=bound))
+    assert p.kind == "not_critical", p.reason
+    assert p.stationarity["relative_step"] == pytest.approx(1.0, rel=1e-9)
+    # near the stationary point of a·((x/c) − 1)² + b, at relative distance 1e-9: critical
+    near = probe(Objective.from_function(lambda x: a * (x[0] / c - 1) ** 2 + b,
+                                         [c * (1 + 1e-9)], lower_bound=bound))
+    assert near.kind == "local_min" and near.strict, near.reason
+    assert near.stationarity["relative_step"] == pytest.approx(1e-9, rel=1e-5)
+
+
+def test_first_order_rounding_floor_keeps_exact_fits_critical():
+    # step_rtol below rounding is raised to 10·eps: the rounding-level gradient of an exact fit
+    # does not make it "still sliding"
+    f = lambda x: (x[0] - 0.1) ** 2 + (x[1] - 0.3) ** 2  # noqa: E731
+    p = probe(Objective.from_function(f, [0.1, 0.3]), step_rtol=0.0)
+    assert p.tolerances["step_tol"] == 10 * torch.finfo(torch.float64).eps
+    assert p.kind == "local_min", p.reason
+
+
+class _WithUnusedHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(3, 1, bias=False)
+        self.unused = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_unused_parameters_are_left_out_of_fractions_and_verdict(exact):
+    # least squares fitted exactly: a strict minimum in the 3 used weights; the 6 unused ones
+    # add exact zero eigenvalues that are not the landscape's
+    X, _ = classification_data(n=30, features=3)
+    target = X @ torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64) + 0.1
+    model = _WithUnusedHead().double()
+    with torch.no_grad():
+        model.body.weight.copy_(torch.linalg.lstsq(X, target).solution.T)
+    obj = Objective.from_model(model, mse_loss, (X, target))
+    assert obj.n == 9
+    p = probe(obj, exact=exact, k=2, probes=4, steps=3)
+    assert p.n_unused == 6 and p.to_dict()["n_unused"] == 6
+    assert p.kind == "local_min" and p.strict is True, p.reason
+    used = (2 / 30) * X.T @ X  # the Hessian of the mean squared error in the used weights
+    truth = torch.linalg.eigvalsh(used)
+    assert p.lambda_min == pytest.approx(truth[0].item(), rel=1e-8)
+    assert p.lambda_max == pytest.approx(truth[-1].item(), rel=1e-8)
+    assert p.fractions["positive"].value == pytest.approx(1.0)
+    assert p.fractions["zero"].value == pytest.approx(0.0, abs=1e-12)
+    assert "6 parameter(s) the loss does not depend on" in p.reason
+    # eigenvectors stay in Rⁿ with nothing on the unused coordinates
+    vectors = p.spectrum.smallest.vectors
+    assert vectors.shape == (9, 2) and vectors[3:].abs().max() == 0
+
+
+def test_index_zero_beside_a_negative_lambda_min_says_why():
+    # λ = (2, −2e-4): −2e-4 is beyond the zero tolerance (2e-6) but inside the 1 % flat band
+    p = probe(Objective.from_function(lambda x: x[0] ** 2 - 1e-4 * x[1] ** 2, [0.0, 0.0]))
+    assert p.kind == "saddle" and p.index == 0 and p.lambda_min == pytest.approx(-2e-4)
+    assert "index 0: λ_min = -0.0002 lies inside the ±1 % flat band" in p.reason
+    plain = probe(Objective.from_function(lambda x: x[0] ** 2 - x[1] ** 2, [0.0, 0.0]))
+    assert "index 0" not in plain.reason
+
+
+def _panel_text(p) -> str:
+    from rich.console import Console
+
+    from landscope.render import probe_panel
+
+    console = Console(record=True, width=200)
+    console.print(probe_panel(p))
+    return " ".join(console.export_text().split())
+
+
+def test_panel_says_strictness_flat_directions_and_why_index_is_zero():
+    valley = probe(Objective.from_function(lambda x: x[0] ** 2 + 0 * x[1:].sum(), [0, 1, 2, 3]))
+    text = _panel_text(valley)
+    assert "LOCAL MINIMUM (non-strict: 3 flat directions)" in text
+    bowl = probe(Objective.from_function(lambda x: x[0] ** 2 - 1e-4 * x[1] ** 2 + x[2] ** 2,
+                                         [0, 0, 0]))
+    text = _panel_text(bowl)
+    assert "SADDLE POINT" in text and "(index 0: λ_min = -0.0002 lies inside the ±1 % flat" in text
+    assert "critical below 1e-06·‖θ‖" in text

@@ -89,3 +89,31 @@ def test_bad_arguments(network):
         trace(obj, samples=1)
     with pytest.raises(BadInputError, match="probes=0"):
         density(obj, probes=0)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_restricted_to_coordinates_matches_eigh_of_the_block(exact):
+    # a small network: the Hessian block on every other coordinate, exact and by Lanczos / SLQ
+    model = make_mlp(nn.Tanh, sizes=(3, 4, 2), seed=5)
+    X, y = classification_data(n=40, features=3, classes=2, seed=6)
+    obj = Objective.from_model(model, cross_entropy, (X, y))
+    coords = torch.arange(0, obj.n, 2)
+    H = obj.hessian()
+    block = np.linalg.eigvalsh(H[coords][:, coords].numpy())
+    spec = spectrum(obj, k=2, which="both", exact=exact, coords=coords)
+    np.testing.assert_allclose(spec.largest.values.numpy(), block[::-1][:2], rtol=1e-6)
+    np.testing.assert_allclose(spec.smallest.values.numpy(), block[:2], rtol=1e-6)
+    # vectors in Rⁿ, zero off the block, eigenvectors of the block
+    for pairs in (spec.largest, spec.smallest):
+        off = torch.ones(obj.n, dtype=torch.bool)
+        off[coords] = False
+        assert pairs.vectors.shape == (obj.n, 2) and pairs.vectors[off].abs().max() == 0
+        inside = pairs.vectors[coords]
+        residual = H[coords][:, coords] @ inside - inside * pairs.values
+        assert residual.norm(dim=0).max() < 1e-6 * abs(block).max()
+    dens = density(obj, probes=4, steps=coords.numel(), exact=exact, coords=coords)
+    assert dens.n == coords.numel()
+    tol = 0.01 * abs(block).max()
+    for key, truth in (("negative", np.mean(block <= -tol)), ("positive", np.mean(block > tol))):
+        low, high = dens.fractions(tol)[key].interval
+        assert low - 1e-9 <= truth <= high + 1e-9, key
