@@ -507,10 +507,13 @@ class Objective:
             self._chain, graph = chain, chain
             self._engine = self.info["hvp_engine"] = "chain"
             self.info["chain_engine"] = "used"
-            self.info["chain_checks"] = {  # L and ∇L at every later point, see _checked_chain
+            # L and ∇L at every later point (see _checked_chain); near ∇L = 0 the rounding of
+            # the sum over samples stays that of the first point's gradient
+            rounding = math.sqrt(torch.finfo(self.dtype).eps) * float(gradient.norm())
+            self.info["chain_checks"] = {
                 "points": 1, "max_relative_errors": {"value": errors["value"],
                                                      "gradient": errors["gradient"]},
-                "tolerance": tol, "gradient_floor": floor}
+                "tolerance": tol, "gradient_floor": max(floor, rounding)}
             self._point_cache = (theta.clone(), value, gradient, chain)
         trial["passes"] = self.counts["passes"] - passes
         return graph
