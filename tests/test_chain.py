@@ -145,7 +145,7 @@ class IdiomCNN(nn.Module):
         h = F.relu(self.bn1(self.conv1(h)), inplace=True)
         h = torch.relu(self.conv2(h))
         h = torch.flatten(h, 1).view(h.size(0), -1).flatten(1)
-        return self.fc2(torch.tanh(self.fc1(h)))
+        return self.fc2(self.fc1(h).relu_())
 
 
 def _idiom_cnn():
