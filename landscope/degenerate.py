@@ -11,8 +11,9 @@ by Newton steps of the quadratic model, w ← w − R Λ_R⁻¹ Rᵀ ∇L̃(θ +
 
 L̃ is the loss less its leftover linear part: θ passed the first-order test, but its small gradient
 alone makes L fall along one of ±u, and under the relaxation by ½ gᵀΛ⁻¹g; L̃ does neither, so a
-drop of φ is a higher-order effect. φ counts only beyond ½τt² (what eigenvalues within the zero
-tolerance τ may contribute: the second-order test could not tell them from zero) plus rounding:
+drop of φ is a higher-order effect. Where that gradient is not exactly 0, φ counts only beyond
+½τt² (what eigenvalues within the zero tolerance τ contribute: the second-order test could not
+tell them from zero, and they need not hold at the critical point nearby), plus rounding:
 100·eps·(|L(θ)| + |L(p)| + ρ‖p − θ‖² + ‖∇L(θ)‖‖p − θ‖), and ten times the largest |L̃| measured at
 a few points 1000 times closer than the smallest radius (a loss summed over many terms rounds far
 above eps·|L|). A drop is a certificate: a point of L̃ below θ at distance t. A rise counts only
@@ -167,7 +168,9 @@ class _Relaxation:
 
     def __init__(self, obj, theta, base, g0, vectors, values, curvature, zero_tol):
         self.obj, self.theta, self.base, self.g0 = obj, theta, base, g0
-        self.curvature, self.zero_tol = curvature, zero_tol
+        # at a point whose gradient is not exactly 0, curvature within the zero tolerance τ is
+        # not known to hold at the critical point nearby: ½τt² is then no evidence either way
+        self.curvature, self.zero_tol = curvature, zero_tol if bool(g0.any()) else 0.0
         self.eps = torch.finfo(obj.dtype).eps
         self.vectors = vectors if vectors is not None and vectors.shape[1] > 0 else None
         if self.vectors is not None:

@@ -30,6 +30,8 @@ STRICTNESS = [
     ("x² in R³", lambda x: x[0] ** 2 + 0 * x[1:].sum(), [0.0, 1.0, -2.0], "local_min", False),
     ("(x+y)² (a valley across the axes)", lambda x: (x[0] + x[1]) ** 2, [1.0, -1.0],
      "local_min", False),
+    ("x²+1e-7y² (curvature below τ, g = 0)", lambda x: x[0] ** 2 + 1e-7 * x[1] ** 2,
+     [0.0, 0.0], "local_min", True),
     ("−x⁴", lambda x: -x[0] ** 4, [0.0], "local_max", True),
     ("−(x²+y²)²", lambda x: -(x[0] ** 2 + x[1] ** 2) ** 2, [0.0, 0.0], "local_max", True),
     ("−x⁴−y²", lambda x: -x[0] ** 4 - x[1] ** 2, [0.0, 0.0], "local_max", True),
@@ -54,7 +56,8 @@ def test_strict_and_non_strict_extrema(name, f, point, kind, strict):
     (lambda x: x[0] ** 2 + x[1] ** 3, [0.0, 0.0]),
     (lambda x: x[0] ** 3 - 3 * x[0] * x[1] ** 2, [0.0, 0.0]),
     (lambda x: (x[1] - x[0] ** 2) * (x[1] - 2 * x[0] ** 2), [0.0, 0.0]),
-], ids=["x²+y³", "monkey saddle", "Peano"])
+    (lambda x: x[0] ** 2 - 1e-7 * x[1] ** 2, [0.0, 0.0]),
+], ids=["x²+y³", "monkey saddle", "Peano", "x²−1e-7y² (negative curvature below τ, g = 0)"])
 def test_higher_order_saddles_stay_saddles(f, point):
     p = probe(Objective.from_function(f, point))
     assert p.kind == "saddle" and p.strict is None and p.flat_directions is None, p.reason
