@@ -368,8 +368,7 @@ def _stationarity(grad_norm, rho, theta_norm, loss, lower_bound, step_rtol, eps)
                         f"{ratio:.3g} of the excess over the lower bound)")
     return {"critical": critical, "grad_norm": grad_norm, "step": step, "theta_norm": theta_norm,
             "relative_step": relative, "step_tol": tol, "predicted_decrease": decrease,
-            "descent_ratio": ratio, "newton_distance_lower_bound": step,
-            "explanation": explanation}
+            "descent_ratio": ratio, "explanation": explanation}
 
 
 def _quotient(a: float, b: float) -> float:
