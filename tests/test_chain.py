@@ -455,7 +455,7 @@ def _positive_at_theta0():
 def test_every_new_point_is_checked_and_a_mismatch_switches_to_autograd(monkeypatch, engine):
     # A trap that slips past the structural checks (switched off here) is still caught at the
     # first point where it shows.
-    monkeypatch.setattr("landscope.chain._check_overwrite", lambda *args: None)
+    monkeypatch.setattr("landscope.chain_trace._check_overwrite", lambda *args: None)
     model, X, y = _positive_at_theta0()
     obj = Objective.from_model(model, cross_entropy, (X, y), engine=engine)
     monkeypatch.setattr(obj, "_chain_forced", True)  # keep it whatever the timing says
@@ -579,7 +579,7 @@ def test_keyword_inputs_fall_back_at_the_first_point():
 
 
 def test_engine_chain_is_checked_at_the_first_point_too(monkeypatch):
-    monkeypatch.setattr("landscope.chain._check_overwrite", lambda *args: None)
+    monkeypatch.setattr("landscope.chain_trace._check_overwrite", lambda *args: None)
     torch.manual_seed(22)
     model = InplaceModuleReuse().double()  # pre-activations of both signs: the trap shows at θ₀
     X, y = classification_data(n=23, features=16, classes=3)
