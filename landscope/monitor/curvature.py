@@ -149,6 +149,7 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple[torch.Tensor, torch.Ten
     stab = stability(optimizer, named, obj.info["parameters"])
     out["stability_threshold"] = math.nan if stab.threshold is None else stab.threshold
     if seconds < least_seconds(gradient_seconds):
+        out["curvature_products"] = 0
         return finish(stab.rule, f"the time budget ({seconds:.3g} s) is below what "
                                  f"{MIN_PRODUCTS} products need after a gradient pass of "
                                  f"{gradient_seconds:.3g} s; not measured")

@@ -60,7 +60,9 @@ class Monitor:
     window: steps in the window the loss curve is read over (the doctor reads the final one);
         also the curvature cool-down. Keep several ``every`` intervals inside it.
     budget: curvature may use at most this fraction of the training time so far, every
-        measurement included.
+        measurement included. A measurement needs about 13 gradient passes on the held batch
+        to be worth starting (:func:`curvature.least_seconds`): at 5%, some 260 of them must have
+        been trained first, so short runs get curvature only with a larger budget.
     max_products: Hessian-vector products per eigenvalue computation on the iterative path.
     lower_bound: known lower bound of the loss (0 for cross-entropy and MSE).
     tensorboard: also write the scalars with ``torch.utils.tensorboard`` (if installed).
