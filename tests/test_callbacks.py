@@ -177,8 +177,10 @@ def _power_lambda_max(model, loss_fn, batch, iterations=300):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     params = [p for p in model.parameters() if p.requires_grad]
+    inputs, target = batch
     with sdpa_kernel(SDPBackend.MATH):
-        loss = loss_fn(model(batch[0]), batch[1])
+        output = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+        loss = loss_fn(output, target)
         grads = torch.autograd.grad(loss, params, create_graph=True)
 
         def hvp(v):
@@ -231,3 +233,30 @@ def test_held_batch_curvature_on_a_tiny_transformer_does_not_stop_training(tmp_p
     expected = _power_lambda_max(model, lambda out, y: loss_fn(out.logits, y), held)
     assert record["lambda_max"][59] == pytest.approx(expected, rel=1e-2)
     assert record["lambda_max"][119] == record["lambda_max"][59]  # learning rate 0: θ fixed
+
+
+def test_held_dict_batch_with_the_models_own_loss_on_a_tied_gpt2(tmp_path):
+    """A held batch as Hugging Face has it ({input_ids, labels}) with loss_fn='model': the
+    Monitor measures the curvature of GPT-2's own loss, tied head and all, and it agrees with
+    autograd's on model(**batch).loss."""
+    transformers = pytest.importorskip("transformers")
+    from landscope.monitor import CurveThresholds
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1,
+                                     n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(config)
+    ids, _ = _sequences()
+    held = {"input_ids": ids[:16], "labels": ids[:16]}
+    run = tmp_path / "run"
+    _hf_train(model, _Rows(input_ids=ids, labels=ids), run, tmp_path, 10, every=5,
+              loss_fn="model", held=held, window=60, check_every=60, budget=math.inf,
+              thresholds=CurveThresholds(min_points=5), learning_rate=0.0)
+    record = _doctor_reads(run, STEPS)
+    assert record.meta["loss_fn"] == "model" and record.meta["held_size"] == 16
+    events = record.meta["events"]
+    assert [e["step"] for e in events] == [59, 119], events
+    model.train()
+    expected = _power_lambda_max(model, lambda out, _: out.loss, (held, None))
+    assert record["lambda_max"][59] == pytest.approx(expected, rel=1e-2)
+    assert model.lm_head.weight is model.transformer.wte.weight

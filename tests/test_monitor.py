@@ -233,6 +233,23 @@ def test_adam_sharpness_is_the_preconditioned_eigenvalue():
     assert result["stability_threshold"] == pytest.approx(2 * 1.8 / (0.2 * 0.01))
 
 
+def test_a_held_mapping_batch_measures_what_the_same_tuple_batch_does():
+    """A dict batch (the model gets ``input=X`` as a keyword, ``labels`` is the target) is the
+    same held batch as (X, y): the same curvature, stability limit and noise scale."""
+    X, y = _data(n=40)
+    model = _net(activation=nn.Tanh).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    options = {"smallest": True, "max_products": 200, "noise_chunks": 4}
+    tuple_ = measure(model, nn.functional.cross_entropy, (X, y), opt, **options)
+    mapping = measure(model, nn.functional.cross_entropy, {"input": X, "labels": y}, opt,
+                      **options)
+    for name in curvature_module.COLUMNS:
+        if name != "curvature_products":
+            assert mapping[name] == pytest.approx(tuple_[name], rel=1e-10), name
+    assert math.isfinite(mapping["noise_scale"]) or mapping["noise_scale"] == math.inf
+    assert curvature_module.held_size({"input": X, "labels": y}) == 40
+
+
 @pytest.mark.parametrize("options", [
     {"momentum": 0.0}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True},
     {"momentum": 0.8, "dampening": 0.8},
@@ -634,6 +651,8 @@ def test_missing_or_mismatched_records_are_refused(tmp_path):
     (lambda: (_net(), None, {"held": _data()}), "needs loss_fn"),
     (lambda: (_net(), None, {"held": torch.zeros(3), "loss_fn": nn.functional.mse_loss}),
      "two tensors"),
+    (lambda: (_net(), None, {"held": {"input": torch.zeros(3, 6), "labels": torch.zeros(2)},
+                             "loss_fn": nn.functional.mse_loss}), "same number of samples"),
 ])
 def test_bad_input_is_refused_with_the_fix(build, message):
     model, opt, options = build()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -91,14 +92,16 @@ def stability(optimizer: torch.optim.Optimizer, named: dict[str, torch.Tensor],
     return Stability(None, None, f"no stability rule for {type(optimizer).__name__}")
 
 
-def measure(model: torch.nn.Module, loss_fn, held: tuple[torch.Tensor, torch.Tensor],
+def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
             optimizer: torch.optim.Optimizer, *, smallest: bool, max_products: int,
             noise_chunks: int = 4, seed: int = 0, seconds: float = math.inf) -> dict:
     """Curvature and noise of the loss on the held batch at the model's current weights.
 
     Parameters
     ----------
-    model, loss_fn, held: the network, ``loss_fn(output, target)`` (batch mean) and ``(X, y)``.
+    model, loss_fn, held: the network, ``loss_fn(output, target)`` (batch mean; or ``"model"``,
+        the loss the model returns) and the held batch: ``(X, y)``, or a mapping of tensors
+        that the model takes as keyword arguments, less the target (``labels``).
     optimizer: the run's optimiser: its stability limit and (Adam, RMSprop) preconditioner.
     smallest: also compute λ_min (the loss has stalled) besides λ_max.
     max_products: Hessian-vector product budget of each Lanczos run.
@@ -138,7 +141,7 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple[torch.Tensor, torch.Ten
                 "note": note}
 
     mode = "train" if model.training else "eval"
-    obj = Objective.from_model(model, loss_fn, held, mode=mode)
+    obj = Objective.from_model(model, loss_fn, _data(held), mode=mode)
     try:
         loss, grad = obj.value_and_grad()
     except NonFiniteLossError as error:
@@ -209,25 +212,42 @@ def least_seconds(gradient_seconds: float) -> float:
 
 
 def check_held(held, loss_fn) -> None:
-    """Refuse, naming the fix, a held batch that is not ``(X, y)`` or comes without a loss."""
+    """Refuse, naming the fix, a held batch that is neither ``(X, y)`` nor a mapping of tensors
+    with one number of samples, or that comes without a loss."""
     if loss_fn is None:
-        raise BadInputError("held=(X, y) needs loss_fn as well: the loss of a batch, "
-                            "loss_fn(model(X), y)")
-    if not (isinstance(held, (tuple, list)) and len(held) == 2
-            and all(isinstance(t, torch.Tensor) for t in held)
-            and held[0].shape[0] == held[1].shape[0]):
-        raise BadInputError("held must be a batch (X, y) of two tensors with the same number of "
-                            "samples (first dimension)")
+        raise BadInputError("a held batch needs loss_fn as well: the loss of a batch, "
+                            "loss_fn(model(X), y), or 'model' for the loss the model returns")
+    if isinstance(held, Mapping):
+        tensors = list(held.values())
+    else:
+        tensors = list(held) if isinstance(held, (tuple, list)) and len(held) == 2 else []
+    if not (tensors and all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in tensors)
+            and len({t.shape[0] for t in tensors}) == 1):
+        raise BadInputError("held must be a batch (X, y) of two tensors, or a mapping of tensors "
+                            "(input_ids, attention_mask, labels, ...), all with the same number "
+                            "of samples (first dimension)")
+
+
+def held_size(held) -> int:
+    """The number of samples in a held batch (``(X, y)`` or a mapping of tensors)."""
+    first = next(iter(held.values())) if isinstance(held, Mapping) else held[0]
+    return int(first.shape[0])
+
+
+def _data(held, start: int = 0, stop: int | None = None):
+    """Samples start:stop of the held batch as Objective data."""
+    if isinstance(held, Mapping):
+        return [{key: value[start:stop] for key, value in held.items()}]
+    return held[0][start:stop], held[1][start:stop]
 
 
 def _noise_scale(model, loss_fn, held, mode: str, chunks: int) -> float:
     """B_noise = tr Σ / ‖G‖² from ``chunks`` equal chunks of the held batch (module docstring)."""
-    X, y = held
-    b = X.shape[0] // chunks
+    b = held_size(held) // chunks
     if chunks < 2 or b < 1:
         return math.nan
     grads = torch.stack([
-        Objective.from_model(model, loss_fn, (X[i * b:(i + 1) * b], y[i * b:(i + 1) * b]),
+        Objective.from_model(model, loss_fn, _data(held, i * b, (i + 1) * b),
                              mode=mode).grad().double()
         for i in range(chunks)])
     mean = grads.mean(0)

@@ -52,7 +52,9 @@ class Monitor:
     optimizer: its ``torch.optim.Optimizer`` (gradients, learning rate and stability limit).
     run_dir: directory for ``monitor.csv`` and ``monitor.json`` (None: keep the record in memory);
         a new Monitor replaces a record already there.
-    loss_fn, held: ``loss_fn(output, target)`` and a held batch ``(X, y)`` enable curvature.
+    loss_fn, held: ``loss_fn(output, target)`` (or ``"model"``: the loss the model returns, as
+        a Hugging Face model given labels) and a held batch enable curvature: ``(X, y)``, or a
+        mapping of tensors the model takes as keyword arguments, less the target (``labels``).
     every: record the first-order statistics every this many steps (the loss: every step). The
         default keeps the cost within ~5% of a small model's step; 1 records everything every
         step, at ~1.5× (benchmarks/RESULTS.md).
@@ -423,7 +425,7 @@ class Monitor:
         gradient pass on a mini-batch) scaled from the mini-batch to the held batch."""
         gradient = self._gradient_seconds
         if gradient is None:
-            held = int(self.held[0].shape[0])
+            held = curvature.held_size(self.held)
             gradient = training / max(self.t, 1) * held / (self._batch_size or held)
         return curvature.least_seconds(gradient)
 
@@ -437,10 +439,10 @@ class Monitor:
             "layers": [layer.to_dict() for layer in self.layers],
             "sites": self.sites,
             "optimizer": {"name": type(self.optimizer).__name__, **settings},
-            "loss_fn": None if self.loss_fn is None else getattr(
-                self.loss_fn, "__name__", type(self.loss_fn).__name__),
+            "loss_fn": self.loss_fn if self.loss_fn is None or isinstance(self.loss_fn, str)
+            else getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
             "batch_size": self._batch_size,
-            "held_size": None if self.held is None else int(self.held[0].shape[0]),
+            "held_size": None if self.held is None else curvature.held_size(self.held),
             "settings": {"every": self.every, "check_every": self.check_every,
                          "window": self.window, "budget": self.budget,
                          "max_products": self.max_products, "lower_bound": self.lower_bound,
