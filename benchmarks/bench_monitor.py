@@ -15,9 +15,10 @@ Rows:
   cosine, ReLU dead fractions) every 25 steps;
 - the first-order tier every step (``every=1``), every 10 and every 16 steps;
 - the default Monitor with a held batch of 256 samples (curvature allowed when the loss curve
-  asks for it), over a whole run of ``--held-steps`` steps (1,500: the loss stalls on the way,
-  so curvature is measured, the first measurement included): the amortised cost, with the
-  number of curvature measurements, their products and their share of the run;
+  asks for it), over a whole run of ``--held-steps`` steps (1,500), and the same with Adam's lr
+  at ``--stall-lr`` (0.03), where the loss stalls and rises so that the Monitor considers
+  curvature: the amortised cost, with the curvature measurements started, their products and
+  their share of the run (each is bounded by the 5 % budget, the first one included);
 - one curvature measurement (λ_max and λ_min by Lanczos with ≤ 100 products each, gradient noise
   from 4 chunks) on the held batch, in units of one training step;
 - Cockpit 1.0.2 (if installed): ``economy`` every step and every 16 steps, and its λ_max gauge
@@ -71,6 +72,9 @@ def main() -> int:
                         help="steps of the whole run with a held batch (amortised cost)")
     parser.add_argument("--held-repeats", type=int, default=7,
                         help="alternating pairs of the held-batch run (median)")
+    parser.add_argument("--stall-lr", type=float, default=0.03,
+                        help="Adam lr of a second held-batch run, one whose loss stalls and rises "
+                        "so that the Monitor considers curvature (0: leave it out)")
     parser.add_argument("--held-only", action="store_true",
                         help="measure the held-batch run alone")
     parser.add_argument("--cockpit-repeats", type=int, default=3)
@@ -97,11 +101,17 @@ def main() -> int:
                                    args.cockpit_repeats)[1])
     amortised = (f"landscope default + held batch of 256, whole {args.held_steps:,}-step run "
                  "(amortised)")
-    held_plain, healthy, closed = _compare(
-        {amortised: _landscope(loss_fn=nn.functional.cross_entropy, held=held)},
-        X, y, args.held_steps, args.held_repeats)
+    watched = _landscope(loss_fn=nn.functional.cross_entropy, held=held)
+    held_plain, healthy, closed = _compare({amortised: watched}, X, y, args.held_steps,
+                                           args.held_repeats)
     plain = plain or held_plain
     own.update(closed)
+    if args.stall_lr:
+        stalling = amortised.replace("whole", f"Adam lr {args.stall_lr:g} (a stalling loss), whole")
+        _, stalled, closed = _compare({stalling: watched}, X, y, args.held_steps,
+                                      args.held_repeats, lr=args.stall_lr)
+        healthy.update(stalled)
+        own.update(closed)
     rows = [*ratios.items(), *healthy.items()]
     if not args.held_only:
         steps = _curvature_seconds(held) / plain
@@ -122,7 +132,7 @@ def _plain_step(out, target, optimizer, step):
     optimizer.step()
 
 
-def _run(X, y, steps, watch=None):
+def _run(X, y, steps, watch=None, lr=LR):
     """A W2 training run of ``steps`` steps (shuffled epochs of batches of :data:`BATCH`):
     (wall seconds per step, CPU seconds per step, ``close()``'s result).
 
@@ -131,7 +141,7 @@ def _run(X, y, steps, watch=None):
     """
     torch.manual_seed(0)
     model = WORKLOADS["W2"].make()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     shuffle = torch.Generator().manual_seed(1)
     with tempfile.TemporaryDirectory() as run_dir:
         start, cpu = time.perf_counter(), time.process_time()
@@ -166,6 +176,7 @@ def _landscope(**options):
             meta = monitor.record.meta
             seconds = meta["seconds"]
             return {"events": len(meta["events"]),
+                    "measured": sum(e.get("products", 0) > 0 for e in meta["events"]),
                     "products": sum(e.get("products", 0) for e in meta["events"]),
                     "curvature": seconds.get("curvature", 0.0) / seconds["total"],
                     "share": seconds["monitor"] / seconds["total"]}
@@ -174,25 +185,25 @@ def _landscope(**options):
     return watch
 
 
-def _compare(configs, X, y, steps, repeats):
+def _compare(configs, X, y, steps, repeats, lr=LR):
     """(median plain wall seconds per step, {config: (wall ratio, CPU ratio)}, closer results).
 
     Each repeat runs every configuration next to an unmonitored run, in alternating order (so a
     drift in the machine's load hits both sides alike); ratios are medians over the repeats.
     """
     epoch = math.ceil(len(X) / BATCH)
-    _run(X, y, epoch)  # warm-up
+    _run(X, y, epoch, lr=lr)  # warm-up
     for watch in configs.values():
-        _run(X, y, epoch, watch)
+        _run(X, y, epoch, watch, lr)
     plain, ratios, results = [], {name: ([], []) for name in configs}, {}
     for repeat in range(repeats):
         for name, watch in configs.items():
             if repeat % 2:
-                *watched, results[name] = _run(X, y, steps, watch)
-                base = _run(X, y, steps)[:2]
+                *watched, results[name] = _run(X, y, steps, watch, lr)
+                base = _run(X, y, steps, lr=lr)[:2]
             else:
-                base = _run(X, y, steps)[:2]
-                *watched, results[name] = _run(X, y, steps, watch)
+                base = _run(X, y, steps, lr=lr)[:2]
+                *watched, results[name] = _run(X, y, steps, watch, lr)
             plain.append(base[0])
             for k in range(2):
                 ratios[name][k].append(watched[k] / base[k])
@@ -269,7 +280,8 @@ def _table(rows, plain, args, with_cockpit, own) -> str:
         + ("--held-only " if args.held_only else f"--repeats {args.repeats} --epochs "
            f"{args.epochs} --cockpit-repeats {args.cockpit_repeats} --cockpit-epochs "
            f"{args.cockpit_epochs} ")
-        + f"--held-steps {args.held_steps} --held-repeats {args.held_repeats}`.",
+        + f"--held-steps {args.held_steps} --held-repeats {args.held_repeats} --stall-lr "
+        f"{args.stall_lr:g}`.",
         f"W2 training step (Adam, batch {BATCH}), unmonitored: {plain * 1e3:.3f} ms. Ratios are "
         "medians of paired runs (monitored / unmonitored, same seed, next to each other, "
         "alternating order), by wall clock and by this process's CPU time (which a busy machine "
@@ -293,8 +305,8 @@ def _table(rows, plain, args, with_cockpit, own) -> str:
         mine = own.get(name) or {}
         timed = f"{mine['share']:.1%}" if mine else "—"
         if "events" in mine and "amortised" in name:
-            timed += (f" ({mine['events']} curvature measurements, {mine['products']} products, "
-                      f"{mine['curvature']:.1%} of the run)")
+            timed += (f" (curvature begun {mine['events']}×, with products {mine['measured']}×, "
+                      f"{mine['products']} products, {mine['curvature']:.1%} of the run)")
         lines.append(f"| {name} | {wall:.3f}{unit} | {cpu_text} | {timed} | {anchor} |")
     if not with_cockpit and not args.held_only:
         lines.append("| Cockpit | not installed in this venv | | | anchors above |")
