@@ -1,19 +1,30 @@
 """The Lightning and Hugging Face callbacks on real trainers (tiny models built from configs, no
-downloads), past the Monitor's flushes, and `landscope doctor` reading what they wrote."""
+downloads), past the Monitor's flushes, and `landscope doctor` reading what they wrote.
+
+Both frameworks are pinned in requirements-dev.txt: these tests import them outright, so a test
+environment without them fails here instead of skipping.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+import transformers
 from torch import nn
 from typer.testing import CliRunner
 
 from landscope.cli import app
-from landscope.monitor import huggingface_callback, lightning_callback, read_record
+from landscope.monitor import (
+    CurveThresholds,
+    huggingface_callback,
+    lightning_callback,
+    read_record,
+)
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -36,7 +47,6 @@ def _doctor_reads(run_dir, steps):
 
 # ---------------------------------------------------------------------- Lightning
 def test_lightning_run_with_a_validation_loop_is_recorded_and_diagnosed(tmp_path):
-    pl = pytest.importorskip("lightning.pytorch")
     gen = torch.Generator().manual_seed(0)
     X = torch.randn(64, 6, generator=gen)
     y = (X[:, 0] > 0).long()
@@ -107,7 +117,6 @@ class _Rows(torch.utils.data.Dataset):
 
 def _hf_train(model, dataset, run_dir, tmp_path, logging_steps, learning_rate=1e-3,
               **monitor_options):
-    transformers = pytest.importorskip("transformers")
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "hf"), max_steps=STEPS, per_device_train_batch_size=8,
         learning_rate=learning_rate, logging_steps=logging_steps, report_to=[], use_cpu=True,
@@ -124,7 +133,6 @@ def _hf_train(model, dataset, run_dir, tmp_path, logging_steps, learning_rate=1e
 
 
 def _tiny_bert():
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                                      num_attention_heads=2, intermediate_size=32,
@@ -152,7 +160,6 @@ def test_huggingface_trainer_run_is_recorded_and_diagnosed(tmp_path, logging_ste
 def test_huggingface_gpt2_with_tied_embedding_and_head(tmp_path):
     """GPT-2 ties lm_head.weight to transformer.wte.weight: one layer in the record, and the
     model keeps its Parameters and its tie."""
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1,
                                      n_head=2)
@@ -220,8 +227,6 @@ def test_held_batch_curvature_on_a_tiny_transformer_does_not_stop_training(tmp_p
     loss_fn = nn.functional.cross_entropy  # the analysis reads a ModelOutput's logits
     held = (ids[:16], labels[:16])
     run = tmp_path / "run"
-    from landscope.monitor import CurveThresholds
-
     _hf_train(model, _Rows(input_ids=ids, labels=labels), run, tmp_path, 10, every=5,
               loss_fn=loss_fn, held=held, window=60, check_every=60, budget=math.inf,
               thresholds=CurveThresholds(min_points=5), learning_rate=0.0)
@@ -239,9 +244,6 @@ def test_held_dict_batch_with_the_models_own_loss_on_a_tied_gpt2(tmp_path):
     """A held batch as Hugging Face has it ({input_ids, labels}) with loss_fn='model': the
     Monitor measures the curvature of GPT-2's own loss, tied head and all, and it agrees with
     autograd's on model(**batch).loss."""
-    transformers = pytest.importorskip("transformers")
-    from landscope.monitor import CurveThresholds
-
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1,
                                      n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)

@@ -9,6 +9,10 @@ the framework). What each framework hands over differs:
 - Hugging Face: ``on_step_end`` gives no loss, so steps are recorded without one and the averaged
   training loss of ``on_log`` (every ``logging_steps``) is attached to the step it was logged at,
   with ``eval_loss`` as the validation loss. Gradients are still read at every optimiser step.
+
+Logging and validation often come right after the step whose Monitor flush wrote that step's
+row; :meth:`Monitor.log` then rewrites the row, so neither ever interrupts the training. Both are
+tested on real trainers (``tests/test_callbacks.py``).
 """
 
 from __future__ import annotations
