@@ -158,6 +158,12 @@ class ModelLoss:
                     "ignore)"
                 )
             loss = self._forward(views, index, batch)
+        if not loss.requires_grad:
+            raise BadInputError(
+                f"the loss does not depend on any of the selected parameters "
+                f"({', '.join(self.names[:5])}{', ...' if len(self.names) > 5 else ''}); choose "
+                "parameters the model uses with params=[...]"
+            )
         grads = torch.autograd.grad(loss, list(views.values()), allow_unused=True)
         return [name for name, g in zip(views, grads, strict=True) if g is None]
 

@@ -441,3 +441,11 @@ def test_half_precision_models_are_analysed_in_float32_and_left_alone():
     snap.check()
     with pytest.raises(BadInputError, match="half precision"):
         ls.Objective.from_model(model, F.cross_entropy, (X, y), dtype=torch.float16)
+
+
+def test_parameters_the_loss_does_not_use_at_all_are_refused_by_name():
+    model = nn.ModuleDict({"used": nn.Linear(2, 1), "idle": nn.Linear(2, 1)})
+    model.forward = lambda x: model["used"](x)
+    with pytest.raises(BadInputError, match="does not depend on any.*idle.weight.*params="):
+        ls.Objective.from_model(model, F.mse_loss, (torch.randn(4, 2), torch.randn(4, 1)),
+                                params="idle.*")
