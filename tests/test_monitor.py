@@ -534,10 +534,13 @@ def test_a_failing_curvature_measurement_is_recorded_and_training_goes_on():
     assert event["products"] == 0
 
 
-def test_log_after_the_flush_that_wrote_the_step_rewrites_its_row(tmp_path):
+def test_log_after_the_flush_that_wrote_the_step_rewrites_its_row(tmp_path, monkeypatch):
     model = _net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with Monitor(model, opt, tmp_path, check_every=4) as on_disk, \
+    scalars = []
+    writer = SimpleNamespace(add_scalar=lambda *args: scalars.append(args), close=lambda: None)
+    monkeypatch.setattr(record_module, "tensorboard_writer", lambda run_dir: writer)
+    with Monitor(model, opt, tmp_path, check_every=4, tensorboard=True) as on_disk, \
             Monitor(model, opt, check_every=4) as in_memory:
         for monitor in (on_disk, in_memory):
             with pytest.raises(BadInputError, match="call step"):
@@ -556,6 +559,9 @@ def test_log_after_the_flush_that_wrote_the_step_rewrites_its_row(tmp_path):
         assert len(record) == 8
     lines = (tmp_path / "monitor.csv").read_text().splitlines()
     assert len(lines) == 9 and lines[4].startswith("3,nan,0.25,0.1,1,")
+    late = [args for args in scalars if args[2] == 3]  # written at the flush, then the late ones
+    assert ("lr", 0.1, 3) in late and ("val_loss", 0.25, 3) in late
+    assert all(name != "loss" for name, _, _ in late)  # NaN is no scalar
     with pytest.raises(BadInputError, match="closed"):
         on_disk.log(val_loss=1.0)
 
