@@ -20,8 +20,9 @@ path. Values are converted in one go at a flush every ``check_every`` steps, whi
 Curvature (λ_max against the optimiser's stability limit, λ_min, gradient noise; see
 :mod:`landscope.monitor.curvature`) needs a held batch and is spent only when the loss curve
 rises, or stalls short of convergence or while oscillating (:func:`signals.curvature_reason`), at
-most once per ``window`` steps, and only within ``budget``: the time spent on it, this
-measurement included, stays within ``budget`` times the training time so far. Each measurement
+most once per ``window`` steps, and only within ``budget``: the Monitor's own time (its steps,
+flushes and every curvature measurement, this one included) stays within ``budget`` times the
+training time so far, so curvature gets what the first-order statistics leave. Each measurement
 gets the time left and caps its Hessian-vector products from a timed product
 (:func:`curvature.measure`); the first is no exception. A measurement that fails (a model the
 analysis cannot differentiate twice) is recorded with its error and a warning, and curvature is
@@ -61,10 +62,11 @@ class Monitor:
     check_every: flush and read the loss curve every this many steps.
     window: steps in the window the loss curve is read over (the doctor reads the final one);
         also the curvature cool-down. Keep several ``every`` intervals inside it.
-    budget: curvature may use at most this fraction of the training time so far, every
-        measurement included. A measurement needs about 13 gradient passes on the held batch
-        to be worth starting (:func:`curvature.least_seconds`): at 5%, some 260 of them must have
-        been trained first, so short runs get curvature only with a larger budget.
+    budget: the Monitor's own time, curvature included, stays within this fraction of the
+        training time so far; curvature gets what the first-order statistics leave. A
+        measurement needs about 13 gradient passes on the held batch to be worth starting
+        (:func:`curvature.least_seconds`): at 5%, training must first have taken some 260 such
+        passes' time and more, so short runs get curvature only with a larger budget.
     max_products: Hessian-vector products per eigenvalue computation on the iterative path.
     lower_bound: known lower bound of the loss (0 for cross-entropy and MSE).
     tensorboard: also write the scalars with ``torch.utils.tensorboard`` (if installed).
@@ -388,7 +390,7 @@ class Monitor:
                                                  self.thresholds)
         reason = signals.curvature_reason(status, window[:, 0], window[:, 1], initial,
                                           self.lower_bound, self.thresholds)
-        spent = self._seconds["curvature"]
+        spent = self._seconds["monitor"]  # everything the Monitor did, curvature included
         training = time.perf_counter() - self._start - spent
         allowance = self.budget * training - spent
         if reason is None or allowance < self._least_seconds(training):
