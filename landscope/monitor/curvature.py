@@ -106,13 +106,14 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
     smallest: also compute λ_min (the loss has stalled) besides λ_max.
     max_products: Hessian-vector product budget of each Lanczos run.
     noise_chunks: the held batch is cut into this many chunks for the gradient noise.
-    seconds: time budget. The gradient pass comes first, taking t_g; unless
-        :func:`least_seconds` (t_g) fits in the budget the measurement stops there. Then a first
-        product builds the graph, and a second, timed one t_p sets what the rest may use: each
-        Lanczos run gets min(max_products, ⌊remaining / (runs · t_p)⌋) products (a run cut
-        short reports its residual); below :data:`MIN_PRODUCTS` no eigenvalue is computed. The
-        noise scale, about one more gradient pass, is computed only if t_g is left. So the
-        budget is exceeded by at most the gradient pass, and only when it is below t_g.
+    seconds: time budget. The gradient pass comes first, taking t_g; unless 3 t_g fit in the
+        budget the measurement stops there. Then a first product builds the graph, and a second,
+        timed one t_p sets what the rest may use: each Lanczos run gets
+        min(max_products, ⌊remaining / (runs · t_p)⌋) products (a run cut short reports its
+        residual); below :data:`MIN_PRODUCTS` no eigenvalue is computed. The noise scale, about
+        one more gradient pass, is computed only if t_g is left. So the budget is exceeded only
+        by these first three passes, when the gradient alone or the two setup products take
+        longer than 3 t_g would allow.
 
     Returns
     -------
@@ -151,11 +152,10 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
     named = dict(model.named_parameters(remove_duplicate=False))
     stab = stability(optimizer, named, obj.info["parameters"])
     out["stability_threshold"] = math.nan if stab.threshold is None else stab.threshold
-    if seconds < least_seconds(gradient_seconds):
+    if seconds < 3 * gradient_seconds:
         out["curvature_products"] = 0
-        return finish(stab.rule, f"the time budget ({seconds:.3g} s) is below what "
-                                 f"{MIN_PRODUCTS} products need after a gradient pass of "
-                                 f"{gradient_seconds:.3g} s; not measured")
+        return finish(stab.rule, f"the time budget ({seconds:.3g} s) is below three gradient "
+                                 f"passes of {gradient_seconds:.3g} s; not measured")
     obj.hvp(grad)  # builds the graph (or picks the engine): not a typical product's cost
     tick = time.perf_counter()
     obj.hvp(grad)
@@ -204,11 +204,12 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
     return finish(stab.rule, "; ".join(notes))
 
 
-def least_seconds(gradient_seconds: float) -> float:
-    """The least time worth starting a measurement with, from the time t_g of a gradient pass
-    on the held batch: the pass, the two setup products and :data:`MIN_PRODUCTS` products, each
-    product counted as one gradient pass (a Hessian-vector product costs at least that)."""
-    return (3 + MIN_PRODUCTS) * gradient_seconds
+def least_seconds(gradient_seconds: float, per_product: float = math.nan) -> float:
+    """The least time worth starting a measurement with: the gradient pass t_g on the held
+    batch, the two setup products and :data:`MIN_PRODUCTS` products, t_p each (as a measurement
+    timed it; counted as t_g until one has)."""
+    per_product = per_product if math.isfinite(per_product) else gradient_seconds
+    return gradient_seconds + (2 + MIN_PRODUCTS) * per_product
 
 
 def check_held(held, loss_fn) -> None:

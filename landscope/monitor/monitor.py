@@ -64,9 +64,9 @@ class Monitor:
         also the curvature cool-down. Keep several ``every`` intervals inside it.
     budget: the Monitor's own time, curvature included, stays within this fraction of the
         training time so far; curvature gets what the first-order statistics leave. A
-        measurement needs about 13 gradient passes on the held batch to be worth starting
-        (:func:`curvature.least_seconds`): at 5%, training must first have taken some 260 such
-        passes' time and more, so short runs get curvature only with a larger budget.
+        measurement needs a gradient pass on the held batch and 12 products to be worth
+        starting (:func:`curvature.least_seconds`): at 5%, training must first have taken 20
+        times that and more, so short runs get curvature only with a larger budget.
     max_products: Hessian-vector products per eigenvalue computation on the iterative path.
     lower_bound: known lower bound of the loss (0 for cross-entropy and MSE).
     tensorboard: also write the scalars with ``torch.utils.tensorboard`` (if installed).
@@ -129,7 +129,7 @@ class Monitor:
         self._batch_size: int | None = None
         self._last_grad_norm = math.nan
         self._last_curvature = -math.inf
-        self._gradient_seconds: float | None = None  # of the last curvature measurement
+        self._costs: tuple[float, float] | None = None  # t_g and t_p the last measurement saw
         self._curvature_failed = False
         self._start = time.perf_counter()
         self._seconds = {"monitor": 0.0, "curvature": 0.0}
@@ -417,19 +417,20 @@ class Monitor:
         self._seconds["curvature"] += result["seconds"]
         self._last_curvature = self.t
         if math.isfinite(result["gradient_seconds"]):
-            self._gradient_seconds = result["gradient_seconds"]
+            self._costs = (result["gradient_seconds"], result["seconds_per_product"])
         self.events.append({**event, "seconds": result["seconds"], "rule": result["rule"],
                             "products": result["curvature_products"], "note": result["note"]})
 
     def _least_seconds(self, training: float) -> float:
-        """The least time a curvature measurement is started with: from the last measurement's
-        gradient pass, or before the first from the training step's time (a step is at least a
-        gradient pass on a mini-batch) scaled from the mini-batch to the held batch."""
-        gradient = self._gradient_seconds
-        if gradient is None:
-            held = curvature.held_size(self.held)
-            gradient = training / max(self.t, 1) * held / (self._batch_size or held)
-        return curvature.least_seconds(gradient)
+        """The least time a curvature measurement is started with (:func:`curvature.least_seconds`):
+        from the costs the last measurement saw, or before the first from the training step's
+        time (a step is at least a gradient pass on a mini-batch), scaled from the mini-batch to
+        the held batch."""
+        if self._costs is not None:
+            return curvature.least_seconds(*self._costs)
+        held = curvature.held_size(self.held)
+        return curvature.least_seconds(training / max(self.t, 1) * held
+                                       / (self._batch_size or held))
 
     def _meta(self, finished: bool) -> dict:
         group = self.optimizer.param_groups[0]
