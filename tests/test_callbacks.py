@@ -87,10 +87,13 @@ def test_lightning_run_with_a_validation_loop_is_recorded_and_diagnosed(tmp_path
     trainer.fit(module, train, val)
     assert trainer.global_step == STEPS
     record = _doctor_reads(run, STEPS)
+    csv = (run / "monitor.csv").read_bytes()
     assert np.isfinite(record["loss"]).all()
     validated = np.flatnonzero(np.isfinite(record["val_loss"]))
     assert validated.tolist() == list(range(3, STEPS, 4))  # 99 included: after the flush
     np.testing.assert_allclose(record["val_loss"][validated], module.val_losses, rtol=1e-6)
+    trainer.validate(module, val, verbose=False)  # after training: the callback stays quiet
+    assert (run / "monitor.csv").read_bytes() == csv
     assert np.isfinite(record["grad_norm"][::5]).all()
 
 

@@ -84,8 +84,9 @@ class LightningHooks:
             self.monitor.log(val_loss=float(value))
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.monitor is not None:
+        if self.monitor is not None:  # later hooks (trainer.validate()) find no Monitor
             self.monitor.close()
+            self.monitor = None
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.on_train_end(trainer, pl_module)
@@ -111,8 +112,9 @@ class HuggingFaceHooks:
         self.monitor.log(loss=logs.get("loss"), val_loss=logs.get("eval_loss"))
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.monitor is not None:
+        if self.monitor is not None:  # later hooks (trainer.evaluate()) find no Monitor
             self.monitor.close()
+            self.monitor = None
 
 
 def _unwrap(optimizer):
