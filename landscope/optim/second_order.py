@@ -111,8 +111,9 @@ class NegativeCurvatureDescent(PointOptimizer):
     The step is d = −η g + [λ_min < −eps] (|λ_min| / L₂) s v, with v the unit eigenvector of
     λ_min and s = −sign(gᵀv) (+1 when gᵀv = 0). It is accepted when the loss falls by at least
     ``accept`` times the decrease the cubic model m(d) = gᵀd + ½dᵀHd + (L₂/6)‖d‖³ predicts,
-    −m(d) > 0 (dᵀHd from one more product, H v = λ_min v); otherwise η is halved and L₂ doubled
-    and the step is tried again (at most ``max_trials`` times; a point where no trial passes
+    −m(d) > 0 (dᵀHd from H g, one more product on the Lanczos path, and H v = λ_min v);
+    otherwise η is halved and L₂ doubled and the step is tried again (at most
+    ``max_trials`` times; a point where no trial passes
     stays where it is, so the loss never rises). ``lr`` = η and ``hessian_lipschitz`` = L₂ are
     the boldest values tried: after an accepted step each point's η doubles and its L₂ halves
     again, up to them (``row_state["eta"]``, ``row_state["hessian_lipschitz"]``). A point where
@@ -143,13 +144,14 @@ class NegativeCurvatureDescent(PointOptimizer):
         if not state:
             state["eta"] = torch.full_like(point.values, o["lr"])
             state["hessian_lipschitz"] = torch.full_like(point.values, o["hessian_lipschitz"])
-        lam, v = _smallest_pairs(point, o)
+        lam, v, H = _smallest_pairs(point, o)
         state["lambda_min"] = lam
         g, f = point.g, point.values
         gv = (g * v).sum(1)
         sign = torch.where(gv > 0, -1.0, 1.0).to(v.dtype)
         negative = lam < -o["eps"]
-        gg, gHg = (g * g).sum(1), (g * point.hvp(g)).sum(1)
+        Hg = (H @ g[..., None])[..., 0] if H is not None else point.hvp(g)
+        gg, gHg = (g * g).sum(1), (g * Hg).sum(1)
         eta, L2 = state["eta"].clone(), state["hessian_lipschitz"].clone()
         floor = 4 * torch.finfo(f.dtype).eps * f.abs().clamp(min=torch.finfo(f.dtype).tiny)
         new, done = point.x.clone(), torch.zeros_like(negative)
@@ -187,11 +189,13 @@ def _dense(options: dict, point) -> bool:
     return solver == "dense" or (solver == "auto" and point.n <= options["dense_max"])
 
 
-def _smallest_pairs(point, options) -> tuple[torch.Tensor, torch.Tensor]:
-    """λ_min (S,) and its unit eigenvector (S, n) for every row."""
+def _smallest_pairs(point, options) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """λ_min (S,) and its unit eigenvector (S, n) for every row, and the dense Hessians
+    (S, n, n) where they were formed (None on the Lanczos path)."""
     if point.n <= options["dense_max"]:
-        values, vectors = torch.linalg.eigh(point.hessian())
-        return values[:, 0], vectors[:, :, 0]
+        H = point.hessian()
+        values, vectors = torch.linalg.eigh(H)
+        return values[:, 0], vectors[:, :, 0], H
     lams, vecs = [], []
     for s in range(point.rows):  # one Lanczos run per point; the others' rows stay zero
         def matmat(V, s=s):
@@ -205,4 +209,4 @@ def _smallest_pairs(point, options) -> tuple[torch.Tensor, torch.Tensor]:
                                    dtype=point.x.dtype, device=point.x.device).smallest
         lams.append(pairs.values[0].to(point.x.device, point.x.dtype))
         vecs.append(pairs.vectors[:, 0])
-    return torch.stack(lams), torch.stack(vecs)
+    return torch.stack(lams), torch.stack(vecs), None
