@@ -145,8 +145,14 @@ class ModelLoss:
             return _own_loss(output)
         return self.loss_fn(select_output(output, self.output), batch.target)
 
-    def unused_parameters(self, theta: torch.Tensor) -> list[str]:
-        """Names of selected parameters that the loss does not depend on (curvature zero)."""
+    def survey(self, theta: torch.Tensor) -> dict[str, list[str]]:
+        """What one forward on the first batch shows about the loss at θ.
+
+        ``unused``: selected parameters the loss does not depend on (curvature zero).
+        ``first_order_only``: custom ``torch.autograd.Function`` s on the path whose backward is
+        ``@once_differentiable``: autograd cannot differentiate them again, so a Hessian-vector
+        product through the kept graph would silently miss their second derivative.
+        """
         views = self.unflatten(theta.detach().requires_grad_(True))
         with _modes(self.model, self.mode):
             index, batch = next(((i, b) for i, b in enumerate(self.batches)
@@ -164,8 +170,10 @@ class ModelLoss:
                 f"({', '.join(self.names[:5])}{', ...' if len(self.names) > 5 else ''}); choose "
                 "parameters the model uses with params=[...]"
             )
+        blockers = _once_differentiable(loss)
         grads = torch.autograd.grad(loss, list(views.values()), allow_unused=True)
-        return [name for name, g in zip(views, grads, strict=True) if g is None]
+        return {"unused": [name for name, g in zip(views, grads, strict=True) if g is None],
+                "first_order_only": blockers}
 
     def _forward(self, views: dict, index: int, batch: Batch) -> torch.Tensor:
         buffers = None
@@ -316,6 +324,26 @@ def _slots(model: nn.Module, pairs, first: dict[str, torch.Tensor]) -> dict[str,
             seen.add(key)
             slots[name] = name_of[id(tensor)]
     return slots
+
+
+def _once_differentiable(loss: torch.Tensor) -> list[str]:
+    """Names of the custom autograd Functions in ``loss``'s graph whose backward is wrapped by
+    ``torch.autograd.function.once_differentiable`` (a graph walk: no extra pass)."""
+    found, seen, stack = [], set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        backward = getattr(getattr(node, "_forward_cls", None), "backward", None)
+        code = getattr(backward, "__code__", None)
+        if code is not None and code.co_name == "wrapper" and \
+                code.co_filename.replace("\\", "/").endswith("torch/autograd/function.py"):
+            name = node._forward_cls.__name__
+            if name not in found:
+                found.append(name)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found
 
 
 @contextmanager

@@ -237,7 +237,10 @@ class Objective:
         obj = cls(loss, loss.theta0, info=info, lower_bound=lower_bound,
                   graph_cache_samples=graph_cache_samples, engine=engine,
                   reduction=loss.reduction)
-        obj.info["unused_parameters"] = loss.unused_parameters(loss.theta0)
+        survey = loss.survey(loss.theta0)
+        obj.info["unused_parameters"] = survey["unused"]
+        if survey["first_order_only"]:
+            obj.info["first_order_only"] = survey["first_order_only"]
         obj._unflatten = loss.unflatten
         obj.model_loss = loss
         if engine in ("auto", "chain"):
@@ -299,6 +302,15 @@ class Objective:
         """H(θ)·v for v of shape (n,), or H(θ)·V for V of shape (n, k): k products at once."""
         theta = self._point(theta)
         V = self._vectors(v)
+        if self.info.get("first_order_only"):
+            names = ", ".join(self.info["first_order_only"])
+            raise BadInputError(
+                f"the model uses the custom autograd Function(s) {names}, whose backward is "
+                "@once_differentiable: autograd cannot differentiate it again, so Hessian-vector "
+                "products would silently miss its second derivative. Write that backward with "
+                "differentiable torch operations and drop @once_differentiable, or select only "
+                "parameters after it (params=...). Values and gradients are unaffected."
+            )
         columns = V if V.dim() == 2 else V[:, None]
         graph = self._prepare(theta)
         if isinstance(graph, ChainHessian):

@@ -449,3 +449,39 @@ def test_parameters_the_loss_does_not_use_at_all_are_refused_by_name():
     with pytest.raises(BadInputError, match="does not depend on any.*idle.weight.*params="):
         ls.Objective.from_model(model, F.mse_loss, (torch.randn(4, 2), torch.randn(4, 1)),
                                 params="idle.*")
+
+
+class FirstOrderSquare(torch.autograd.Function):
+    """x² with a backward autograd cannot differentiate again."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+def test_a_once_differentiable_function_is_named_instead_of_giving_wrong_products():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 3), nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.b(FirstOrderSquare.apply(self.a(x)))
+
+    net = Net().to(D)
+    data = (torch.randn(5, 2, dtype=D), torch.randn(5, 1, dtype=D))
+    obj = ls.Objective.from_model(net, F.mse_loss, data)
+    assert obj.info["first_order_only"] == ["FirstOrderSquare"]
+    assert obj.grad().shape == (obj.n,)  # values and gradients are unaffected
+    with pytest.raises(BadInputError, match="FirstOrderSquare.*once_differentiable"):
+        obj.hvp(torch.ones(obj.n, dtype=D))
+    after = ls.Objective.from_model(net, F.mse_loss, data, params="b.*")  # after it: exact
+    assert "first_order_only" not in after.info
+    after.hvp(torch.ones(after.n, dtype=D))
