@@ -93,6 +93,7 @@ class ModelLoss:
                                 "the loss the model returns itself")
         self.model, self.loss_fn, self.mode, self.seed = model, loss_fn, mode, seed
         self.output, self.device = output, device
+        self.writes_inputs = False  # set by survey(): the model changes its inputs in place
         self.batches = batches.fixed() if mode == "train" else batches
         self.names = select_parameters(model, params)
         named = dict(model.named_parameters())
@@ -139,6 +140,13 @@ class ModelLoss:
                 if weight > 0:
                     yield index, self._forward(views, index, batch), weight, batch.size
 
+    def inputs_of(self, batch: Batch) -> tuple[tuple, dict]:
+        """The model's positional and keyword inputs for ``batch`` (copies if the model writes
+        into its inputs in place, so the caller's data never changes)."""
+        if self.writes_inputs:
+            batch = _copied(batch)
+        return batch.inputs, dict(batch.kwargs)
+
     def loss_of(self, output, batch: Batch) -> torch.Tensor:
         """The batch's loss from the model's raw output."""
         if isinstance(self.loss_fn, str):
@@ -152,6 +160,9 @@ class ModelLoss:
         ``first_order_only``: custom ``torch.autograd.Function`` s on the path whose backward is
         ``@once_differentiable``: autograd cannot differentiate them again, so a Hessian-vector
         product through the kept graph would silently miss their second derivative.
+        ``writes_inputs``: the model changes its inputs in place (an in-place first layer); the
+        survey runs on copies, and every later forward gets copies too, so the caller's data is
+        never changed.
         """
         views = self.unflatten(theta.detach().requires_grad_(True))
         with _modes(self.model, self.mode):
@@ -163,7 +174,10 @@ class ModelLoss:
                     "weight zero); check ignore_index and the labels (−100 marks a token to "
                     "ignore)"
                 )
-            loss = self._forward(views, index, batch)
+            copy = _copied(batch)
+            versions = [t._version for t in _tensors(copy)]
+            loss = self._forward(views, index, copy)
+            self.writes_inputs = versions != [t._version for t in _tensors(copy)]
         if not loss.requires_grad:
             raise BadInputError(
                 f"the loss does not depend on any of the selected parameters "
@@ -173,10 +187,11 @@ class ModelLoss:
         blockers = _once_differentiable(loss)
         grads = torch.autograd.grad(loss, list(views.values()), allow_unused=True)
         return {"unused": [name for name, g in zip(views, grads, strict=True) if g is None],
-                "first_order_only": blockers}
+                "first_order_only": blockers, "writes_inputs": self.writes_inputs}
 
     def _forward(self, views: dict, index: int, batch: Batch) -> torch.Tensor:
         buffers = None
+        args, kwargs = self.inputs_of(batch)
         if self.mode == "train":  # train-mode forwards may update running statistics in place
             buffers = {name: b.clone() for name, b in self.buffers.items()}
         try:
@@ -184,7 +199,7 @@ class ModelLoss:
                 if self._random:
                     torch.manual_seed(self.seed + index)
                 output = torch.func.functional_call(
-                    self.model, self.state(views, buffers), batch.inputs, dict(batch.kwargs),
+                    self.model, self.state(views, buffers), args, kwargs,
                     strict=False, tie_weights=False,
                 )
                 loss = self.loss_of(output, batch)
@@ -324,6 +339,16 @@ def _slots(model: nn.Module, pairs, first: dict[str, torch.Tensor]) -> dict[str,
             seen.add(key)
             slots[name] = name_of[id(tensor)]
     return slots
+
+
+def _tensors(batch: Batch) -> list[torch.Tensor]:
+    return [*batch.inputs, *batch.kwargs.values()]
+
+
+def _copied(batch: Batch) -> Batch:
+    """The batch with its model inputs copied (the target is only read)."""
+    return Batch(tuple(t.clone() for t in batch.inputs), batch.target, batch.size,
+                 {k: t.clone() for k, t in batch.kwargs.items()})
 
 
 def _once_differentiable(loss: torch.Tensor) -> list[str]:

@@ -239,6 +239,8 @@ class Objective:
                   reduction=loss.reduction)
         survey = loss.survey(loss.theta0)
         obj.info["unused_parameters"] = survey["unused"]
+        if survey["writes_inputs"]:
+            obj.info["writes_inputs"] = "the model changes its inputs in place; it gets copies"
         if survey["first_order_only"]:
             obj.info["first_order_only"] = survey["first_order_only"]
         obj._unflatten = loss.unflatten

@@ -90,7 +90,7 @@ def bn_buffers(obj: Objective, theta: torch.Tensor) -> dict[str, torch.Tensor]:
             for batch in loss.batches:
                 buffers = {name: b.clone() for name, b in loss.buffers.items()}
                 torch.func.functional_call(loss.model, loss.state(theta.detach(), buffers),
-                                           batch.inputs, dict(batch.kwargs), strict=False,
+                                           *loss.inputs_of(batch), strict=False,
                                            tie_weights=False)
     finally:
         for handle in handles:
@@ -278,7 +278,8 @@ class Replica:
                 weight = float(self._loss.weight(batch))
                 if weight <= 0:
                     continue
-                output = self._model(*batch.inputs, **batch.kwargs)
+                args, kwargs = self._loss.inputs_of(batch)
+                output = self._model(*args, **kwargs)
                 loss = self._loss.loss_of(output, batch).item()
                 if not math.isfinite(loss):
                     check_loss(torch.tensor(loss), f"batch {index} ({batch.size} samples)")

@@ -485,3 +485,16 @@ def test_a_once_differentiable_function_is_named_instead_of_giving_wrong_product
     after = ls.Objective.from_model(net, F.mse_loss, data, params="b.*")  # after it: exact
     assert "first_order_only" not in after.info
     after.hvp(torch.ones(after.n, dtype=D))
+
+
+def test_a_model_that_writes_into_its_input_gets_copies_and_the_data_stays():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(3, 1)).to(D)
+    X, y = torch.randn(6, 3, dtype=D), torch.randn(6, 1, dtype=D)
+    kept = X.clone()
+    obj = ls.Objective.from_model(model, F.mse_loss, (X, y), batch_size=4)
+    assert "in place" in obj.info["writes_inputs"]
+    obj.value(), obj.hvp(torch.ones(obj.n, dtype=D)), ls.probe(obj)
+    pointwise.Replica(obj).value(obj.theta0 + 0.1)
+    assert torch.equal(X, kept)
+    assert obj.value().item() == pytest.approx(F.mse_loss(model(X.clone()), y).item(), rel=1e-12)
