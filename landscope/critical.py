@@ -361,7 +361,7 @@ def _stationarity(grad_norm, rho, theta_norm, loss, lower_bound, step_rtol, eps)
     explanation = (
         f"not a critical point: ‖∇L‖ = {grad_norm:.3g}; a gradient step of the safe size 1/ρ "
         f"(ρ = {rho:.3g}) would move θ by {step:.3g}, {relative:.3g} of ‖θ‖ = {theta_norm:.3g}, "
-        f"above the tolerance {tol:g}: training is still sliding"
+        f"above the tolerance {tol:.2g}: training is still sliding"
     )
     if ratio is not None:
         explanation += (f" (that step would lower the loss by ≈ {decrease:.3g}, a fraction "
