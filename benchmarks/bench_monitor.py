@@ -137,7 +137,8 @@ def _run(X, y, steps, watch=None, lr=LR):
     (wall seconds per step, CPU seconds per step, ``close()``'s result).
 
     ``watch(model, optimizer, run_dir)`` gives ``(step_fn, close)``; ``step_fn(out, target,
-    optimizer, step)`` does the backward pass and the optimiser step, watched.
+    optimizer, step)`` does the backward pass and the optimiser step, watched; ``close()`` ends
+    the watch (timed) and returns a function that reads what it recorded (not timed).
     """
     torch.manual_seed(0)
     model = WORKLOADS["W2"].make()
@@ -152,9 +153,9 @@ def _run(X, y, steps, watch=None, lr=LR):
                 optimizer.zero_grad(set_to_none=True)
                 step_fn(model(X[index]), y[index], optimizer, done)
                 done += 1
-        result = close() if close else None
-        return ((time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps,
-                result)
+        report = close() if close else None
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return wall / steps, cpu / steps, report() if report else None
 
 
 def _unmonitored(model, optimizer, run_dir):
@@ -173,16 +174,20 @@ def _landscope(**options):
 
         def close():
             monitor.close()
-            meta = monitor.record.meta
-            seconds = meta["seconds"]
-            return {"events": len(meta["events"]),
-                    "measured": sum(e.get("products", 0) > 0 for e in meta["events"]),
-                    "products": sum(e.get("products", 0) for e in meta["events"]),
-                    "curvature": seconds.get("curvature", 0.0) / seconds["total"],
-                    "share": seconds["monitor"] / seconds["total"]}
+            return lambda: _summary(monitor.record.meta)
 
         return step_fn, close
     return watch
+
+
+def _summary(meta: dict) -> dict:
+    """Curvature events and time shares of a closed Monitor's record."""
+    seconds = meta["seconds"]
+    return {"events": len(meta["events"]),
+            "measured": sum(e.get("products", 0) > 0 for e in meta["events"]),
+            "products": sum(e.get("products", 0) for e in meta["events"]),
+            "curvature": seconds.get("curvature", 0.0) / seconds["total"],
+            "share": seconds["monitor"] / seconds["total"]}
 
 
 def _compare(configs, X, y, steps, repeats, lr=LR):

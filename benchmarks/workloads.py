@@ -7,9 +7,9 @@ whose output head is tied to its token embedding (it classifies a sequence by pr
 label token, GPT-style), W5 a ResNet-20 on CIFAR-shaped images. The loss is the mean
 cross-entropy over the whole data set, taken as one batch. Each model is trained with Adam
 (lr 1e-3, batch 64, seed 0) for 5 epochs (W4: 20, W5: 30) so that it sits somewhere after the
-start of training, then put in eval mode. W5 holds 64 images, one training batch: on a 2-core
-CPU its Hessian-vector product already takes about 0.5 s, and the peers' smallest-eigenvalue runs
-need hundreds of them.
+start of training, then put in eval mode. W4 holds 64 sequences and W5 64 images, one training
+batch each: on a 2-core CPU their Hessian-vector products already take about 0.5 s, and the
+peers' smallest-eigenvalue runs need hundreds of them.
 
 ====  ============================================================  =========  ==========
 name  model                                                         dtype      parameters
@@ -21,7 +21,7 @@ W3    CNN conv16 3x3 -> BN2d -> ReLU -> conv32 3x3 -> ReLU ->       float32    2
 W4    causal transformer LM classifier: token + position            float32    155,200
       embedding (vocab 64, width 64), 3 pre-norm encoder layers
       (4 heads, MLP 256), final LayerNorm, head tied to the token
-      embedding; 256 sequences of 16 tokens, 10 label tokens
+      embedding; 64 sequences of 16 tokens, 10 label tokens
 W5    ResNet-20 (3 stages x 3 basic blocks, 16/32/64 channels,      float32    269,722
       BatchNorm, identity skips zero-padded where downsampling),
       eval mode; 64 images 3x32x32, 10 classes
@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 # Bump when the definition of a workload or its training changes: old cached weights are ignored.
-SPEC_VERSION = 2
+SPEC_VERSION = 3
 
 #: Environment a benchmark process must be started with (they have no effect if set later).
 HYGIENE_ENV = {
@@ -139,7 +139,7 @@ def digits(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(feats).to(dtype), torch.as_tensor(bunch.target, dtype=torch.long)
 
 
-def label_token_sequences(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def label_token_sequences(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """W4's data: ``n`` sequences of :data:`SEQ_LEN` tokens and their label tokens.
 
     Class c (of :data:`CLASSES`) owns :data:`KEYS_PER_CLASS` content tokens; a sequence is uniform
