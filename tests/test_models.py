@@ -181,6 +181,12 @@ def test_vit_and_multihead_attention_models_match_the_dense_hessian():
     obj = ls.Objective.from_model(vit, F.cross_entropy, (X, y), batch_size=2)
     _, H = truth(vit, lambda call: F.cross_entropy(call(X), y))
     assert_hessian(obj, H)
+    with torch.profiler.profile() as prof:  # value() runs without grad: the encoder's fast path
+        value = obj.value(obj.theta0 + 0.01)
+    assert any("transformer_encoder_layer_fwd" in e.name for e in prof.events())
+    shifted = obj.unflatten(obj.theta0 + 0.01)
+    reference = F.cross_entropy(torch.func.functional_call(vit, shifted, X), y)
+    assert value.item() == pytest.approx(reference.item(), rel=1e-12)
 
     mha = MHAClassifier().to(D).eval()
     x = torch.randn(5, 3, 4, dtype=D)
