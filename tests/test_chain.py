@@ -32,13 +32,22 @@ class ViewCNN(nn.Module):
         return self.fc(torch.flatten(h, 1))
 
 
-def _view_cnn():
-    torch.manual_seed(3)
-    model = ViewCNN().double().eval()
+def _with_running_statistics(model_class, seed, norms=("bn1",), gains=False):
+    """``model_class()`` in float64 eval mode, its BatchNorm layers ``norms`` given non-trivial
+    running statistics (and gains), as after training."""
+    torch.manual_seed(seed)
+    model = model_class().double().eval()
     with torch.no_grad():
-        model.bn1.running_mean.uniform_(-0.5, 0.5)
-        model.bn1.running_var.uniform_(0.5, 2.0)
+        for bn in (getattr(model, name) for name in norms):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            if gains:
+                bn.weight.uniform_(0.5, 1.5)
     return model
+
+
+def _view_cnn():
+    return _with_running_statistics(ViewCNN, 3)
 
 
 def _mixed_mlp():
@@ -120,14 +129,7 @@ class ResidualCNN(nn.Module):
 
 
 def _residual_cnn():
-    torch.manual_seed(7)
-    model = ResidualCNN().double().eval()
-    with torch.no_grad():
-        for bn in (model.bn1, model.bn2):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-            bn.weight.uniform_(0.5, 1.5)
-    return model
+    return _with_running_statistics(ResidualCNN, 7, ("bn1", "bn2"), gains=True)
 
 
 class IdiomCNN(nn.Module):
@@ -149,12 +151,7 @@ class IdiomCNN(nn.Module):
 
 
 def _idiom_cnn():
-    torch.manual_seed(9)
-    model = IdiomCNN().double().eval()
-    with torch.no_grad():
-        model.bn1.running_mean.uniform_(-0.5, 0.5)
-        model.bn1.running_var.uniform_(0.5, 2.0)
-    return model
+    return _with_running_statistics(IdiomCNN, 9)
 
 
 class InplaceResidual(nn.Module):
@@ -178,13 +175,7 @@ class InplaceResidual(nn.Module):
 
 
 def _inplace_residual():
-    torch.manual_seed(10)
-    model = InplaceResidual().double().eval()
-    with torch.no_grad():
-        for bn in (model.bn1, model.bn2):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-    return model
+    return _with_running_statistics(InplaceResidual, 10, ("bn1", "bn2"))
 
 
 class Twice(nn.Module):
