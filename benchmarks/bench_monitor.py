@@ -18,7 +18,12 @@ Rows:
   asks for it), over a whole run of ``--held-steps`` steps (1,500), and the same with Adam's lr
   at ``--stall-lr`` (0.03), where the loss stalls and rises so that the Monitor considers
   curvature: the amortised cost, with the curvature measurements started, their products and
-  their share of the run (each is bounded by the 5 % budget, the first one included);
+  their share of the run (each is bounded by the 5 % budget, the first one included); each also
+  *interleaved*: the watched run and an unmonitored twin advance together on the same batches,
+  one step each in alternating order, and their summed step times are divided. Whole runs side
+  by side swing by 10-30 % a pair on this VM (a 2-thread W2 step takes 2.5-4.3 ms from run to
+  run, 0.85 ms on one thread: the wake-up of the second OpenMP thread dominates it), so their
+  7-15-pair medians move by ±6 %; interleaving cancels that drift;
 - one curvature measurement (λ_max and λ_min by Lanczos with ≤ 100 products each, gradient noise
   from 4 chunks) on the held batch, in units of one training step;
 - Cockpit 1.0.2 (if installed): ``economy`` every step and every 16 steps, and its λ_max gauge
@@ -46,6 +51,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -59,6 +66,7 @@ from harness import machine_info  # noqa: E402
 from torch import nn  # noqa: E402
 
 from landscope.monitor import Monitor  # noqa: E402
+from landscope.monitor import monitor as monitor_module  # noqa: E402
 from landscope.monitor.curvature import measure  # noqa: E402
 
 BATCH, LR = 64, 1e-3
@@ -102,16 +110,19 @@ def main() -> int:
     amortised = (f"landscope default + held batch of 256, whole {args.held_steps:,}-step run "
                  "(amortised)")
     watched = _landscope(loss_fn=nn.functional.cross_entropy, held=held)
-    held_plain, healthy, closed = _compare({amortised: watched}, X, y, args.held_steps,
-                                           args.held_repeats)
-    plain = plain or held_plain
-    own.update(closed)
-    if args.stall_lr:
-        stalling = amortised.replace("whole", f"Adam lr {args.stall_lr:g} (a stalling loss), whole")
-        _, stalled, closed = _compare({stalling: watched}, X, y, args.held_steps,
-                                      args.held_repeats, lr=args.stall_lr)
-        healthy.update(stalled)
+    healthy = {}
+    for lr, name in ((LR, amortised), (args.stall_lr, amortised.replace(
+            "whole", f"Adam lr {args.stall_lr:g} (a stalling loss), whole"))):
+        if not lr:
+            continue
+        held_plain, runs, closed = _compare({name: watched}, X, y, args.held_steps,
+                                            args.held_repeats, lr=lr)
+        plain = plain or held_plain
+        healthy.update(runs)
         own.update(closed)
+        lockstep = name.replace("(amortised)", "(amortised), interleaved step by step")
+        healthy[lockstep], own[lockstep] = _interleaved(X, y, args.held_steps, watched,
+                                                        args.held_repeats, lr)
     rows = [*ratios.items(), *healthy.items()]
     if not args.held_only:
         steps = _curvature_seconds(held) / plain
@@ -200,21 +211,85 @@ def _compare(configs, X, y, steps, repeats, lr=LR):
     _run(X, y, epoch, lr=lr)  # warm-up
     for watch in configs.values():
         _run(X, y, epoch, watch, lr)
-    plain, ratios, results = [], {name: ([], []) for name in configs}, {}
+    plain, ratios = [], {name: ([], []) for name in configs}
+    results = {name: [] for name in configs}
     for repeat in range(repeats):
         for name, watch in configs.items():
             if repeat % 2:
-                *watched, results[name] = _run(X, y, steps, watch, lr)
+                *watched, result = _run(X, y, steps, watch, lr)
                 base = _run(X, y, steps, lr=lr)[:2]
             else:
                 base = _run(X, y, steps, lr=lr)[:2]
-                *watched, results[name] = _run(X, y, steps, watch, lr)
+                *watched, result = _run(X, y, steps, watch, lr)
+            results[name].append(result)
             plain.append(base[0])
             for k in range(2):
                 ratios[name][k].append(watched[k] / base[k])
     return (statistics.median(plain),
             {name: tuple(statistics.median(v) for v in pair) for name, pair in ratios.items()},
-            results)
+            {name: _pooled(found) for name, found in results.items() if found[0]})
+
+
+def _interleaved(X, y, steps, watch, repeats, lr=LR):
+    """(median (wall ratio, None), pooled summaries) of a watched run and an unmonitored twin
+    advancing together on the same batches, one step each, in alternating order.
+
+    A drift in the machine's speed (on this VM a 2-thread step takes 2.8-4.3 ms from one run to
+    the next) hits both sides of every step alike, so the ratio of their summed step times
+    compares like with like far more tightly than whole runs side by side. The Monitor's clock
+    leaves out the twin's steps, so its budget sees only the training it watches. The two runs
+    must end bit-identical (the Monitor only observes); anything else is an error.
+    """
+    ratios, summaries, twin = [], [], [0.0]
+    clock = SimpleNamespace(perf_counter=lambda: time.perf_counter() - twin[0])
+    for _ in range(repeats):
+        twin[0] = 0.0
+        seconds = [0.0, 0.0]
+        pairs = []
+        for _side in range(2):
+            torch.manual_seed(0)
+            model = WORKLOADS["W2"].make()
+            pairs.append((model, torch.optim.Adam(model.parameters(), lr=lr)))
+        shuffle = torch.Generator().manual_seed(1)
+        with tempfile.TemporaryDirectory() as run_dir, mock.patch.object(monitor_module, "time",
+                                                                          clock):
+            start = time.perf_counter()
+            step_fn, close = watch(*pairs[1], run_dir)
+            seconds[1] += time.perf_counter() - start
+            done = 0
+            while done < steps:
+                for index in torch.randperm(len(X), generator=shuffle).split(BATCH)[:steps - done]:
+                    for side in (0, 1) if done % 2 else (1, 0):
+                        model, optimizer = pairs[side]
+                        start = time.perf_counter()
+                        optimizer.zero_grad(set_to_none=True)
+                        (step_fn if side else _plain_step)(model(X[index]), y[index], optimizer,
+                                                           done)
+                        took = time.perf_counter() - start
+                        seconds[side] += took
+                        if side == 0:
+                            twin[0] += took
+                    done += 1
+            start = time.perf_counter()
+            report = close()
+            seconds[1] += time.perf_counter() - start
+            summaries.append(report())
+        if not all(torch.equal(p, q) for p, q in zip(pairs[0][0].parameters(),
+                                                      pairs[1][0].parameters(), strict=True)):
+            raise RuntimeError("the watched run diverged from its unmonitored twin")
+        ratios.append(seconds[1] / seconds[0])
+    return (statistics.median(ratios), None), _pooled(summaries)
+
+
+def _pooled(summaries: list[dict]) -> dict:
+    """Summaries of repeated runs in one: medians of the time shares, the runs with curvature
+    events and with products among all, the products of all runs."""
+    return {"runs": len(summaries),
+            "events": sum(s["events"] > 0 for s in summaries),
+            "measured": sum(s["measured"] > 0 for s in summaries),
+            "products": sum(s["products"] for s in summaries),
+            "curvature": statistics.median(s["curvature"] for s in summaries),
+            "share": statistics.median(s["share"] for s in summaries)}
 
 
 def _curvature_seconds(held) -> float:
@@ -291,7 +366,9 @@ def _table(rows, plain, args, with_cockpit, own) -> str:
         "medians of paired runs (monitored / unmonitored, same seed, next to each other, "
         "alternating order), by wall clock and by this process's CPU time (which a busy machine "
         "disturbs less); 'self-timed' is the share of the run spent inside the Monitor's own "
-        "code (hooks, step, flushes), a floor that excludes the framework's hook dispatch.",
+        "code (hooks, step, flushes), a floor that excludes the framework's hook dispatch, median "
+        "over the runs. 'Interleaved' rows advance the watched run and an unmonitored twin "
+        "together, one step each, and divide their summed step times (median over runs).",
         "",
         "| configuration | wall-clock ratio | CPU-time ratio | self-timed | anchor |",
         "|---|---|---|---|---|",
@@ -310,8 +387,9 @@ def _table(rows, plain, args, with_cockpit, own) -> str:
         mine = own.get(name) or {}
         timed = f"{mine['share']:.1%}" if mine else "—"
         if "events" in mine and "amortised" in name:
-            timed += (f" (curvature begun {mine['events']}×, with products {mine['measured']}×, "
-                      f"{mine['products']} products, {mine['curvature']:.1%} of the run)")
+            timed += (f" (curvature begun in {mine['events']} of {mine['runs']} runs, with "
+                      f"products in {mine['measured']}, {mine['products']} products in all, "
+                      f"median {mine['curvature']:.1%} of the run)")
         lines.append(f"| {name} | {wall:.3f}{unit} | {cpu_text} | {timed} | {anchor} |")
     if not with_cockpit and not args.held_only:
         lines.append("| Cockpit | not installed in this venv | | | anchors above |")
