@@ -169,11 +169,7 @@ class ModelLoss:
             index, batch = next(((i, b) for i, b in enumerate(self.batches)
                                  if self.weight(b) > 0), (None, None))
             if batch is None:
-                raise BadInputError(
-                    "no batch has anything to average over (every target ignored, or every "
-                    "weight zero); check ignore_index and the labels (−100 marks a token to "
-                    "ignore)"
-                )
+                normaliser(self.reduction, 0.0)  # raises: nothing to average over
             copy = _copied(batch)
             versions = [t._version for t in _tensors(copy)]
             loss = self._forward(views, index, copy)
@@ -216,6 +212,19 @@ class ModelLoss:
     @property
     def _random(self) -> bool:
         return self.mode == "train"
+
+
+def normaliser(reduction: str, weights: float) -> float:
+    """What the weighted sum Σ_b w_b ℓ_b is divided by: Σ_b w_b for a mean loss (refused when
+    no batch has anything to average over), 1 for a sum."""
+    if reduction == "sum":
+        return 1.0
+    if weights <= 0:
+        raise BadInputError(
+            "no batch has anything to average over (every target ignored, or every weight "
+            "zero); check ignore_index and the labels (−100 marks a token to ignore)"
+        )
+    return weights
 
 
 def select_output(output, spec: int | str | Callable | None = None):

@@ -39,7 +39,7 @@ from torch import nn
 from landscope.chain import ChainHessian, Unsupported
 from landscope.data import Batches
 from landscope.errors import BadInputError
-from landscope.functional import ModelLoss, check_loss
+from landscope.functional import ModelLoss, check_loss, normaliser
 
 DENSE_LIMIT = 4096
 """Largest n for which :meth:`Objective.hessian` builds the dense n×n matrix without being asked."""
@@ -384,16 +384,7 @@ class Objective:
         return v.detach().to(self.device, self.dtype)
 
     def _normaliser(self, weights: float) -> float:
-        """Σ_b w_b for a mean loss (refused when no batch has anything to average over), 1 for
-        a sum."""
-        if self._reduction == "sum":
-            return 1.0
-        if weights <= 0:
-            raise BadInputError(
-                "no batch has anything to average over (every target ignored, or every weight "
-                "zero); check ignore_index and the labels (−100 marks a token to ignore)"
-            )
-        return weights
+        return normaliser(self._reduction, weights)
 
     def _cached(self, theta):
         cache = self._point_cache

@@ -38,7 +38,7 @@ from torch import nn
 
 from landscope.data import Batch
 from landscope.errors import BadInputError
-from landscope.functional import ModelLoss, check_loss
+from landscope.functional import ModelLoss, check_loss, normaliser
 from landscope.objective import Objective
 
 
@@ -284,7 +284,7 @@ class Replica:
                 if not math.isfinite(loss):
                     check_loss(torch.tensor(loss), f"batch {index} ({batch.size} samples)")
                 total, weights = total + weight * loss, weights + weight
-        return total / _normaliser(self._loss, weights)
+        return total / normaliser(self._loss.reduction, weights)
 
 
 def model_loss(obj: Objective, purpose: str) -> ModelLoss:
@@ -306,11 +306,7 @@ def _weighted_mean(loss: ModelLoss, theta: torch.Tensor) -> float:
     with torch.no_grad():
         for _, value, weight, _ in loss(theta.detach()):
             total, weights = total + weight * value.item(), weights + weight
-    return total / _normaliser(loss, weights)
-
-
-def _normaliser(loss: ModelLoss, weights: float) -> float:
-    return 1.0 if loss.reduction == "sum" else weights
+    return total / normaliser(loss.reduction, weights)
 
 
 def _recording(loss_fn, chunks: int, sink: list, per_sample: bool):
