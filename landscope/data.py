@@ -96,17 +96,50 @@ class Batches:
         frozen.description = self.description + ", batches fixed"
         return frozen
 
+    def subset(self, samples: torch.Tensor, *, units: str = "samples") -> Batches:
+        """The batches restricted to ``samples`` (indices into the samples of all batches in
+        order, or with ``units="batches"`` into the batches), read once and kept.
+
+        Selected samples of consecutive batches are joined up to the largest batch size where
+        their shapes agree (padded sequences of different lengths stay apart), so a subset costs
+        what its samples cost, not what the batches they came from cost.
+        """
+        chosen = torch.as_tensor(samples, dtype=torch.long).unique(sorted=True)
+        batches = list(self)
+        if units == "batches":
+            kept = [batches[i] for i in chosen.tolist()]
+            return self._frozen(kept, f"{len(kept)} of {len(batches)} batches")
+        largest, pieces, start = max(b.size for b in batches), [], 0
+        for batch in batches:
+            local = chosen[(chosen >= start) & (chosen < start + batch.size)] - start
+            start += batch.size
+            if local.numel():
+                pieces.append(_rows(batch, local.to(_device_of(batch))))
+        joined: list[Batch] = []
+        for piece in pieces:
+            if joined and joined[-1].size + piece.size <= largest and _joinable(joined[-1], piece):
+                piece = _join(joined.pop(), piece)
+            joined.append(piece)
+        return self._frozen(joined, f"{int(chosen.numel())} of {start} samples")
+
+    def _frozen(self, kept: list[Batch], description: str) -> Batches:
+        frozen = Batches.__new__(Batches)
+        frozen.__dict__.update(self.__dict__)
+        frozen._source, frozen._fingerprints = kept, None
+        frozen.description = f"{description} ({self.description})"
+        return frozen
+
     def _check_same(self, index: int, batch: Batch) -> tuple[int, float]:
         """The batch's fingerprint (size, sum of every tensor), checked against pass one."""
-        tensors = (*batch.inputs, *batch.kwargs.values(),
-                   *(() if batch.target is None else (batch.target,)))
-        mark = (batch.size, float(sum(t.double().sum() for t in tensors)))
+        mark = (batch.size, float(sum(t.double().sum() for t in _tensors_of(batch))))
         known = self._fingerprints
         if known is not None and (index >= len(known) or known[index] != mark):
             raise _changed(f"batch {index} differs from the first pass")
         return mark
 
     def _prepare(self, index: int, raw) -> Batch:
+        if isinstance(raw, Batch):  # a subset's batches are prepared already
+            return raw
         if isinstance(raw, Mapping):
             return self._prepare_mapping(index, raw)
         if not isinstance(raw, (tuple, list)) or len(raw) < (1 if self.target_to_model else 2):
@@ -165,6 +198,40 @@ class Batches:
             )
         dtype = self.dtype if value.is_floating_point() and self.dtype is not None else None
         return value.to(device=self.device, dtype=dtype)
+
+
+def _tensors_of(batch: Batch) -> list[torch.Tensor]:
+    return [*batch.inputs, *batch.kwargs.values(), *(() if batch.target is None else
+                                                      (batch.target,))]
+
+
+def _device_of(batch: Batch) -> torch.device:
+    return _tensors_of(batch)[0].device
+
+
+def _rows(batch: Batch, rows: torch.Tensor) -> Batch:
+    """The batch's samples ``rows`` (every tensor's first dimension counts samples)."""
+    def pick(t):
+        return t.index_select(0, rows)
+
+    return Batch(tuple(map(pick, batch.inputs)), None if batch.target is None else
+                 pick(batch.target), int(rows.numel()),
+                 {k: pick(v) for k, v in batch.kwargs.items()})
+
+
+def _joinable(a: Batch, b: Batch) -> bool:
+    return a.kwargs.keys() == b.kwargs.keys() and all(
+        x.shape[1:] == y.shape[1:] and x.dtype == y.dtype
+        for x, y in zip(_tensors_of(a), _tensors_of(b), strict=True))
+
+
+def _join(a: Batch, b: Batch) -> Batch:
+    def cat(x, y):
+        return torch.cat([x, y])
+
+    return Batch(tuple(map(cat, a.inputs, b.inputs)),
+                 None if a.target is None else cat(a.target, b.target), a.size + b.size,
+                 {k: cat(v, b.kwargs[k]) for k, v in a.kwargs.items()})
 
 
 def _rng_neutral(source: Iterable) -> Iterator:

@@ -34,6 +34,7 @@ is the eval-mode one. Train mode (with fixed batches and fixed masks) is an opti
 from __future__ import annotations
 
 import contextlib
+import copy
 import fnmatch
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -111,6 +112,13 @@ class ModelLoss:
         self.buffer_slots = _slots(model, model.named_buffers(remove_duplicate=False), buffers)
         self.reduction, self.weighting, self.weight = _weighing(loss_fn, model, reduction,
                                                                 batch_weight)
+
+    def on(self, batches: Batches) -> ModelLoss:
+        """The same model, loss, parameters and mode on other batches (a data subset): every
+        fixed part (θ₀, frozen values, buffers, slots, weighting) is shared, not rebuilt."""
+        other = copy.copy(self)
+        other.batches = batches
+        return other
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """θ as a ``{parameter name: tensor}`` dict (views, no copy)."""

@@ -234,6 +234,13 @@ class Objective:
             info["model_dtype"] = str(first.dtype).replace("torch.", "")
         if lower_bound is None and not own_loss:
             lower_bound = _known_lower_bound(loss_fn)
+        return cls._of(loss, info, lower_bound=lower_bound,
+                       graph_cache_samples=graph_cache_samples, engine=engine)
+
+    @classmethod
+    def _of(cls, loss: ModelLoss, info: dict, *, lower_bound, graph_cache_samples: int,
+            engine: str) -> Objective:
+        """The Objective of a ModelLoss: the survey of its parameters and the engine's trial."""
         obj = cls(loss, loss.theta0, info=info, lower_bound=lower_bound,
                   graph_cache_samples=graph_cache_samples, engine=engine,
                   reduction=loss.reduction)
@@ -256,6 +263,33 @@ class Objective:
             else:  # on trial: the first point checks it against autograd (see _trial)
                 obj._chain_forced = engine == "chain"
                 obj._engine = obj.info["hvp_engine"] = "auto"
+        return obj
+
+    def subset(self, indices, *, units: str = "samples", engine: str | None = None
+               ) -> Objective:
+        """The same loss on part of the data: the samples ``indices`` (positions in the data
+        order; with ``units="batches"``, whole batches, as train mode needs because BatchNorm
+        mixes a batch's samples). Shares the model and every fixed part; ``info["subset"]`` says
+        which part. ``engine`` defaults to the one this Objective settled on."""
+        if self.model_loss is None:
+            raise BadInputError("subset() needs an Objective from from_model: an analytic "
+                                "function has no data to sample")
+        if units not in ("samples", "batches"):
+            raise BadInputError(f"units={units!r}; use 'samples' or 'batches'")
+        loss = self.model_loss
+        if units == "samples" and loss.mode == "train":
+            raise BadInputError("in train mode BatchNorm mixes the samples of a batch, so a "
+                                "subset of samples changes every sample's loss; sample whole "
+                                "batches (units='batches') or analyse in mode='eval'")
+        part = loss.on(loss.batches.subset(indices, units=units))
+        if engine is None:
+            engine = "chain" if self._engine == "chain" else "auto" if self._chain else \
+                self._engine
+        obj = Objective._of(part, {**self.info, "data": part.batches.description,
+                                   "subset": part.batches.description},
+                            lower_bound=self.lower_bound,
+                            graph_cache_samples=self.graph_cache_samples, engine=engine)
+        obj.info["unused_parameters"] = self.info.get("unused_parameters", [])
         return obj
 
     # ------------------------------------------------------------------ evaluation
