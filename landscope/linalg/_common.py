@@ -19,7 +19,7 @@ from landscope.errors import BadInputError, NonFiniteLossError
 MatMat = Callable[[torch.Tensor], torch.Tensor]
 
 
-def apply(matmat: MatMat, X: torch.Tensor) -> torch.Tensor:
+def apply(matmat: MatMat, X: torch.Tensor, *, finite: bool = True) -> torch.Tensor:
     """Return ``matmat(X)`` after checking its shape, dtype, device and finiteness.
 
     Parameters
@@ -28,6 +28,10 @@ def apply(matmat: MatMat, X: torch.Tensor) -> torch.Tensor:
         The operator, ``V -> A @ V`` for ``V`` of shape ``(n, b)``.
     X:
         The block of columns to multiply.
+    finite:
+        Check finiteness here (one host synchronisation). A caller that reads scalars of the
+        product back anyway passes False and checks ``torch.isfinite(Y).all()`` with them
+        (:func:`not_finite` is the error).
 
     Returns
     -------
@@ -47,12 +51,17 @@ def apply(matmat: MatMat, X: torch.Tensor) -> torch.Tensor:
             f"matmat returned dtype {Y.dtype} on {Y.device} for input of dtype {X.dtype} on "
             f"{X.device}; pass the operator's dtype and device to the linalg routine"
         )
-    if not bool(torch.isfinite(Y).all()):
-        raise NonFiniteLossError(
-            "matmat returned NaN or infinite values; the operator (e.g. the Hessian at this "
-            "point) is not finite"
-        )
+    if finite and not bool(torch.isfinite(Y).all()):
+        raise not_finite()
     return Y
+
+
+def not_finite() -> NonFiniteLossError:
+    """The error for a product with NaN or infinite entries."""
+    return NonFiniteLossError(
+        "matmat returned NaN or infinite values; the operator (e.g. the Hessian at this "
+        "point) is not finite"
+    )
 
 
 def check_int(name: str, value, minimum: int) -> int:
@@ -75,9 +84,10 @@ def generator(seed: int) -> torch.Generator:
 
 
 def rademacher(gen: torch.Generator, n: int, b: int, dtype, device) -> torch.Tensor:
-    """An ``(n, b)`` block of independent random signs (+1/-1) in ``dtype`` on ``device``."""
+    """An ``(n, b)`` block of independent random signs (+1/-1) in ``dtype`` on ``device`` (they
+    travel to the device as bytes and are cast there)."""
     signs = torch.randint(0, 2, (n, b), generator=gen, dtype=torch.int64) * 2 - 1
-    return signs.to(dtype=dtype).to(device)
+    return signs.to(torch.int8).to(device).to(dtype)
 
 
 def gaussian(gen: torch.Generator, n: int, dtype, device) -> torch.Tensor:

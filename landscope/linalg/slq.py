@@ -28,6 +28,7 @@ from landscope.linalg._common import (
     check_int,
     generator,
     noise_level,
+    not_finite,
     rademacher,
     small_eigh,
 )
@@ -219,31 +220,38 @@ def _batched_lanczos(matmat, V0: torch.Tensor, steps: int, progress):
     Returns ``(alpha, beta, sizes, products)``: diagonals ``(probes, steps)`` and off-diagonals
     ``(probes, steps)`` (``beta[:, i]`` couples steps ``i`` and ``i + 1``) in float64 CPU, the
     number of valid steps per probe, and the number of columns multiplied.
+
+    Host synchronisation: one device-to-host copy per step carries every probe's scalars (norms,
+    alpha, the product's finiteness); a step that needs the second Gram-Schmidt pass reads its
+    two numbers per probe in one more copy. The vectors never leave the device, and the recurrence
+    divides by the norms held there (the host's float64 copies are the same numbers).
     """
     n, probes = V0.shape
+    device = V0.device
     # A probe stops once beta_j <= tiny * ||A v||: below sqrt(eps) relative, what is dropped changes
     # its quadrature by far less than the Monte Carlo error, and exact repeats resolved only by
     # rounding would otherwise be explored as noise.
     tiny = max(noise_level(V0.dtype, n), math.sqrt(torch.finfo(V0.dtype).eps))
-    Q = torch.zeros(probes, steps, n, dtype=V0.dtype, device=V0.device)
+    Q = torch.zeros(probes, steps, n, dtype=V0.dtype, device=device)
     Q[:, 0, :] = V0.T
     alpha = torch.zeros(probes, steps, dtype=torch.float64)
     beta = torch.zeros(probes, steps, dtype=torch.float64)
     sizes = torch.full((probes,), steps, dtype=torch.int64)
     active = torch.ones(probes, dtype=torch.bool)
+    active_on_device, rows = active.to(device), None  # rows: the active probes' indices there
     scale = torch.zeros(probes, dtype=torch.float64)
     products, running = 0, probes
-    beta_prev = torch.zeros(probes, dtype=V0.dtype, device=V0.device)
+    beta_prev = torch.zeros(probes, dtype=V0.dtype, device=device)
     for i in range(steps):
         if running == 0:
             break
         if running == probes:  # the common case: no indexing
-            W = apply(matmat, Q[:, i, :].T.contiguous()).T
+            W = apply(matmat, Q[:, i, :].T.contiguous(), finite=False).T
         else:
-            idx = torch.nonzero(active).flatten().to(V0.device)
-            W = torch.zeros(probes, n, dtype=V0.dtype, device=V0.device)
-            W[idx] = apply(matmat, Q[idx, i, :].T.contiguous()).T
+            W = torch.zeros(probes, n, dtype=V0.dtype, device=device)
+            W[rows] = apply(matmat, Q[rows, i, :].T.contiguous(), finite=False).T
         products += running
+        finite = torch.isfinite(W).all()
         # Three-term recurrence first, then one classical Gram-Schmidt pass against the whole
         # basis: the coefficients left after the recurrence are tiny, so one pass (two reads of
         # the basis) keeps orthogonality to rounding; a second pass runs only when the first
@@ -258,15 +266,19 @@ def _batched_lanczos(matmat, V0: torch.Tensor, steps: int, progress):
         B = Q[:, : i + 1, :]
         h = torch.bmm(B, W.unsqueeze(2))
         W = W - torch.bmm(B.transpose(1, 2), h).squeeze(2)
-        n1 = torch.linalg.vector_norm(W, dim=1)
-        # one device-to-host copy per step for the per-probe numbers
-        norm0, nb, n1, a = torch.stack([norm0, nb, n1, a0 + h[:, i, 0]]).double().cpu()
+        norm = torch.linalg.vector_norm(W, dim=1)
+        # the one device-to-host copy of the step
+        numbers = torch.stack([norm0, nb, norm, a0 + h[:, i, 0], finite.expand(probes)])
+        norm0, nb, n1, a, ok = numbers.double().cpu()
+        if not bool(ok.all()):
+            raise not_finite()
         n2, repeated = n1, bool((active & (n1 < nb / math.sqrt(2))).any())
         if repeated:
             h2 = torch.bmm(B, W.unsqueeze(2))
             W = W - torch.bmm(B.transpose(1, 2), h2).squeeze(2)
-            n2 = torch.linalg.vector_norm(W, dim=1).double().cpu()
-            a = a + h2[:, i, 0].double().cpu()
+            norm = torch.linalg.vector_norm(W, dim=1)
+            n2, extra = torch.stack([norm, h2[:, i, 0]]).double().cpu()
+            a = a + extra
         scale = torch.maximum(scale, norm0)
         every = running == probes  # boolean-mask indexing costs more than the arithmetic here
         alpha[:, i] = torch.where(active, a, alpha[:, i]) if not every else a
@@ -275,19 +287,19 @@ def _batched_lanczos(matmat, V0: torch.Tensor, steps: int, progress):
         if i + 1 == steps:
             break
         broke = active & ((n2 <= tiny * scale) | (repeated & (n2 < 0.5 * n1)))
-        if broke.any():
+        if broke.any():  # rare: the masks go to the device only when they change
             sizes[broke] = i + 1
             active &= ~broke
             running = int(active.sum())
+            active_on_device, rows = active.to(device), torch.nonzero(active).flatten().to(device)
         if running == probes:
-            Q[:, i + 1, :] = W / n2.to(W)[:, None]
+            Q[:, i + 1, :] = W / norm[:, None]
             beta[:, i] = n2
-            beta_prev = n2.to(W)
+            beta_prev = norm
         else:
-            Q[active.to(V0.device), i + 1, :] = (W[active.to(V0.device)]
-                                                 / n2[active].to(W)[:, None])
+            Q[rows, i + 1, :] = W[rows] / norm[rows, None]
             beta[active, i] = n2[active]
-            beta_prev = torch.where(active, n2, 0.0).to(W)
+            beta_prev = torch.where(active_on_device, norm, 0.0)
     return alpha, beta, sizes, products
 
 

@@ -29,6 +29,7 @@ from landscope.linalg._common import (
     check_dtype,
     check_int,
     generator,
+    not_finite,
     rademacher,
 )
 
@@ -98,6 +99,9 @@ def hutchinson(
     progress:
         Optional ``progress(products, relative_stderr)`` called after every batch.
 
+    Each batch of probes costs one ``matmat`` call and one device-to-host copy (its quadratic
+    forms and the check that the product is finite); the probes are drawn on the CPU.
+
     Returns
     -------
     TraceEstimate
@@ -120,11 +124,16 @@ def hutchinson(
         Z = rademacher(gen, n, size, dtype, device)
         if Q is not None:
             Z = Z - Q @ (Q.T @ Z)
-        AZ = apply(matmat, Z)
+        AZ = apply(matmat, Z, finite=False)
         products += size
         drawn += size
         batches += 1
-        forms.append((Z * AZ).sum(dim=0).to(device="cpu", dtype=torch.float64))
+        # one device-to-host copy per batch: the quadratic forms and the product's finiteness
+        numbers = torch.cat([(Z * AZ).sum(dim=0), torch.isfinite(AZ).all()[None].to(Z.dtype)])
+        numbers = numbers.to(device="cpu", dtype=torch.float64)
+        if numbers[-1] != 1:
+            raise not_finite()
+        forms.append(numbers[:-1])
         value, stderr = _mean_and_stderr(torch.cat(forms), offset)
         if progress is not None:
             progress(products, stderr / abs(value) if value != 0 else math.inf)
