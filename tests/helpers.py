@@ -58,3 +58,30 @@ def reference_hessian(model, loss_fn, X, y, obj):
         return loss_fn(torch.func.functional_call(model, state, (X,)), y)
 
     return torch.func.hessian(loss)(obj.theta0.clone())
+
+
+class Snapshot:
+    """Everything of a model a call must leave alone: Parameter objects and their ties under
+    every name, values, buffers, per-module modes, and the global RNG."""
+
+    def __init__(self, model):
+        self.model = model
+        self.params = [(n, p, p.detach().clone())
+                       for n, p in model.named_parameters(remove_duplicate=False)]
+        self.buffers = [(n, b, b.clone()) for n, b in model.named_buffers(remove_duplicate=False)]
+        self.modes = [(n, m.training) for n, m in model.named_modules(remove_duplicate=False)]
+        self.rng = torch.get_rng_state()
+
+    def check(self):
+        m = self.model
+        now = list(m.named_parameters(remove_duplicate=False))
+        assert [n for n, _ in now] == [n for n, _, _ in self.params]
+        for (name, p), (_, before, value) in zip(now, self.params, strict=True):
+            assert p is before and type(p) is type(before), f"{name} was replaced"
+            assert isinstance(p, nn.Parameter) and torch.equal(p.detach(), value), name
+        bufs = list(m.named_buffers(remove_duplicate=False))
+        for (name, b), (_, before, value) in zip(bufs, self.buffers, strict=True):
+            assert b is before and torch.equal(b, value), name
+        assert [(n, x.training) for n, x in m.named_modules(remove_duplicate=False)] == \
+            self.modes
+        assert torch.equal(torch.get_rng_state(), self.rng)

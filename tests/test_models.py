@@ -16,6 +16,7 @@ import copy
 
 import pytest
 import torch
+from helpers import Snapshot
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -61,33 +62,6 @@ def assert_hessian(obj, H, rtol=1e-9):
     V = torch.randn(obj.n, 3, generator=torch.Generator().manual_seed(3), dtype=D)
     HV = obj.hvp(V)
     assert torch.allclose(HV, H @ V, rtol=rtol, atol=rtol * float(H.abs().max()))
-
-
-class Snapshot:
-    """Everything of a model a call must leave alone: Parameter objects and their ties under
-    every name, values, buffers, per-module modes, and the global RNG."""
-
-    def __init__(self, model):
-        self.model = model
-        self.params = [(n, p, p.detach().clone())
-                       for n, p in model.named_parameters(remove_duplicate=False)]
-        self.buffers = [(n, b, b.clone()) for n, b in model.named_buffers(remove_duplicate=False)]
-        self.modes = [(n, m.training) for n, m in model.named_modules(remove_duplicate=False)]
-        self.rng = torch.get_rng_state()
-
-    def check(self):
-        m = self.model
-        now = list(m.named_parameters(remove_duplicate=False))
-        assert [n for n, _ in now] == [n for n, _, _ in self.params]
-        for (name, p), (_, before, value) in zip(now, self.params, strict=True):
-            assert p is before and type(p) is type(before), f"{name} was replaced"
-            assert isinstance(p, nn.Parameter) and torch.equal(p.detach(), value), name
-        bufs = list(m.named_buffers(remove_duplicate=False))
-        for (name, b), (_, before, value) in zip(bufs, self.buffers, strict=True):
-            assert b is before and torch.equal(b, value), name
-        assert [(n, x.training) for n, x in m.named_modules(remove_duplicate=False)] == \
-            self.modes
-        assert torch.equal(torch.get_rng_state(), self.rng)
 
 
 # ---------------------------------------------------------------------- models
