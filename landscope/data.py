@@ -17,6 +17,14 @@ loss that changes between them is no function of θ. A shuffling DataLoader is r
 is read; any other source that changes between passes is caught on the second pass by a
 fingerprint of every batch (its size and the sum of its tensors). Reading the data never
 moves the caller's random number generator (a DataLoader draws a seed from it on every pass).
+
+Devices: data held in memory — ``(X, y)`` tensors, a list or tuple of batches, a generator read
+once, :meth:`Batches.fixed` — is cast and moved to the analysis device once, when the batches are
+made, and every pass reads that copy (the device then holds the data set). A DataLoader, or any
+other iterable, is read and moved on every pass, as in training: the way to analyse data that does
+not fit the device. Fingerprints stay on the device until the end of a pass and come back in one
+transfer, so a pass costs no host synchronisation per batch; a changed batch is reported at the
+end of the pass that read it.
 """
 
 from __future__ import annotations
@@ -75,24 +83,24 @@ class Batches:
         self.target_key = target_key
         self.target_to_model = target_to_model
         self._source, self.description = _normalise(data, batch_size)
+        if isinstance(self._source, (list, tuple)):  # held in memory: on the device once
+            self._source = self._prepared(self._source)
         self._fingerprints: list[tuple[int, float]] | None = None
 
     def __iter__(self) -> Iterator[Batch]:
-        seen = []
+        sizes, sums = [], []
         for index, raw in enumerate(_rng_neutral(self._source)):
             batch = self._prepare(index, raw)
-            seen.append(self._check_same(index, batch))
+            sizes.append(batch.size)
+            sums.append(sum(t.double().sum() for t in _tensors_of(batch)))
             yield batch
-        if self._fingerprints is None:
-            self._fingerprints = seen
-        elif len(seen) != len(self._fingerprints):
-            raise _changed(f"{len(self._fingerprints)} batches on the first pass, {len(seen)} now")
+        self._check_same(sizes, sums)
 
     def fixed(self) -> Batches:
         """The same batches, read once and frozen (needed when batch composition matters)."""
         frozen = Batches.__new__(Batches)
         frozen.__dict__.update(self.__dict__)
-        frozen._source = list(_rng_neutral(self._source))
+        frozen._source = self._prepared(_rng_neutral(self._source))
         frozen.description = self.description + ", batches fixed"
         return frozen
 
@@ -129,13 +137,24 @@ class Batches:
         frozen.description = f"{description} ({self.description})"
         return frozen
 
-    def _check_same(self, index: int, batch: Batch) -> tuple[int, float]:
-        """The batch's fingerprint (size, sum of every tensor), checked against pass one."""
-        mark = (batch.size, float(sum(t.double().sum() for t in _tensors_of(batch))))
+    def _prepared(self, raws: Iterable) -> list[Batch]:
+        """Every batch of ``raws`` cast, moved and checked now."""
+        return [self._prepare(index, raw) for index, raw in enumerate(raws)]
+
+    def _check_same(self, sizes: list[int], sums: list[torch.Tensor]) -> None:
+        """One pass's fingerprints (size, sum of every tensor) checked against pass one; the
+        sums come back from the device in one transfer."""
+        marks = list(zip(sizes, torch.stack(sums).tolist() if sums else [], strict=True))
         known = self._fingerprints
-        if known is not None and (index >= len(known) or known[index] != mark):
-            raise _changed(f"batch {index} differs from the first pass")
-        return mark
+        if known is None:
+            self._fingerprints = marks
+            return
+        pairs = enumerate(zip(known, marks, strict=False))
+        changed = next((i for i, (first, now) in pairs if first != now), None)
+        if changed is not None:
+            raise _changed(f"batch {changed} differs from the first pass")
+        if len(marks) != len(known):
+            raise _changed(f"{len(known)} batches on the first pass, {len(marks)} now")
 
     def _prepare(self, index: int, raw) -> Batch:
         if isinstance(raw, Batch):  # a subset's batches are prepared already
