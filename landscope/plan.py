@@ -8,6 +8,10 @@ backward needs about as much again for a while (``PRODUCT_WORKSPACE_PER_KEPT``).
 activations scale linearly in the samples; a Lanczos basis holds m + 1 vectors of n numbers, a
 dense analysis the n×n Hessian and its ``eigh`` workspace, about 3 n² numbers.
 :meth:`CostPlan.check` refuses, with the fix, what would not fit in the free memory of the device.
+
+The figures are those of autograd products through the kept graph. The chain engine
+(:mod:`landscope.chain`) is not modelled: on a tanh MLP over 50,000 samples its caches held 1.9×
+the kept graph, and its first-point trial peaked at 2.1× this plan's peak.
 """
 
 from __future__ import annotations

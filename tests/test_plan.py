@@ -67,6 +67,7 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
 base = rss()
+# autograd products through the kept graph: what the plan models (not the chain engine)
 obj = ls.Objective.from_model(model, nn.functional.cross_entropy, (X, y), engine="loop")
 plan = estimate(obj, basis_size=20)
 for _ in range(3):
