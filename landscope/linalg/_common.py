@@ -95,7 +95,7 @@ def gaussian(gen: torch.Generator, n: int, dtype, device) -> torch.Tensor:
     return torch.randn(n, generator=gen, dtype=torch.float64).to(dtype=dtype).to(device)
 
 
-def cgs2(basis: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def cgs2(basis: torch.Tensor, w: torch.Tensor):
     """Orthogonalise ``w`` against the orthonormal columns of ``basis``, twice (CGS2).
 
     Parameters
@@ -107,19 +107,23 @@ def cgs2(basis: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
     Returns
     -------
-    (w, coefficients, lost)
+    (w, coefficients, norms, lost)
         The orthogonalised vector, the total coefficients ``basis^T w`` removed (float64, CPU),
-        and ``lost``: True when the second pass removed more than half of what was left, i.e.
-        ``w`` lay numerically inside the span and what remains is rounding noise.
+        ``norms``: the norms of ``w`` before and after (floats), and ``lost``: True when the
+        second pass removed more than half of what was left, i.e. ``w`` lay numerically inside
+        the span and what remains is rounding noise. All of them reach the host in one transfer
+        (on a GPU each transfer waits for the stream).
     """
+    n0 = torch.linalg.vector_norm(w)
     h1 = basis.T @ w
     w = w - basis @ h1
-    n1 = float(torch.linalg.vector_norm(w))
+    n1 = torch.linalg.vector_norm(w)
     h2 = basis.T @ w
     w = w - basis @ h2
-    n2 = float(torch.linalg.vector_norm(w))
-    coefficients = (h1 + h2).to(device="cpu", dtype=torch.float64)
-    return w, coefficients, n2 < 0.5 * n1 or n2 == 0.0
+    n2 = torch.linalg.vector_norm(w)
+    host = torch.cat([h1 + h2, torch.stack([n0, n1, n2])]).to(device="cpu", dtype=torch.float64)
+    coefficients, (n0, n1, n2) = host[:-3], host[-3:].tolist()
+    return w, coefficients, (n0, n2), n2 < 0.5 * n1 or n2 == 0.0
 
 
 def small_eigh(T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -98,6 +98,7 @@ def extreme_eigenpairs(
     device="cpu",
     seed: int = 0,
     v0: torch.Tensor | None = None,
+    warm: torch.Tensor | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> LanczosResult:
     """The ``k_largest`` largest and ``k_smallest`` smallest eigenpairs of a symmetric operator.
@@ -154,6 +155,18 @@ def extreme_eigenpairs(
         Seed of the random start vector (and of fresh vectors after an invariant subspace).
     v0:
         Optional start vector of shape ``(n,)``; overrides the random one.
+    warm:
+        Optional warm start, ``(n, p)`` (or ``(n,)``): approximate eigenvectors, e.g. the Ritz
+        vectors of both ends from a nearby operator; instead of ``v0``. The run starts from
+        ``v = Q 1 / sqrt(q) + mix g`` with ``Q`` an orthonormal basis of the block (q
+        columns) and ``g`` a random unit vector orthogonal to it, ``mix = min(0.1, sqrt(tol))``:
+        ``K_q(A, v)`` holds the warm directions to their own accuracy, so each end starts where
+        they left it, and ``g`` keeps every eigenvector within reach as a cold start does (it is
+        filtered out in about half the steps a cold start needs). The same explicit residual test
+        decides, so a poor block (random, another operator) costs about a cold run. Limitation,
+        as for any tracker: a warm vector that is almost exactly an eigenvector of an unwanted
+        eigenvalue (after two eigenvalues crossed) can converge there before the random part
+        reveals a larger one, at loose ``tol``.
     progress:
         Optional ``progress(products, ratio)`` called at every restart and residual check;
         ``ratio`` is the worst relative residual estimate of the wanted pairs (it falls to ``tol``).
@@ -179,7 +192,7 @@ def extreme_eigenpairs(
     m, budget = _sizes(n, wanted_count, basis_size, max_products)
     gen = generator(seed)
     state = _Lanczos(matmat, n, m, dtype, device, gen)
-    state.start(_start_vector(v0, n, dtype, device, gen))
+    state.start(_start_vector(v0, warm, min(0.1, math.sqrt(tol)), n, dtype, device, gen))
 
     check = None  # (values, vectors, residuals, iterations at which it was made)
     factor, next_check = 1.0, 0
@@ -252,8 +265,13 @@ def _sizes(n: int, wanted: int, basis_size, max_products) -> tuple[int, int]:
     return m, budget
 
 
-def _start_vector(v0, n: int, dtype, device, gen) -> torch.Tensor:
-    """The (unnormalised) start vector: ``v0`` if given, else seeded Gaussian noise."""
+def _start_vector(v0, warm, mix: float, n: int, dtype, device, gen) -> torch.Tensor:
+    """The (unnormalised) start vector: ``v0`` if given, the warm mixture (see
+    :func:`extreme_eigenpairs`) if ``warm`` is, else seeded Gaussian noise."""
+    if v0 is not None and warm is not None:
+        raise BadInputError("give either v0 (one start vector) or warm (a block), not both")
+    if warm is not None:
+        return _warm_vector(warm, mix, n, dtype, device, gen)
     if v0 is None:
         return gaussian(gen, n, dtype, device)
     if not isinstance(v0, torch.Tensor) or v0.numel() != n:
@@ -262,6 +280,21 @@ def _start_vector(v0, n: int, dtype, device, gen) -> torch.Tensor:
     if not bool(torch.isfinite(v).all()) or float(torch.linalg.vector_norm(v)) == 0.0:
         raise BadInputError("v0 must be finite and nonzero")
     return v
+
+
+def _warm_vector(warm, mix: float, n: int, dtype, device, gen) -> torch.Tensor:
+    """``Q 1 / sqrt(q) + mix g``: the warm block's orthonormal basis summed, plus noise."""
+    if not isinstance(warm, torch.Tensor) or warm.dim() not in (1, 2) or warm.shape[0] != n:
+        shape = tuple(warm.shape) if isinstance(warm, torch.Tensor) else type(warm).__name__
+        raise BadInputError(f"warm must be a tensor of shape (n, p) or (n,) with n = {n}, got "
+                            f"{shape}; start cold (warm=None) when the operator's size changed")
+    W = warm.detach().reshape(n, -1).to(dtype=dtype, device=device)
+    if W.shape[1] == 0 or not bool(torch.isfinite(W).all()):
+        raise BadInputError("warm must hold at least one vector, all finite")
+    Q = torch.linalg.qr(W).Q
+    v = Q.sum(dim=1) / math.sqrt(Q.shape[1])
+    g, _, (_, size), lost = cgs2(Q, gaussian(gen, n, dtype, device))
+    return v if lost else v + mix * g / size
 
 
 def _wanted(j: int, k_largest: int, k_smallest: int) -> list[int]:
@@ -323,10 +356,9 @@ class _Lanczos:
         w = apply(self.matmat, self.V[:, j : j + 1])[:, 0]
         self.products += 1
         self.iterations += 1
-        scale = max(float(torch.linalg.vector_norm(w)), self.norm)
-        w, coefficients, lost = cgs2(self.V[:, : j + 1], w)
+        w, coefficients, (before, beta), lost = cgs2(self.V[:, : j + 1], w)
+        scale = max(before, self.norm)
         self.T[j, j] = coefficients[j]
-        beta = float(torch.linalg.vector_norm(w))
         self.j = j + 1
         broke = False
         if self.j >= self.n:
@@ -360,9 +392,10 @@ class _Lanczos:
         self.products += X.shape[1]
         quotients = (X * AX).sum(dim=0)
         residuals = torch.linalg.vector_norm(AX - X * quotients, dim=0)
-        values = quotients.to(device="cpu", dtype=torch.float64)
+        values, residuals = torch.stack([quotients, residuals]).to(
+            device="cpu", dtype=torch.float64)  # one transfer
         self.norm = max(self.norm, float(values.abs().max()))
-        return values, X, residuals.to(device="cpu", dtype=torch.float64)
+        return values, X, residuals
 
     def restart(self, theta: torch.Tensor, Y: torch.Tensor, keep: list[int]) -> None:
         """Keep the Ritz vectors ``keep`` and continue from the residual vector (arrowhead T)."""
@@ -382,7 +415,7 @@ class _Lanczos:
         """A random unit vector orthogonal to the basis, or None if the space is exhausted."""
         for _ in range(3):
             r = gaussian(self.gen, self.n, self.dtype, self.device)
-            r, _, lost = cgs2(self.V[:, : self.j], r)
+            r, _, _, lost = cgs2(self.V[:, : self.j], r)
             if not lost:
                 return r / torch.linalg.vector_norm(r)
         return None
