@@ -22,7 +22,7 @@ from landscope.linalg import (
     hutchinson,
     slq,
 )
-from landscope.objective import Objective
+from landscope.objective import DENSE_LIMIT, Objective
 
 EXACT_MAX_N = 1024
 """Up to this many parameters the exact (dense) path is chosen automatically."""
@@ -77,6 +77,7 @@ def spectrum(
     basis_size: int | None = None,
     coords: torch.Tensor | None = None,
     seed: int = 0,
+    warm: Spectrum | torch.Tensor | None = None,
     progress=None,
 ) -> Spectrum:
     """The k largest and/or k smallest (most negative) eigenpairs of ∇²L(θ).
@@ -110,14 +111,20 @@ def spectrum(
     if _use_exact(obj, exact, k_largest + k_smallest):
         H = restricted_hessian(obj, theta, coords)
         return dense_spectrum(H, *dense_eigh(H), k_largest, k_smallest, obj.dtype, coords, obj.n)
+    block = warm_block(warm, obj.n)
+    if block is not None and coords is not None:
+        block = block[coords.to(block.device)]
     before = obj.counts["hvp"]
     matvec, m = _operator(obj, theta, coords)
     result = extreme_eigenpairs(
         matvec, m, k_largest=k_largest, k_smallest=k_smallest,
         tol=default_tol(obj.dtype) if tol is None else tol, max_products=max_products,
-        basis_size=basis_size, dtype=obj.dtype, device=obj.device, seed=seed, progress=progress,
+        basis_size=basis_size, dtype=obj.dtype, device=obj.device, seed=seed,
+        warm=block,
+        progress=progress,
     )
-    evidence = {**result.to_dict(), "hvp_products": obj.counts["hvp"] - before}
+    evidence = {**result.to_dict(), "hvp_products": obj.counts["hvp"] - before,
+                "warm_start": 0 if block is None else block.shape[1]}
     largest, smallest = (_embed_pairs(p, coords, obj.n) for p in (result.largest, result.smallest))
     return Spectrum(largest, smallest, "lanczos", evidence)
 
@@ -264,6 +271,23 @@ def trace(
     return Trace(est.value, est.stderr, "hutchinson", est.samples, obj.counts["hvp"] - before)
 
 
+def warm_block(warm: Spectrum | torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """The warm start's vectors as an (n, p) block: a Spectrum's largest and smallest
+    eigenvectors, or the given tensor; None for a cold start."""
+    if warm is None:
+        return None
+    if isinstance(warm, Spectrum):
+        pieces = [p.vectors for p in (warm.largest, warm.smallest) if p is not None]
+        if not pieces:
+            return None
+        warm = torch.cat(pieces, dim=1)
+    if not isinstance(warm, torch.Tensor) or warm.dim() not in (1, 2) or warm.shape[0] != n:
+        shape = tuple(warm.shape) if isinstance(warm, torch.Tensor) else type(warm).__name__
+        raise BadInputError(f"warm must be a Spectrum or a tensor of shape (n, p) with n = {n} "
+                            f"parameters, got {shape}; pass warm=None to start cold")
+    return warm.detach().reshape(n, -1)
+
+
 def _use_exact(obj: Objective, exact: bool | None, wanted: int) -> bool:
     if exact is None:
         return obj.n <= EXACT_MAX_N or wanted >= obj.n
@@ -271,8 +295,18 @@ def _use_exact(obj: Objective, exact: bool | None, wanted: int) -> bool:
 
 
 def restricted_hessian(obj: Objective, theta, coords: torch.Tensor | None) -> torch.Tensor:
-    """The dense Hessian, or its block on ``coords``."""
-    H = obj.hessian(theta, max_n=max(obj.n, EXACT_MAX_N))
+    """The dense Hessian, or its block on ``coords``; refused above ``DENSE_LIMIT`` parameters
+    (before anything is allocated), naming the memory and the iterative path."""
+    if obj.n > DENSE_LIMIT:
+        gib = obj.n**2 * torch.finfo(obj.dtype).bits / 8 / 2**30
+        raise BadInputError(
+            f"the exact (dense) path needs the n x n Hessian of n = {obj.n:,} parameters: "
+            f"{gib:,.1f} GiB and {obj.n:,} Hessian-vector products, above the dense limit of "
+            f"{DENSE_LIMIT:,} parameters. Drop exact=True (the iterative path: Lanczos, "
+            "stochastic quadrature, Hutchinson) or analyse a parameter subset "
+            "(Objective.from_model(..., params=...))."
+        )
+    H = obj.hessian(theta, max_n=DENSE_LIMIT)
     return H if coords is None else H[coords][:, coords]
 
 

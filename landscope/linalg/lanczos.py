@@ -351,7 +351,10 @@ class _Lanczos:
         self.V[:, 0] = v / torch.linalg.vector_norm(v)
 
     def step(self) -> bool:
-        """One Lanczos step on column ``j``; True if it hit an invariant subspace (not the end)."""
+        """One Lanczos step on column ``j``; True if it hit an invariant subspace (not the end).
+
+        Two host synchronisations: the finiteness check of the product and one transfer of the
+        orthogonalisation's coefficients and norms (``T`` and the tests live on the CPU)."""
         j = self.j
         w = apply(self.matmat, self.V[:, j : j + 1])[:, 0]
         self.products += 1

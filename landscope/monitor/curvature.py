@@ -14,6 +14,10 @@ Gradient noise: the held batch is cut into m equal chunks of b samples with grad
 s² = Σ‖g_i − ḡ‖²/(m−1) ≈ tr Σ / b (Σ the per-sample gradient covariance) and the unbiased
 ‖G‖² ≈ ‖ḡ‖² − s²/m, the noise scale B_noise = tr Σ / ‖G‖² (McCandlish et al., 2018) is the batch
 size at which mini-batch noise equals the signal: much smaller batches see mostly noise.
+
+Warm starts: the held batch is fixed and the weights move a little between measurements, so each
+Lanczos run starts from the eigenvectors the last measurement found (:class:`Eigenvectors`;
+``extreme_eigenpairs(warm=...)``), and meets the same residual test in fewer products.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -39,6 +43,22 @@ EIG_TOL = 1e-3
 """Relative residual tolerance of the eigenvalues: a verdict needs two digits, not eight."""
 MIN_PRODUCTS = 10
 """Fewer Hessian-vector products than this per eigenvalue are not worth spending."""
+
+
+@dataclass(frozen=True)
+class Eigenvectors:
+    """A measurement's unit eigenvectors (flat, θ order), the next one's warm start: of λ_max and
+    λ_min of H and of λ_max of P^-½ H P^-½; None where not computed (yet)."""
+
+    top: torch.Tensor | None = None
+    bottom: torch.Tensor | None = None
+    preconditioned: torch.Tensor | None = None
+
+    def fitting(self, n: int) -> Eigenvectors:
+        """The vectors of length ``n`` only: one from θ of another size starts its run cold."""
+        def fit(v):
+            return v if v is not None and tuple(v.shape) == (n,) else None
+        return Eigenvectors(fit(self.top), fit(self.bottom), fit(self.preconditioned))
 
 
 @dataclass(frozen=True)
@@ -94,7 +114,8 @@ def stability(optimizer: torch.optim.Optimizer, named: dict[str, torch.Tensor],
 
 def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
             optimizer: torch.optim.Optimizer, *, smallest: bool, max_products: int,
-            noise_chunks: int = 4, seed: int = 0, seconds: float = math.inf) -> dict:
+            noise_chunks: int = 4, seed: int = 0, seconds: float = math.inf,
+            warm: Eigenvectors | None = None) -> dict:
     """Curvature and noise of the loss on the held batch at the model's current weights.
 
     Parameters
@@ -114,11 +135,14 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
         one more gradient pass, is computed only if t_g is left. So the budget is exceeded only
         by these first three passes, when the gradient alone or the two setup products take
         longer than 3 t_g would allow.
+    warm: the last measurement's ``"vectors"``: each Lanczos run starts from those of its own
+        operator that fit θ's size (others start cold).
 
     Returns
     -------
     A dict with every name in :data:`COLUMNS` (NaN where not computed) plus ``seconds``,
-    ``rule``, ``note``, and the costs seen: ``gradient_seconds`` (t_g), ``fixed_seconds`` (up
+    ``rule``, ``note``, ``vectors`` (:class:`Eigenvectors`: this measurement's, or ``warm``'s
+    where it computed none), and the costs seen: ``gradient_seconds`` (t_g), ``fixed_seconds`` (up
     to the timed product) and ``seconds_per_product`` (t_p). Never changes the model or the
     global RNG (the Objective guarantees it; Lanczos draws from its own seeded generator).
 
@@ -137,12 +161,13 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
     costs = {"gradient_seconds": math.nan, "fixed_seconds": math.nan,
              "seconds_per_product": math.nan}
 
-    def finish(rule, note):
-        return {**out, **costs, "seconds": time.perf_counter() - start, "rule": rule,
-                "note": note}
-
     mode = "train" if model.training else "eval"
     obj = Objective.from_model(model, loss_fn, _data(held), mode=mode)
+    vectors = (warm or Eigenvectors()).fitting(obj.n)
+
+    def finish(rule, note):
+        return {**out, **costs, "seconds": time.perf_counter() - start, "rule": rule,
+                "note": note, "vectors": vectors}
     try:
         loss, grad = obj.value_and_grad()
     except NonFiniteLossError as error:
@@ -174,13 +199,17 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
         out["curvature_products"] = obj.counts["hvp"]
         return finish(stab.rule, f"the time budget ({seconds:.3g} s) leaves {budget} "
                                  "Hessian-vector products per eigenvalue; not measured")
+    start_from = [v for v in (vectors.top, vectors.bottom if smallest else None) if v is not None]
     spec = spectrum(obj, k=1, which="both" if smallest else "largest", tol=EIG_TOL,
-                    max_products=budget, exact=None if obj.n <= budget else False, seed=seed)
+                    max_products=budget, exact=None if obj.n <= budget else False, seed=seed,
+                    warm=torch.stack(start_from, dim=1) if start_from else None)
     out["lambda_max"] = spec.largest.values[0].item()
     out["lambda_max_residual"] = spec.largest.residuals[0].item()
+    vectors = replace(vectors, top=spec.largest.vectors[:, 0])
     if smallest:
         out["lambda_min"] = spec.smallest.values[0].item()
         out["lambda_min_residual"] = spec.smallest.residuals[0].item()
+        vectors = replace(vectors, bottom=spec.smallest.vectors[:, 0])
     out["sharpness"] = out["lambda_max"]
     products = obj.counts["hvp"]
     notes = []
@@ -190,8 +219,10 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
             scale = stab.preconditioner.to(obj.device, obj.dtype).rsqrt()[:, None]
             result = extreme_eigenpairs(lambda V: scale * obj.hvp(scale * V), obj.n,
                                         k_largest=1, tol=EIG_TOL, max_products=budget,
-                                        dtype=obj.dtype, device=obj.device, seed=seed)
+                                        dtype=obj.dtype, device=obj.device, seed=seed,
+                                        warm=vectors.preconditioned)
             out["sharpness"] = result.largest.values[0].item()
+            vectors = replace(vectors, preconditioned=result.largest.vectors[:, 0])
             products += result.products
         else:
             out["sharpness"] = math.nan

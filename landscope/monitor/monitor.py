@@ -131,6 +131,7 @@ class Monitor:
         self._last_curvature = -math.inf
         self._costs: tuple[float, float] | None = None  # t_g and t_p the last measurement saw
         self._curvature_failed = False
+        self._vectors: curvature.Eigenvectors | None = None  # the next measurement's warm start
         self._start = time.perf_counter()
         self._seconds = {"monitor": 0.0, "curvature": 0.0}
         self._closed = False
@@ -401,7 +402,8 @@ class Monitor:
             result = curvature.measure(self.model, self.loss_fn, self.held, self.optimizer,
                                        smallest=reason == "stalled",
                                        max_products=self.max_products,
-                                       noise_chunks=self.noise_chunks, seconds=allowance)
+                                       noise_chunks=self.noise_chunks, seconds=allowance,
+                                       warm=self._vectors)
         except Exception as error:  # observing must never stop the user's training
             note = (f"curvature on the held batch failed and is off for the rest of the run: "
                     f"{type(error).__name__}: {error}")
@@ -416,6 +418,7 @@ class Monitor:
             rows[-1, self.columns.index(name)] = result[name]
         self._seconds["curvature"] += result["seconds"]
         self._last_curvature = self.t
+        self._vectors = result["vectors"]
         if math.isfinite(result["gradient_seconds"]):
             self._costs = (result["gradient_seconds"], result["seconds_per_product"])
         self.events.append({**event, "seconds": result["seconds"], "rule": result["rule"],
