@@ -302,11 +302,11 @@ def restricted_hessian(obj: Objective, theta, coords: torch.Tensor | None) -> to
         raise BadInputError(
             f"the exact (dense) path needs the n x n Hessian of n = {obj.n:,} parameters: "
             f"{gib:,.1f} GiB and {obj.n:,} Hessian-vector products, above the dense limit of "
-            f"{DENSE_LIMIT:,} parameters. Drop exact=True (the iterative path: Lanczos, "
-            "stochastic quadrature, Hutchinson) or analyse a parameter subset "
-            "(Objective.from_model(..., params=...))."
+            f"{DENSE_LIMIT:,} parameters. Drop exact=True (--exact) for the iterative path "
+            "(Lanczos, stochastic quadrature, Hutchinson), or analyse a parameter subset "
+            "(Objective.from_model(..., params=...); --params)."
         )
-    H = obj.hessian(theta, max_n=DENSE_LIMIT)
+    H = obj.hessian(theta)
     return H if coords is None else H[coords][:, coords]
 
 
