@@ -13,6 +13,7 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from landscope import doctor, functions, monitor, optim, race  # noqa: E402
+from landscope.anytime import AnytimeProbe, anytime_probe, cost_plan  # noqa: E402
 from landscope.critical import KINDS, Probe, probe  # noqa: E402
 from landscope.errors import (  # noqa: E402
     BadInputError,
@@ -25,6 +26,7 @@ from landscope.spectrum import Density, Spectrum, Trace, density, spectrum, trac
 
 __all__ = [
     "KINDS",
+    "AnytimeProbe",
     "BadInputError",
     "CheckpointError",
     "Density",
@@ -35,6 +37,8 @@ __all__ = [
     "Spectrum",
     "Trace",
     "__version__",
+    "anytime_probe",
+    "cost_plan",
     "density",
     "doctor",
     "functions",

@@ -151,6 +151,7 @@ def probe(
     steps: int = 60,
     exact: bool | None = None,
     seed: int = 0,
+    extremes: Spectrum | None = None,
     progress=None,
 ) -> Probe:
     """Classify θ (default: the Objective's own point) and gather the evidence.
@@ -166,6 +167,8 @@ def probe(
     eig_tol: residual tolerance of the iterative eigen-solver (see :func:`spectrum`).
     probes, steps: of the stochastic Lanczos quadrature that estimates the sign fractions.
     exact: force or forbid the dense path (default: dense when n ≤ EXACT_MAX_N).
+    extremes: eigenpairs of both ends already computed at θ on the iterative path (the anytime
+        probe's second stage), used instead of computing them again.
 
     Examples
     --------
@@ -182,7 +185,7 @@ def probe(
     before = dict(obj.counts)
     exact = obj.n <= EXACT_MAX_N if exact is None else exact
     rel_tol = default_rel_tol(obj.dtype) if rel_tol is None else rel_tol
-    coords, n_unused = _used_coordinates(obj)
+    coords, n_unused = used_coordinates(obj)
     if exact:
         H = restricted_hessian(obj, theta, coords)
         values, vectors = dense_eigh(H)
@@ -190,8 +193,8 @@ def probe(
         dens = Density("exact", values.numel(), eigenvalues=values, products=obj.n)
         vectors = embed(vectors, coords, obj.n)
     else:
-        spec = spectrum(obj, k, "both", theta=theta, tol=eig_tol, coords=coords, seed=seed,
-                        progress=progress)
+        spec = extremes or spectrum(obj, k, "both", theta=theta, tol=eig_tol, coords=coords,
+                                    seed=seed, progress=progress)
         dens = density(obj, probes, steps, theta=theta, exact=False, coords=coords, seed=seed,
                        progress=progress)
         values = vectors = None
@@ -249,7 +252,7 @@ def index_note(lam_min: float, index: float, tolerances: dict) -> str:
     return f"index 0: λ_min = {lam_min:.2g} lies {where}"
 
 
-def _used_coordinates(obj: Objective) -> tuple[torch.Tensor | None, int]:
+def used_coordinates(obj: Objective) -> tuple[torch.Tensor | None, int]:
     """(indices of θ the loss depends on, or None for all; how many it does not depend on)."""
     unused = set(obj.info.get("unused_parameters") or ())
     if not unused:

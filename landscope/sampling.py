@@ -111,21 +111,22 @@ class SubsetReadings:
 
 
 def read_subsets(objectives: Sequence[Objective], theta: torch.Tensor, *, total: int,
-                 tol: float, max_products: int | None = None, seed: int = 0,
-                 coords: torch.Tensor | None = None, warm=None,
+                 tol: float, max_products: int | Callable[[int], int] | None = None,
+                 seed: int = 0, coords: torch.Tensor | None = None, warm=None,
                  progress: Callable | None = None) -> SubsetReadings:
     """L_k, ∇L_k and both extreme eigenpairs of every subset objective at θ, then the held-out
     Rayleigh quotients: each subset's extreme vectors read on every other subset (one product of
-    2(K − 1) columns per subset)."""
+    2(K − 1) columns per subset). ``max_products``: per subset, or ``max_products(k)`` decided
+    when subset k starts (a time budget)."""
     K = len(objectives)
     losses, gradients, tops, bottoms, converged = [], [], [], [], []
     products = 0
     for k, sub in enumerate(objectives):
         before = sub.counts["hvp"]
-        spec = spectrum(sub, 1, "both", theta=theta, tol=tol, max_products=max_products,
-                        exact=None if max_products is None else sub.n <= max_products,
-                        coords=coords, seed=seed + k, progress=progress,
-                        **({"warm": warm} if warm is not None else {}))
+        cap = max_products(k) if callable(max_products) else max_products
+        spec = spectrum(sub, 1, "both", theta=theta, tol=tol, max_products=cap,
+                        exact=None if cap is None else sub.n <= cap,
+                        coords=coords, seed=seed + k, progress=progress, warm=warm)
         value, grad = sub.value_and_grad(theta)
         losses.append(value.item())
         gradients.append(grad)

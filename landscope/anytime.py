@@ -1,0 +1,563 @@
+"""The anytime probe: a verdict in seconds that sharpens, on the data sizes users have.
+
+A full probe spends hundreds of Hessian-vector products, each over all the data (a ResNet-20
+over 2,000 images: about 30 s a product on two cores). The anytime probe answers in stages,
+each a complete, honest answer on what it has read:
+
+1. ``subsample``: K disjoint subsets of m samples. Loss, ‖∇L‖, λ_max and λ_min with 95 %
+   intervals for their full-data values (:mod:`landscope.sampling`); a verdict only where the
+   intervals settle it, otherwise "undecided at this sample size" with the samples that would.
+2. ``extremes``: the k extreme eigenpairs on all the data, warm-started from stage 1's vectors;
+   intervals are now the solver's residual bounds.
+3. ``density``: today's :func:`landscope.probe` on all the data, reusing stage 2's eigenpairs:
+   the sign fractions, the trace, the higher-order test. Its answer is the exact answer.
+
+A time budget is kept by planning each stage from the measured time of a product (a stage that
+cannot finish is capped or skipped, and the result says what stayed uncertain); Ctrl-C ends the
+current stage and returns the best answer so far, marked partial.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from scipy import stats
+
+from landscope.critical import (
+    Probe,
+    default_rel_tol,
+    probe,
+    used_coordinates,
+)
+from landscope.errors import BadInputError
+from landscope.objective import Objective
+from landscope.plan import PRODUCT_PER_GRADIENT, CostPlan, estimate
+from landscope.sampling import (
+    Interval,
+    draw_subsets,
+    exact_interval,
+    intervals,
+    read_subsets,
+    samples_needed,
+)
+from landscope.spectrum import EXACT_MAX_N, spectrum
+
+STAGES = ("subsample", "extremes", "density")
+SUBSETS = 5
+"""Independent subsets of the first stage (Student t with 4 degrees of freedom: 2.78)."""
+SUBSET_TOL = 1e-2
+"""Residual tolerance of the first stage's eigenpairs (relative to ρ): the residual is added to
+the interval, so a loose solve costs width, not correctness."""
+SUBSET_PRODUCTS = 60
+"""Most products per subset in the first stage (both ends together)."""
+SUBSET_PLANNED = 30
+"""Products per subset the plan expects (at SUBSET_TOL most subsets need 15-30)."""
+MIN_SUBSET_PRODUCTS = 8
+"""Fewest: under a tight budget the first stage's solves are cut down to this."""
+FIRST_STAGE_SHARE = 0.25
+"""Share of a time budget the first stage may spend; the rest goes to the full data."""
+MAX_SAMPLES = 512
+"""Default samples per subset when no budget chooses them."""
+MIN_SAMPLES = 8
+"""Fewest samples per subset a budget may choose."""
+CALIBRATION_SAMPLES = 64
+"""Samples of the one gradient the cost plan times."""
+EXTREME_PRODUCTS, EXTREME_PRODUCTS_PER_PAIR = 40, 20
+"""Planning figure for the second stage: 40 + 20·k products (both ends, k pairs each)."""
+UNDECIDED = "undecided"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One completed (or cut) stage: what it read, what it cost, what it concluded."""
+
+    name: str
+    data: str
+    seconds: float
+    products: int
+    complete: bool
+    verdict: str
+    statement: str
+    estimates: dict[str, Interval]
+    samples_needed: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "data": self.data, "seconds": self.seconds,
+                "products": self.products, "complete": self.complete, "verdict": self.verdict,
+                "statement": self.statement, "samples_needed": self.samples_needed,
+                "estimates": {k: v.to_dict() for k, v in self.estimates.items()}}
+
+
+@dataclass(frozen=True)
+class AnytimeProbe:
+    """The best verdict reached, the stages that reached it, and what stayed uncertain.
+
+    verdict: one of :data:`landscope.KINDS` or ``"undecided"``. statement: the verdict in words
+    with its confidence. estimates: every estimated quantity (value, 95 % interval, evidence,
+    whether subsampled) from the most complete stage. probe: the full-data :class:`Probe` when
+    stage 3 ran. partial: the work stopped early (time budget or Ctrl-C).
+    """
+
+    verdict: str
+    statement: str
+    estimates: dict[str, Interval]
+    stages: list[Stage]
+    uncertain: list[str]
+    partial: bool
+    probe: Probe | None = field(default=None, repr=False)
+    plan: dict = field(default_factory=dict)
+    samples_needed: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "statement": self.statement,
+                "estimates": {k: v.to_dict() for k, v in self.estimates.items()},
+                "stages": [s.to_dict() for s in self.stages], "uncertain": self.uncertain,
+                "partial": self.partial, "samples_needed": self.samples_needed,
+                "plan": self.plan, "probe": None if self.probe is None else self.probe.to_dict()}
+
+
+class _OutOfTime(Exception):
+    """The budget ran out inside a solver (raised from its progress callback)."""
+
+
+class _Clock:
+    """The time budget, the measured cost of a product per data size, and the progress feed."""
+
+    def __init__(self, budget: float | None, progress: Callable | None):
+        self.start = time.perf_counter()
+        self.budget = math.inf if budget is None else budget
+        self.progress = progress
+        self.costs: dict[int, float] = {}
+        self.stage, self.stage_index = "", 0
+        self.planned = self.done = self.samples = 0
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def left(self) -> float:
+        return self.budget - self.elapsed
+
+    def product_seconds(self, samples: int) -> float | None:
+        """Seconds of one product over ``samples`` samples: measured at that size, else in
+        proportion to the cheapest cost per sample measured (None before any measurement).
+        Small passes cost more per sample (a pass has a fixed cost), so the proportion errs
+        towards trying a stage rather than skipping it; the stage is then capped by its own
+        measured cost."""
+        if samples in self.costs or not self.costs:
+            return self.costs.get(samples)
+        return samples * min(t / s for s, t in self.costs.items())
+
+    def products_within(self, seconds: float, samples: int) -> int | None:
+        """Products over ``samples`` samples that fit in ``seconds`` (None: unlimited)."""
+        one = self.product_seconds(samples)
+        if math.isinf(seconds) or one is None:
+            return None
+        return max(0, int(seconds / one)) if one > 0 else None
+
+    def learn(self, products: float, seconds: float, samples: int) -> None:
+        """Record the cost of a product over ``samples`` samples from ``products`` done in
+        ``seconds``."""
+        if products > 0 and seconds > 0:
+            self.costs[samples] = seconds / products
+
+    def begin(self, name: str, planned: int, samples: int) -> None:
+        self.stage, self.planned, self.done, self.samples = name, planned, 0, samples
+        self.stage_index = STAGES.index(name) + 1
+        self._report()
+
+    def callback(self, offset: int = 0) -> Callable[[int, float], None]:
+        def report(products: int, _residual: float) -> None:
+            self.done = offset + products
+            self._report()
+            if self.left < -0.1 * self.budget:
+                raise _OutOfTime
+        return report
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.stage, self.stage_index, len(STAGES), self.done, self.planned,
+                          self.elapsed, self.eta())
+
+    def eta(self) -> float | None:
+        """Seconds left in the stage at the measured cost of a product (None: not known)."""
+        one = self.product_seconds(self.samples)
+        if one is None or self.planned <= self.done:
+            return None
+        return one * (self.planned - self.done)
+
+
+def cost_plan(obj: Objective, theta: torch.Tensor | None = None) -> CostPlan:
+    """The cost plan from one gradient timed on at most :data:`CALIBRATION_SAMPLES` samples
+    (on a subset: the plan must be cheap next to the work it plans)."""
+    total = sample_count(obj)
+    if obj.model_loss is not None and total > CALIBRATION_SAMPLES and \
+            obj.model_loss.mode == "eval":
+        return estimate(obj.subset(torch.arange(CALIBRATION_SAMPLES)), theta)
+    return estimate(obj, theta)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What a stage will read and its estimated products and seconds."""
+
+    name: str
+    data: str
+    samples: int
+    products: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "data": self.data, "samples": self.samples,
+                "products": self.products, "seconds": self.seconds}
+
+
+def schedule(plan: CostPlan, total: int, *, samples: int | None, subsets: int, k: int,
+             probes: int, steps: int, density: bool, time_budget: float | None,
+             mode: str = "eval") -> list[StagePlan]:
+    """The stages and their estimated cost; without ``samples`` the subset size is the largest
+    (up to :data:`MAX_SAMPLES` and the data) whose stage takes at most a quarter of the budget."""
+    out = []
+    first = subsets * (SUBSET_PLANNED + 2 * (subsets - 1))
+    if total >= 2 * subsets and mode in ("eval", "train"):
+        if samples is None:
+            samples = min(MAX_SAMPLES, total // subsets)
+            if time_budget is not None:
+                fit = FIRST_STAGE_SHARE * time_budget / (first * plan.seconds_per_sample_product)
+                samples = max(MIN_SAMPLES, min(samples, int(fit)))
+        out.append(StagePlan("subsample", f"{subsets} subsets of {samples:,} of {total:,} "
+                             "samples", samples, first, plan.product_time(samples, first)))
+    full = max(total, 1)
+    where = f"all {full:,} samples" if total > 1 else "the function"
+    extremes = EXTREME_PRODUCTS + EXTREME_PRODUCTS_PER_PAIR * k
+    out.append(StagePlan("extremes", where, full, extremes, plan.product_time(full, extremes)))
+    if density:
+        last = probes * steps + 2 * k
+        out.append(StagePlan("density", where, full, last, plan.product_time(full, last)))
+    return out
+
+
+def anytime_probe(
+    obj: Objective,
+    theta: torch.Tensor | None = None,
+    *,
+    time_budget: float | None = None,
+    samples: int | None = None,
+    subsets: int = SUBSETS,
+    seed: int = 0,
+    k: int = 5,
+    probes: int = 8,
+    steps: int = 60,
+    density: bool = True,
+    rel_tol: float | None = None,
+    step_rtol: float = 1e-6,
+    plan: CostPlan | None = None,
+    progress: Callable | None = None,
+    on_stage: Callable[[Stage], None] | None = None,
+) -> AnytimeProbe:
+    """Classify θ in stages, each sharper than the last (see the module's text).
+
+    Parameters
+    ----------
+    time_budget: seconds for the whole probe (default: none, every stage runs to the end).
+    samples: samples per subset in the first stage (default: chosen from the budget, at most
+        :data:`MAX_SAMPLES`, and so that the subsets fit in the data). subsets: how many.
+    seed: of the subsets and of every random start vector.
+    k, probes, steps, rel_tol, step_rtol: as in :func:`landscope.probe`; ``density=False``
+        stops after stage 2.
+    plan: the :func:`cost_plan` (default: made here, from one timed gradient); what would not fit
+        in memory is refused before any work, with the fix.
+    progress: ``progress(stage, index, stages, products, planned, elapsed, eta)``.
+    on_stage: called with each :class:`Stage` as it completes (the CLI prints it).
+    """
+    if time_budget is not None and not time_budget > 0:
+        raise BadInputError(f"time_budget={time_budget}; give a positive number of seconds "
+                            "(or None for no budget)")
+    theta = obj.point(theta)
+    total = sample_count(obj)
+    clock = _Clock(time_budget, progress)
+    plan = plan or cost_plan(obj, theta)
+    clock.costs[plan.samples] = plan.product_seconds
+    mode = obj.model_loss.mode if obj.model_loss is not None else "function"
+    stages_planned = schedule(plan, total, samples=samples, subsets=subsets, k=k, probes=probes,
+                              steps=steps, density=density, time_budget=time_budget, mode=mode)
+    plan.check(samples=total, dense=obj.n <= EXACT_MAX_N)   # refuse before any work
+    rel_tol = default_rel_tol(obj.dtype) if rel_tol is None else rel_tol
+    coords, _ = used_coordinates(obj)
+    used = theta if coords is None else theta[coords]
+    decide = _Decision(used.norm().item(), rel_tol, step_rtol, torch.finfo(obj.dtype).eps,
+                       total // subsets)
+    stages: list[Stage] = []
+    partial, final, warm = False, None, None
+
+    def finish(stage: Stage) -> None:
+        stages.append(stage)
+        if on_stage is not None:
+            on_stage(stage)
+
+    try:
+        if stages_planned[0].name == "subsample":
+            stage, warm = _subsample_stage(obj, theta, total, stages_planned[0].samples,
+                                           subsets, seed, coords, clock, decide)
+            finish(stage)
+        full_samples = max(total, 1)
+        _time_full_gradient(obj, theta, clock, full_samples)
+        budget = clock.products_within(clock.left, full_samples)
+        if budget is not None and budget < (obj.n if obj.n <= EXACT_MAX_N else 4 * k + 4):
+            raise _OutOfTime
+        stage, spec = _extremes_stage(obj, theta, k, seed, coords, warm, budget, clock, decide,
+                                      full_samples)
+        finish(stage)
+        if density:
+            needed = probes * steps + 2 * k
+            budget = clock.products_within(clock.left, full_samples)
+            if budget is not None and budget < needed:
+                raise _OutOfTime
+            clock.begin("density", needed, full_samples)
+            start = time.perf_counter()
+            before = obj.counts["hvp"]
+            final = probe(obj, theta, k=k, rel_tol=rel_tol, step_rtol=step_rtol, probes=probes,
+                          steps=steps, seed=seed, extremes=spec, progress=clock.callback())
+            finish(_density_stage(final, time.perf_counter() - start,
+                                  obj.counts["hvp"] - before))
+    except (KeyboardInterrupt, _OutOfTime):
+        partial = True
+    return _result(stages, final, partial, density, time_budget, clock, plan, stages_planned)
+
+
+def _time_full_gradient(obj, theta, clock: _Clock, samples: int) -> None:
+    """Time the full-data gradient the next stage needs anyway (it stays cached) and read a
+    product's cost from it, unless the estimate says it would not fit in the time left."""
+    guess = clock.product_seconds(samples)
+    if guess is not None and guess / PRODUCT_PER_GRADIENT > clock.left:
+        raise _OutOfTime
+    gradients, start = obj.counts["gradients"], time.perf_counter()
+    obj.value_and_grad(theta)
+    if obj.counts["gradients"] > gradients:
+        clock.costs[samples] = PRODUCT_PER_GRADIENT * (time.perf_counter() - start)
+
+
+def sample_count(obj: Objective) -> int:
+    """Samples in the Objective's data (1 for an analytic function)."""
+    if obj.model_loss is None:
+        return 1
+    return sum(b.size for b in obj.model_loss.batches)
+
+
+def _subsample_stage(obj, theta, total, samples, count, seed, coords, clock, decide):
+    start = time.perf_counter()
+    units = "batches" if obj.model_loss.mode == "train" else "samples"
+    if units == "batches":  # BatchNorm mixes a batch's samples: sample whole batches
+        batches = len(list(obj.model_loss.batches))
+        chosen = draw_subsets(batches, max(1, min(batches // count,
+                                                  round(samples * batches / total))), count, seed)
+    else:
+        chosen = draw_subsets(total, samples, count, seed)
+    parts = [obj.subset(chosen[0], units=units)]
+    parts[0].hvp(torch.zeros_like(theta), theta)   # settles the product engine once, for all
+    engine = parts[0].info["hvp_engine"]
+    parts += [obj.subset(ix, units=units, engine=engine) for ix in chosen[1:]]
+    clock.begin("subsample", count * (SUBSET_PRODUCTS + 2 * (count - 1)), samples)
+    started = time.perf_counter()
+    allowance = FIRST_STAGE_SHARE * clock.budget
+
+    def cap(k: int) -> int:
+        """The subset's products: what is left of the stage's share of the budget, split, at
+        the cost per product measured on the subsets done (the plan's before the first)."""
+        spent = time.perf_counter() - started
+        done = sum(p.counts["hvp"] for p in parts[:k])
+        per_product = spent / done if done else clock.product_seconds(samples)
+        if math.isinf(allowance) or not per_product:
+            return SUBSET_PRODUCTS
+        share = (allowance - spent) / (count - k) - 2 * (count - 1) * per_product
+        return max(MIN_SUBSET_PRODUCTS, min(SUBSET_PRODUCTS, int(share / per_product)))
+
+    readings = read_subsets(parts, theta, total=total, tol=SUBSET_TOL,
+                            max_products=cap, seed=seed, coords=coords,
+                            progress=clock.callback())
+    samples = readings.samples
+    work = sum(p.counts["hvp"] + p.counts["gradients"] / PRODUCT_PER_GRADIENT for p in parts)
+    clock.learn(work, time.perf_counter() - started, samples)
+    est = intervals(readings)
+    verdict, statement, needed = decide(est, f"{count} subsets of {samples:,} samples", samples)
+    stage = Stage("subsample", f"{count} subsets of {samples:,} of {total:,} samples",
+                  time.perf_counter() - start, readings.products, True, verdict, statement, est,
+                  needed)
+    warm = torch.cat([readings.top[2], readings.bottom[2]], 1)
+    return stage, warm
+
+
+def _extremes_stage(obj, theta, k, seed, coords, warm, budget, clock, decide, samples):
+    """Both ends on all the data; under a budget, rounds capped by the time left, each warm
+    started from the last, until converged or out of time."""
+    start = time.perf_counter()
+    clock.begin("extremes", budget or EXTREME_PRODUCTS + EXTREME_PRODUCTS_PER_PAIR * k, samples)
+    before = obj.counts["hvp"]
+    while True:
+        products, started = obj.counts["hvp"], time.perf_counter()
+        spec = spectrum(obj, k, "both", theta=theta, coords=coords, seed=seed,
+                        max_products=budget, warm=warm,
+                        progress=clock.callback(offset=products - before))
+        clock.learn(obj.counts["hvp"] - products, time.perf_counter() - started, samples)
+        converged = bool(spec.evidence.get("converged", True))
+        budget = clock.products_within(clock.left, samples)
+        if converged or budget is None or budget < 4 * k + 4:
+            break
+        warm = torch.cat([spec.largest.vectors, spec.smallest.vectors], 1)
+    loss, grad = obj.value_and_grad(theta)
+    top, bottom = spec.largest, spec.smallest
+    where = f"all {samples:,} samples"
+    rho = max(abs(top.values[0].item()), abs(bottom.values[0].item()))
+    tol = spec.evidence.get("tol") or 0.0
+
+    def end(pairs, sign):   # each extreme is judged by its own residual
+        residual = pairs.residuals[0].item()
+        return _ritz(pairs.values[0].item(), residual, sign, where, residual <= tol * rho)
+
+    est = {"loss": exact_interval(loss.item(), 0.0, f"{where}, exact"),
+           "grad_norm": exact_interval(grad.norm().item(), 0.0, f"{where}, exact"),
+           "lambda_max": end(top, +1), "lambda_min": end(bottom, -1)}
+    verdict, statement, _ = decide(est, where, samples)
+    stage = Stage("extremes", where, time.perf_counter() - start, obj.counts["hvp"] - before,
+                  converged, verdict, statement, est)
+    return stage, spec
+
+
+def _ritz(value: float, residual: float, sign: int, where: str, converged: bool) -> Interval:
+    """A Ritz value v^T H v is on the inner side of the extreme eigenvalue; its residual r bounds
+    how far beyond it the eigenvalue can lie (when the solver converged on that end)."""
+    state = "converged" if converged else "NOT converged: the outer side is a guess"
+    low, high = (value, value + residual) if sign > 0 else (value - residual, value)
+    return Interval(value, low, high, f"{where}, Lanczos Ritz value with residual "
+                                      f"{residual:.2g} ({state})", subsampled=False)
+
+
+def _density_stage(final: Probe, seconds: float, products: int) -> Stage:
+    where = final.info.get("data", "all samples")
+    est = {"loss": exact_interval(final.loss, 0.0, "all samples, exact"),
+           "grad_norm": exact_interval(final.grad_norm, 0.0, "all samples, exact"),
+           "lambda_max": _ritz(final.lambda_max, final.spectrum.largest.residuals[0].item(), +1,
+                               "all samples", True),
+           "lambda_min": _ritz(final.lambda_min, final.spectrum.smallest.residuals[0].item(), -1,
+                               "all samples", True)}
+    for name, fraction in final.fractions.items():
+        low, high = fraction.interval
+        est[f"{name}_fraction"] = Interval(fraction.value, low, high,
+                                           f"{final.density.method} on all samples: bracket ± 2 "
+                                           "probe standard errors", subsampled=False)
+    est["trace"] = _trace(final.density)
+    return Stage("density", where, seconds, products, True, final.kind, final.reason, est)
+
+
+class _Decision:
+    """Verdicts from intervals: a claim only when the whole interval supports it; what stays
+    undecided says how many samples per subset would settle it (``available``: the most the
+    data allows)."""
+
+    def __init__(self, theta_norm: float, rel_tol: float, step_rtol: float, eps: float,
+                 available: int):
+        self.theta_norm, self.rel_tol, self.available = theta_norm, rel_tol, available
+        self.step_tol = max(step_rtol, 10 * eps)
+
+    def __call__(self, est: dict[str, Interval], where: str, samples: int):
+        """(verdict, statement, samples per subset that would settle what is undecided)."""
+        g, top, bottom = est["grad_norm"], est["lambda_max"], est["lambda_min"]
+        rho_high = max(abs(top.high), abs(bottom.low), abs(top.low), abs(bottom.high))
+        rho_low = max(top.low, -bottom.high, 0.0)
+        zero = self.rel_tol * max(rho_low, 1e-300)
+        sliding = g.low > self.step_tol * self.theta_norm * rho_high
+        critical = rho_low > 0 and g.high <= self.step_tol * self.theta_norm * rho_low
+        negative, positive = bottom.high < -zero, top.low > zero
+        all_positive, all_negative = bottom.low > zero, top.high < -zero
+        conf = f"at 95 % confidence over {where}" if bottom.subsampled else \
+            f"on {where} (up to the solver's residuals)"
+        needs = {}
+        if negative:
+            curvature = (f"λ_min < 0 {conf} (λ_min ∈ [{bottom.low:.3g}, {bottom.high:.3g}]): "
+                         "negative curvature is left")
+        elif all_positive:
+            curvature = f"λ_min > 0 {conf}"
+        else:
+            needs["lambda_min"] = samples_needed(bottom, -zero, samples) \
+                if bottom.subsampled else None
+            curvature = (f"the sign of λ_min is undecided (λ_min ∈ [{bottom.low:.3g}, "
+                         f"{bottom.high:.3g}]){self._more(needs['lambda_min'])}")
+        if sliding:
+            return "not_critical", (f"not a critical point {conf}: ‖∇L‖ ≥ {g.low:.3g}, a 1/ρ "
+                                    f"gradient step moves θ by more than {self.step_tol:.2g}·‖θ‖; "
+                                    + curvature), _largest(needs)
+        if critical and negative and positive:
+            return "saddle", f"saddle {conf}: critical, and {curvature}", None
+        if critical and all_positive:
+            return "local_min", f"local minimum {conf}: critical, and {curvature}", None
+        if critical and all_negative:
+            return "local_max", f"local maximum {conf}: every eigenvalue < 0", None
+        if critical:
+            reason = ("θ is critical, but eigenvalues within the zero tolerance need the "
+                      "higher-order test on all the data")
+        else:
+            needs["grad_norm"] = samples_needed(g, self.step_tol * self.theta_norm * rho_high,
+                                                samples) if g.subsampled else None
+            reason = (f"whether θ is critical is undecided (‖∇L‖ ∈ [{g.low:.3g}, {g.high:.3g}])"
+                      + self._more(needs["grad_norm"]))
+        return UNDECIDED, f"undecided at this sample size: {reason}; {curvature}", \
+            _largest(needs)
+
+    def _more(self, needed: float | None) -> str:
+        if needed is None:
+            return ""
+        if math.isinf(needed):
+            return ", and no sample size is predicted to settle it (it sits on the threshold)"
+        if needed > self.available:
+            return (f"; about {needed:,.0f} samples per subset would settle it, more than the "
+                    "data holds: the full-data stages decide")
+        return f"; about {needed:,.0f} samples per subset would settle it"
+
+
+def _largest(needs: dict) -> float | None:
+    return max((x for x in needs.values() if x is not None), default=None)
+
+
+def _result(stages, final, partial, density, budget, clock, plan, planned) -> AnytimeProbe:
+    if not stages:
+        return AnytimeProbe(UNDECIDED, "no stage completed "
+                            + ("(interrupted)" if budget is None else
+                               f"within the budget ({budget:g} s); give more time or fewer "
+                               "samples"), {}, [], [], True,
+                            plan=_plan_record(plan, planned, budget, clock))
+    last = stages[-1]
+    estimates = dict(last.estimates)
+    uncertain = [f"{name}: {iv.low:.3g} to {iv.high:.3g}" for name, iv in estimates.items()
+                 if iv.subsampled]
+    if final is None and density:
+        uncertain.append("sign fractions and trace: the density stage did not run")
+    if not last.complete:
+        uncertain.append(f"{last.name}: the solver did not converge within the budget")
+    return AnytimeProbe(last.verdict, last.statement, estimates, stages, uncertain, partial,
+                        final, _plan_record(plan, planned, budget, clock), last.samples_needed)
+
+
+def _plan_record(plan, planned, budget, clock) -> dict:
+    return {"cost": plan.to_dict(), "stages": [p.to_dict() for p in planned],
+            "time_budget": budget, "seconds": clock.elapsed,
+            "measured_product_seconds": {str(s): t for s, t in sorted(clock.costs.items())}}
+
+
+def _trace(dens) -> Interval:
+    """tr H from the density: exact, or n·vᵀHv over SLQ's unit Rademacher probes (Hutchinson),
+    whose first quadrature moment Σ w_j x_j is vᵀHv."""
+    if dens.eigenvalues is not None:
+        return exact_interval(dens.eigenvalues.sum().item(), 0.0, "exact eigenvalues")
+    q = dens.quadrature
+    forms = q.n * (q.weights * q.nodes).sum(1)
+    count = forms.numel()
+    se = forms.std(unbiased=True).item() / math.sqrt(count) if count > 1 else math.inf
+    t = float(stats.t.ppf(0.975, max(count - 1, 1)))
+    mean = forms.mean().item()
+    return Interval(mean, mean - t * se, mean + t * se, f"Hutchinson over the {count} SLQ "
+                    "probes on all samples (probe error only)", subsampled=False)

@@ -1,0 +1,186 @@
+"""The anytime probe: stages that sharpen, a kept time budget, Ctrl-C, and a last stage equal
+to today's probe."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from helpers import Snapshot
+from torch import nn
+
+import landscope as ls
+from landscope import plan as plan_module
+from landscope.anytime import anytime_probe, cost_plan, schedule
+from landscope.errors import BadInputError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+D = torch.float64
+
+
+def trained_mlp(samples=1200, width=12, steps=120, seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(6, width), nn.Tanh(), nn.Linear(width, 3)).double()
+    X = torch.randn(samples, 6, dtype=D)
+    y = (X[:, :3] + 0.5 * torch.randn(samples, 3, dtype=D)).argmax(1)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X), y).backward()
+        opt.step()
+    return net, X, y
+
+
+@pytest.fixture(scope="module")
+def mlp_objective():
+    torch.set_num_threads(1)
+    net, X, y = trained_mlp()
+    return net, ls.Objective.from_model(net, nn.functional.cross_entropy, (X, y),
+                                        batch_size=300)
+
+
+def test_stages_sharpen_and_the_last_is_todays_probe(mlp_objective):
+    net, obj = mlp_objective
+    snap = Snapshot(net)
+    seen = []
+    result = anytime_probe(obj, samples=100, on_stage=seen.append)
+    snap.check()
+    assert [s.name for s in result.stages] == ["subsample", "extremes", "density"]
+    assert seen == result.stages and not result.partial
+    today = ls.probe(obj)
+    assert result.verdict == today.kind and result.probe.kind == today.kind
+    assert result.probe.lambda_max == pytest.approx(today.lambda_max, rel=1e-8)
+    assert result.probe.lambda_min == pytest.approx(today.lambda_min, rel=1e-6, abs=1e-10)
+    assert result.probe.fractions["negative"].value == today.fractions["negative"].value
+    first = result.stages[0].estimates
+    for name, value in (("lambda_max", today.lambda_max), ("lambda_min", today.lambda_min),
+                        ("loss", today.loss), ("grad_norm", today.grad_norm)):
+        assert first[name].subsampled
+        assert first[name].low <= value <= first[name].high, name
+    final = result.estimates
+    assert not any(iv.subsampled for iv in final.values())
+    assert {"trace", "negative_fraction", "zero_fraction", "positive_fraction"} <= set(final)
+    H = obj.hessian()
+    assert final["trace"].value == pytest.approx(torch.trace(H).item(), rel=1e-8)
+    json_ready = result.to_dict()
+    assert json_ready["estimates"]["lambda_max"]["confidence"] == 0.95
+    assert json_ready["stages"][0]["estimates"]["lambda_min"]["subsampled"] is True
+
+
+def test_a_saddle_is_called_on_subsamples_at_95_percent():
+    """A deep linear network at θ = 0: every gradient is exactly zero and the Hessian has the
+    cross-covariance's singular values with both signs, so the first stage settles it."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False)).double()
+    for p in net.parameters():
+        nn.init.zeros_(p)
+    X = torch.randn(600, 4, dtype=D)
+    Y = X[:, :2] @ torch.tensor([[2.0, 0.5], [-1.0, 1.5]], dtype=D) + 0.1 * torch.randn(600, 2,
+                                                                                         dtype=D)
+    obj = ls.Objective.from_model(net, nn.functional.mse_loss, (X, Y))
+    result = anytime_probe(obj, samples=60, density=False)
+    first = result.stages[0]
+    assert first.verdict == "saddle", first.statement
+    assert "λ_min < 0 at 95 % confidence over 5 subsets of 60 samples" in first.statement
+    assert result.verdict == "saddle" == ls.probe(obj).kind
+
+
+def test_undecided_says_how_many_samples_would_settle_it():
+    net, X, y = trained_mlp(samples=400, steps=400)
+    obj = ls.Objective.from_model(net, nn.functional.cross_entropy, (X, y))
+    result = anytime_probe(obj, samples=20, density=False)
+    first = result.stages[0]
+    if first.verdict == "undecided":
+        assert "samples per subset would settle it" in first.statement
+        assert first.samples_needed is not None and first.samples_needed > 20
+    else:   # settled already: then every interval it used excluded its threshold
+        assert first.samples_needed is None
+
+
+def test_a_time_budget_is_kept_and_says_what_stayed_uncertain():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(),
+                        nn.Linear(256, 10))
+    X, y = torch.randn(4000, 20), torch.randint(0, 10, (4000,))
+    obj = ls.Objective.from_model(net, nn.functional.cross_entropy, (X, y), batch_size=1000)
+    budget = 4.0
+    start = time.perf_counter()
+    result = anytime_probe(obj, time_budget=budget)
+    elapsed = time.perf_counter() - start
+    assert elapsed <= 1.2 * budget, elapsed
+    assert result.partial and result.stages
+    assert result.uncertain
+    assert result.plan["time_budget"] == budget
+
+
+def test_ctrl_c_returns_the_best_answer_so_far(mlp_objective):
+    _, obj = mlp_objective
+
+    def interrupt(stage, *_):
+        if stage == "extremes":
+            raise KeyboardInterrupt
+
+    result = anytime_probe(obj, samples=100, progress=interrupt)
+    assert result.partial
+    assert [s.name for s in result.stages] == ["subsample"]
+    assert result.estimates["lambda_max"].subsampled
+    assert result.to_dict()["partial"] is True
+
+
+def test_progress_reports_stage_products_and_eta(mlp_objective):
+    _, obj = mlp_objective
+    calls = []
+    anytime_probe(obj, samples=100, density=False, progress=lambda *a: calls.append(a))
+    stages = {c[0] for c in calls}
+    assert stages == {"subsample", "extremes"}
+    assert all(c[2] == 3 for c in calls)                  # of three stages
+    assert any(c[5] is not None and c[5] > 0 for c in calls if c[3] < c[4])   # an ETA
+
+
+def test_train_mode_subsets_whole_batches():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3)).double()
+    X, y = torch.randn(600, 5, dtype=D), torch.randint(0, 3, (600,))
+    obj = ls.Objective.from_model(net, nn.functional.cross_entropy, (X, y), batch_size=30,
+                                  mode="train")
+    snap = Snapshot(net)
+    result = anytime_probe(obj, samples=60, density=False)
+    snap.check()
+    assert "5 subsets of 60" in result.stages[0].data
+    full = ls.spectrum(obj, 1, "both")
+    est = result.stages[0].estimates
+    assert est["lambda_max"].low <= full.largest.values[0].item() <= est["lambda_max"].high
+
+
+def test_an_analytic_function_goes_straight_to_the_exact_stages():
+    obj = ls.Objective.from_function(lambda x: x[0] ** 2 - x[1] ** 2, [0.0, 0.0])
+    result = anytime_probe(obj)
+    assert [s.name for s in result.stages] == ["extremes", "density"]
+    assert result.verdict == "saddle"
+
+
+def test_bad_input_is_refused_before_any_work(mlp_objective, monkeypatch):
+    _, obj = mlp_objective
+    with pytest.raises(BadInputError, match="time_budget=0"):
+        anytime_probe(obj, time_budget=0)
+    with pytest.raises(BadInputError, match=r"samples=500 × subsets=5 = 2500 > 1200"):
+        anytime_probe(obj, samples=500)
+    monkeypatch.setattr(plan_module, "available_bytes", lambda device: 10_000)
+    before = obj.counts["hvp"]
+    with pytest.raises(BadInputError, match="only .* free"):
+        anytime_probe(obj)
+    assert obj.counts["hvp"] == before
+
+
+def test_the_schedule_picks_the_subset_size_from_the_budget(mlp_objective):
+    _, obj = mlp_objective
+    plan = cost_plan(obj)
+    free = schedule(plan, 1200, samples=None, subsets=5, k=5, probes=8, steps=60,
+                    density=True, time_budget=None)
+    assert [s.name for s in free] == ["subsample", "extremes", "density"]
+    assert free[0].samples == 240                          # 1200 / 5 subsets, ≤ 512
+    tight = schedule(plan, 1200, samples=None, subsets=5, k=5, probes=8, steps=60,
+                     density=True, time_budget=free[0].seconds * 4 / 3)
+    assert tight[0].samples < free[0].samples              # a quarter of the budget
+    assert tight[0].seconds == pytest.approx(0.25 * free[0].seconds * 4 / 3, rel=0.05)
