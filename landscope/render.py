@@ -6,7 +6,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from landscope.anytime import Stage, StagePlan
 from landscope.critical import Probe, index_note
+from landscope.plan import CostPlan
 
 _STYLE = {"local_min": "green", "saddle": "yellow", "local_max": "red",
           "degenerate": "magenta", "not_critical": "cyan"}
@@ -99,3 +101,55 @@ def _evidence(p: Probe, seconds: float | None) -> str:
     if seconds is not None:
         parts.append(f"{seconds:.1f} s")
     return "; ".join(parts)
+
+
+_STAGE_TITLE = {"subsample": "first verdict, on data subsets", "extremes":
+                "extreme eigenvalues on all the data", "density": "density and sign fractions"}
+_ORDER = ("loss", "grad_norm", "lambda_max", "lambda_min", "trace", "negative_fraction",
+          "zero_fraction", "positive_fraction")
+_LABEL = {"loss": "loss", "grad_norm": "‖∇L‖", "lambda_max": "λ_max", "lambda_min": "λ_min",
+          "trace": "trace", "negative_fraction": "negative", "zero_fraction": "flat",
+          "positive_fraction": "positive"}
+
+
+def stage_panel(stage: Stage, index: int, stages: int) -> Panel:
+    """One anytime stage: its verdict and every estimate with its 95 % interval."""
+    style = _STYLE.get(stage.verdict, "white")
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    name = _TITLE.get(stage.verdict, stage.verdict.upper())
+    table.add_row("verdict", Text(name, style=f"bold {style}"))
+    table.add_row("why", stage.statement)
+    for key in (k for k in _ORDER if k in stage.estimates):
+        iv = stage.estimates[key]
+        percent = key.endswith("_fraction")
+        scale, unit = (100, "%") if percent else (1, "")
+        low, high, value = iv.low * scale, iv.high * scale, iv.value * scale
+        text = f"{value:.4g}{unit}" if low == high else \
+            f"{value:.4g}{unit}  [{low:.4g}, {high:.4g}]{unit}"
+        table.add_row(_LABEL[key], text)
+    table.add_row("data", f"{stage.data}; {stage.products:,} products, {stage.seconds:.1f} s"
+                  + ("" if stage.complete else " (NOT converged)"))
+    return Panel(table, title=f"stage {index}/{stages}: {_STAGE_TITLE[stage.name]}",
+                 border_style=style)
+
+
+def plan_text(plan: CostPlan, stages: list[StagePlan], budget: float | None) -> str:
+    """The cost plan and the stages it expects, before the work."""
+    lines = ["plan: " + plan.lines()[0], *("      " + line for line in plan.lines()[1:])]
+    for i, s in enumerate(stages, 1):
+        lines.append(f"      stage {i} {s.name}: {s.data}, ≈ {s.products:,} products ≈ "
+                     f"{_duration(s.seconds)}")
+    if budget is not None:
+        lines.append(f"      time budget {_duration(budget)}: stages that do not fit are cut "
+                     "and what stayed uncertain is said")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

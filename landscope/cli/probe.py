@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscope import io
+from landscope.anytime import anytime_probe, cost_plan, sample_count, schedule
 from landscope.cli._common import (
     DType,
     Mode,
@@ -19,7 +21,7 @@ from landscope.cli._common import (
     console,
 )
 from landscope.critical import probe as run_probe
-from landscope.render import probe_panel
+from landscope.render import plan_text, probe_panel, stage_panel
 
 
 @app.command()
@@ -43,25 +45,102 @@ def probe(
     exact: bool = typer.Option(None, "--exact/--iterative", help="Force the dense Hessian or "
                                "the Lanczos path (default: dense for n ≤ 1024)."),
     batch_size: int = typer.Option(None, min=1, help="Evaluate (X, y) data in chunks."),
-    seed: int = typer.Option(0, help="Seed of the random start vectors and probes."),
+    seed: int = typer.Option(0, help="Seed of the data subsets, random start vectors and "
+                             "probes (the same seed gives the same answer)."),
+    time_budget: float = typer.Option(None, "--time-budget", min=0.0, help="Seconds for the "
+                                      "whole probe: the best verdict reachable in that time, "
+                                      "and what stayed uncertain."),
+    samples: int = typer.Option(None, min=1, help="Samples per subset of the first stage "
+                                "(default: from the budget, at most 512)."),
+    subsets: int = typer.Option(5, min=2, help="Independent data subsets of the first stage "
+                                "(its intervals' degrees of freedom + 1)."),
+    probes: int = typer.Option(8, min=1, help="Random probes of the density (last stage)."),
+    steps: int = typer.Option(60, min=1, help="Lanczos steps per density probe."),
+    density: bool = typer.Option(True, "--density/--no-density", help="Run the last stage "
+                                 "(density, sign fractions, trace, higher-order test)."),
     out: Path = typer.Option(Path("landscope-out"), help="Directory for result.json (and "
                              "the default model's checkpoint, reused on the next run)."),
 ):
     """Classify the point training stopped at: minimum, saddle (and its index), degenerate,
-    or not critical at all, with the Hessian spectrum and the evidence behind the verdict."""
+    or not critical at all, with the Hessian spectrum and the evidence behind the verdict.
+
+    The answer comes in stages: a first verdict with 95 % intervals from data subsets, then the
+    extreme eigenvalues on all the data, then the density. Ctrl-C or the time budget ends it
+    with the best answer so far (marked partial in result.json)."""
     _guard(lambda: _probe(model, checkpoint, data, loss, dtype, params, mode, k, exact,
-                          batch_size, seed, out))
+                          batch_size, seed, out, time_budget=time_budget, samples=samples,
+                          subsets=subsets, probes=probes, steps=steps, density=density))
 
 
 def _probe(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, k, exact,
-           batch_size, seed, out: Path):
+           batch_size, seed, out: Path, *, time_budget=None, samples=None, subsets=5,
+           probes=8, steps=60, density=True):
     obj, _ = _objective(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode,
                         batch_size, seed, out)
     start = time.perf_counter()
-    with _ProductsProgress("probing the Hessian") as report:
-        result = run_probe(obj, k=k, exact=exact, seed=seed, progress=report)
+    if exact:   # the dense Hessian on all the data: one stage, as asked
+        with _ProductsProgress("probing the Hessian") as report:
+            result = run_probe(obj, k=k, exact=True, seed=seed, progress=report)
+        seconds = time.perf_counter() - start
+        path = io.write_result(out, "probe", {"probe": result.to_dict(), "seconds": seconds,
+                                              "command": " ".join(sys.argv)})
+        console.print(probe_panel(result, seconds))
+        console.print(f"written: {path}")
+        return
+    plan = cost_plan(obj)
+    planned = schedule(plan, sample_count(obj), samples=samples, subsets=subsets, k=k,
+                       probes=probes, steps=steps, density=density, time_budget=time_budget,
+                       mode=obj.info.get("mode") or "function")
+    _say(plan_text(plan, planned, time_budget))
+    count = len(planned)
+
+    def show(stage):
+        _say(stage_panel(stage, [p.name for p in planned].index(stage.name) + 1, count))
+
+    with _StageProgress() as report:
+        result = anytime_probe(obj, time_budget=time_budget, samples=samples, subsets=subsets,
+                               seed=seed, k=k, probes=probes, steps=steps, density=density,
+                               plan=plan, progress=report, on_stage=show)
     seconds = time.perf_counter() - start
-    path = io.write_result(out, "probe", {"probe": result.to_dict(), "seconds": seconds,
-                                          "command": " ".join(sys.argv)})  # before any printing
-    console.print(probe_panel(result, seconds))
-    console.print(f"written: {path}")
+    payload = {"anytime": result.to_dict(), "partial": result.partial, "seconds": seconds,
+               "command": " ".join(sys.argv)}
+    if result.probe is not None:
+        payload["probe"] = result.probe.to_dict()
+    path = io.write_result(out, "probe", payload)  # before any more printing
+    if result.probe is not None:
+        _say(probe_panel(result.probe, seconds))
+    if result.partial or result.probe is None:
+        _say(f"[bold]{'PARTIAL: ' if result.partial else ''}best verdict so far:[/] "
+             f"{result.statement}")
+        for item in result.uncertain:
+            _say(f"  uncertain: {item}")
+    _say(f"written: {path}")
+
+
+def _say(renderable) -> None:
+    """Print now, even when the output goes to a file (flushed after every stage)."""
+    console.print(renderable)
+    console.file.flush()
+
+
+class _StageProgress:
+    """A bar per stage: products done of those planned, elapsed time and the ETA."""
+
+    def __init__(self):
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed:.0f}/{task.total:.0f} products"),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
+                                 console=console, transient=True)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self.task = self.progress.add_task("", total=1, eta="")
+        return self.report
+
+    def report(self, stage, index, stages, done, planned, elapsed, eta) -> None:
+        left = "" if eta is None else f"ETA {eta:.0f} s"
+        self.progress.update(self.task, description=f"stage {index}/{stages} {stage}",
+                             completed=min(done, planned), total=max(planned, 1), eta=left)
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
