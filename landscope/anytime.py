@@ -254,6 +254,7 @@ def anytime_probe(
     probes: int = 8,
     steps: int = 60,
     density: bool = True,
+    exact: bool | None = None,
     rel_tol: float | None = None,
     step_rtol: float = 1e-6,
     plan: CostPlan | None = None,
@@ -268,8 +269,8 @@ def anytime_probe(
     samples: samples per subset in the first stage (default: chosen from the budget, at most
         :data:`MAX_SAMPLES`, and so that the subsets fit in the data). subsets: how many.
     seed: of the subsets and of every random start vector.
-    k, probes, steps, rel_tol, step_rtol: as in :func:`landscope.probe`; ``density=False``
-        stops after stage 2.
+    k, probes, steps, exact, rel_tol, step_rtol: as in :func:`landscope.probe` (``exact`` for
+        the full-data stages); ``density=False`` stops after stage 2.
     plan: the :func:`cost_plan` (default: made here, from one timed gradient); what would not fit
         in memory is refused before any work, with the fix.
     progress: ``progress(stage, index, stages, products, planned, elapsed, eta)``.
@@ -286,7 +287,8 @@ def anytime_probe(
     mode = obj.model_loss.mode if obj.model_loss is not None else "function"
     stages_planned = schedule(plan, total, samples=samples, subsets=subsets, k=k, probes=probes,
                               steps=steps, density=density, time_budget=time_budget, mode=mode)
-    plan.check(samples=total, dense=obj.n <= EXACT_MAX_N)   # refuse before any work
+    dense = obj.n <= EXACT_MAX_N if exact is None else exact
+    basis = _basis_size(plan, 2 * k, total, dense)   # refuses what would not fit, with the fix
     rel_tol = default_rel_tol(obj.dtype) if rel_tol is None else rel_tol
     coords, _ = used_coordinates(obj)
     used = theta if coords is None else theta[coords]
@@ -308,10 +310,10 @@ def anytime_probe(
         full_samples = max(total, 1)
         _time_full_gradient(obj, theta, clock, full_samples)
         budget = clock.products_within(clock.left, full_samples)
-        if budget is not None and budget < (obj.n if obj.n <= EXACT_MAX_N else 4 * k + 4):
+        if budget is not None and budget < (obj.n if dense else 4 * k + 4):
             raise _OutOfTime
         stage, spec = _extremes_stage(obj, theta, k, seed, coords, warm, budget, clock, decide,
-                                      full_samples)
+                                      full_samples, basis, exact)
         finish(stage)
         if density:
             needed = probes * steps + 2 * k
@@ -322,12 +324,29 @@ def anytime_probe(
             start = time.perf_counter()
             before = obj.counts["hvp"]
             final = probe(obj, theta, k=k, rel_tol=rel_tol, step_rtol=step_rtol, probes=probes,
-                          steps=steps, seed=seed, extremes=spec, progress=clock.callback())
+                          steps=steps, exact=exact, seed=seed, extremes=spec,
+                          progress=clock.callback())
             finish(_density_stage(final, time.perf_counter() - start,
                                   obj.counts["hvp"] - before))
     except (KeyboardInterrupt, _OutOfTime):
         partial = True
     return _result(stages, final, partial, density, time_budget, clock, plan, stages_planned)
+
+
+def _basis_size(plan: CostPlan, wanted: int, samples: int, dense: bool) -> int | None:
+    """The Lanczos basis for the full data: the solver's default (None), or the largest that
+    fits in the free memory; below wanted + 2 vectors (or a dense Hessian that does not fit)
+    the plan refuses, naming the fix."""
+    if dense:
+        plan.check(samples=samples, dense=True)
+        return None
+    default = max(40, 3 * wanted + 20)   # the default of landscope.linalg.extreme_eigenpairs
+    if plan.available_bytes is None or plan.fits(default, samples=samples):
+        return None                      # the solver's own choice
+    room = plan.available_bytes - plan.peak_bytes(0, samples) + plan.parameter_bytes
+    largest = int(room // plan.parameter_bytes) - 1
+    plan.check(max(wanted + 2, min(largest, default)), samples=samples)
+    return max(wanted + 2, min(largest, default))
 
 
 def _time_full_gradient(obj, theta, clock: _Clock, samples: int) -> None:
@@ -392,7 +411,8 @@ def _subsample_stage(obj, theta, total, samples, count, seed, coords, clock, dec
     return stage, warm
 
 
-def _extremes_stage(obj, theta, k, seed, coords, warm, budget, clock, decide, samples):
+def _extremes_stage(obj, theta, k, seed, coords, warm, budget, clock, decide, samples, basis,
+                    exact):
     """Both ends on all the data; under a budget, rounds capped by the time left, each warm
     started from the last, until converged or out of time."""
     start = time.perf_counter()
@@ -401,7 +421,8 @@ def _extremes_stage(obj, theta, k, seed, coords, warm, budget, clock, decide, sa
     while True:
         products, started = obj.counts["hvp"], time.perf_counter()
         spec = spectrum(obj, k, "both", theta=theta, coords=coords, seed=seed,
-                        max_products=budget, warm=warm,
+                        max_products=budget, warm=warm, basis_size=basis,
+                        exact=True if exact else None,   # as probe() calls it
                         progress=clock.callback(offset=products - before))
         clock.learn(obj.counts["hvp"] - products, time.perf_counter() - started, samples)
         converged = bool(spec.evidence.get("converged", True))
@@ -531,11 +552,13 @@ def _result(stages, final, partial, density, budget, clock, plan, planned) -> An
                                "samples"), {}, [], [], True,
                             plan=_plan_record(plan, planned, budget, clock))
     last = stages[-1]
-    estimates = dict(last.estimates)
-    uncertain = [f"{name}: {iv.low:.3g} to {iv.high:.3g}" for name, iv in estimates.items()
-                 if iv.subsampled]
+    estimates = {}
+    for stage in stages:   # each quantity from the latest stage that estimated it
+        estimates.update(stage.estimates)
+    uncertain = [f"{name}: {iv.low:.3g} to {iv.high:.3g} (subsampled)"
+                 for name, iv in estimates.items() if iv.subsampled]
     if final is None and density:
-        uncertain.append("sign fractions and trace: the density stage did not run")
+        uncertain.append("sign fractions: the density stage did not run")
     if not last.complete:
         uncertain.append(f"{last.name}: the solver did not converge within the budget")
     return AnytimeProbe(last.verdict, last.statement, estimates, stages, uncertain, partial,

@@ -18,8 +18,11 @@ Hessian. Each quantity gets a 95 % interval for its *full-data* value:
   v_k, so they estimate v_kᵀHv_k ≤ λ_max(H) without bias (a held-out Rayleigh quotient). Each side
   gets its one-sided t-bound; the interval joins them. When the subsets are the whole data both
   sides become exact inequalities (λ_max of an average ≤ the average of λ_max). λ_min mirrors it.
-- the trace and the sign fractions, where a stage estimates them per subset: the mean over the
-  subsets ± t·s/√K·√(1 − f), widened by each estimate's own (probe) error.
+- the trace, linear in H and so unbiased on a subset: the mean of the subsets' Hutchinson
+  estimates ± t·(their spread·√(1 − f) ⊕ their own probe error)/√K. The sign fractions are not
+  estimated on subsets: sampling noise spreads the bulk of eigenvalues around zero, so a
+  subset's fractions are biased (fewer flat, more of both signs) by an amount no spread over
+  subsets reveals; they come from the full data only.
 
 The verdict is stated only when the intervals settle it; otherwise the sample size that would,
 assuming the half-widths fall like 1/√m, is estimated (:func:`samples_needed`).
@@ -36,9 +39,11 @@ from scipy import stats
 
 from landscope.errors import BadInputError
 from landscope.objective import Objective
-from landscope.spectrum import spectrum
+from landscope.spectrum import spectrum, trace
 
 CONFIDENCE = 0.95
+TRACE_PROBES = 10
+"""Rademacher probes of each subset's Hutchinson trace (one product of this many columns)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,8 @@ class SubsetReadings:
 
     losses (K,), gradients (K, n); top / bottom: Ritz values θ_k, residuals r_k and vectors
     (n, K) of each subset's extreme eigenpair; held_top / held_bottom (K, K): entry (k, j) is
-    v_kᵀ H_j v_k for j ≠ k (NaN on the diagonal). fraction: f = Km/N.
+    v_kᵀ H_j v_k for j ≠ k (NaN on the diagonal); traces: each subset's Hutchinson estimate of
+    tr H_k and its standard error. fraction: f = Km/N.
     """
 
     losses: torch.Tensor
@@ -100,6 +106,7 @@ class SubsetReadings:
     bottom: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     held_top: torch.Tensor
     held_bottom: torch.Tensor
+    traces: list[tuple[float, float]]
     fraction: float
     samples: int
     products: int
@@ -113,13 +120,15 @@ class SubsetReadings:
 def read_subsets(objectives: Sequence[Objective], theta: torch.Tensor, *, total: int,
                  tol: float, max_products: int | Callable[[int], int] | None = None,
                  seed: int = 0, coords: torch.Tensor | None = None, warm=None,
+                 trace_probes: int = TRACE_PROBES,
                  progress: Callable | None = None) -> SubsetReadings:
     """L_k, ∇L_k and both extreme eigenpairs of every subset objective at θ, then the held-out
     Rayleigh quotients: each subset's extreme vectors read on every other subset (one product of
-    2(K − 1) columns per subset). ``max_products``: per subset, or ``max_products(k)`` decided
+    2(K − 1) columns per subset), and a Hutchinson trace of ``trace_probes`` Rademacher probes
+    in one product per subset. ``max_products``: per subset, or ``max_products(k)`` decided
     when subset k starts (a time budget)."""
     K = len(objectives)
-    losses, gradients, tops, bottoms, converged = [], [], [], [], []
+    losses, gradients, tops, bottoms, converged, traces = [], [], [], [], [], []
     products = 0
     for k, sub in enumerate(objectives):
         before = sub.counts["hvp"]
@@ -133,6 +142,9 @@ def read_subsets(objectives: Sequence[Objective], theta: torch.Tensor, *, total:
         tops.append(spec.largest)
         bottoms.append(spec.smallest)
         converged.append(bool(spec.evidence.get("converged", True)))
+        estimate = trace(sub, trace_probes, theta=theta, batch=trace_probes, exact=False,
+                         seed=seed + k)
+        traces.append((estimate.value, estimate.stderr))
         products += sub.counts["hvp"] - before
     V_top = torch.cat([p.vectors for p in tops], 1)
     V_bottom = torch.cat([p.vectors for p in bottoms], 1)
@@ -156,12 +168,13 @@ def read_subsets(objectives: Sequence[Objective], theta: torch.Tensor, *, total:
         if objectives[0].model_loss is not None else 1
     return SubsetReadings(torch.tensor(losses, dtype=torch.float64),
                           torch.stack(gradients).double(), pairs(tops), pairs(bottoms),
-                          held_top, held_bottom, min(1.0, K * size / total), size, products,
-                          converged)
+                          held_top, held_bottom, traces, min(1.0, K * size / total), size,
+                          products, converged)
 
 
 def intervals(r: SubsetReadings) -> dict[str, Interval]:
-    """95 % intervals for the full-data loss, ‖∇L‖, λ_max and λ_min (see the module's text)."""
+    """95 % intervals for the full-data loss, ‖∇L‖, λ_max, λ_min and trace (see the module's
+    text)."""
     K, shrink = r.count, math.sqrt(max(0.0, 1.0 - r.fraction))
     t = _t(K)
     where = f"{K} subsets of {r.samples} samples"
@@ -170,7 +183,8 @@ def intervals(r: SubsetReadings) -> dict[str, Interval]:
                     f"mean over {where} ± t·s/√K·√(1 − f), f = {r.fraction:.3g}")
     return {"loss": loss, "grad_norm": _grad_norm(r, t, where),
             "lambda_max": _extreme(r.top, r.held_top, r.fraction, t, +1, where),
-            "lambda_min": _extreme(r.bottom, r.held_bottom, r.fraction, t, -1, where)}
+            "lambda_min": _extreme(r.bottom, r.held_bottom, r.fraction, t, -1, where),
+            "trace": combine(r.traces, r.fraction, where)}
 
 
 def _extreme(pairs, held: torch.Tensor, fraction: float, t: float, sign: int,
@@ -219,13 +233,14 @@ def _grad_norm(r: SubsetReadings, t: float, where: str) -> Interval:
 
 
 def combine(estimates: Sequence[tuple[float, float]], fraction: float, where: str) -> Interval:
-    """An interval for a quantity linear in H (the trace, a sign fraction) from per-subset
-    (estimate, own standard error) pairs: the mean ± t·(spread over the subsets, shrunk by
-    √(1 − f), and the mean own error)."""
+    """An interval for a quantity linear in H (the trace) from per-subset (estimate, own
+    standard error) pairs. The spread s over the subsets holds both the sampling and the probe
+    error; only the sampling part shrinks with the finite-population factor, so the mean's
+    standard error is √(s²(1 − f)/K + f·e²), e the mean's own probe error."""
     values = torch.tensor([e for e, _ in estimates], dtype=torch.float64)
     own = math.sqrt(sum(s * s for _, s in estimates)) / len(estimates)
     mean, se = _mean_se(values)
-    spread = math.hypot(se * math.sqrt(max(0.0, 1.0 - fraction)), own)
+    spread = math.sqrt(se * se * max(0.0, 1.0 - fraction) + min(fraction, 1.0) * own * own)
     t = _t(len(estimates))
     return Interval(mean, mean - t * spread, mean + t * spread,
                     f"mean over {where} ± t·(spread over the subsets, probe error)")

@@ -3,6 +3,7 @@ to today's probe."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -184,3 +185,16 @@ def test_the_schedule_picks_the_subset_size_from_the_budget(mlp_objective):
                      density=True, time_budget=free[0].seconds * 4 / 3)
     assert tight[0].samples < free[0].samples              # a quarter of the budget
     assert tight[0].seconds == pytest.approx(0.25 * free[0].seconds * 4 / 3, rel=0.05)
+
+
+def test_the_lanczos_basis_shrinks_to_fit_the_free_memory(mlp_objective):
+    from landscope.anytime import _basis_size
+    _, obj = mlp_objective
+    plan = cost_plan(obj)
+    assert _basis_size(plan, 10, 1200, dense=False) is None        # the solver's default fits
+    room = plan.peak_bytes(0, 1200) + 20 * plan.parameter_bytes    # 20 more vectors fit
+    tight = dataclasses.replace(plan, available_bytes=room)
+    assert _basis_size(tight, 10, 1200, dense=False) == 20
+    tighter = dataclasses.replace(plan, available_bytes=plan.peak_bytes(0, 1200))
+    with pytest.raises(BadInputError, match="free"):
+        _basis_size(tighter, 10, 1200, dense=False)

@@ -59,7 +59,7 @@ def quadratic():
     values = np.linalg.eigvalsh(H.numpy())
     loss, g = obj.value_and_grad()
     return obj, {"lambda_max": values[-1], "lambda_min": values[0], "loss": loss.item(),
-                 "grad_norm": g.norm().item()}
+                 "grad_norm": g.norm().item(), "trace": values.sum()}
 
 
 def _estimate(obj, samples, seed, count=5, max_products=None):

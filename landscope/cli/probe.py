@@ -100,6 +100,7 @@ def _probe(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, k,
     with _StageProgress() as report:
         result = anytime_probe(obj, time_budget=time_budget, samples=samples, subsets=subsets,
                                seed=seed, k=k, probes=probes, steps=steps, density=density,
+                               exact=exact,
                                plan=plan, progress=report, on_stage=show)
     seconds = time.perf_counter() - start
     payload = {"anytime": result.to_dict(), "partial": result.partial, "seconds": seconds,
