@@ -292,6 +292,11 @@ class Objective:
         obj.info["unused_parameters"] = self.info.get("unused_parameters", [])
         return obj
 
+    @property
+    def chain_engine(self) -> bool:
+        """Whether products come (or may come, on trial) from the chain engine."""
+        return self._chain is not None
+
     # ------------------------------------------------------------------ evaluation
     def value(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """L(θ) as a 0-d tensor."""

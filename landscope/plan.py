@@ -9,9 +9,10 @@ activations scale linearly in the samples; a Lanczos basis holds m + 1 vectors o
 dense analysis the n×n Hessian and its ``eigh`` workspace, about 3 n² numbers.
 :meth:`CostPlan.check` refuses, with the fix, what would not fit in the free memory of the device.
 
-The figures are those of autograd products through the kept graph. The chain engine
-(:mod:`landscope.chain`) is not modelled: on a tanh MLP over 50,000 samples its caches held 1.9×
-the kept graph, and its first-point trial peaked at 2.1× this plan's peak.
+The figures are those of autograd products through the kept graph. Where the chain engine
+(:mod:`landscope.chain`) computes (or may compute, on trial) the products, its per-layer caches
+count ``CHAIN_CACHE_PER_KEPT`` times the kept graph: on a tanh MLP over 50,000 samples they held
+1.9× it, and the first-point trial peaked at 2.1× the plan without this factor.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ Vmapped products (``engine="batched"``) hold this once per column."""
 STREAMED_PRODUCT_PER_GRADIENT = 1 + PRODUCT_PER_GRADIENT
 """Beyond ``graph_cache_samples`` no graph is kept: each product rebuilds it batch by batch
 (one gradient with ``create_graph``) and then runs the product's backward."""
+
+CHAIN_CACHE_PER_KEPT = 2.0
+"""Bytes the chain engine's caches hold per byte of the kept graph (1.9 measured, see above)."""
 
 DENSE_NUMBERS_PER_ENTRY = 3
 """The dense path holds the n×n Hessian, its symmetrised copy and ``eigh``'s eigenvectors."""
@@ -209,7 +213,9 @@ def estimate(obj, theta: torch.Tensor | None = None, *, basis_size: int = 40) ->
         gradient_seconds=seconds, product_seconds=product,
         seconds_per_sample_product=product / samples,
         parameter_bytes=parameter_bytes, saved_bytes=saved,
-        activation_bytes=round(KEPT_PER_SAVED * saved), basis_size=basis_size,
+        activation_bytes=round(KEPT_PER_SAVED * saved
+                               * (CHAIN_CACHE_PER_KEPT if obj.chain_engine else 1.0)),
+        basis_size=basis_size,
         basis_bytes=(basis_size + 1) * parameter_bytes,
         dense_bytes=DENSE_NUMBERS_PER_ENTRY * obj.n**2 * itemsize,
         available_bytes=available_bytes(obj.device),
