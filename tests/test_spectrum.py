@@ -117,3 +117,31 @@ def test_restricted_to_coordinates_matches_eigh_of_the_block(exact):
     for key, truth in (("negative", np.mean(block <= -tol)), ("positive", np.mean(block > tol))):
         low, high = dens.fractions(tol)[key].interval
         assert low - 1e-9 <= truth <= high + 1e-9, key
+
+
+def test_float32_default_tolerance_is_one_the_solver_reaches(one_thread):
+    """A 57k-parameter float32 CNN: at the old fixed 1e-5 the top residuals stalled at 8e-5·ρ
+    and the run spent 500 products unconverged; the size-aware default converges."""
+    from landscope.spectrum import default_tol
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64),
+                        nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(64, 64, 3, padding=1),
+                        nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(64, 10))
+    X, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        cross_entropy(net(X), y).backward()
+        opt.step()
+    obj = Objective.from_model(net.eval(), cross_entropy, (X, y))
+    tol = default_tol(torch.float32, obj.n)
+    assert tol == pytest.approx(10 * obj.n ** 0.5 * torch.finfo(torch.float32).eps)
+    spec = spectrum(obj, 5, "both")
+    assert spec.evidence["converged"] and spec.evidence["products"] < 200
+    assert spec.evidence["tol"] == tol
+    rho = max(abs(spec.largest.values[0]), abs(spec.smallest.values[0]))
+    assert (spec.largest.residuals <= tol * rho * 1.01).all()
+    assert default_tol(torch.float64, obj.n) == 1e-8
