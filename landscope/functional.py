@@ -112,12 +112,13 @@ class ModelLoss:
         self.buffer_slots = _slots(model, model.named_buffers(remove_duplicate=False), buffers)
         self.reduction, self.weighting, self.weight = _weighing(loss_fn, model, reduction,
                                                                 batch_weight)
+        self._weights: dict[int, float] = {}  # batch index -> w_b, read on the first pass
 
     def on(self, batches: Batches) -> ModelLoss:
         """The same model, loss, parameters and mode on other batches (a data subset): every
         fixed part (θ₀, frozen values, buffers, slots, weighting) is shared, not rebuilt."""
         other = copy.copy(self)
-        other.batches = batches
+        other.batches, other._weights = batches, {}
         return other
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -141,12 +142,23 @@ class ModelLoss:
 
     def __call__(self, theta: torch.Tensor, second_order: bool = False
                  ) -> Iterator[tuple[int, torch.Tensor, float, int]]:
+        """The batches' losses at θ. Each batch's weight is read once (the batches are the same
+        on every pass), and the losses are checked for NaN/Inf together at the end of the pass:
+        one read by the host per pass, not one per batch (each read stalls a GPU)."""
         views = self.unflatten(theta)
+        seen = []
         with _modes(self.model, self.mode), _attention(second_order):
             for index, batch in enumerate(self.batches):
-                weight = float(self.weight(batch))
+                if index not in self._weights:
+                    self._weights[index] = float(self.weight(batch))
+                weight = self._weights[index]
                 if weight > 0:
-                    yield index, self._forward(views, index, batch), weight, batch.size
+                    loss = self._forward(views, index, batch, finite=False)
+                    seen.append((index, batch.size, loss.detach().reshape(())))
+                    yield index, loss, weight, batch.size
+        if seen and not bool(torch.isfinite(torch.stack([x for _, _, x in seen])).all()):
+            index, size, loss = next(x for x in seen if not torch.isfinite(x[2]))
+            check_loss(loss, f"batch {index} ({size} samples)")
 
     def inputs_of(self, batch: Batch) -> tuple[tuple, dict]:
         """The model's positional and keyword inputs for ``batch`` (copies if the model writes
@@ -193,7 +205,8 @@ class ModelLoss:
         return {"unused": [name for name, g in zip(views, grads, strict=True) if g is None],
                 "first_order_only": blockers, "writes_inputs": self.writes_inputs}
 
-    def _forward(self, views: dict, index: int, batch: Batch) -> torch.Tensor:
+    def _forward(self, views: dict, index: int, batch: Batch, finite: bool = True
+                 ) -> torch.Tensor:
         buffers = None
         args, kwargs = self.inputs_of(batch)
         if self.mode == "train":  # train-mode forwards may update running statistics in place
@@ -214,7 +227,7 @@ class ModelLoss:
                 f"the model or loss failed on batch {index} ({_describe(batch)}): {error}. Check "
                 "that the data matches the model and that the loss accepts (output, target)."
             ) from error
-        check_loss(loss, f"batch {index} ({batch.size} samples)")
+        check_loss(loss, f"batch {index} ({batch.size} samples)", finite=finite)
         return loss
 
     @property
@@ -402,8 +415,9 @@ def _describe(batch: Batch) -> str:
     return f"inputs {', '.join(parts)}, target {target}"
 
 
-def check_loss(loss, where: str) -> None:
-    """Raise a clear error unless ``loss`` is a finite scalar tensor."""
+def check_loss(loss, where: str, finite: bool = True) -> None:
+    """Raise a clear error unless ``loss`` is a (finite, unless ``finite=False``) scalar
+    tensor."""
     if not isinstance(loss, torch.Tensor):
         raise BadInputError(f"the loss on {where} is a {type(loss).__name__}, not a tensor")
     if loss.numel() != 1:
@@ -411,6 +425,8 @@ def check_loss(loss, where: str) -> None:
             f"the loss on {where} has shape {tuple(loss.shape)}; landscope needs a scalar. Use a "
             "loss with reduction='mean' (the PyTorch default), not a per-sample loss."
         )
+    if not finite:
+        return
     value = loss.detach().reshape(()).item()
     if not math.isfinite(value):
         raise NonFiniteLossError(

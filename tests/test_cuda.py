@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import classification_data, make_cnn
+from helpers import classification_data, make_cnn, make_mlp
 from torch.nn.functional import cross_entropy
 
 import landscope as ls
 from landscope.data import Batches
+from landscope.functional import ModelLoss
 from landscope.linalg import hutchinson, slq
 from landscope.surface import surface
 
@@ -79,6 +80,28 @@ def test_data_in_memory_is_moved_once_and_read_back_once_per_pass():
     assert len(first) == 5 and first[0].inputs[0].dtype == torch.float32
     assert all(a.inputs[0] is b.inputs[0] and a.target is b.target  # cast once, not per pass
                for a, b in zip(first, second, strict=True))
+
+
+def test_a_pass_of_the_loss_reads_the_device_twice_whatever_the_batches():
+    """Per pass: the batches' fingerprints and the losses' finiteness, one read each; the
+    batch weights are read on the first pass only."""
+    X, y = classification_data(n=40, features=16)
+    batches = Batches((X.as_subclass(_OnDevice), y.as_subclass(_OnDevice)), batch_size=8)
+    loss = ModelLoss(make_mlp(sizes=(16, 6, 3)), cross_entropy, batches, params=None,
+                     mode="eval", dtype=torch.float64, device=torch.device("cpu"), seed=0)
+    list(loss(loss.theta0))
+    _OnDevice.reads = 0
+    assert len(list(loss(loss.theta0))) == 5
+    assert _OnDevice.reads == 2
+
+
+def test_a_non_finite_loss_still_names_its_batch():
+    X, y = classification_data(n=40, features=16)
+    X[27, 3] = float("nan")
+    obj = ls.Objective.from_model(make_mlp(sizes=(16, 6, 3)), cross_entropy, (X, y),
+                                  batch_size=8, engine="loop")
+    with pytest.raises(ls.NonFiniteLossError, match=r"batch 3 \(8 samples\)"):
+        obj.grad()
 
 
 def test_a_changed_batch_is_caught_at_the_end_of_its_pass():
