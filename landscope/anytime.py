@@ -49,9 +49,11 @@ from landscope.spectrum import EXACT_MAX_N, spectrum
 STAGES = ("subsample", "extremes", "density")
 SUBSETS = 5
 """Independent subsets of the first stage (Student t with 4 degrees of freedom: 2.78)."""
-SUBSET_TOL = 1e-2
-"""Residual tolerance of the first stage's eigenpairs (relative to ρ): the residual is added to
-the interval, so a loose solve costs width, not correctness."""
+SUBSET_TOL = 1e-3
+"""Residual tolerance of the first stage's eigenpairs (relative to ρ); the residual is added to
+the interval. Not looser: the bottom end sits beside the bulk near zero, far below ρ in size, and
+at 1e-2 a ResNet's subsets accepted λ_min ≈ −0.01 after 6 products (residual 1.3 < 1e-2·ρ) where
+the subset's true λ_min was −15.6, which 1e-3 finds in 16-21 products."""
 SUBSET_PRODUCTS = 60
 """Most products per subset in the first stage (both ends together)."""
 SUBSET_PLANNED = 30
@@ -84,9 +86,11 @@ class Stage:
     statement: str
     estimates: dict[str, Interval]
     samples_needed: float | None = None
+    samples: int = 0
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "data": self.data, "seconds": self.seconds,
+        return {"name": self.name, "data": self.data, "samples": self.samples,
+                "seconds": self.seconds,
                 "products": self.products, "complete": self.complete, "verdict": self.verdict,
                 "statement": self.statement, "samples_needed": self.samples_needed,
                 "estimates": {k: v.to_dict() for k, v in self.estimates.items()}}
@@ -303,17 +307,21 @@ def anytime_probe(
             on_stage(stage)
 
     try:
+        stage = None
         if stages_planned[0].name == "subsample":
             stage, warm = _subsample_stage(obj, theta, total, stages_planned[0].samples,
                                            subsets, seed, coords, clock, decide)
             finish(stage)
         full_samples = max(total, 1)
-        _time_full_gradient(obj, theta, clock, full_samples)
+        pairs = _pairs_that_fit(obj, theta, clock, full_samples, dense, k)
+        while pairs == 0:   # the full data does not fit the time left: larger subsets instead
+            stage, warm = _larger_subsets(obj, theta, total, stage, subsets, seed, coords, clock,
+                                          decide, warm)
+            finish(stage)
+            pairs = _pairs_that_fit(obj, theta, clock, full_samples, dense, k)
         budget = clock.products_within(clock.left, full_samples)
-        if budget is not None and budget < (obj.n if dense else 4 * k + 4):
-            raise _OutOfTime
-        stage, spec = _extremes_stage(obj, theta, k, seed, coords, warm, budget, clock, decide,
-                                      full_samples, basis, exact)
+        stage, spec = _extremes_stage(obj, theta, pairs, seed, coords, warm, budget, clock,
+                                      decide, full_samples, basis, exact)
         finish(stage)
         if density:
             needed = probes * steps + 2 * k
@@ -324,7 +332,8 @@ def anytime_probe(
             start = time.perf_counter()
             before = obj.counts["hvp"]
             final = probe(obj, theta, k=k, rel_tol=rel_tol, step_rtol=step_rtol, probes=probes,
-                          steps=steps, exact=exact, seed=seed, extremes=spec,
+                          steps=steps, exact=exact, seed=seed,
+                          extremes=spec if pairs == k else None,
                           progress=clock.callback())
             finish(_density_stage(final, time.perf_counter() - start,
                                   obj.counts["hvp"] - before))
@@ -349,16 +358,37 @@ def _basis_size(plan: CostPlan, wanted: int, samples: int, dense: bool) -> int |
     return max(wanted + 2, min(largest, default))
 
 
-def _time_full_gradient(obj, theta, clock: _Clock, samples: int) -> None:
-    """Time the full-data gradient the next stage needs anyway (it stays cached) and read a
-    product's cost from it, unless the estimate says it would not fit in the time left."""
+def _pairs_that_fit(obj, theta, clock: _Clock, samples: int, dense: bool, k: int) -> int:
+    """Eigenpairs per end the full-data stage can afford in the time left: k, or 1 when k do not
+    fit, or 0 when not even one does (or the full-data gradient alone would not fit). Times the
+    full-data gradient that stage needs anyway (it stays cached): a product costs
+    PRODUCT_PER_GRADIENT of it."""
     guess = clock.product_seconds(samples)
     if guess is not None and guess / PRODUCT_PER_GRADIENT > clock.left:
-        raise _OutOfTime
+        return 0
     gradients, start = obj.counts["gradients"], time.perf_counter()
     obj.value_and_grad(theta)
     if obj.counts["gradients"] > gradients:
         clock.costs[samples] = PRODUCT_PER_GRADIENT * (time.perf_counter() - start)
+    budget = clock.products_within(clock.left, samples)
+    if budget is None:
+        return k
+    if dense:
+        return k if budget >= obj.n else 0
+    return k if budget >= 4 * k + 4 else 1 if budget >= 8 else 0
+
+
+def _larger_subsets(obj, theta, total, last, count, seed, coords, clock, decide, warm):
+    """The subsample stage again on larger subsets (what the last one said would settle it, at
+    least twice its size), warm-started from its vectors, if its measured cost scaled to the new
+    size fits the time left."""
+    if last is None or last.name != "subsample":
+        raise _OutOfTime
+    m = last.samples
+    larger = min(total // count, max(2 * m, int(min(last.samples_needed or 0, total))))
+    if larger <= m or last.seconds * larger / m > clock.left:
+        raise _OutOfTime
+    return _subsample_stage(obj, theta, total, larger, count, seed, coords, clock, decide, warm)
 
 
 def sample_count(obj: Objective) -> int:
@@ -368,7 +398,8 @@ def sample_count(obj: Objective) -> int:
     return sum(b.size for b in obj.model_loss.batches)
 
 
-def _subsample_stage(obj, theta, total, samples, count, seed, coords, clock, decide):
+def _subsample_stage(obj, theta, total, samples, count, seed, coords, clock, decide,
+                     warm=None):
     start = time.perf_counter()
     units = "batches" if obj.model_loss.mode == "train" else "samples"
     if units == "batches":  # BatchNorm mixes a batch's samples: sample whole batches
@@ -397,7 +428,7 @@ def _subsample_stage(obj, theta, total, samples, count, seed, coords, clock, dec
         return max(MIN_SUBSET_PRODUCTS, min(SUBSET_PRODUCTS, int(share / per_product)))
 
     readings = read_subsets(parts, theta, total=total, tol=SUBSET_TOL,
-                            max_products=cap, seed=seed, coords=coords,
+                            max_products=cap, seed=seed, coords=coords, warm=warm,
                             progress=clock.callback())
     samples = readings.samples
     work = sum(p.counts["hvp"] + p.counts["gradients"] / PRODUCT_PER_GRADIENT for p in parts)
@@ -406,7 +437,7 @@ def _subsample_stage(obj, theta, total, samples, count, seed, coords, clock, dec
     verdict, statement, needed = decide(est, f"{count} subsets of {samples:,} samples", samples)
     stage = Stage("subsample", f"{count} subsets of {samples:,} of {total:,} samples",
                   time.perf_counter() - start, readings.products, True, verdict, statement, est,
-                  needed)
+                  needed, samples)
     warm = torch.cat([readings.top[2], readings.bottom[2]], 1)
     return stage, warm
 
@@ -445,7 +476,7 @@ def _extremes_stage(obj, theta, k, seed, coords, warm, budget, clock, decide, sa
            "lambda_max": end(top, +1), "lambda_min": end(bottom, -1)}
     verdict, statement, _ = decide(est, where, samples)
     stage = Stage("extremes", where, time.perf_counter() - start, obj.counts["hvp"] - before,
-                  converged, verdict, statement, est)
+                  converged, verdict, statement, est, samples=samples)
     return stage, spec
 
 

@@ -198,3 +198,29 @@ def test_the_lanczos_basis_shrinks_to_fit_the_free_memory(mlp_objective):
     tighter = dataclasses.replace(plan, available_bytes=plan.peak_bytes(0, 1200))
     with pytest.raises(BadInputError, match="free"):
         _basis_size(tighter, 10, 1200, dense=False)
+
+
+def test_first_stage_brackets_a_resnets_extremes():
+    """A small ResNet (BatchNorm, skips) part-way through training: the first stage's intervals
+    contain the full-data λ_max and λ_min (at a looser subset tolerance the bottom end was
+    accepted inside the bulk, far above the true λ_min)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+    import small_resnet
+
+    net = small_resnet.model(epochs=1)
+    X, y = small_resnet.data(samples=600, seed=1)
+    obj = ls.Objective.from_model(net, nn.functional.cross_entropy, (X, y))
+    first = anytime_probe(obj, samples=60, density=False,
+                          progress=_stop_after_first_stage).stages[0]
+    full = ls.spectrum(obj, 1, "both")
+    for name, pairs in (("lambda_max", full.largest), ("lambda_min", full.smallest)):
+        iv = first.estimates[name]
+        assert iv.low <= pairs.values[0].item() <= iv.high, (name, iv, pairs.values)
+
+
+def _stop_after_first_stage(stage, *_):
+    if stage != "subsample":
+        raise KeyboardInterrupt
