@@ -526,8 +526,7 @@ class _Decision:
         critical = rho_low > 0 and g.high <= self.step_tol * self.theta_norm * rho_low
         negative, positive = bottom.high < -zero, top.low > zero
         all_positive, all_negative = bottom.low > zero, top.high < -zero
-        conf = f"at 95 % confidence over {where}" if bottom.subsampled else \
-            f"on {where} (up to the solver's residuals)"
+        conf = f"at 95 % confidence over {where}" if bottom.subsampled else f"on {where}"
         needs = {}
         if negative:
             curvature = (f"λ_min < 0 {conf} (λ_min ∈ [{bottom.low:.3g}, {bottom.high:.3g}]): "
