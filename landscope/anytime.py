@@ -202,8 +202,9 @@ def cost_plan(obj: Objective, theta: torch.Tensor | None = None) -> CostPlan:
     total = sample_count(obj)
     if obj.model_loss is not None and total > CALIBRATION_SAMPLES and \
             obj.model_loss.mode == "eval":
-        return estimate(obj.subset(torch.arange(CALIBRATION_SAMPLES)), theta)
-    return estimate(obj, theta)
+        obj = obj.subset(torch.arange(CALIBRATION_SAMPLES))
+    estimate(obj, theta)          # a first pass pays for allocations and warm-up: not timed
+    return estimate(obj, theta)   # (the cached point is moved by one ulp, so this one computes)
 
 
 @dataclass(frozen=True)
@@ -336,7 +337,7 @@ def anytime_probe(
                           extremes=spec if pairs == k else None,
                           progress=clock.callback())
             finish(_density_stage(final, time.perf_counter() - start,
-                                  obj.counts["hvp"] - before))
+                                  obj.counts["hvp"] - before, full_samples))
     except (KeyboardInterrupt, _OutOfTime):
         partial = True
     return _result(stages, final, partial, density, time_budget, clock, plan, stages_planned)
@@ -489,21 +490,22 @@ def _ritz(value: float, residual: float, sign: int, where: str, converged: bool)
                                       f"{residual:.2g} ({state})", subsampled=False)
 
 
-def _density_stage(final: Probe, seconds: float, products: int) -> Stage:
-    where = final.info.get("data", "all samples")
-    est = {"loss": exact_interval(final.loss, 0.0, "all samples, exact"),
-           "grad_norm": exact_interval(final.grad_norm, 0.0, "all samples, exact"),
+def _density_stage(final: Probe, seconds: float, products: int, samples: int) -> Stage:
+    where = f"all {samples:,} samples"
+    est = {"loss": exact_interval(final.loss, 0.0, f"{where}, exact"),
+           "grad_norm": exact_interval(final.grad_norm, 0.0, f"{where}, exact"),
            "lambda_max": _ritz(final.lambda_max, final.spectrum.largest.residuals[0].item(), +1,
-                               "all samples", True),
+                               where, True),
            "lambda_min": _ritz(final.lambda_min, final.spectrum.smallest.residuals[0].item(), -1,
-                               "all samples", True)}
+                               where, True)}
     for name, fraction in final.fractions.items():
         low, high = fraction.interval
         est[f"{name}_fraction"] = Interval(fraction.value, low, high,
                                            f"{final.density.method} on all samples: bracket ± 2 "
                                            "probe standard errors", subsampled=False)
     est["trace"] = _trace(final.density)
-    return Stage("density", where, seconds, products, True, final.kind, final.reason, est)
+    return Stage("density", where, seconds, products, True, final.kind, final.reason, est,
+                 samples=samples)
 
 
 class _Decision:

@@ -87,7 +87,7 @@ def _evidence(p: Probe, seconds: float | None) -> str:
             parts.append(f"eigenpairs: {sp.get('solver')} ({sp.get('products')} products)")
         else:
             parts.append(f"Lanczos {sp.get('products')} products, {sp.get('iterations')} steps, "
-                         f"{sp.get('restarts')} restarts, {state} (tol {sp.get('tol'):g})")
+                         f"{sp.get('restarts')} restarts, {state} (tol {sp.get('tol'):.2g})")
         quad = ev["density"].get("quadrature", {})
         parts.append(f"SLQ {quad.get('probes', '?')} probes × {quad.get('steps', '?')} steps "
                      f"({ev['density']['products']} products)")

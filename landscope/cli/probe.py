@@ -95,7 +95,8 @@ def _probe(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, k,
     count = len(planned)
 
     def show(stage):
-        _say(stage_panel(stage, [p.name for p in planned].index(stage.name) + 1, count))
+        if stage.name != "density":   # the full panel below shows it, with more evidence
+            _say(stage_panel(stage, [p.name for p in planned].index(stage.name) + 1, count))
 
     with _StageProgress() as report:
         result = anytime_probe(obj, time_budget=time_budget, samples=samples, subsets=subsets,
@@ -110,6 +111,9 @@ def _probe(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, k,
     path = io.write_result(out, "probe", payload)  # before any more printing
     if result.probe is not None:
         _say(probe_panel(result.probe, seconds))
+        trace = result.estimates["trace"]
+        _say(f"trace {trace.value:.4g}  [{trace.low:.4g}, {trace.high:.4g}] (95 %; "
+             f"{trace.evidence})")
     if result.partial or result.probe is None:
         _say(f"[bold]{'PARTIAL: ' if result.partial else ''}best verdict so far:[/] "
              f"{result.statement}")
