@@ -115,7 +115,9 @@ def _probe(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, k,
         _say(f"trace {trace.value:.4g}  [{trace.low:.4g}, {trace.high:.4g}] (95 %; "
              f"{trace.evidence})")
     if result.partial or result.probe is None:
-        _say(f"[bold]{'PARTIAL: ' if result.partial else ''}best verdict so far:[/] "
+        spent = f" after {seconds:.0f} s" + ("" if time_budget is None else
+                                             f" of a {time_budget:g} s budget")
+        _say(f"[bold]{'PARTIAL: ' if result.partial else ''}best verdict{spent}:[/] "
              f"{result.statement}")
         for item in result.uncertain:
             _say(f"  uncertain: {item}")
