@@ -161,3 +161,26 @@ def test_race_with_empty_name_lists_exits_2(tmp_path, args, message):
     result = runner.invoke(app, ["race", "--out", str(tmp_path), *args])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
+
+
+def test_probe_prints_each_stage_and_ctrl_c_keeps_the_best_answer(tmp_path, monkeypatch):
+    import landscope.cli.probe as command
+
+    def interrupt_in_stage_two(self, stage, *args):
+        if stage == "extremes":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(command._StageProgress, "report", interrupt_in_stage_two)
+    result = _probe(tmp_path, "--model", f"{FIXTURE}:model", "--data", f"{FIXTURE}:loader",
+                    "--dtype", "float64", "--samples", "8", "--subsets", "3")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "plan: one gradient over" in text and "stage 1/3: first verdict" in text
+    assert "PARTIAL: best verdict after" in text
+    document = json.loads((tmp_path / "result.json").read_text())
+    assert document["partial"] is True and "probe" not in document
+    first = document["anytime"]["stages"][0]
+    assert first["name"] == "subsample" and first["samples"] == 8
+    lam = first["estimates"]["lambda_min"]
+    assert lam["subsampled"] is True and lam["confidence"] == 0.95
+    assert lam["interval"][0] <= lam["value"] <= lam["interval"][1]
