@@ -184,3 +184,22 @@ def test_probe_prints_each_stage_and_ctrl_c_keeps_the_best_answer(tmp_path, monk
     lam = first["estimates"]["lambda_min"]
     assert lam["subsampled"] is True and lam["confidence"] == 0.95
     assert lam["interval"][0] <= lam["value"] <= lam["interval"][1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_device_is_checked_before_any_work(tmp_path):
+    result = _probe(tmp_path, "--device", "cuda")
+    assert result.exit_code == 2
+    assert "no CUDA device is available" in result.output and "--device cpu" in result.output
+    assert not list(tmp_path.iterdir())  # the default model was not even trained
+    result = _probe(tmp_path, "--device", "gpu0")
+    assert result.exit_code == 2 and "not a device name" in result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_probe_on_cuda_end_to_end(tmp_path):
+    result = _probe(tmp_path, "--model", f"{FIXTURE}:model", "--data", f"{FIXTURE}:loader",
+                    "--device", "cuda", "--time-budget", "60")
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "result.json").read_text())
+    assert document["anytime"]["plan"]["cost"]["device"].startswith("cuda")

@@ -192,13 +192,14 @@ class _ProductsProgress:
 
 
 def _objective(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, batch_size,
-               seed, out: Path):
+               seed, out: Path, device: str | None = None):
     """The Objective the command-line options describe, and the default model's training path.
 
     No ``--model``: the built-in MLP trained on the digits (path: θ after every epoch). Otherwise
     the user's factory, checkpoint and data (path None).
     """
     torch_dtype = {None: None, DType.float32: torch.float32, DType.float64: torch.float64}[dtype]
+    device = _device(device)  # before any work
     if model_spec is None:
         if checkpoint is not None:
             raise BadInputError("--checkpoint needs --model: the checkpoint's architecture")
@@ -216,5 +217,21 @@ def _objective(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode
         data, path = _load_data(data_spec, next(net.parameters()).dtype), None
     loss_fn = LOSSES.get(loss_spec) or _load_factory(loss_spec, "--loss")
     obj = Objective.from_model(net, loss_fn, data, params=params, mode=mode.value,
-                               dtype=torch_dtype, batch_size=batch_size, seed=seed)
+                               dtype=torch_dtype, batch_size=batch_size, seed=seed,
+                               device=device)
     return obj, path
+
+
+def _device(name: str | None) -> torch.device | None:
+    """The analysis device named by --device (default: the model's), checked before any work."""
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BadInputError(f"--device {name!r} is not a device name; use cpu, cuda or "
+                            "cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError(f"--device {name}: no CUDA device is available here "
+                            "(torch.cuda.is_available() is False); use --device cpu")
+    return device

@@ -58,6 +58,8 @@ def probe(
     steps: int = typer.Option(60, min=1, help="Lanczos steps per density probe."),
     density: bool = typer.Option(True, "--density/--no-density", help="Run the last stage "
                                  "(density, sign fractions, trace, higher-order test)."),
+    device: str = typer.Option(None, help="Analyse on this device (cpu, cuda, cuda:1; default: "
+                               "the model's). The data is moved there once."),
     out: Path = typer.Option(Path("landscope-out"), help="Directory for result.json (and "
                              "the default model's checkpoint, reused on the next run)."),
 ):
@@ -69,14 +71,15 @@ def probe(
     with the best answer so far (marked partial in result.json)."""
     _guard(lambda: _probe(model, checkpoint, data, loss, dtype, params, mode, k, exact,
                           batch_size, seed, out, time_budget=time_budget, samples=samples,
-                          subsets=subsets, probes=probes, steps=steps, density=density))
+                          subsets=subsets, probes=probes, steps=steps, density=density,
+                          device=device))
 
 
 def _probe(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, k, exact,
            batch_size, seed, out: Path, *, time_budget=None, samples=None, subsets=5,
-           probes=8, steps=60, density=True):
+           probes=8, steps=60, density=True, device=None):
     obj, _ = _objective(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode,
-                        batch_size, seed, out)
+                        batch_size, seed, out, device)
     start = time.perf_counter()
     if exact:   # the dense Hessian on all the data: one stage, as asked
         with _ProductsProgress("probing the Hessian") as report:
