@@ -21,32 +21,20 @@ path runs.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
 import landscope as ls
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from small_resnet import Block  # noqa: E402  (the basic block with projection skips)
+
 TARGET_SECONDS = 60.0
 CLASSES = 10
-
-
-class Block(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN plus the skip (1x1 conv + BN where the shape changes), ReLU."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.skip = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.skip(x))
 
 
 def resnet18() -> nn.Module:
