@@ -35,7 +35,7 @@ from landscope.critical import (
 )
 from landscope.errors import BadInputError
 from landscope.objective import Objective
-from landscope.plan import PRODUCT_PER_GRADIENT, CostPlan, estimate
+from landscope.plan import PRODUCT_PER_GRADIENT, CostPlan, estimate, scaled
 from landscope.sampling import (
     Interval,
     draw_subsets,
@@ -136,6 +136,7 @@ class _Clock:
         self.budget = math.inf if budget is None else budget
         self.progress = progress
         self.costs: dict[int, float] = {}
+        self.plan: CostPlan | None = None
         self.stage, self.stage_index = "", 0
         self.planned = self.done = self.samples = 0
 
@@ -148,14 +149,16 @@ class _Clock:
         return self.budget - self.elapsed
 
     def product_seconds(self, samples: int) -> float | None:
-        """Seconds of one product over ``samples`` samples: measured at that size, else in
-        proportion to the cheapest cost per sample measured (None before any measurement).
-        Small passes cost more per sample (a pass has a fixed cost), so the proportion errs
-        towards trying a stage rather than skipping it; the stage is then capped by its own
-        measured cost."""
-        if samples in self.costs or not self.costs:
-            return self.costs.get(samples)
-        return samples * min(t / s for s, t in self.costs.items())
+        """Seconds of one product over ``samples`` samples: measured at that size, else the
+        lesser of the plan's (fixed + per-sample) figure and the cheapest measured cost per
+        sample times ``samples`` (None before anything is known). Erring low tries a stage
+        rather than skipping it; the stage is then capped by its own measured cost."""
+        if samples in self.costs:
+            return self.costs[samples]
+        guesses = [samples * min(t / s for s, t in self.costs.items())] if self.costs else []
+        if self.plan is not None:
+            guesses.append(self.plan.product_time(samples))
+        return min(guesses, default=None)
 
     def products_within(self, seconds: float, samples: int) -> int | None:
         """Products over ``samples`` samples that fit in ``seconds`` (None: unlimited)."""
@@ -197,12 +200,19 @@ class _Clock:
 
 
 def cost_plan(obj: Objective, theta: torch.Tensor | None = None) -> CostPlan:
-    """The cost plan from one gradient timed on at most :data:`CALIBRATION_SAMPLES` samples
-    (on a subset: the plan must be cheap next to the work it plans)."""
+    """The cost plan from gradients timed on :data:`CALIBRATION_SAMPLES` samples and on four
+    times as many (subsets: the plan must be cheap next to the work it plans), which separates
+    a product's fixed cost from its cost per sample (:func:`landscope.plan.scaled`)."""
     total = sample_count(obj)
-    if obj.model_loss is not None and total > CALIBRATION_SAMPLES and \
-            obj.model_loss.mode == "eval":
-        obj = obj.subset(torch.arange(CALIBRATION_SAMPLES))
+    if obj.model_loss is None or total <= CALIBRATION_SAMPLES or \
+            obj.model_loss.mode != "eval":
+        return _warm_estimate(obj, theta)
+    small = _warm_estimate(obj.subset(torch.arange(CALIBRATION_SAMPLES)), theta)
+    large_size = min(total, 4 * CALIBRATION_SAMPLES)
+    return scaled(small, _warm_estimate(obj.subset(torch.arange(large_size)), theta))
+
+
+def _warm_estimate(obj: Objective, theta) -> CostPlan:
     estimate(obj, theta)          # a first pass pays for allocations and warm-up: not timed
     return estimate(obj, theta)   # (the cached point is moved by one ulp, so this one computes)
 
@@ -233,7 +243,8 @@ def schedule(plan: CostPlan, total: int, *, samples: int | None, subsets: int, k
         if samples is None:
             samples = min(MAX_SAMPLES, total // subsets)
             if time_budget is not None:
-                fit = FIRST_STAGE_SHARE * time_budget / (first * plan.seconds_per_sample_product)
+                share = FIRST_STAGE_SHARE * time_budget / first - plan.fixed_product_seconds
+                fit = share / plan.seconds_per_sample_product if share > 0 else 0
                 samples = max(MIN_SAMPLES, min(samples, int(fit)))
         out.append(StagePlan("subsample", f"{subsets} subsets of {samples:,} of {total:,} "
                              "samples", samples, first, plan.product_time(samples, first)))
@@ -288,7 +299,7 @@ def anytime_probe(
     total = sample_count(obj)
     clock = _Clock(time_budget, progress)
     plan = plan or cost_plan(obj, theta)
-    clock.costs[plan.samples] = plan.product_seconds
+    clock.plan = plan
     mode = obj.model_loss.mode if obj.model_loss is not None else "function"
     stages_planned = schedule(plan, total, samples=samples, subsets=subsets, k=k, probes=probes,
                               steps=steps, density=density, time_budget=time_budget, mode=mode)

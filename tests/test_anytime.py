@@ -176,15 +176,33 @@ def test_bad_input_is_refused_before_any_work(mlp_objective, monkeypatch):
 
 def test_the_schedule_picks_the_subset_size_from_the_budget(mlp_objective):
     _, obj = mlp_objective
-    plan = cost_plan(obj)
+    plan = dataclasses.replace(cost_plan(obj), fixed_product_seconds=0.002,
+                               seconds_per_sample_product=1e-4)
     free = schedule(plan, 1200, samples=None, subsets=5, k=5, probes=8, steps=60,
                     density=True, time_budget=None)
     assert [s.name for s in free] == ["subsample", "extremes", "density"]
     assert free[0].samples == 240                          # 1200 / 5 subsets, ≤ 512
+    products = free[0].products
+    assert free[0].seconds == pytest.approx(products * (0.002 + 240e-4))
+    budget = 8.0                                           # a quarter: 2 s for the first stage
     tight = schedule(plan, 1200, samples=None, subsets=5, k=5, probes=8, steps=60,
-                     density=True, time_budget=free[0].seconds * 4 / 3)
-    assert tight[0].samples < free[0].samples              # a quarter of the budget
-    assert tight[0].seconds == pytest.approx(0.25 * free[0].seconds * 4 / 3, rel=0.05)
+                     density=True, time_budget=budget)
+    assert tight[0].samples == int((2.0 / products - 0.002) / 1e-4) < 240
+    assert tight[0].seconds <= 2.0
+    assert tight[1].seconds == pytest.approx(free[1].seconds)   # all the data either way
+
+
+def test_a_plan_timed_at_two_sizes_separates_the_fixed_cost(mlp_objective):
+    from landscope.plan import scaled
+    _, obj = mlp_objective
+    base = cost_plan(obj)
+    small = dataclasses.replace(base, samples=64, product_seconds=0.01)
+    large = dataclasses.replace(base, samples=256, product_seconds=0.016)
+    both = scaled(small, large)
+    assert both.seconds_per_sample_product == pytest.approx(0.006 / 192)
+    assert both.fixed_product_seconds == pytest.approx(0.016 - 256 * 0.006 / 192)
+    assert both.product_time(64) == pytest.approx(0.01)
+    assert both.product_time(2000) < 2000 / 64 * 0.01        # not proportional to the small one
 
 
 def test_the_lanczos_basis_shrinks_to_fit_the_free_memory(mlp_objective):
