@@ -371,10 +371,10 @@ def _basis_size(plan: CostPlan, wanted: int, samples: int, dense: bool) -> int |
 
 
 def _pairs_that_fit(obj, theta, clock: _Clock, samples: int, dense: bool, k: int) -> int:
-    """Eigenpairs per end the full-data stage can afford in the time left: k, or 1 when k do not
-    fit, or 0 when not even one does (or the full-data gradient alone would not fit). Times the
-    full-data gradient that stage needs anyway (it stays cached): a product costs
-    PRODUCT_PER_GRADIENT of it."""
+    """Eigenpairs per end the full-data stage can afford in the time left: k when its planned
+    products fit, else 1 (one pair per end converges in far fewer products), or 0 when not even
+    that does or the full-data gradient alone would not fit. Times that gradient, which the
+    stage needs anyway (it stays cached): a product costs PRODUCT_PER_GRADIENT of it."""
     guess = clock.product_seconds(samples)
     if guess is not None and guess / PRODUCT_PER_GRADIENT > clock.left:
         return 0
@@ -387,7 +387,8 @@ def _pairs_that_fit(obj, theta, clock: _Clock, samples: int, dense: bool, k: int
         return k
     if dense:
         return k if budget >= obj.n else 0
-    return k if budget >= 4 * k + 4 else 1 if budget >= 8 else 0
+    planned = EXTREME_PRODUCTS + EXTREME_PRODUCTS_PER_PAIR * k
+    return k if budget >= planned else 1 if budget >= 8 else 0
 
 
 def _larger_subsets(obj, theta, total, last, count, seed, coords, clock, decide, warm):
