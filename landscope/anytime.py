@@ -287,8 +287,8 @@ def anytime_probe(
     seed: of the subsets and of every random start vector.
     k, probes, steps, exact, rel_tol, step_rtol: as in :func:`landscope.probe` (``exact`` for
         the full-data stages); ``density=False`` stops after stage 2.
-    plan: the :func:`cost_plan` (default: made here, from one timed gradient); what would not fit
-        in memory is refused before any work, with the fix.
+    plan: the :func:`cost_plan` (default: made here, from gradients timed on two subset sizes);
+        what would not fit in memory is refused before any work, with the fix.
     progress: ``progress(stage, index, stages, products, planned, elapsed, eta)``.
     on_stage: called with each :class:`Stage` as it completes (the CLI prints it).
     """
