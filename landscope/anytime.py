@@ -67,7 +67,8 @@ MAX_SAMPLES = 512
 MIN_SAMPLES = 8
 """Fewest samples per subset a budget may choose."""
 CALIBRATION_SAMPLES = 64
-"""Samples of the one gradient the cost plan times."""
+"""Samples of the smaller of the two gradients the cost plan times (the larger: four times as
+many)."""
 EXTREME_PRODUCTS, EXTREME_PRODUCTS_PER_PAIR = 40, 20
 """Planning figure for the second stage: 40 + 20·k products (both ends, k pairs each)."""
 UNDECIDED = "undecided"
