@@ -16,7 +16,9 @@ Hessian. Each quantity gets a 95 % interval for its *full-data* value:
   values plus their residuals overestimate λ_max(H) in expectation. Lower side: for the top
   vector v_k of subset k, the other subsets j ≠ k read q_kj = v_kᵀH_jv_k without having chosen
   v_k, so they estimate v_kᵀHv_k ≤ λ_max(H) without bias (a held-out Rayleigh quotient). Each side
-  gets its one-sided t-bound; the interval joins them. When the subsets are the whole data both
+  gets its one-sided t-bound (the held-out side's standard error from the delete-one-subset
+  jackknife: the subsets' held-out estimates share the subsets that read them); the interval
+  joins them. When the subsets are the whole data both
   sides become exact inequalities (λ_max of an average ≤ the average of λ_max). λ_min mirrors it.
 - the trace, linear in H and so unbiased on a subset: the mean of the subsets' Hutchinson
   estimates ± t·(their spread·√(1 − f) ⊕ their own probe error)/√K. The sign fractions are not
