@@ -366,7 +366,7 @@ def _basis_size(plan: CostPlan, wanted: int, samples: int, dense: bool) -> int |
     if plan.available_bytes is None or plan.fits(default, samples=samples):
         return None                      # the solver's own choice
     room = plan.available_bytes - plan.peak_bytes(0, samples) + plan.parameter_bytes
-    largest = int(room // plan.parameter_bytes) - 1
+    largest = int(room // plan.parameter_bytes - 1) // 2   # 2m + 1 vectors for a basis of m
     plan.check(max(wanted + 2, min(largest, default)), samples=samples)
     return max(wanted + 2, min(largest, default))
 

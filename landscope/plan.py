@@ -5,7 +5,8 @@ packed by autograd, θ's own left out). A Hessian-vector product through the kep
 costs about ``PRODUCT_PER_GRADIENT`` gradients, and the graph kept for products holds about
 ``KEPT_PER_SAVED`` times what the plain gradient saves (its backward is recorded too); a product's
 backward needs about as much again for a while (``PRODUCT_WORKSPACE_PER_KEPT``). Time and
-activations scale linearly in the samples; a Lanczos basis holds m + 1 vectors of n numbers, a
+activations scale linearly in the samples; a Lanczos basis holds m + 1 vectors of n numbers and
+the m products beside them (2m + 1 vectors), a
 dense analysis the n×n Hessian and its ``eigh`` workspace, about 3 n² numbers.
 :meth:`CostPlan.check` refuses, with the fix, what would not fit in the free memory of the device.
 
@@ -184,7 +185,8 @@ class CostPlan:
         return out
 
     def _vectors(self, basis_size: int | None) -> int:
-        return (self.basis_size if basis_size is None else basis_size) + 1
+        """Vectors the Lanczos run keeps: its basis (m + 1) and the products beside it (m)."""
+        return 2 * (self.basis_size if basis_size is None else basis_size) + 1
 
     def _basis(self, basis_size: int | None) -> int:
         return self._vectors(basis_size) * self.parameter_bytes
@@ -219,7 +221,7 @@ def estimate(obj, theta: torch.Tensor | None = None, *, basis_size: int = 40) ->
         activation_bytes=round(KEPT_PER_SAVED * saved
                                * (CHAIN_CACHE_PER_KEPT if obj.chain_engine else 1.0)),
         basis_size=basis_size,
-        basis_bytes=(basis_size + 1) * parameter_bytes,
+        basis_bytes=(2 * basis_size + 1) * parameter_bytes,
         dense_bytes=DENSE_NUMBERS_PER_ENTRY * obj.n**2 * itemsize,
         available_bytes=available_bytes(obj.device),
     )

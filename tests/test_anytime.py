@@ -210,7 +210,7 @@ def test_the_lanczos_basis_shrinks_to_fit_the_free_memory(mlp_objective):
     _, obj = mlp_objective
     plan = cost_plan(obj)
     assert _basis_size(plan, 10, 1200, dense=False) is None        # the solver's default fits
-    room = plan.peak_bytes(0, 1200) + 20 * plan.parameter_bytes    # 20 more vectors fit
+    room = plan.peak_bytes(0, 1200) + 40 * plan.parameter_bytes    # 20 basis vectors + products
     tight = dataclasses.replace(plan, available_bytes=room)
     assert _basis_size(tight, 10, 1200, dense=False) == 20
     tighter = dataclasses.replace(plan, available_bytes=plan.peak_bytes(0, 1200))

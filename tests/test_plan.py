@@ -36,7 +36,7 @@ def test_saved_bytes_are_the_layer_inputs_and_outputs(one_thread):
     assert plan.activation_bytes == round(KEPT_PER_SAVED * plan.saved_bytes
                                           * CHAIN_CACHE_PER_KEPT)
     assert plan.n == obj.n and plan.samples == samples and plan.parameter_bytes == obj.n * 4
-    assert plan.basis_bytes == (plan.basis_size + 1) * obj.n * 4
+    assert plan.basis_bytes == (2 * plan.basis_size + 1) * obj.n * 4
     assert plan.dense_bytes == 3 * obj.n**2 * 4
     assert plan.product_seconds == pytest.approx(PRODUCT_PER_GRADIENT * plan.gradient_seconds)
     # L and ∇L stay cached; a second estimate at the same point still times real work
@@ -94,7 +94,7 @@ def _plan(**changes):
     base = dict(n=1000, dtype="float32", device="cpu", samples=100, largest_batch=25,
                 graph_cache_samples=1000, gradient_seconds=0.2, product_seconds=0.5,
                 seconds_per_sample_product=0.005, parameter_bytes=4000, saved_bytes=10**6,
-                activation_bytes=2 * 10**6, basis_size=40, basis_bytes=41 * 4000,
+                activation_bytes=2 * 10**6, basis_size=40, basis_bytes=81 * 4000,
                 dense_bytes=3 * 1000**2 * 4, available_bytes=2**30)
     return ls.plan.CostPlan(**{**base, **changes})
 
@@ -128,7 +128,7 @@ def test_activations_scale_with_samples_and_stream_past_the_cache():
     plan = _plan()
     assert plan.activation_bytes_at(50) == plan.activation_bytes // 2
     assert plan.activation_bytes_at(5000) == plan.activation_bytes // 4  # one batch of 25 kept
-    assert plan.peak_bytes(basis_size=9) == 4 * 4000 + 2 * plan.activation_bytes + 10 * 4000
+    assert plan.peak_bytes(basis_size=9) == 4 * 4000 + 2 * plan.activation_bytes + 19 * 4000
 
 
 def test_product_time_linear_and_products_within_consistent():

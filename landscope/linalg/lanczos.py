@@ -65,7 +65,7 @@ class LanczosResult:
     """Outcome of :func:`extreme_eigenpairs`, with its convergence evidence.
 
     ``converged`` is True when every requested pair has ``residual <= tol * norm_estimate``;
-    ``products`` counts every column pushed through ``matmat``, residual checks included.
+    ``products`` counts every column pushed through ``matmat``.
     """
 
     largest: Eigenpairs | None
@@ -111,9 +111,10 @@ def extreme_eigenpairs(
 
     Thick-restart Lanczos with full reorthogonalisation (classical Gram–Schmidt, twice), one
     product per step. Ritz estimates ``beta_j |e_j^T y|`` are checked after every step; when all
-    wanted ones pass, the Ritz vectors are multiplied in one ``matmat`` call of
-    ``k_largest + k_smallest`` columns and accepted only if these explicit residuals pass as well
-    (otherwise the run goes on and checks again later, against a stricter estimate). At an
+    wanted ones pass, the Ritz vectors x = V y are accepted only if their explicit residuals
+    ‖Ax − θx‖ pass as well, with Ax = (AV) y formed from the products already made (kept beside
+    the basis), so a check costs no product (otherwise the run goes on and checks again later,
+    against a stricter estimate). At an
     invariant subspace (``beta ~ 0``) the run continues from a fresh random direction orthogonal to
     the basis; whenever ``beta <= tol * norm_estimate`` it accepts nothing before the basis is full
     again, so that a start vector inside a small invariant subspace (or a repeated eigenvalue seen
@@ -143,7 +144,7 @@ def extreme_eigenpairs(
         products); 1e-5 is a safe float32 choice. Asking for less than the floor makes the run
         spend its budget and end with ``converged=False``.
     max_products:
-        Budget of ``matmat`` columns, residual checks included; never exceeded; at least
+        Budget of ``matmat`` columns; never exceeded; at least
         ``2 * (k_largest + k_smallest)``. Default
         ``max(500, 50 * (k_largest + k_smallest))``. When that budget would cover a full Krylov
         space (``n + 2 * (k_largest + k_smallest)``), the default becomes that amount and the
@@ -151,7 +152,8 @@ def extreme_eigenpairs(
     basis_size:
         Lanczos basis size ``m`` between restarts. Default
         ``max(40, 3 * (k_largest + k_smallest) + 20)``, capped at ``n`` (the whole space for
-        small ``n``, see ``max_products``). Memory: ``(m + 1) * n`` numbers of ``dtype``; a
+        small ``n``, see ``max_products``). Memory: ``(2m + 1) * n`` numbers of ``dtype`` (the
+        basis and its products); a
         smaller basis saves memory and costs products (on a Hessian-like spectrum with a tight
         cluster at the bottom, m = 20 needed 20-150 % more products than m = 40 for the smallest
         pairs).
@@ -203,7 +205,7 @@ def extreme_eigenpairs(
     check = None  # (values, vectors, residuals, iterations at which it was made)
     cold = v0 is None and warm is None
     factor, next_check = 1.0, min(COLD_STEPS, n - 1) if cold else 0
-    while state.products + 1 + wanted_count <= budget:
+    while state.products + 1 <= budget:
         broke = state.step()
         if broke or state.beta <= tol * state.norm:
             # (Numerically) invariant Krylov space: every estimate passes because of it, not
@@ -346,6 +348,7 @@ class _Lanczos:
         self.matmat, self.n, self.m, self.gen = matmat, n, m, gen
         self.dtype, self.device = dtype, device
         self.V = torch.zeros(n, m + 1, dtype=dtype, device=device)
+        self.AV = torch.zeros(n, m, dtype=dtype, device=device)  # the products A V[:, :j]
         self.T = torch.zeros(m, m, dtype=torch.float64)
         self.j = 0  # columns of V already multiplied, i.e. the order of T
         self.beta = 0.0  # norm of the current residual vector V[:, j] before normalisation
@@ -364,6 +367,7 @@ class _Lanczos:
         orthogonalisation's coefficients and norms (``T`` and the tests live on the CPU)."""
         j = self.j
         w = apply(self.matmat, self.V[:, j : j + 1])[:, 0]
+        self.AV[:, j] = w
         self.products += 1
         self.iterations += 1
         w, coefficients, (before, beta), lost = cgs2(self.V[:, : j + 1], w)
@@ -394,12 +398,15 @@ class _Lanczos:
         return theta, Y
 
     def explicit(self, Y: torch.Tensor, wanted: list[int]):
-        """Ritz vectors, their Rayleigh quotients and explicit residuals (one ``matmat`` call)."""
+        """Ritz vectors, their Rayleigh quotients and explicit residuals ‖Ax − θx‖.
+
+        ``Ax`` is the same combination of the products already computed (``AV y`` for
+        ``x = V y``): a true residual of the vector x, whatever the basis' orthogonality, that
+        costs no product (before, one product per wanted pair at every check)."""
         coefficients = Y[:, wanted].to(dtype=self.dtype, device=self.device)
         X = self.V[:, : self.j] @ coefficients
-        X = X / torch.linalg.vector_norm(X, dim=0, keepdim=True)
-        AX = apply(self.matmat, X)
-        self.products += X.shape[1]
+        scale = torch.linalg.vector_norm(X, dim=0, keepdim=True)
+        X, AX = X / scale, (self.AV[:, : self.j] @ coefficients) / scale
         quotients = (X * AX).sum(dim=0)
         residuals = torch.linalg.vector_norm(AX - X * quotients, dim=0)
         values, residuals = torch.stack([quotients, residuals]).to(
@@ -410,8 +417,9 @@ class _Lanczos:
     def restart(self, theta: torch.Tensor, Y: torch.Tensor, keep: list[int]) -> None:
         """Keep the Ritz vectors ``keep`` and continue from the residual vector (arrowhead T)."""
         j, k = self.j, len(keep)
-        kept = self.V[:, :j] @ Y[:, keep].to(dtype=self.dtype, device=self.device)
-        self.V[:, :k] = kept
+        combination = Y[:, keep].to(dtype=self.dtype, device=self.device)
+        kept, products = self.V[:, :j] @ combination, self.AV[:, :j] @ combination
+        self.V[:, :k], self.AV[:, :k] = kept, products
         self.V[:, k] = self.V[:, j]
         coupling = self.beta * Y[j - 1, keep]
         self.T.zero_()
