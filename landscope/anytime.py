@@ -233,14 +233,19 @@ class StagePlan:
                 "products": self.products, "seconds": self.seconds}
 
 
-def schedule(plan: CostPlan, total: int, *, samples: int | None, subsets: int, k: int,
-             probes: int, steps: int, density: bool, time_budget: float | None,
-             mode: str = "eval") -> list[StagePlan]:
+def schedule(obj: Objective, plan: CostPlan, *, samples: int | None, subsets: int, k: int,
+             probes: int, steps: int, density: bool, time_budget: float | None
+             ) -> list[StagePlan]:
     """The stages and their estimated cost; without ``samples`` the subset size is the largest
-    (up to :data:`MAX_SAMPLES` and the data) whose stage takes at most a quarter of the budget."""
+    (up to :data:`MAX_SAMPLES` and the data) whose stage takes at most a quarter of the budget.
+    No subsample stage for a function, for data too small to split, or in train mode with
+    fewer batches than subsets (train mode draws whole batches)."""
     out = []
+    total = sample_count(obj)
     first = subsets * (SUBSET_PLANNED + 2 * (subsets - 1))
-    if total >= 2 * subsets and mode in ("eval", "train"):
+    loss = obj.model_loss
+    if loss is not None and total >= 2 * subsets and (
+            loss.mode == "eval" or len(list(loss.batches)) >= subsets):
         if samples is None:
             samples = min(MAX_SAMPLES, total // subsets)
             if time_budget is not None:
@@ -301,9 +306,8 @@ def anytime_probe(
     clock = _Clock(time_budget, progress)
     plan = plan or cost_plan(obj, theta)
     clock.plan = plan
-    mode = obj.model_loss.mode if obj.model_loss is not None else "function"
-    stages_planned = schedule(plan, total, samples=samples, subsets=subsets, k=k, probes=probes,
-                              steps=steps, density=density, time_budget=time_budget, mode=mode)
+    stages_planned = schedule(obj, plan, samples=samples, subsets=subsets, k=k, probes=probes,
+                              steps=steps, density=density, time_budget=time_budget)
     dense = obj.n <= EXACT_MAX_N if exact is None else exact
     basis = _basis_size(plan, 2 * k, total, dense)   # refuses what would not fit, with the fix
     rel_tol = default_rel_tol(obj.dtype) if rel_tol is None else rel_tol

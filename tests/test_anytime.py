@@ -178,14 +178,14 @@ def test_the_schedule_picks_the_subset_size_from_the_budget(mlp_objective):
     _, obj = mlp_objective
     plan = dataclasses.replace(cost_plan(obj), fixed_product_seconds=0.002,
                                seconds_per_sample_product=1e-4)
-    free = schedule(plan, 1200, samples=None, subsets=5, k=5, probes=8, steps=60,
+    free = schedule(obj, plan, samples=None, subsets=5, k=5, probes=8, steps=60,
                     density=True, time_budget=None)
     assert [s.name for s in free] == ["subsample", "extremes", "density"]
     assert free[0].samples == 240                          # 1200 / 5 subsets, ≤ 512
     products = free[0].products
     assert free[0].seconds == pytest.approx(products * (0.002 + 240e-4))
     budget = 8.0                                           # a quarter: 2 s for the first stage
-    tight = schedule(plan, 1200, samples=None, subsets=5, k=5, probes=8, steps=60,
+    tight = schedule(obj, plan, samples=None, subsets=5, k=5, probes=8, steps=60,
                      density=True, time_budget=budget)
     assert tight[0].samples == int((2.0 / products - 0.002) / 1e-4) < 240
     assert tight[0].seconds <= 2.0

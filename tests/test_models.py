@@ -222,7 +222,50 @@ def test_every_public_call_leaves_a_tied_model_untouched(tmp_path):
     pointwise.Replica(obj).value(obj.theta0 + 0.01)
     trained = ls.Objective.from_model(model, token_ce, (ids, target), mode="train")
     trained.hvp(torch.ones(trained.n, dtype=D))
+    ls.cost_plan(obj)
+    ls.anytime_probe(obj, samples=2, subsets=2, probes=1, steps=4)
+    one_batch = ls.anytime_probe(trained, samples=2, subsets=2, density=False)
+    assert [s.name for s in one_batch.stages] == ["extremes"]  # train mode: no batches to draw
+    ls.spectrum(obj, 1, "largest", warm=ls.spectrum(obj, 1, "largest"))
     snap.check()
+
+
+def test_a_subset_of_a_tied_lm_is_the_loss_on_those_samples_and_the_first_stage_runs():
+    torch.manual_seed(0)
+    model = TiedLM().to(D).eval()
+    ids, target = lm_data(n=8)
+    snap = Snapshot(model)
+    obj = ls.Objective.from_model(model, token_ce, (ids, target), batch_size=3)
+    chosen = torch.tensor([0, 2, 3, 7])   # across three batches: joined up to 3 samples
+    sub = obj.subset(chosen)
+    alone = ls.Objective.from_model(model, token_ce, (ids[chosen], target[chosen]))
+    assert sub.info["tied_parameters"] == {"embed.weight": ["head.weight"]}
+    assert sub.value().item() == pytest.approx(alone.value().item(), rel=1e-12)
+    V = torch.randn(obj.n, 2, generator=torch.Generator().manual_seed(1), dtype=D)
+    assert torch.allclose(sub.hvp(V), alone.hvp(V), rtol=1e-10, atol=1e-12)
+    result = ls.anytime_probe(obj, samples=2, subsets=3, density=False)
+    assert [s.name for s in result.stages] == ["subsample", "extremes"]
+    full = ls.spectrum(obj, 1, "both")
+    assert result.estimates["lambda_max"].value == pytest.approx(full.largest.values[0].item(),
+                                                                 rel=1e-6)
+    snap.check()
+
+
+def test_a_subset_of_a_module_used_twice_keeps_its_one_block():
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 3).to(D)
+    model = nn.Sequential(layer, nn.Tanh(), layer)
+    X, y = torch.randn(12, 3, dtype=D), torch.randn(12, 3, dtype=D)
+    snap = Snapshot(model)
+    obj = ls.Objective.from_model(model, F.mse_loss, (X, y), batch_size=5)
+    chosen = torch.tensor([1, 4, 5, 11])
+    sub, alone = obj.subset(chosen), ls.Objective.from_model(model, F.mse_loss,
+                                                             (X[chosen], y[chosen]))
+    assert sub.n == alone.n == 12
+    assert torch.allclose(sub.hessian(), alone.hessian(), rtol=1e-12, atol=1e-14)
+    ls.anytime_probe(obj, samples=3, subsets=3, probes=2, steps=5)
+    snap.check()
+    assert model[0].weight is model[2].weight
 
 
 # ---------------------------------------------------------------------- Hugging Face
@@ -279,6 +322,31 @@ def test_hugging_face_bert_with_its_own_loss_and_with_a_user_loss():
         assert torch.equal(obj.theta0, theta)
         assert obj.value().item() == pytest.approx(float(full(model)), rel=1e-6)
         assert_hessian(obj, H, rtol=1e-6)  # the model's own loss is computed in float32
+    snap.check()
+
+
+def test_a_subset_of_hugging_face_dict_batches_of_different_lengths():
+    """Padded batches of different sequence lengths: chosen samples of each stay in their own
+    batch (never joined), and the model's own loss weighs their label tokens as the full data
+    does."""
+    model = tiny_gpt2()
+    gen = torch.Generator().manual_seed(6)
+    long_ids, short_ids = torch.randint(0, 11, (3, 6), generator=gen), torch.randint(
+        0, 11, (3, 4), generator=gen)
+    parts = [{"input_ids": long_ids, "labels": long_ids.clone()},
+             {"input_ids": short_ids, "labels": short_ids.clone()}]
+    parts[0]["labels"][1, :3] = -100
+    snap = Snapshot(model)
+    params = ["transformer.wte.weight", "transformer.h.0.attn.*"]
+    obj = ls.Objective.from_model(model, "model", parts, params=params)
+    sub = obj.subset([1, 2, 4])
+    assert len(list(sub.model_loss.batches)) == 2
+    picked = [{k: v[[1, 2]] for k, v in parts[0].items()}, {k: v[[1]] for k, v in parts[1].items()}]
+    alone = ls.Objective.from_model(model, "model", picked, params=params)
+    assert sub.value().item() == pytest.approx(alone.value().item(), rel=1e-12)
+    V = torch.randn(obj.n, 2, generator=torch.Generator().manual_seed(2), dtype=D)
+    assert torch.allclose(sub.hvp(V), alone.hvp(V), rtol=1e-9, atol=1e-12)
+    ls.anytime_probe(obj, samples=2, subsets=3, density=False)
     snap.check()
 
 

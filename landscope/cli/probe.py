@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscope import io
-from landscope.anytime import anytime_probe, cost_plan, sample_count, schedule
+from landscope.anytime import anytime_probe, cost_plan, schedule
 from landscope.cli._common import (
     DType,
     Mode,
@@ -91,9 +91,8 @@ def _probe(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, k,
         console.print(f"written: {path}")
         return
     plan = cost_plan(obj)
-    planned = schedule(plan, sample_count(obj), samples=samples, subsets=subsets, k=k,
-                       probes=probes, steps=steps, density=density, time_budget=time_budget,
-                       mode=obj.info.get("mode") or "function")
+    planned = schedule(obj, plan, samples=samples, subsets=subsets, k=k, probes=probes,
+                       steps=steps, density=density, time_budget=time_budget)
     _say(plan_text(plan, planned, time_budget))
     count = len(planned)
 
