@@ -242,3 +242,20 @@ def test_first_stage_brackets_a_resnets_extremes():
 def _stop_after_first_stage(stage, *_):
     if stage != "subsample":
         raise KeyboardInterrupt
+
+
+def test_subset_refuses_what_it_cannot_do_and_names_the_fix(mlp_objective):
+    _, obj = mlp_objective
+    with pytest.raises(BadInputError, match="units='rows'; use 'samples' or 'batches'"):
+        obj.subset([0, 1], units="rows")
+    f = ls.Objective.from_function(lambda x: (x**2).sum(), [1.0, 2.0])
+    with pytest.raises(BadInputError, match="from_model"):
+        f.subset([0])
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).double()
+    trained = ls.Objective.from_model(net, nn.functional.cross_entropy,
+                                      (torch.randn(20, 5, dtype=D), torch.randint(0, 2, (20,))),
+                                      batch_size=5, mode="train")
+    with pytest.raises(BadInputError, match="units='batches'.*mode='eval'"):
+        trained.subset([0, 1])
+    assert trained.subset([0, 2], units="batches").value().item() > 0
