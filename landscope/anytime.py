@@ -245,7 +245,7 @@ def schedule(obj: Objective, plan: CostPlan, *, samples: int | None, subsets: in
     first = subsets * (SUBSET_PLANNED + 2 * (subsets - 1))
     loss = obj.model_loss
     if loss is not None and total >= 2 * subsets and (
-            loss.mode == "eval" or len(list(loss.batches)) >= subsets):
+            loss.mode == "eval" or len(loss.batches.sizes) >= subsets):
         if samples is None:
             samples = min(MAX_SAMPLES, total // subsets)
             if time_budget is not None:
@@ -413,7 +413,7 @@ def sample_count(obj: Objective) -> int:
     """Samples in the Objective's data (1 for an analytic function)."""
     if obj.model_loss is None:
         return 1
-    return sum(b.size for b in obj.model_loss.batches)
+    return sum(obj.model_loss.batches.sizes)
 
 
 def _subsample_stage(obj, theta, total, samples, count, seed, coords, clock, decide,
@@ -421,7 +421,7 @@ def _subsample_stage(obj, theta, total, samples, count, seed, coords, clock, dec
     start = time.perf_counter()
     units = "batches" if obj.model_loss.mode == "train" else "samples"
     if units == "batches":  # BatchNorm mixes a batch's samples: sample whole batches
-        batches = len(list(obj.model_loss.batches))
+        batches = len(obj.model_loss.batches.sizes)
         chosen = draw_subsets(batches, max(1, min(batches // count,
                                                   round(samples * batches / total))), count, seed)
     else:

@@ -96,6 +96,15 @@ class Batches:
             yield batch
         self._check_same(sizes, sums)
 
+    @property
+    def sizes(self) -> list[int]:
+        """The samples of each batch, from the first pass's fingerprints (one pass if none was
+        made yet: a DataLoader is not read again to count)."""
+        if self._fingerprints is None:
+            for _ in self:
+                pass
+        return [size for size, _ in self._fingerprints]
+
     def fixed(self) -> Batches:
         """The same batches, read once and frozen (needed when batch composition matters)."""
         frozen = Batches.__new__(Batches)

@@ -207,7 +207,7 @@ def estimate(obj, theta: torch.Tensor | None = None, *, basis_size: int = 40) ->
         moved = theta.clone()
         moved[0] = torch.nextafter(moved[0], torch.tensor(math.inf, dtype=moved.dtype))
         seconds, saved = _timed_gradient(obj, moved)
-    sizes = [1] if obj.model_loss is None else [b.size for b in obj.model_loss.batches]
+    sizes = [1] if obj.model_loss is None else obj.model_loss.batches.sizes
     samples = sum(sizes)
     itemsize = torch.finfo(obj.dtype).bits // 8
     parameter_bytes = obj.n * itemsize

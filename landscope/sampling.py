@@ -166,7 +166,7 @@ def read_subsets(objectives: Sequence[Objective], theta: torch.Tensor, *, total:
                 torch.cat([p.residuals for p in found]).double().cpu(),
                 torch.cat([p.vectors for p in found], 1))
 
-    size = sum(b.size for b in objectives[0].model_loss.batches) \
+    size = sum(objectives[0].model_loss.batches.sizes) \
         if objectives[0].model_loss is not None else 1
     return SubsetReadings(torch.tensor(losses, dtype=torch.float64),
                           torch.stack(gradients).double(), pairs(tops), pairs(bottoms),

@@ -259,3 +259,21 @@ def test_subset_refuses_what_it_cannot_do_and_names_the_fix(mlp_objective):
     with pytest.raises(BadInputError, match="units='batches'.*mode='eval'"):
         trained.subset([0, 1])
     assert trained.subset([0, 2], units="batches").value().item() > 0
+
+
+def test_counting_the_samples_does_not_read_the_data_again():
+    class Counted:
+        passes = 0
+
+        def __iter__(self):
+            Counted.passes += 1
+            gen = torch.Generator().manual_seed(0)
+            for size in (4, 4, 3):
+                yield torch.randn(size, 5, generator=gen), torch.randint(0, 2, (size,),
+                                                                        generator=gen)
+
+    from landscope.data import Batches
+    batches = Batches(Counted())
+    assert batches.sizes == [4, 4, 3] and Counted.passes == 1
+    list(batches)
+    assert batches.sizes == [4, 4, 3] and Counted.passes == 2   # the pass above, not a count
