@@ -62,7 +62,7 @@ from workloads import (  # noqa: E402
 import landscope as ls  # noqa: E402
 from landscope import anytime  # noqa: E402
 from landscope.critical import used_coordinates  # noqa: E402
-from landscope.sampling import draw_subsets, intervals, read_subsets  # noqa: E402
+from landscope.sampling import intervals, read_subsets  # noqa: E402
 
 QUANTITIES = ("loss", "grad_norm", "lambda_max", "lambda_min")
 COVERAGE_TARGET = 0.90
@@ -127,11 +127,7 @@ def first_stage(obj: ls.Objective, samples: int, seed: int) -> tuple[dict, int, 
     theta = obj.point()
     total = anytime.sample_count(obj)
     coords, _ = used_coordinates(obj)
-    chosen = draw_subsets(total, samples, anytime.SUBSETS, seed)
-    parts = [obj.subset(chosen[0])]
-    parts[0].hvp(torch.zeros_like(theta), theta)
-    engine = parts[0].info["hvp_engine"]
-    parts += [obj.subset(ix, engine=engine) for ix in chosen[1:]]
+    parts = anytime.subset_objectives(obj, theta, samples, anytime.SUBSETS, seed)
     readings = read_subsets(parts, theta, total=total, tol=anytime.SUBSET_TOL,
                             max_products=anytime.SUBSET_PRODUCTS, seed=seed, coords=coords)
     return intervals(readings), readings.products, time.perf_counter() - start

@@ -416,20 +416,29 @@ def sample_count(obj: Objective) -> int:
     return sum(obj.model_loss.batches.sizes)
 
 
-def _subsample_stage(obj, theta, total, samples, count, seed, coords, clock, decide,
-                     warm=None):
-    start = time.perf_counter()
+def subset_objectives(obj: Objective, theta: torch.Tensor, samples: int, count: int,
+                      seed: int) -> list[Objective]:
+    """``count`` disjoint seeded subsets of ``samples`` samples each (in train mode, whole
+    batches holding about as many: BatchNorm mixes a batch's samples), as Objectives. The
+    first settles the product engine (one product); the others use it without a trial."""
+    total = sample_count(obj)
     units = "batches" if obj.model_loss.mode == "train" else "samples"
-    if units == "batches":  # BatchNorm mixes a batch's samples: sample whole batches
+    if units == "batches":
         batches = len(obj.model_loss.batches.sizes)
         chosen = draw_subsets(batches, max(1, min(batches // count,
                                                   round(samples * batches / total))), count, seed)
     else:
         chosen = draw_subsets(total, samples, count, seed)
     parts = [obj.subset(chosen[0], units=units)]
-    parts[0].hvp(torch.zeros_like(theta), theta)   # settles the product engine once, for all
+    parts[0].hvp(torch.zeros_like(theta), theta)
     engine = parts[0].info["hvp_engine"]
-    parts += [obj.subset(ix, units=units, engine=engine) for ix in chosen[1:]]
+    return parts + [obj.subset(ix, units=units, engine=engine) for ix in chosen[1:]]
+
+
+def _subsample_stage(obj, theta, total, samples, count, seed, coords, clock, decide,
+                     warm=None):
+    start = time.perf_counter()
+    parts = subset_objectives(obj, theta, samples, count, seed)
     clock.begin("subsample", count * (SUBSET_PRODUCTS + 2 * (count - 1)), samples)
     started = time.perf_counter()
     allowance = FIRST_STAGE_SHARE * clock.budget
