@@ -137,7 +137,8 @@ def stage_panel(stage: Stage, index: int, stages: int) -> Panel:
 
 def plan_text(plan: CostPlan, stages: list[StagePlan], budget: float | None) -> str:
     """The cost plan and the stages it expects, before the work."""
-    lines = ["plan: " + plan.lines()[0], *("      " + line for line in plan.lines()[1:])]
+    first, *rest = plan.lines()
+    lines = ["plan: " + first, *("      " + line for line in rest)]
     for i, s in enumerate(stages, 1):
         lines.append(f"      stage {i} {s.name}: {s.data}, ≈ {s.products:,} products ≈ "
                      f"{_duration(s.seconds)}")
