@@ -231,8 +231,10 @@ def test_first_stage_brackets_a_resnets_extremes():
     net = small_resnet.model(epochs=1)
     X, y = small_resnet.data(samples=600, seed=1)
     obj = ls.Objective.from_model(net, nn.functional.cross_entropy, (X, y))
+    snap = Snapshot(net)
     first = anytime_probe(obj, samples=60, density=False,
                           progress=_stop_after_first_stage).stages[0]
+    snap.check()
     full = ls.spectrum(obj, 1, "both")
     for name, pairs in (("lambda_max", full.largest), ("lambda_min", full.smallest)):
         iv = first.estimates[name]
