@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from landscope.chain_layers import Unsupported, _Activation, _add, _Reshape
 from landscope.chain_trace import _trace
+from landscope.engines import Sums
 from landscope.functional import ModelLoss, check_loss
 
 __all__ = ["ChainHessian", "Unsupported"]
@@ -80,7 +81,7 @@ def _rhead(kind: str, r_z: torch.Tensor, saved) -> torch.Tensor:
 
 # ============================================================================ the engine
 class ChainHessian:
-    """L, ∇L and H·V for a ``ModelLoss`` whose model is a graph of known steps.
+    """An engine (:class:`landscope.engines.Engine`): Σ w_b ℓ_b, Σ w_b ∇ℓ_b and Σ w_b H_b V for a ``ModelLoss`` whose model is a graph of known steps.
 
     The graph may branch and rejoin by addition (skip connections); a tensor used by several
     steps gets the sum of their gradients, and so does a parameter used by several steps (a
@@ -89,6 +90,8 @@ class ChainHessian:
     else: an unknown layer, operation or loss, BatchNorm or dropout in train mode, keyword inputs,
     a selected part of the output, a summed loss.
     """
+
+    name = "chain"
 
     def __init__(self, loss: ModelLoss):
         self.loss = loss
@@ -133,21 +136,13 @@ class ChainHessian:
                               "lists it")
         return self.loss.slots[slot]
 
-    def at(self, theta: torch.Tensor, max_samples: int | None = None
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cache the first-order quantities at θ; return (L(θ), ∇L(θ)).
-
-        Raises :class:`Unsupported` if the data has more than ``max_samples`` samples (the
-        caches hold activations of the order of the data set, like a kept autograd graph).
-        """
+    def at(self, theta: torch.Tensor) -> Sums:
+        """Cache the first-order quantities at θ; return the sums Σ w_b ℓ_b and Σ w_b ∇ℓ_b
+        (the Objective divides them by Σ w_b, :mod:`landscope.engines`). The caches hold
+        activations of the order of the data set, like a kept autograd graph."""
         values = self.loss.state(theta.detach())  # every parameter and buffer slot
         batches = [(index, batch, float(self.loss.weight(batch)))
                    for index, batch in enumerate(self.loss.batches)]
-        samples = sum(batch.size for _, batch, _ in batches)
-        if max_samples is not None and samples > max_samples:
-            raise Unsupported(f"{samples} samples are more than graph_cache_samples = "
-                              f"{max_samples}")
-        total = sum(weight for *_, weight in batches)  # L = Σ w_b ℓ_b / Σ w_b, as the Objective
         value = torch.zeros((), dtype=theta.dtype, device=theta.device)
         grads: dict[str, torch.Tensor] = {}
         caches = []
@@ -175,7 +170,7 @@ class ChainHessian:
                         unread[i] -= 1
                         if not unread[i]:
                             outputs[i] = None
-                loss, d, head = _head(self.kind, outputs[-1], batch.target, weight / total)
+                loss, d, head = _head(self.kind, outputs[-1], batch.target, weight)
                 del outputs
                 check_loss(loss, f"batch {index} ({batch.size} samples)")
                 value += loss
@@ -195,7 +190,8 @@ class ChainHessian:
                               else torch.zeros(size, dtype=theta.dtype, device=theta.device)
                               for name, size in zip(self.loss.names, self.loss.sizes,
                                                     strict=True)])
-        return value, gradient
+        return Sums(value, gradient, sum(w for *_, w in batches if w > 0),
+                    sum(batch.size for _, batch, w in batches if w > 0))
 
     def release(self) -> None:
         """Drop the caches of the last point."""

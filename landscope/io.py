@@ -24,7 +24,7 @@ from typing import IO
 
 import torch
 
-from landscope import __version__
+from landscope import __version__, distributed
 from landscope.errors import BadInputError, CheckpointError
 
 SCHEMA = "landscope.result"
@@ -39,6 +39,8 @@ def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[
 
     An error or an interrupt inside the block removes the temporary file and leaves ``path`` as it
     was. The file gets the mode ``open`` would give it (0666 less the umask: 0644 by default).
+    Under data parallelism only rank 0 writes: the other ranks hold the same results, and their
+    stream goes to a temporary file that is removed (:mod:`landscope.distributed`).
 
     Examples
     --------
@@ -57,7 +59,11 @@ def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[
     try:
         with os.fdopen(handle, mode, **open_kwargs) as stream:
             yield stream
-        os.replace(temporary, path)
+        if distributed.is_main():
+            os.replace(temporary, path)
+        else:
+            temporary.unlink()
+            return
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

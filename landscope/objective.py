@@ -4,40 +4,37 @@ For a model, L(θ) = Σ_b n_b ℓ_b(θ) / Σ_b n_b (the sample-weighted mean of 
 :mod:`landscope.data`); for an analytic function, L = f. The Objective offers L, ∇L, Hessian-vector
 products H·V for one vector or k at once, and the dense Hessian for small n.
 
-What makes Hessian-vector products fast here: the first-order graph of G(θ) = ∇L(θ) is built once
-per point θ (one forward and one backward with ``create_graph``) and kept; every product is then one
-extra backward pass, H v = ∂(Gᵀv)/∂θ, about 1.4–2.3 gradients instead of the 2.5–4 of a product that
-re-runs the forward. The graph costs memory of the order of the activations of the data set, so it
-is kept only up to ``graph_cache_samples`` samples; beyond that products are recomputed per batch.
-Models built of known layers (an MLP, a plain CNN, skip connections) have a faster exact engine,
-"chain" (:mod:`landscope.chain`, hand-derived R-operators: 1.1–1.9 gradients per product on the
-benchmark MLPs and CNN, against 1.4–2.3 through the kept graph). The first point checks it against
-autograd (value, gradient and one product within 1e-7 relative in float64, 1e-3 in float32); with
+How products are made is an engine's job (:mod:`landscope.engines`): the first-order graph kept
+per point (one extra backward per product), the same streamed per batch when the data is too large
+to keep it (beyond ``graph_cache_samples`` samples), or the chain engine (:mod:`landscope.chain`,
+hand-derived R-operators, 1.1–1.9 gradients per product on the benchmark MLPs and CNN against
+1.4–2.3 through the kept graph). The first point checks the chain engine against autograd (value,
+gradient and one product within 1e-7 relative in float64, 1e-3 in float32); with
 ``engine="auto"`` it also times one product of each twice and keeps the chain engine only if it
 agrees and is faster (``engine="chain"`` skips only the timing). At every later point its value and
 gradient are checked against one plain autograd gradient pass (none if they were computed there
 already), never per product; a mismatch hands the products to autograd for good. ``info`` records
-the trial (``chain_trial``) and the checks (``chain_checks``). Otherwise, for k vectors at once
-there are two autograd engines: k backward passes through the kept graph ("loop"), or one vmapped
-backward ("batched", ``is_grads_batched``). Which is faster depends on the model and the device
-(vmap wins for small MLPs, loses for convolutions on CPU), so the first call with
-k ≥ ``CALIBRATE_COLUMNS`` times both and keeps the faster; the choice is recorded in ``info``.
-Fewer columns (the residual check of a few Ritz vectors) take the loop without that trial: little
-time is at stake, and the vmapped trial holds a second copy of the graph's backward buffers.
+the trial (``chain_trial``) and the checks (``chain_checks``); ``info["hvp_engine"]`` the engine
+and, for k columns through the graph, loop or vmapped backward (timed once, the faster kept).
+
+Under ``torch.distributed`` (:mod:`landscope.distributed`) each rank holds its shard of the data,
+the engines' sums are added over the ranks (one all-reduce per pass or block of products) and
+every result is the single-process one.
 """
 
 from __future__ import annotations
 
 import math
-import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from landscope import distributed, engines
 from landscope.chain import ChainHessian, Unsupported
 from landscope.data import Batches
+from landscope.engines import CALIBRATE_COLUMNS, Columns, KeptGraph, Streaming, Sums
 from landscope.errors import BadInputError
 from landscope.functional import ModelLoss, check_loss, normaliser
 
@@ -45,10 +42,9 @@ DENSE_LIMIT = 4096
 """Largest n for which :meth:`Objective.hessian` builds the dense n×n matrix without being asked."""
 
 ENGINES = ("auto", "chain", "loop", "batched")
-BATCH_COLUMNS = 16
-"""Most columns the vmapped engine pushes through one backward (it keeps one graph per column)."""
-CALIBRATE_COLUMNS = 8
-"""Fewest columns for which the "auto" engine times the vmapped backward against the loop."""
+"""``auto``: the chain engine where it applies and is faster, else the kept graph with loop or
+vmapped columns, whichever is faster; ``chain``: the chain engine (checked, not timed);
+``loop``, ``batched``: autograd with that column mode."""
 
 # Lower bounds of common losses (with hard labels and no smoothing): where they are reached the
 # point is a global minimum.
@@ -103,12 +99,16 @@ class Objective:
         self.counts = {"passes": 0, "gradients": 0, "hvp": 0}
         self.info = {**info, "n": self.n, "dtype": str(self.dtype).replace("torch.", ""),
                      "device": str(self.device), "lower_bound": lower_bound, "hvp_engine": engine}
-        self._engine = engine
+        self._requested = engine
+        self._columns = Columns("auto" if engine == "chain" else engine, record=self.info)
+        self._across = distributed.Local()  # the sums of every rank under data parallelism
         self._samples: int | None = None
-        self._point_cache: tuple | None = None  # (θ, value, gradient, graph of G or None)
+        self._weight: float | None = None  # Σ w_b over all the data, once a pass has read it
+        self._point: _Point | None = None
+        self._engine: engines.Engine | None = None  # chosen at the first product
         self._unflatten = lambda theta: {"x": theta}
         self.model_loss: ModelLoss | None = None  # set by from_model: the model, loss and data
-        self._chain: ChainHessian | None = None  # the chain engine while it is used or on trial
+        self._chain: ChainHessian | None = None  # the chain engine while on trial or in use
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -162,6 +162,8 @@ class Objective:
         target_key: str | None = None,
         reduction: str | None = None,
         batch_weight: Callable | None = None,
+        shard: str = "split",
+        group=None,
     ) -> Objective:
         """L(θ) = ``loss_fn(model(*inputs, **kwargs), target)`` over the whole of ``data``.
 
@@ -196,6 +198,13 @@ class Objective:
             :class:`landscope.data.Batch` averages over, for a mean loss landscope does not know
             (default: its samples; targets ≠ ignore_index and class weights are read from
             ``nn.CrossEntropyLoss`` / ``nn.NLLLoss``).
+        shard, group: under ``torch.distributed`` (a process group of ``group``, default the
+            world, is initialised with more than one rank): ``"split"`` (default) when every rank
+            passes all the data (each keeps a contiguous part: samples in eval mode, whole
+            batches in train mode), ``"given"`` when each rank passes its own part (possibly
+            none). L is that of all the data either way; see :mod:`landscope.distributed`.
+            ``"replicate"``: each rank keeps all the data and computes alone (the work is
+            shared otherwise, as grid points of a surface are).
 
         Half-precision models (float16, bfloat16) are analysed in float32 unless ``dtype`` says
         otherwise: eigen-solvers need more than 3 significant digits, and half-precision
@@ -212,8 +221,17 @@ class Objective:
         device = torch.device(device) if device is not None else (
             first.device if first is not None else torch.device("cpu"))
         own_loss = isinstance(loss_fn, str)
+        if shard not in distributed.SHARDS:
+            raise BadInputError(f"shard={shard!r}; use 'split' (every rank passes all the data), "
+                                "'given' (each rank passes its own part) or 'replicate' (each "
+                                "rank computes alone on all of it)")
+        parallel = distributed.active(group) and shard != "replicate"
+        if parallel and shard == "given" and _empty(data):
+            data = []  # this rank's part is empty: the others hold the data
         batches = Batches(data, batch_size=batch_size, dtype=dtype, device=device,
                           target_key=target_key, target_to_model=own_loss)
+        if parallel:
+            batches = distributed.shard(batches, shard, mode, group)
         loss = ModelLoss(model, loss_fn, batches, params=params, mode=mode, dtype=dtype,
                          device=device, seed=seed, output=output, reduction=reduction,
                          batch_weight=batch_weight)
@@ -234,17 +252,20 @@ class Objective:
             info["model_dtype"] = str(first.dtype).replace("torch.", "")
         if lower_bound is None and not own_loss:
             lower_bound = _known_lower_bound(loss_fn)
+        across = distributed.AcrossRanks(loss.theta0.numel(), dtype, device, group) \
+            if parallel else distributed.Local()
         return cls._of(loss, info, lower_bound=lower_bound,
-                       graph_cache_samples=graph_cache_samples, engine=engine)
+                       graph_cache_samples=graph_cache_samples, engine=engine, across=across)
 
     @classmethod
     def _of(cls, loss: ModelLoss, info: dict, *, lower_bound, graph_cache_samples: int,
-            engine: str) -> Objective:
+            engine: str, across=None) -> Objective:
         """The Objective of a ModelLoss: the survey of its parameters and the engine's trial."""
         obj = cls(loss, loss.theta0, info=info, lower_bound=lower_bound,
                   graph_cache_samples=graph_cache_samples, engine=engine,
                   reduction=loss.reduction)
-        survey = loss.survey(loss.theta0)
+        obj._across = across or distributed.Local()
+        survey = distributed.survey(loss, obj._across)
         obj.info["unused_parameters"] = survey["unused"]
         if survey["writes_inputs"]:
             obj.info["writes_inputs"] = "the model changes its inputs in place; it gets copies"
@@ -260,9 +281,8 @@ class Objective:
                     raise BadInputError(f"engine='chain' does not apply to this model: {why}. "
                                         "Use engine='auto' (autograd products).") from None
                 obj.info["chain_engine"] = f"not used: {why}"
-            else:  # on trial: the first point checks it against autograd (see _trial)
-                obj._chain_forced = engine == "chain"
-                obj._engine = obj.info["hvp_engine"] = "auto"
+            else:  # on trial: the first point checks it against autograd (engines.trial)
+                obj.info["hvp_engine"] = "auto"
         return obj
 
     def subset(self, indices, *, units: str = "samples", engine: str | None = None
@@ -281,14 +301,15 @@ class Objective:
             raise BadInputError("in train mode BatchNorm mixes the samples of a batch, so a "
                                 "subset of samples changes every sample's loss; sample whole "
                                 "batches (units='batches') or analyse in mode='eval'")
+        if isinstance(self._across, distributed.AcrossRanks):
+            raise BadInputError("subset() of a data-parallel Objective: the subset's samples "
+                                "would be split again; take subsets in one process")
         part = loss.on(loss.batches.subset(indices, units=units))
-        if engine is None:
-            engine = "chain" if self._engine == "chain" else "auto" if self._chain else \
-                self._engine
         obj = Objective._of(part, {**self.info, "data": part.batches.description,
                                    "subset": part.batches.description},
                             lower_bound=self.lower_bound,
-                            graph_cache_samples=self.graph_cache_samples, engine=engine)
+                            graph_cache_samples=self.graph_cache_samples,
+                            engine=engine or self.settled_engine)
         obj.info["unused_parameters"] = self.info.get("unused_parameters", [])
         return obj
 
@@ -297,20 +318,30 @@ class Objective:
         """Whether products come (or may come, on trial) from the chain engine."""
         return self._chain is not None
 
+    @property
+    def settled_engine(self) -> str:
+        """The ``engine=`` that reproduces what this Objective settled on (for its subsets):
+        ``chain`` when the chain engine is in use, ``auto`` while it is on trial, else the
+        column mode (``loop``, ``batched``, or ``auto`` before it was timed)."""
+        if self._chain is not None:
+            return "chain" if self._engine is not None else "auto"
+        return self._columns.mode
+
+    @property
+    def ranks(self) -> int:
+        """How many processes hold a shard of the data (1 without data parallelism)."""
+        return self._across.ranks
+
     # ------------------------------------------------------------------ evaluation
     def value(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """L(θ) as a 0-d tensor."""
-        theta = self._point(theta)
-        cached = self._cached(theta)
-        if cached is not None:
-            return cached[1]
-        total, weights, samples = torch.zeros((), dtype=self.dtype, device=self.device), 0.0, 0
-        with torch.no_grad():
-            for _, loss, weight, size in self._batch_losses(theta):
-                total, weights, samples = total + weight * loss.reshape(()), weights + weight, \
-                    samples + size
-        self._samples, self.counts["passes"] = samples, self.counts["passes"] + 1
-        return total / self._normaliser(weights)
+        theta = self._point_of(theta)
+        if self._point is not None and self._point.at(theta) and self._point.value is not None:
+            return self._point.value
+        sums = self._across.sums(lambda: engines.first_order(self._batch_losses, theta,
+                                                             gradient=False), gradient=False)
+        self.counts["passes"] += 1
+        return sums.value / self._normaliser_of(sums)
 
     def grad(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """∇L(θ), shape (n,)."""
@@ -319,29 +350,20 @@ class Objective:
     def value_and_grad(self, theta: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """(L(θ), ∇L(θ)) from one pass over the data."""
-        theta = self._point(theta)
-        cached = self._cached(theta)
-        if cached is not None:
-            return cached[1], cached[2]
-        leaf = theta.detach().requires_grad_(True)
-        total = torch.zeros((), dtype=self.dtype, device=self.device)
-        gradient, weights, samples = torch.zeros_like(leaf), 0.0, 0
-        for _, loss, weight, size in self._batch_losses(leaf):
-            (g,) = torch.autograd.grad(loss.reshape(()), leaf, allow_unused=True)
-            if g is not None:
-                gradient += weight * g
-            total = total + weight * loss.detach().reshape(())
-            weights, samples = weights + weight, samples + size
-        self._samples = samples
+        theta = self._point_of(theta)
+        if self._point is not None and self._point.at(theta) and \
+                self._point.gradient is not None:
+            return self._point.value, self._point.gradient
+        sums = self._across.sums(lambda: engines.first_order(self._batch_losses, theta,
+                                                             gradient=True))
         self.counts["passes"] += 1
         self.counts["gradients"] += 1
-        norm = self._normaliser(weights)
-        self._point_cache = (theta.clone(), total / norm, gradient / norm, None)
-        return total / norm, gradient / norm
+        self._point = _Point.of(theta, sums, self._normaliser_of(sums))
+        return self._point.value, self._point.gradient
 
     def hvp(self, v: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """H(θ)·v for v of shape (n,), or H(θ)·V for V of shape (n, k): k products at once."""
-        theta = self._point(theta)
+        theta = self._point_of(theta)
         V = self._vectors(v)
         if self.info.get("first_order_only"):
             names = ", ".join(self.info["first_order_only"])
@@ -353,22 +375,10 @@ class Objective:
                 "parameters after it (params=...). Values and gradients are unaffected."
             )
         columns = V if V.dim() == 2 else V[:, None]
-        graph = self._prepare(theta)
-        if isinstance(graph, ChainHessian):
-            result = graph.hvp(columns)
-        elif graph is not None:
-            result = self._products(graph[0], graph[1], columns)
-        else:  # too much data to keep the graph: rebuild it batch by batch
-            result, weights = torch.zeros_like(columns), 0.0
-            leaf = theta.detach().requires_grad_(True)
-            for _, loss, weight, _ in self._batch_losses(leaf, second_order=True):
-                (g,) = torch.autograd.grad(loss.reshape(()), leaf, create_graph=True,
-                                           allow_unused=True)
-                if g is not None and g.requires_grad:
-                    result += weight * self._products(leaf, g, columns)
-                weights += weight
-            result /= self._normaliser(weights)
-        self.counts["hvp"] += columns.shape[1]
+        engine = self._ready(theta)
+        calibrations = self._columns.extra_products
+        result = engine.hvp(columns) / self._normaliser_of(None, theta)
+        self.counts["hvp"] += columns.shape[1] + self._columns.extra_products - calibrations
         return result if V.dim() == 2 else result[:, 0]
 
     def hessian(self, theta: torch.Tensor | None = None, *, max_n: int = DENSE_LIMIT,
@@ -394,15 +404,15 @@ class Objective:
         if theta is None:
             return self._unflatten(self.theta0)
         if theta.shape != (self.n,):
-            self._point(theta)  # raises the shape error
+            self._point_of(theta)  # raises the shape error
         return self._unflatten(theta)
 
     # ------------------------------------------------------------------ helpers
     def point(self, theta=None) -> torch.Tensor:
         """θ checked and moved to this objective's dtype and device (default: ``theta0``)."""
-        return self.theta0 if theta is None else self._point(theta)
+        return self.theta0 if theta is None else self._point_of(theta)
 
-    def _point(self, theta) -> torch.Tensor:
+    def _point_of(self, theta) -> torch.Tensor:
         if theta is None:
             return self.theta0
         theta = torch.as_tensor(theta)
@@ -422,44 +432,118 @@ class Objective:
             )
         return v.detach().to(self.device, self.dtype)
 
-    def _normaliser(self, weights: float) -> float:
-        return normaliser(self._reduction, weights)
+    def _normaliser_of(self, sums: Sums | None, theta: torch.Tensor | None = None) -> float:
+        """What the sums are divided by (Σ w_b for a mean loss, 1 for a sum), read from ``sums``
+        or from an earlier pass (a value pass at θ if none was made yet)."""
+        if sums is not None:
+            self._samples, self._weight = sums.samples, sums.weight
+        elif self._weight is None:
+            self.value(theta)
+        return normaliser(self._reduction, self._weight)
 
-    def _cached(self, theta):
-        cache = self._point_cache
-        if cache is not None and (cache[0] is theta or torch.equal(cache[0], theta)):
-            return cache
-        return None
-
-    def _prepare(self, theta):
-        """Make products at θ ready: the chain engine at θ, the kept first-order graph (θ leaf, G),
-        or None if there is too much data to keep either (products then stream per batch)."""
-        cache = self._cached(theta)
-        if cache is not None and cache[3] is not None:
-            return cache[3]
-        if self._samples is not None and self._samples > self.graph_cache_samples:
-            return None
-        if self._engine == "chain":
+    def _ready(self, theta: torch.Tensor) -> engines.Engine:
+        """The engine, with products ready at θ: chosen at the first point (the chain engine's
+        trial there), checked at later points when it is the chain engine."""
+        if self._point is not None and self._point.at(theta) and self._point.ready:
+            return self._engine
+        if self._engine is None:
+            return self._choose(theta)
+        if self._engine.name == "chain":
             return self._checked_chain(theta)
-        if self._chain is not None:
-            return self._trial(theta)
-        return self._graph(theta)
+        self._settle(theta, self._engine.at(theta))
+        return self._engine
 
-    def _checked_chain(self, theta):
-        """The chain engine at a new θ, its L and ∇L checked against one plain autograd pass (none
-        if L and ∇L are cached at θ already); on a mismatch autograd takes over for good."""
+    def _settle(self, theta: torch.Tensor, sums: Sums | None) -> None:
+        """Products are ready at θ; keep L and ∇L if the engine computed them on the way."""
+        if sums is None:  # nothing computed on the way: keep what is known at θ
+            known = self._point if self._point is not None and self._point.at(theta) else \
+                _Point(theta.clone(), None, None)
+            known.ready = True
+            self._point = known
+            return
+        self.counts["passes"] += 1
+        self.counts["gradients"] += 1
+        self._point = _Point.of(theta, sums, self._normaliser_of(sums), ready=True)
+
+    def _choose(self, theta: torch.Tensor) -> engines.Engine:
+        """The engine for every product of this Objective (:func:`landscope.engines.choose`)."""
+        local = sum(self.model_loss.batches.sizes) if self.model_loss is not None else 1
+        largest = int(self._across.agree(local))
+        kind = engines.choose(largest_shard=largest,
+                              graph_cache_samples=self.graph_cache_samples,
+                              chain_on_trial=self._chain is not None)
+        wrap = self._across.wrap
+        if kind == "streaming":
+            self._engine = wrap(Streaming(self._batch_losses, self._columns))
+            if self._chain is not None:
+                self.info["chain_engine"] = (f"not used: {largest} samples on one process are "
+                                             "more than graph_cache_samples = "
+                                             f"{self.graph_cache_samples}")
+                self._chain = None
+        elif kind == "graph":
+            self._engine = wrap(KeptGraph(self._batch_losses, self._columns))
+        else:
+            return self._trial(theta)
+        self._settle(theta, self._engine.at(theta))
+        return self._engine
+
+    def _trial(self, theta: torch.Tensor) -> engines.Engine:
+        """The chain engine's trial at the first point (:func:`landscope.engines.trial`)."""
+        graph = self._across.wrap(KeptGraph(self._batch_losses, self._columns))
+        forced = self._requested == "chain"
+        try:
+            outcome = engines.trial(self._across.wrap(self._chain), graph, theta, forced=forced,
+                                    agree=self._across.agree)
+        except Unsupported as why:  # the chain engine refused the data
+            self.counts["passes"] += 1  # the trial's pass of the graph
+            self.counts["gradients"] += 1
+            self.info["chain_engine"] = f"not used: {why}"
+            self._chain, self._engine = None, graph
+            self._settle(theta, graph.at(theta))
+            return graph
+        self.counts["passes"] += outcome.passes
+        self.counts["gradients"] += outcome.passes
+        self.counts["hvp"] += outcome.products
+        record = outcome.record
+        floor = record.pop("floor")
+        self.info["chain_trial"] = {**record, "passes": outcome.passes}
+        self._engine = outcome.engine
+        norm = self._normaliser_of(outcome.sums)
+        if outcome.engine is graph:
+            self.info["chain_engine"] = f"not used: {record['why']} (see chain_trial)"
+            self._chain = None
+            self._settle(theta, graph.at(theta))  # built again: the trial released it
+            return graph
+        self.info["hvp_engine"] = "chain"
+        self.info["chain_engine"] = "used"
+        # L and ∇L at every later point (see _checked_chain); near ∇L = 0 the rounding of the
+        # sum over samples stays that of the first point's gradient
+        gradient = outcome.sums.gradient / norm
+        rounding = math.sqrt(torch.finfo(self.dtype).eps) * float(gradient.norm())
+        errors = record["relative_errors"]
+        self.info["chain_checks"] = {
+            "points": 1, "max_relative_errors": {"value": errors["value"],
+                                                 "gradient": errors["gradient"]},
+            "tolerance": record["tolerance"], "gradient_floor": max(floor, rounding)}
+        self._point = _Point(theta.clone(), outcome.sums.value / norm, gradient, ready=True)
+        return self._engine
+
+    def _checked_chain(self, theta: torch.Tensor) -> engines.Engine:
+        """The chain engine at a new θ, its L and ∇L checked against one plain autograd pass
+        (none if L and ∇L are known at θ already); on a mismatch autograd takes over for good."""
         value, gradient = self.value_and_grad(theta)
         checks = self.info["chain_checks"]
         try:
-            chain_value, chain_gradient = self._chain.at(theta,
-                                                         max_samples=self.graph_cache_samples)
+            sums = self._engine.at(theta)
         except Unsupported as why:
-            errors, failure = None, f"{why}"
+            failure = f"{why}"
         else:
             self.counts["passes"] += 1
             self.counts["gradients"] += 1
-            errors = _disagreement(chain_value, value, chain_gradient, gradient,
-                                   checks["gradient_floor"])
+            norm = self._normaliser_of(sums)
+            errors = engines.disagreement(
+                Sums(sums.value / norm, sums.gradient / norm, 1.0, sums.samples),
+                Sums(value, gradient, 1.0, sums.samples), checks["gradient_floor"])
             for key, error in errors.items():
                 checks["max_relative_errors"][key] = max(checks["max_relative_errors"][key],
                                                          error)
@@ -468,172 +552,43 @@ class Objective:
                 + ", ".join(f"{key} {error:.1e}" for key, error in errors.items()) + ")")
         checks["points"] += 1
         if failure is None:
-            self._point_cache = (theta.clone(), value, gradient, self._chain)
-            return self._chain
+            self._point = _Point(theta.clone(), value, gradient, ready=True)
+            return self._engine
         self.info["chain_engine"] = (f"not used from point {checks['points']} on: {failure} "
                                      "(see chain_checks)")
-        self._chain.release()
-        self._chain, self._engine = None, "auto"
-        self.info["hvp_engine"] = self._engine
-        return self._graph(theta)
-
-    def _graph(self, theta):
-        """Build the first-order graph at θ: (θ leaf, G), or None if too much data."""
-        leaf = theta.detach().requires_grad_(True)
-        total = torch.zeros((), dtype=self.dtype, device=self.device)
-        G, weights, samples = torch.zeros_like(leaf), 0.0, 0
-        for _, loss, weight, size in self._batch_losses(leaf, second_order=True):
-            samples += size
-            if samples > self.graph_cache_samples:  # give up keeping it; products will stream
-                self._samples = samples
-                return None
-            (g,) = torch.autograd.grad(loss.reshape(()), leaf, create_graph=True,
-                                       allow_unused=True)
-            if g is not None:
-                G = G + weight * g
-            total = total + weight * loss.detach().reshape(())
-            weights += weight
-        self._samples = samples
-        self.counts["passes"] += 1
-        self.counts["gradients"] += 1
-        norm = self._normaliser(weights)
-        G = G / norm
-        graph = (leaf, G if G.requires_grad else None)
-        self._point_cache = (theta.clone(), total / norm, G.detach(), graph)
-        return graph
-
-    def _trial(self, theta):
-        """Check the chain engine against the kept graph at θ (L, ∇L and one product) and keep
-        it if it agrees and, unless ``engine="chain"`` asked for it, is faster.
-
-        The graph is built first (it also checks the data against the model), timed, and
-        released before the chain engine caches its own first-order quantities, so the two are
-        never held at once: peak memory is that of the larger, not of both.
-        """
-        chain, self._chain = self._chain, None
-        passes = self.counts["passes"]
-        graph = self._graph(theta)
-        if graph is None or graph[1] is None:  # too much data to keep, or H = 0
-            self._chain = chain  # the trial waits for a point where it can run
-            return graph
-        v = torch.randn(self.n, generator=torch.Generator().manual_seed(0),
-                        dtype=torch.float64).to(self.device, self.dtype)
-        runs = 1 if self._chain_forced else 2  # asked for: checked, not timed
-        graph_seconds, hv_graph = _timed(lambda: _backward(graph[1], graph[0], v), runs)
-        value, gradient = self._point_cache[1], self._point_cache[2]
-        self._point_cache = (theta.clone(), value, gradient, None)
-        del graph  # the graph is freed here: nothing else refers to it
-        try:
-            chain_value, chain_gradient = chain.at(theta, max_samples=self.graph_cache_samples)
-        except Unsupported as why:
-            self.info["chain_engine"] = f"not used: {why}"
-            return self._graph(theta)
-        self.counts["passes"] += 1
-        self.counts["gradients"] += 1
-        chain_seconds, hv_chain = _timed(lambda: chain.hvp(v[:, None])[:, 0], runs)
-        self.counts["hvp"] += 2 * runs
-        tol = 1e-7 if self.dtype == torch.float64 else 1e-3
-        floor = math.sqrt(torch.finfo(self.dtype).eps) * float(hv_graph.norm() / v.norm()) * 1e-2
-        errors = {**_disagreement(chain_value, value, chain_gradient, gradient, floor),
-                  "product": float((hv_chain - hv_graph).norm())
-                  / max(float(hv_graph.norm()), 1e-30)}
-        trial = self.info["chain_trial"] = {
-            "seconds_per_product": {"chain": chain_seconds, "autograd": graph_seconds},
-            "relative_errors": errors, "tolerance": tol}
-        slower = chain_seconds >= graph_seconds and not self._chain_forced
-        if max(errors.values()) > tol or slower:
-            why = "it disagreed with autograd" if max(errors.values()) > tol else \
-                "slower than autograd here"
-            self.info["chain_engine"] = f"not used: {why} (see chain_trial)"
-            chain.release()
-            graph = self._graph(theta)
-        else:
-            self._chain, graph = chain, chain
-            self._engine = self.info["hvp_engine"] = "chain"
-            self.info["chain_engine"] = "used"
-            # L and ∇L at every later point (see _checked_chain); near ∇L = 0 the rounding of
-            # the sum over samples stays that of the first point's gradient
-            rounding = math.sqrt(torch.finfo(self.dtype).eps) * float(gradient.norm())
-            self.info["chain_checks"] = {
-                "points": 1, "max_relative_errors": {"value": errors["value"],
-                                                     "gradient": errors["gradient"]},
-                "tolerance": tol, "gradient_floor": max(floor, rounding)}
-            self._point_cache = (theta.clone(), value, gradient, chain)
-        trial["passes"] = self.counts["passes"] - passes
-        return graph
-
-    def _products(self, leaf, G, columns: torch.Tensor) -> torch.Tensor:
-        """∂(Gᵀ V)/∂θ for the columns of V through a kept graph G(θ)."""
-        if G is None:  # the gradient does not depend on θ: L is linear, H = 0
-            return torch.zeros_like(columns)
-        k = columns.shape[1]
-        if k == 1:
-            return _backward(G, leaf, columns[:, 0])[:, None]
-        if self._engine == "auto" and k >= CALIBRATE_COLUMNS:
-            return self._calibrate(leaf, G, columns)
-        if self._engine == "batched":
-            return _batched(G, leaf, columns)
-        return torch.stack([_backward(G, leaf, c) for c in columns.T], 1)
-
-    def _calibrate(self, leaf, G, columns):
-        """Time both engines (per column) and keep the faster from then on.
-
-        The vmapped engine is timed on two columns only: it holds one copy of the graph's
-        activations per column, which for a CNN is hundreds of MB at k = 5.
-        """
-        k = columns.shape[1]
-        start = time.perf_counter()
-        looped = torch.stack([_backward(G, leaf, c) for c in columns.T], 1)
-        loop_time = (time.perf_counter() - start) / k
-        try:
-            start = time.perf_counter()
-            _batched(G, leaf, columns[:, :2])
-            batched_time = (time.perf_counter() - start) / 2
-        except RuntimeError:  # an operation without a vmap rule
-            batched_time = float("inf")
-        self.counts["hvp"] += 2  # the second engine's products were spent too
-        self._engine = "batched" if batched_time < loop_time else "loop"
-        self.info["hvp_engine"] = self._engine
-        self.info["hvp_engine_seconds_per_product"] = {"loop": loop_time,
-                                                       "batched": batched_time}
-        return looped
+        self._engine.release()
+        self._chain, self._engine = None, self._across.wrap(
+            KeptGraph(self._batch_losses, self._columns))
+        self.info["hvp_engine"] = self._columns.mode
+        self._settle(theta, self._engine.at(theta))
+        return self._engine
 
 
-def _timed(product, runs: int = 2) -> tuple[float, torch.Tensor]:
-    """The fastest of ``runs`` runs of ``product()`` in seconds, and its result."""
-    seconds = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = product()
-        seconds.append(time.perf_counter() - start)
-    return min(seconds), result
+@dataclass
+class _Point:
+    """The last point: θ, L and ∇L there (None where not computed), and whether the engine's
+    products are ready there."""
+
+    theta: torch.Tensor
+    value: torch.Tensor | None
+    gradient: torch.Tensor | None
+    ready: bool = False
+
+    @classmethod
+    def of(cls, theta, sums: Sums, norm: float, ready: bool = False) -> _Point:
+        return cls(theta.clone(), sums.value / norm,
+                   None if sums.gradient is None else sums.gradient / norm, ready)
+
+    def at(self, theta: torch.Tensor) -> bool:
+        return self.theta is theta or torch.equal(self.theta, theta)
 
 
-def _disagreement(value, reference_value, gradient, reference_gradient, floor: float) -> dict:
-    """Relative errors of (L, ∇L) against the reference; the gradient's error is relative to
-    max(‖∇L‖, ``floor``), the rounding scale near ∇L = 0."""
-    return {
-        "value": abs(float(value - reference_value)) / max(abs(float(reference_value)), 1e-30),
-        "gradient": float((gradient - reference_gradient).norm())
-        / max(float(reference_gradient.norm()), floor, 1e-30),
-    }
-
-
-def _backward(G, leaf, v):
-    (hv,) = torch.autograd.grad(G, leaf, v, retain_graph=True, allow_unused=True)
-    return torch.zeros_like(v) if hv is None else hv
-
-
-def _batched(G, leaf, columns):
-    """One vmapped backward per block of BATCH_COLUMNS columns (memory: one graph per column)."""
-    if columns.shape[1] > BATCH_COLUMNS:
-        return torch.cat([_batched(G, leaf, block) for block in columns.split(BATCH_COLUMNS, 1)],
-                         1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # vmap's "performance drop" notes; timing decides
-        (HV,) = torch.autograd.grad(G, leaf, columns.T, retain_graph=True,
-                                    is_grads_batched=True, allow_unused=True)
-    return torch.zeros_like(columns) if HV is None else HV.T
+def _empty(data) -> bool:
+    """Whether ``data`` is (X, y) with no samples, or no batches at all."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and \
+            all(isinstance(t, torch.Tensor) for t in data):
+        return data[0].shape[0] == 0
+    return isinstance(data, (tuple, list)) and len(data) == 0
 
 
 def _loss_name(loss_fn) -> str:

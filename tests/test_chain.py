@@ -449,14 +449,15 @@ def test_every_new_point_is_checked_and_a_mismatch_switches_to_autograd(monkeypa
     monkeypatch.setattr("landscope.chain_trace._check_overwrite", lambda *args: None)
     model, X, y = _positive_at_theta0()
     obj = Objective.from_model(model, cross_entropy, (X, y), engine=engine)
-    monkeypatch.setattr(obj, "_chain_forced", True)  # keep it whatever the timing says
+    monkeypatch.setattr(obj, "_requested", "chain")  # keep it whatever the timing says
     v = torch.randn(obj.n, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
     value0, H0 = _dense(model, cross_entropy, X, y, obj, obj.theta0)
     torch.testing.assert_close(obj.hvp(v), H0 @ v, rtol=1e-10, atol=1e-12)
     assert obj.info["chain_engine"] == "used"  # the two semantics agree at θ₀
     theta1 = obj.theta0.clone()
     obj.unflatten(theta1)["a.bias"].fill_(-1.0)
-    chain_value = obj._chain.at(theta1)[0]
+    sums = obj._chain.at(theta1)  # Σ w_b ℓ_b and Σ w_b
+    chain_value = sums.value / sums.weight
     value1, H1 = _dense(model, cross_entropy, X, y, obj, theta1)
     assert abs(float(chain_value - value1)) > 0.1 * float(value1)  # the chain alone is wrong
     torch.testing.assert_close(obj.hvp(v, theta1), H1 @ v, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,58 @@
+"""Run a function on several local processes joined by a gloo process group (for the tests of
+data parallelism): ``run_ranks(fn, 2, *args)`` returns each rank's return value, in rank order.
+
+Each rank is a fresh interpreter (``spawn``) with one torch thread; ``fn`` must be importable
+(a module-level function). A rank that raises makes ``run_ranks`` raise with its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, out: str, fn, args, timeout_s: float):
+    import datetime
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        result = ("ok", fn(*args))
+    except BaseException as error:  # noqa: BLE001 - reported to the parent
+        result = ("error", f"rank {rank}: {type(error).__name__}: {error}\n"
+                           + traceback.format_exc())
+    torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    if result[0] == "ok":
+        dist.destroy_process_group()
+
+
+def run_ranks(fn, world: int, *args, timeout_s: float = 60.0, allow_errors: bool = False):
+    """``fn(*args)`` on ``world`` ranks; their results in rank order. With ``allow_errors``,
+    a rank's error comes back as ``("error", message)`` instead of raising."""
+    with tempfile.TemporaryDirectory() as out:
+        mp.spawn(_entry, args=(world, free_port(), out, fn, args, timeout_s), nprocs=world,
+                 join=True)
+        results = []
+        for rank in range(world):
+            path = os.path.join(out, f"rank{rank}.pt")
+            status, value = torch.load(path, weights_only=False) if os.path.exists(path) \
+                else ("error", f"rank {rank} wrote nothing")
+            if status == "error" and not allow_errors:
+                raise AssertionError(value)
+            results.append(value if status == "ok" else ("error", value))
+        return results
