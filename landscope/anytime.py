@@ -132,8 +132,10 @@ class _OutOfTime(Exception):
 class _Clock:
     """The time budget, the measured cost of a product per data size, and the progress feed."""
 
-    def __init__(self, budget: float | None, progress: Callable | None):
+    def __init__(self, budget: float | None, progress: Callable | None,
+                 agree: Callable[[float], float] = float):
         self.start = time.perf_counter()
+        self.agree = agree  # every rank reads the slowest rank's clock, so all decide alike
         self.budget = math.inf if budget is None else budget
         self.progress = progress
         self.costs: dict[int, float] = {}
@@ -143,7 +145,7 @@ class _Clock:
 
     @property
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return self.agree(time.perf_counter() - self.start)
 
     @property
     def left(self) -> float:
@@ -171,6 +173,7 @@ class _Clock:
     def learn(self, products: float, seconds: float, samples: int) -> None:
         """Record the cost of a product over ``samples`` samples from ``products`` done in
         ``seconds``."""
+        seconds = self.agree(seconds)
         if products > 0 and seconds > 0:
             self.costs[samples] = seconds / products
 
@@ -206,7 +209,7 @@ def cost_plan(obj: Objective, theta: torch.Tensor | None = None) -> CostPlan:
     a product's fixed cost from its cost per sample (:func:`landscope.plan.scaled`)."""
     total = sample_count(obj)
     if obj.model_loss is None or total <= CALIBRATION_SAMPLES or \
-            obj.model_loss.mode != "eval":
+            obj.model_loss.mode != "eval" or obj.ranks > 1:
         return _warm_estimate(obj, theta)
     small = _warm_estimate(obj.subset(torch.arange(CALIBRATION_SAMPLES)), theta)
     large_size = min(total, 4 * CALIBRATION_SAMPLES)
@@ -238,13 +241,14 @@ def schedule(obj: Objective, plan: CostPlan, *, samples: int | None, subsets: in
              ) -> list[StagePlan]:
     """The stages and their estimated cost; without ``samples`` the subset size is the largest
     (up to :data:`MAX_SAMPLES` and the data) whose stage takes at most a quarter of the budget.
-    No subsample stage for a function, for data too small to split, or in train mode with
-    fewer batches than subsets (train mode draws whole batches)."""
+    No subsample stage for a function, for data too small to split, in train mode with
+    fewer batches than subsets (train mode draws whole batches), or for data split over
+    several ranks (all the data is affordable there: the ranks were started for it)."""
     out = []
     total = sample_count(obj)
     first = subsets * (SUBSET_PLANNED + 2 * (subsets - 1))
     loss = obj.model_loss
-    if loss is not None and total >= 2 * subsets and (
+    if loss is not None and total >= 2 * subsets and obj.ranks == 1 and (
             loss.mode == "eval" or len(loss.batches.sizes) >= subsets):
         if samples is None:
             samples = min(MAX_SAMPLES, total // subsets)
@@ -303,7 +307,7 @@ def anytime_probe(
                             "(or None for no budget)")
     theta = obj.point(theta)
     total = sample_count(obj)
-    clock = _Clock(time_budget, progress)
+    clock = _Clock(time_budget, progress, agree=obj.agree)
     plan = plan or cost_plan(obj, theta)
     clock.plan = plan
     stages_planned = schedule(obj, plan, samples=samples, subsets=subsets, k=k, probes=probes,
@@ -385,8 +389,9 @@ def _pairs_that_fit(obj, theta, clock: _Clock, samples: int, dense: bool, k: int
         return 0
     gradients, start = obj.counts["gradients"], time.perf_counter()
     obj.value_and_grad(theta)
+    seconds = obj.agree(time.perf_counter() - start)
     if obj.counts["gradients"] > gradients:
-        clock.costs[samples] = PRODUCT_PER_GRADIENT * (time.perf_counter() - start)
+        clock.costs[samples] = PRODUCT_PER_GRADIENT * seconds
     budget = clock.products_within(clock.left, samples)
     if budget is None:
         return k
@@ -410,10 +415,8 @@ def _larger_subsets(obj, theta, total, last, count, seed, coords, clock, decide,
 
 
 def sample_count(obj: Objective) -> int:
-    """Samples in the Objective's data (1 for an analytic function)."""
-    if obj.model_loss is None:
-        return 1
-    return sum(obj.model_loss.batches.sizes)
+    """Samples in the Objective's data (1 for an analytic function; every rank's shard)."""
+    return obj.sample_count()
 
 
 def subset_objectives(obj: Objective, theta: torch.Tensor, samples: int, count: int,

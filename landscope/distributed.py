@@ -29,7 +29,6 @@ import contextlib
 import datetime
 import os
 import signal
-import sys
 from collections.abc import Callable
 
 import torch
@@ -93,6 +92,10 @@ class Local:
         return value
 
     @staticmethod
+    def add(value: float) -> float:
+        return value
+
+    @staticmethod
     def wrap(engine):
         return engine
 
@@ -141,8 +144,15 @@ class AcrossRanks:
 
     def agree(self, value: float) -> float:
         """The largest of the ranks' values (a time: the slowest rank's)."""
+        return self._scalar(value, dist.ReduceOp.MAX)
+
+    def add(self, value: float) -> float:
+        """The sum of the ranks' values (a count)."""
+        return self._scalar(value, dist.ReduceOp.SUM)
+
+    def _scalar(self, value: float, op) -> float:
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        guarded(dist.all_reduce, t, op=dist.ReduceOp.MAX, group=self.group)
+        guarded(dist.all_reduce, t, op=op, group=self.group)
         return float(t)
 
     def wrap(self, engine):
@@ -283,6 +293,13 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
+def launch_rank() -> int:
+    """This process's rank: the process group's, else the launcher's ``RANK``, else 0."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0")) if launched() else 0
+
+
 def start(device: torch.device | str | None = None, timeout_s: float = 600.0) -> None:
     """Join the process group that ``torchrun`` describes (environment ``RANK``, ``WORLD_SIZE``,
     ``MASTER_ADDR``, ``MASTER_PORT``): NCCL when analysing on CUDA, gloo otherwise. A rank that
@@ -313,12 +330,8 @@ def _interrupt(signum, frame):
 @contextlib.contextmanager
 def quiet_unless_main():
     """Ranks other than 0 print nothing (their stdout goes nowhere; errors still reach stderr)."""
-    if is_main():
+    if launch_rank() == 0:
         yield
         return
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        saved, sys.stdout = sys.stdout, sink
-        try:
-            yield
-        finally:
-            sys.stdout = saved
+        yield

@@ -254,6 +254,8 @@ class Objective:
             lower_bound = _known_lower_bound(loss_fn)
         across = distributed.AcrossRanks(loss.theta0.numel(), dtype, device, group) \
             if parallel else distributed.Local()
+        if parallel:
+            info["ranks"] = across.ranks
         return cls._of(loss, info, lower_bound=lower_bound,
                        graph_cache_samples=graph_cache_samples, engine=engine, across=across)
 
@@ -331,6 +333,18 @@ class Objective:
     def ranks(self) -> int:
         """How many processes hold a shard of the data (1 without data parallelism)."""
         return self._across.ranks
+
+    def sample_count(self) -> int:
+        """Samples in all the data (every rank's shard; 1 for an analytic function), counted
+        from the batch sizes of the first pass (no pass over the data once one was made)."""
+        if self.model_loss is None:
+            return 1
+        return int(self._across.add(sum(self.model_loss.batches.sizes)))
+
+    def agree(self, value: float) -> float:
+        """The largest of the ranks' ``value`` s (the value itself in one process): a time
+        that decides what to do next must be the same on every rank, or they part ways."""
+        return self._across.agree(value)
 
     # ------------------------------------------------------------------ evaluation
     def value(self, theta: torch.Tensor | None = None) -> torch.Tensor:
@@ -468,7 +482,7 @@ class Objective:
     def _choose(self, theta: torch.Tensor) -> engines.Engine:
         """The engine for every product of this Objective (:func:`landscope.engines.choose`)."""
         local = sum(self.model_loss.batches.sizes) if self.model_loss is not None else 1
-        largest = int(self._across.agree(local))
+        largest = int(self.agree(local))
         kind = engines.choose(largest_shard=largest,
                               graph_cache_samples=self.graph_cache_samples,
                               chain_on_trial=self._chain is not None)

@@ -207,8 +207,8 @@ def estimate(obj, theta: torch.Tensor | None = None, *, basis_size: int = 40) ->
         moved = theta.clone()
         moved[0] = torch.nextafter(moved[0], torch.tensor(math.inf, dtype=moved.dtype))
         seconds, saved = _timed_gradient(obj, moved)
-    sizes = [1] if obj.model_loss is None else obj.model_loss.batches.sizes
-    samples = sum(sizes)
+    sizes = [1] if obj.model_loss is None else obj.model_loss.batches.sizes or [0]
+    samples = obj.sample_count()  # every rank's: the ranks' products run side by side
     itemsize = torch.finfo(obj.dtype).bits // 8
     parameter_bytes = obj.n * itemsize
     product = PRODUCT_PER_GRADIENT * seconds
@@ -259,7 +259,7 @@ def _timed_gradient(obj, theta: torch.Tensor) -> tuple[float, int]:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         obj.value_and_grad(theta)
     _synchronise(obj.device)
-    return time.perf_counter() - start, sum(storages.values())
+    return obj.agree(time.perf_counter() - start), sum(storages.values())
 
 
 def _synchronise(device: torch.device) -> None:

@@ -45,8 +45,14 @@ def run_ranks(fn, world: int, *args, timeout_s: float = 60.0, allow_errors: bool
     """``fn(*args)`` on ``world`` ranks; their results in rank order. With ``allow_errors``,
     a rank's error comes back as ``("error", message)`` instead of raising."""
     with tempfile.TemporaryDirectory() as out:
-        mp.spawn(_entry, args=(world, free_port(), out, fn, args, timeout_s), nprocs=world,
-                 join=True)
+        # not mp.spawn(join=True): it stops every rank as soon as one exits, and the tests of a
+        # rank that dies need to see what the others do then
+        context = mp.start_processes(_entry, args=(world, free_port(), out, fn, args, timeout_s),
+                                     nprocs=world, join=False, start_method="spawn")
+        for process in context.processes:
+            process.join(3 * timeout_s)
+            if process.is_alive():
+                process.kill()
         results = []
         for rank in range(world):
             path = os.path.join(out, f"rank{rank}.pt")

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from landscope import default, io
+from landscope import default, distributed, io
 from landscope.errors import BadInputError, CheckpointError, LandscopeError
 from landscope.functional import MODEL_LOSS
 from landscope.objective import Objective
@@ -105,28 +105,41 @@ def _where(error: Exception, filename: str | None) -> str:
 
 def _guard(work) -> None:
     """Run ``work``, turning errors into messages and exit codes (2 bad input, 1 failure); on
-    Ctrl-C, say which complete files were written before it (no partial file is ever left)."""
-    with io.recording() as written:
+    Ctrl-C, say which complete files were written before it (no partial file is ever left).
+
+    Under ``torchrun`` only rank 0 prints; another rank prints only an error of its own (one
+    that every rank shares is printed once, by rank 0), and every rank leaves the process group
+    at the end."""
+    with io.recording() as written, distributed.quiet_unless_main():
         try:
             work()
         except (BadInputError, CheckpointError) as error:
-            errors.print(f"[bold red]error:[/] {error}")
+            _report(f"[bold red]error:[/] {error}", error)
             raise typer.Exit(2) from None
         except LandscopeError as error:
-            errors.print(f"[bold red]failed:[/] {error}")
+            _report(f"[bold red]failed:[/] {error}", error)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             kept = [path for path in dict.fromkeys(written) if path.exists()]
             if kept:
-                errors.print("interrupted: kept these complete files, written before the "
-                             "interrupt: " + ", ".join(map(str, kept)) + ". Nothing was left "
-                             "half-written; run the same command again to resume.",
-                             soft_wrap=True)
+                _report("interrupted: kept these complete files, written before the "
+                        "interrupt: " + ", ".join(map(str, kept)) + ". Nothing was left "
+                        "half-written; run the same command again to resume.")
             else:
-                errors.print("interrupted: no file was written and nothing was left "
-                             "half-written; run the same command again to start over.",
-                             soft_wrap=True)
+                _report("interrupted: no file was written and nothing was left "
+                        "half-written; run the same command again to start over.")
             raise typer.Exit(130) from None
+        finally:
+            distributed.stop()
+
+
+def _report(message: str, error: Exception | None = None) -> None:
+    """Print to stderr: on rank 0, or on another rank when the error is its own (not one
+    relayed from another rank, which rank 0 prints)."""
+    if distributed.launch_rank() == 0:
+        errors.print(message, soft_wrap=True)
+    elif error is not None and not str(error).startswith("on rank "):
+        errors.print(f"rank {distributed.launch_rank()}: {message}", soft_wrap=True)
 
 
 # ====================================================================== surface and plot (issue 3)
@@ -200,6 +213,8 @@ def _objective(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode
     """
     torch_dtype = {None: None, DType.float32: torch.float32, DType.float64: torch.float64}[dtype]
     device = _device(device)  # before any work
+    if distributed.launched():  # under torchrun: each rank keeps its part of the data
+        distributed.start(device)
     if model_spec is None:
         if checkpoint is not None:
             raise BadInputError("--checkpoint needs --model: the checkpoint's architecture")
