@@ -81,7 +81,8 @@ def _rhead(kind: str, r_z: torch.Tensor, saved) -> torch.Tensor:
 
 # ============================================================================ the engine
 class ChainHessian:
-    """An engine (:class:`landscope.engines.Engine`): Σ w_b ℓ_b, Σ w_b ∇ℓ_b and Σ w_b H_b V for a ``ModelLoss`` whose model is a graph of known steps.
+    """An engine (:class:`landscope.engines.Engine`): Σ w_b ℓ_b, Σ w_b ∇ℓ_b and Σ w_b H_b V
+    for a ``ModelLoss`` whose model is a graph of known steps.
 
     The graph may branch and rejoin by addition (skip connections); a tensor used by several
     steps gets the sum of their gradients, and so does a parameter used by several steps (a

@@ -22,7 +22,6 @@ from torch.nn.functional import cross_entropy
 
 import landscope as ls
 from landscope import distributed
-from landscope.errors import NonFiniteLossError
 
 SAMPLES = 37  # odd: the two shards are uneven (19 and 18)
 
