@@ -14,6 +14,12 @@ point is that close), whether that is a global minimum (to ``tol``), the steps a
 to a saddle — the steps until it escaped: farther from the saddle than it started and below the
 saddle's value. Functions without a minimum (x² − y²) start next to their saddle by default:
 there, escaping is the goal.
+
+Under ``torch.distributed`` (a process group of more than one rank) the ranks share the race's
+independent pieces of work, each seeded on its own (:func:`~landscope.optim.runner.derive_seed`):
+every (function, optimiser) pair (its tuning, descent and scoring) and every strategy row. Rank r
+does every w-th piece; every rank gathers all of them and assembles the result in the order of one
+process, so the result and its files are those of one process.
 """
 
 from __future__ import annotations
@@ -24,12 +30,14 @@ import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
+from landscope import distributed, io, optim
 from landscope import functions as zoo
-from landscope import io, optim
 from landscope.critical import probe
 from landscope.errors import BadInputError
 from landscope.optim.runner import Descent, derive_seed, descend
@@ -124,26 +132,57 @@ def race(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, *, starts: 
                 "strategies": list(strategies), "strategy_runs": strategy_runs, "seed": seed,
                 "default_lr": {r.name: _base_lr(r) for r in recipes}}
     say = progress or (lambda message: None)
-    runs, summary, descents, saddles = [], [], {}, {}
+    starts_of, saddles = {}, {}
     for fn in fns:
         X0, saddle = _starts(fn, start, starts, derive_seed(seed, fn.name, "starts"))
         X_tune, _ = _starts(fn, start, tune_starts, derive_seed(seed, fn.name, "tune"))
+        starts_of[fn.name] = X0, X_tune, saddle
         saddles[fn.name] = None if saddle is None else saddle.tolist()
-        for rec in recipes:
-            say(f"{fn.name}: {rec.name}")
-            lr = _tune(fn, rec, X_tune, saddle, steps, tune, noise, tol, seed)
-            run = descend(fn, rec, X0, steps=steps, lr=lr, noise=noise,
-                          seed=derive_seed(seed, fn.name, rec.name))
-            descents[fn.name, rec.name] = run
-            records = _score(fn, run, X0, saddle, tol, classify=True)
-            runs += records
-            summary.append(_summarise(fn, rec.name, lr, records, saddle))
+
+    def pair(fn, rec):
+        X0, X_tune, saddle = starts_of[fn.name]
+        lr = _tune(fn, rec, X_tune, saddle, steps, tune, noise, tol, seed)
+        run = descend(fn, rec, X0, steps=steps, lr=lr, noise=noise,
+                      seed=derive_seed(seed, fn.name, rec.name))
+        records = _score(fn, run, X0, saddle, tol, classify=True)
+        return run, records, _summarise(fn, rec.name, lr, records, saddle)
+
+    def strategy(fn, method):
+        budget = {"starts": starts, "steps": steps} if method == "multistart" else {}
+        return None, [], _strategy_row(fn, method, strategy_runs, tol, seed, budget)
+
+    pieces = []  # (function, optimiser or strategy, work) in the order of the result
+    for fn in fns:
+        pieces += [(fn, rec.name, partial(pair, fn, rec)) for rec in recipes]
         if fn.global_min is not None:
-            for method in strategies:
-                say(f"{fn.name}: {method}")
-                budget = {"starts": starts, "steps": steps} if method == "multistart" else {}
-                summary.append(_strategy_row(fn, method, strategy_runs, tol, seed, budget))
+            pieces += [(fn, method, partial(strategy, fn, method)) for method in strategies]
+    runs, summary, descents = [], [], {}
+    for (fn, name, _), (run, records, row) in zip(pieces, _shared(pieces, say), strict=True):
+        if run is not None:
+            descents[fn.name, name] = run
+        runs += records
+        summary.append(row)
     return RaceResult(settings, runs, summary, descents, {f.name: f for f in fns}, saddles)
+
+
+def _shared(pieces, say) -> list:
+    """Each piece's result, in order. Under a process group rank r does every w-th piece and
+    every rank gathers them all. The pieces are whole (function, optimiser) pairs rather than
+    some of a pair's starts: a pair's starts run as the rows of one tensor with one noise stream
+    and share one tuning, which every rank would repeat (about the cost of the descent itself);
+    splitting the starts would change the noise each start sees and save little."""
+    ranks, me = distributed.world(), distributed.rank()
+    mine = {}
+    for index in range(me, len(pieces), ranks):
+        fn, name, work = pieces[index]
+        say(f"{fn.name}: {name}")
+        mine[index] = work()
+    if ranks == 1:
+        return [mine[index] for index in range(len(pieces))]
+    everyone = [None] * ranks
+    distributed.guarded(dist.all_gather_object, everyone, mine)
+    done = {index: result for theirs in everyone for index, result in theirs.items()}
+    return [done[index] for index in range(len(pieces))]
 
 
 # ---------------------------------------------------------------------- starts and tuning

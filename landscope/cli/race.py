@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from landscope import io
+from landscope import distributed, io
 from landscope.cli._common import (
     _guard,
     app,
@@ -75,6 +75,8 @@ def _race(*, functions="saddle,six_hump_camel,rosenbrock", optimizers="all", sta
         return
     names = _names(optimizers, "--optimizers", "optimiser")
     chosen = optim.NAMES if names == ["all"] else names
+    if distributed.launched():  # under torchrun the ranks share the race's pieces of work
+        distributed.start()
     with console.status("racing") as status:
         result = run_race(_names(functions, "--functions", "function"), chosen,
                           starts=starts, steps=steps, start=start, tune=tune,
@@ -82,6 +84,8 @@ def _race(*, functions="saddle,six_hump_camel,rosenbrock", optimizers="all", sta
                           strategies=optim.STRATEGIES if strategies else (),
                           strategy_runs=strategy_runs, seed=seed,
                           progress=lambda message: status.update(f"racing · {message}"))
+    if not distributed.is_main():
+        return  # every rank holds the whole result; rank 0 writes and prints it
     written = [*result.write_csv(out), io.write_result(
         out, "race", {**result.to_dict(), "command": " ".join(sys.argv)}, name="race.json")]
     console.print(f"landscope race · {starts} starts · {steps} steps · tune {tune} · "
