@@ -119,6 +119,11 @@ def _sampler(obj: Objective, samples, seed):
     """compute(θ, fraction) -> (value, stderr, fraction used), the starting fraction, settings."""
     if samples is None:
         return (lambda theta, f: (obj.value(theta).item(), 0.0, 1.0)), 1.0, {"samples": None}
+    if obj.ranks > 1:
+        raise BadInputError(f"samples={samples} with a data-parallel Objective: the subsets would "
+                            "be drawn from one rank's part of the data. Build the Objective with "
+                            "shard='replicate' (the ranks then share the grid points) or use "
+                            "all the data (samples=None)")
     subset = SubsetLoss(obj, seed=seed)
     samples = float(samples)
     count = int(samples) if samples > 1 else int(round(samples * subset.total))

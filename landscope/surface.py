@@ -15,6 +15,18 @@ at the floor); points are evaluated one at a time, because on CPU evaluating sev
 vmap was measured 1.6–2× slower (batching points is left for GPUs, where it may win). A grid with
 ``checkpoint=`` survives Ctrl-C (the partial grid is written atomically) and a rerun resumes it.
 :mod:`landscope.adaptive` builds the budgeted view on the same :class:`Grid`.
+
+Under ``torch.distributed`` (a process group of more than one rank) the ranks share a grid in one
+of two ways (:func:`sharding`, recorded in ``meta["sharding"]``). By *points* when every rank holds
+all the data (an Objective built with ``shard="replicate"``, or a function): in rounds, rank r
+evaluates every w-th point still to compute and every rank gathers the round's values, so each
+ends with the whole grid. A round lasts about ``SAVE_EVERY_S`` (its size follows the slowest
+rank's cost per point in the round before, the same number on every rank), and rank 0 writes the
+checkpoint between rounds. By *data* when the Objective is data-parallel (``obj.ranks > 1``):
+every rank visits every point and ``obj.value`` adds up the ranks' parts. Either way the values
+are those of one process. Rank 0 reads a checkpoint and hands it to the others; a rank that stops
+ends the others with :class:`~landscope.distributed.RankFailure` after rank 0 has written every
+point gathered so far, and a rerun resumes from there.
 """
 
 from __future__ import annotations
@@ -29,8 +41,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from landscope import directions, io, pointwise
+from landscope import directions, distributed, io, pointwise
+from landscope.distributed import RankFailure
 from landscope.errors import BadInputError
 from landscope.objective import Objective
 
@@ -176,7 +190,12 @@ def surface(
         recomputed over the data at every point; two passes per point).
     checkpoint: an ``.npz`` path written atomically every few seconds, on Ctrl-C and at the end;
         a rerun with the same settings resumes it (or returns it if complete).
-    progress: True for a progress bar, or a callable(done, total).
+    progress: True for a progress bar (on rank 0), or a callable(done, total) (on every rank;
+        sharded by points, ``done`` counts every rank's points as if they kept this rank's pace,
+        exactly at the end of each round).
+
+    Under ``torch.distributed`` the ranks share the grid (see the module text and
+    :func:`sharding`) and each returns the whole surface.
 
     Examples
     --------
@@ -281,12 +300,33 @@ def axes(frame: directions.Frame, span, steps) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
+def sharding(obj: Objective) -> dict | None:
+    """How the ranks of a running process group share a grid of ``obj`` (None: one process).
+
+    ``{"by": "data", ...}`` when the Objective is data-parallel (``obj.ranks > 1``): each rank
+    holds only its part of the data, so every rank visits every point and ``obj.value`` adds up
+    the parts. ``{"by": "points", ...}`` when each rank holds all of it (``shard="replicate"``,
+    or a function): each rank evaluates its share of the points. The choice follows the memory
+    the Objective already took.
+    """
+    if not distributed.active():
+        return None
+    if obj.ranks == 1:
+        return {"by": "points", "ranks": distributed.world()}
+    if obj.ranks != distributed.world():
+        raise BadInputError(f"the Objective is data-parallel over {obj.ranks} of the "
+                            f"{distributed.world()} ranks; a grid is shared by all of them. "
+                            "Build it on the whole process group (group=None)")
+    return {"by": "data", "ranks": obj.ranks}
+
+
 class Grid:
     """The state of one grid computation: values filled point by point, checkpointed, resumable.
 
     ``run(indices, compute)`` evaluates the points not yet known; ``compute(index)`` returns
     (value, standard error, fraction of the data used). A point is reused when it was evaluated
-    on at least the fraction asked for.
+    on at least the fraction asked for. Under a process group the ranks share the work as
+    :func:`sharding` says and every rank ends with the same grid.
     """
 
     def __init__(self, obj: Objective, frame: directions.Frame, grid_axes, settings: dict,
@@ -300,9 +340,15 @@ class Grid:
         self.fraction = np.zeros(self.shape)
         self.cost = 0.0  # full-data passes spent (subsets count as their fraction)
         self.seconds = 0.0
-        self.meta = _meta(obj, frame, self.centre, grid_axes, settings)
+        self.sharding = sharding(obj)
+        identity = _identity(obj, frame, self.centre, grid_axes, settings)
+        if self.sharding is not None:
+            identity = _agreed(identity, self.sharding["by"])
+        self.meta = {**_meta(identity, obj, frame), "sharding": self.sharding}
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
-        if self.checkpoint is not None and self.checkpoint.exists():
+        self._unsaved = False  # points recorded since the checkpoint was last written
+        self._clock, self._saved = time.perf_counter(), time.monotonic()
+        if self.checkpoint is not None:
             self._resume()
 
     def coeffs(self, index) -> list[float]:
@@ -317,29 +363,25 @@ class Grid:
         return theta
 
     def run(self, indices, compute, progress=False, *, fraction: float = 1.0) -> None:
+        """Evaluate the ``indices`` not yet known on at least ``fraction`` of the data; on an
+        interrupt or a failure the points completed so far are written before it propagates."""
         todo = [tuple(i) for i in indices if self.fraction[tuple(i)] < fraction]
         report = _progress(progress, len(todo))
-        start, saved = time.perf_counter(), time.monotonic()
+        self._clock, self._saved = time.perf_counter(), time.monotonic()
         try:
-            for done, index in enumerate(todo, 1):
-                value, stderr, used = compute(index)
-                self.values[index], self.stderr[index], self.fraction[index] = value, stderr, used
-                self.cost += used
-                report(done)
-                if self.checkpoint is not None and time.monotonic() - saved > SAVE_EVERY_S:
-                    self.seconds += time.perf_counter() - start
-                    start, saved = time.perf_counter(), time.monotonic()
-                    self._save()
-        except KeyboardInterrupt:
-            if self.checkpoint is not None:
-                self.seconds += time.perf_counter() - start
-                self._save()
+            if self.sharding is not None and self.sharding["by"] == "points":
+                self._shared(todo, compute, report)
+            else:
+                for done, index in enumerate(todo, 1):
+                    self._record(index, *compute(index))
+                    report(done)
+                    self._save_now_and_then()
+        except BaseException:
+            self._save()
             raise
         finally:
             report(None)
-        self.seconds += time.perf_counter() - start
-        if self.checkpoint is not None and todo:
-            self._save()
+        self._save()
 
     def result(self, values=None, error=None, evaluated=None) -> Surface:
         directions_ = torch.stack(self.vectors).cpu().numpy()
@@ -348,11 +390,91 @@ class Grid:
         return Surface(self.axes, self.values.copy() if values is None else values, directions_,
                        meta, error, evaluated)
 
+    def _shared(self, todo, compute, report) -> None:
+        """The points shared among the ranks, in rounds: rank r evaluates every w-th point of
+        the round, then every rank gathers every rank's values (and failure, if one failed).
+
+        Interleaved rather than contiguous shares: the cost of a point changes smoothly over the
+        grid (subsets that grow, regions where the model is slow), so every rank gets its part
+        of each region; and a rank's consecutive points still mostly share a row, whose partial
+        sum c + α·d₁ the replica keeps. The first round takes one point per rank to measure the
+        cost; later rounds last about ``SAVE_EVERY_S`` at the slowest rank's rate.
+        """
+        ranks, me = distributed.world(), distributed.rank()
+        size, at = 1, 0  # points per rank in the next round; where it starts in ``todo``
+        while at < len(todo):
+            batch = todo[at:at + size * ranks]
+            mine, failure, began = [], None, time.perf_counter()
+            try:
+                for index in batch[me::ranks]:
+                    mine.append((index, *compute(index)))
+                    self._record(*mine[-1])
+                    report(at + min(len(batch), len(mine) * ranks))
+            except Exception as error:  # every rank learns of it in the gather below
+                failure = error
+            everyone = [None] * ranks
+            distributed.guarded(dist.all_gather_object, everyone, (
+                mine, time.perf_counter() - began,
+                None if failure is None else f"{type(failure).__name__}: {failure}"))
+            for r, (theirs, _, _) in enumerate(everyone):
+                for point in theirs if r != me else ():
+                    self._record(*point)
+            failed = next((r for r, (_, _, said) in enumerate(everyone) if said), None)
+            if failure is not None:
+                raise failure
+            if failed is not None:
+                raise RankFailure(f"on rank {failed}: a grid point failed ({everyone[failed][2]}); "
+                                  "every rank stops, and the points gathered so far are kept "
+                                  "in the checkpoint")
+            at += len(batch)
+            report(at)
+            slowest = max(spent / len(theirs) for theirs, spent, _ in everyone if theirs)
+            size = max(1, int(SAVE_EVERY_S / max(slowest, 1e-9)))
+            self._save_now_and_then()
+
+    def _record(self, index, value, stderr, used) -> None:
+        self.values[index], self.stderr[index], self.fraction[index] = value, stderr, used
+        self.cost += used
+        self._unsaved = True
+
+    def _save_now_and_then(self) -> None:
+        if time.monotonic() - self._saved > SAVE_EVERY_S:
+            self._save()
+
     def _save(self) -> None:
+        """Count the time spent; write the checkpoint (rank 0 only) if new points came in."""
+        now = time.perf_counter()
+        self.seconds, self._clock, self._saved = self.seconds + now - self._clock, now, \
+            time.monotonic()
+        if self.checkpoint is None or not self._unsaved or not distributed.is_main():
+            return
         self.result().save(self.checkpoint, extra={"grid_stderr": self.stderr,
                                                    "grid_fraction": self.fraction})
+        self._unsaved = False
 
     def _resume(self) -> None:
+        """Continue from the checkpoint, if there is one. Under a process group rank 0 reads it
+        and hands the grid (or the error) to the others, so every rank starts from the same."""
+        if self.sharding is None:
+            state = self._read() if self.checkpoint.exists() else None
+        else:
+            state = None
+            if distributed.is_main() and self.checkpoint.exists():
+                try:
+                    state = self._read()
+                except BadInputError as error:
+                    state = error
+            box = [state]
+            distributed.guarded(dist.broadcast_object_list, box, src=0)
+            state = box[0]
+            if isinstance(state, BadInputError):
+                raise state
+        if state is not None:
+            self.values[:], self.stderr[:], self.fraction[:], self.cost, self.seconds = state
+
+    def _read(self):
+        """(values, stderr, fraction, cost, seconds) from the checkpoint, checked to be this
+        grid's."""
         old = Surface.load(self.checkpoint)
         if old.meta.get("key") != self.meta["key"]:
             raise BadInputError(
@@ -361,18 +483,25 @@ class Grid:
                 "with the settings that made it"
             )
         with np.load(self.checkpoint, allow_pickle=False) as data:
-            self.stderr[:], self.fraction[:] = data["grid_stderr"], data["grid_fraction"]
-        self.values[:] = old.values
-        self.cost, self.seconds = old.meta["cost_full_passes"], old.meta["seconds"]
+            return (old.values, data["grid_stderr"], data["grid_fraction"],
+                    old.meta["cost_full_passes"], old.meta["seconds"])
 
 
 # ---------------------------------------------------------------------- helpers
 def _evaluator(obj: Objective, bn: str, grid: Grid):
-    """index ↦ L there: BatchNorm recomputed, or the replica at the cost floor, or obj.value."""
+    """index ↦ L there: BatchNorm recomputed, or the replica at the cost floor, or obj.value
+    (always for a data-parallel Objective: the replica and the recomputed statistics would see
+    only this rank's part of the data)."""
+    parallel = obj.ranks > 1
     if bn == "recompute":
+        if parallel:
+            raise BadInputError("bn='recompute' with a data-parallel Objective would take the "
+                                "BatchNorm statistics of one rank's part of the data; build the "
+                                "Objective with shard='replicate' (each rank holds all the "
+                                "data and the ranks share the grid points)")
         pointwise.bn_buffers(obj, obj.theta0)  # fail early: no BatchNorm, not a model, train mode
         return lambda index: pointwise.bn_value(obj, grid.point(index))
-    if obj.info.get("kind") == "model" and obj.info.get("mode") == "eval":
+    if not parallel and obj.info.get("kind") == "model" and obj.info.get("mode") == "eval":
         try:
             along = pointwise.Replica(obj).along(grid.centre, grid.vectors)
             return lambda index: along(grid.coeffs(index))
@@ -381,9 +510,10 @@ def _evaluator(obj: Objective, bn: str, grid: Grid):
     return lambda index: obj.value(grid.point(index)).item()
 
 
-def _meta(obj: Objective, frame, centre, grid_axes, settings: dict) -> dict:
+def _identity(obj: Objective, frame, centre, grid_axes, settings: dict) -> dict:
+    """What makes two grids the same grid (the checkpoint's key is its hash)."""
     vectors = torch.stack(frame.vectors) if frame.directions else torch.empty(0)
-    identity = {
+    return {
         "centre_sha256": _sha256(centre),
         "directions_sha256": _sha256(vectors.to(obj.device, obj.dtype)),
         "axes": [[float(a[0]), float(a[-1]), len(a)] for a in grid_axes],
@@ -391,6 +521,30 @@ def _meta(obj: Objective, frame, centre, grid_axes, settings: dict) -> dict:
                                                    "data", "frozen_parameters")},
         **settings,
     }
+
+
+def _agreed(identity: dict, by: str) -> dict:
+    """The grid's identity, the same on every rank. Sharded by data, its data is the list of
+    every rank's part; everything else must agree across the ranks (centre, directions, axes,
+    and the data itself when each rank holds all of it), or they would fill one grid with points
+    of different landscapes."""
+    everyone = [None] * distributed.world()
+    distributed.guarded(dist.all_gather_object, everyone, identity)
+    if by == "data":
+        parts = [theirs["objective"]["data"] for theirs in everyone]
+        everyone = [{**theirs, "objective": {**theirs["objective"], "data": parts}}
+                    for theirs in everyone]
+    for r, theirs in enumerate(everyone):
+        differ = [key for key in everyone[0] if theirs.get(key) != everyone[0][key]]
+        if differ:
+            raise BadInputError(
+                f"rank {r} asks for another grid than rank 0 ({', '.join(differ)} differ): "
+                "every rank must pass the same model weights, directions, span and data (seed "
+                "anything random the same way on every rank)")
+    return everyone[0]
+
+
+def _meta(identity: dict, obj: Objective, frame) -> dict:
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "key": key[:16], **identity,
             "frame": frame.to_dict(), "mode": obj.info.get("mode"), "dtype": obj.info["dtype"]}
@@ -405,7 +559,7 @@ def _progress(progress, total: int):
     """A reporter(done) — None closes it — for a rich bar, a callable(done, total), or nothing."""
     if callable(progress):
         return lambda done: done is not None and progress(done, total)
-    if not progress or total == 0:
+    if not progress or total == 0 or not distributed.is_main():
         return lambda done: None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 

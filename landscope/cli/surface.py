@@ -12,7 +12,7 @@ from typing import Annotated
 import torch
 import typer
 
-from landscope import io
+from landscope import distributed, io
 from landscope.cli._common import (
     DType,
     Mode,
@@ -28,6 +28,9 @@ _SCALE_HELP = ("Colour scale: log or linear. Default: log when the values span m
                "decades (max/min; for a loss that is not positive, (max − min)/(median − "
                "min), drawn as the excess over the minimum), else linear; the colour bar says "
                "which.")
+
+_SHARDING = {"points": "grid points across {ranks} ranks",
+             "data": "data across {ranks} ranks (each rank holds only its part)"}
 
 
 class SurfaceDirections(str, Enum):
@@ -155,7 +158,7 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
     from landscope.adaptive import adaptive_surface
     from landscope.plot import render, taylor_plot
     from landscope.plot._files import save_figure
-    from landscope.surface import seed_spread
+    from landscope.surface import seed_spread, sharding
     from landscope.surface import surface as grid_surface
     from landscope.taylor import taylor
 
@@ -179,6 +182,9 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
         if dims != 1:
             raise BadInputError("--directions gradient draws a line: use --dims 1")
         frame = lsd.gradient(obj)
+    shared = sharding(obj)
+    if shared is not None:
+        console.print(f"sharding: {_SHARDING[shared['by']].format(**shared)}")
     start = time.perf_counter()
     partial = out / "surface.partial.npz"
     common = {"span": span, "steps": steps, "trajectory": path if dims == 2 else None,
@@ -200,12 +206,15 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
             obj, seeds=tuple(range(seed + 1, seed + 1 + spread)), span=span or 1.0, norm=norm,
             biases=biases, count=dims, bn=bn)
     seconds = time.perf_counter() - start
+    if dims == 1:  # on every rank: a data-parallel Objective needs them all
+        profile = taylor(obj, frame, span=(float(surf.axes[0][0]), float(surf.axes[0][-1])),
+                         steps=steps)
+    if not distributed.is_main():
+        return  # every rank holds the same results; rank 0 writes and prints them
     files = [surf.save(out / "surface.npz")]
     partial.unlink(missing_ok=True)
     files += render(surf, out, formats=(fmt,), log=log)
     if dims == 1:
-        profile = taylor(obj, frame, span=(float(surf.axes[0][0]), float(surf.axes[0][-1])),
-                         steps=steps)
         files.append(save_figure(taylor_plot(profile), out / f"taylor.{fmt}"))
         surf.fidelity["taylor"] = {k: v for k, v in profile.to_dict().items()
                                    if k not in ("t", "real", "first", "second")}
