@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import signal
 from collections.abc import Callable
 
@@ -225,10 +226,12 @@ def guarded(collective: Callable, *args, **kwargs):
     try:
         return collective(*args, **kwargs)
     except (RuntimeError, dist.DistBackendError) as error:
+        said = re.sub(r"^\[[^\]]*\]\s*", "", str(error).splitlines()[0])  # no source path
+        said = said.split(". ")[0][:200]
         raise RankFailure(
             f"another rank stopped or timed out during a collective ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]}). Every rank stops; completed files are kept "
-            "and a surface grid resumes from its checkpoint when the job is run again"
+            f"{said}). Every rank stops; completed files are kept and a surface grid resumes "
+            "from its checkpoint when the job is run again"
         ) from error
 
 
@@ -317,14 +320,19 @@ def start(device: torch.device | str | None = None, timeout_s: float = 600.0) ->
 
 
 def stop() -> None:
-    """Leave the process group (if this process joined one)."""
+    """Leave the process group (if this process joined one); SIGTERM ends the process again."""
     if dist.is_available() and dist.is_initialized():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM: the launcher stops this rank (another rank failed, or the job was cancelled)."""
+
+
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Stopped(f"signal {signum}")
 
 
 @contextlib.contextmanager

@@ -68,6 +68,8 @@ class CostPlan:
     Times in seconds, memory in bytes. ``samples``: what the timed gradient covered (1 for an
     analytic function). ``activation_bytes``: what the graph kept for products holds over those
     samples. ``available_bytes``: free memory on the device when estimated, or None if unknown.
+    ``ranks``: processes sharing the data (:mod:`landscope.distributed`); times are those of the
+    ranks working side by side, memory that of one rank holding its part.
     """
 
     n: int
@@ -87,6 +89,7 @@ class CostPlan:
     dense_bytes: int
     available_bytes: int | None
     fixed_product_seconds: float = 0.0
+    ranks: int = 1
 
     def product_time(self, samples: int, columns: int = 1) -> float:
         """Seconds of ``columns`` Hessian-vector products over ``samples`` samples: a fixed part
@@ -94,7 +97,7 @@ class CostPlan:
         seen two sizes) plus a part linear in the samples (streamed products when ``samples``
         is above ``graph_cache_samples``)."""
         per = self.seconds_per_sample_product
-        if samples > self.graph_cache_samples:
+        if self._streams(samples):
             per *= STREAMED_PRODUCT_PER_GRADIENT / PRODUCT_PER_GRADIENT
         return (self.fixed_product_seconds + per * samples) * columns
 
@@ -108,9 +111,14 @@ class CostPlan:
         """Bytes of the graph held for products over ``samples`` samples: all of it up to
         ``graph_cache_samples``, one batch's beyond (products then stream per batch)."""
         samples = self.samples if samples is None else samples
-        held = samples if samples <= self.graph_cache_samples else min(samples,
-                                                                       self.largest_batch)
+        held = min(samples, self.largest_batch * self.ranks) if self._streams(samples) else \
+            samples
         return round(self.activation_bytes * held / self.samples)
+
+    def _streams(self, samples: int) -> bool:
+        """Whether products over ``samples`` samples stream per batch: a rank's part is above
+        ``graph_cache_samples``."""
+        return math.ceil(samples / self.ranks) > self.graph_cache_samples
 
     def peak_bytes(self, basis_size: int | None = None, samples: int | None = None,
                    dense: bool = False) -> int:
@@ -169,9 +177,11 @@ class CostPlan:
         product = self.product_time(self.samples)
         ratio = product / self.gradient_seconds if self.gradient_seconds > 0 else math.nan
         what = f"{self.samples:,} samples" if self.samples > 1 else "the function"
+        if self.ranks > 1:
+            what += f" split over {self.ranks} ranks (memory per rank)"
         out = [f"one gradient over {what}: {_seconds(self.gradient_seconds)}; one Hessian-vector "
                f"product ≈ {_seconds(product)} ({ratio:.1f} gradients)"]
-        if self.samples > self.graph_cache_samples:
+        if self._streams(self.samples):
             out.append(f"products stream batch by batch (more than graph_cache_samples = "
                        f"{self.graph_cache_samples:,} samples): ≈ "
                        f"{STREAMED_PRODUCT_PER_GRADIENT:.1f} gradients each")
@@ -224,6 +234,7 @@ def estimate(obj, theta: torch.Tensor | None = None, *, basis_size: int = 40) ->
         basis_bytes=(2 * basis_size + 1) * parameter_bytes,
         dense_bytes=DENSE_NUMBERS_PER_ENTRY * obj.n**2 * itemsize,
         available_bytes=available_bytes(obj.device),
+        ranks=obj.ranks,
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscope import default, distributed, io
@@ -114,16 +115,19 @@ def _guard(work) -> None:
         try:
             work()
         except (BadInputError, CheckpointError) as error:
-            _report(f"[bold red]error:[/] {error}", error)
+            _report(f"[bold red]error:[/] {escape(str(error))}", error)
             raise typer.Exit(2) from None
         except LandscopeError as error:
-            _report(f"[bold red]failed:[/] {error}", error)
+            _report(f"[bold red]failed:[/] {escape(str(error))}", error)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             kept = [path for path in dict.fromkeys(written) if path.exists()]
+            if isinstance(stop, distributed.Stopped):
+                _report("stopped by the launcher (SIGTERM: another rank failed, or the job "
+                        "was cancelled); see the first rank's error above.", stop)
             if kept:
                 _report("interrupted: kept these complete files, written before the "
-                        "interrupt: " + ", ".join(map(str, kept)) + ". Nothing was left "
+                        "interrupt: " + escape(", ".join(map(str, kept))) + ". Nothing was left "
                         "half-written; run the same command again to resume.")
             else:
                 _report("interrupted: no file was written and nothing was left "
