@@ -2,14 +2,19 @@
 
 Each spawn of ranks costs seconds, so one worker runs every check that needs no failure: the
 surfaces sharded by points (replicated data), by data (split unevenly, and given with one rank
-empty), a budgeted view, a resume, refusals, and a race. A second spawn kills a rank mid-grid.
+empty), a budgeted view, a resume, refusals, and a race. A second spawn kills a rank mid-grid, and
+``torchrun`` runs ``landscope surface``.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from helpers import classification_data, make_mlp
 from ranks import run_ranks
@@ -159,3 +164,35 @@ def test_a_single_process_grid_records_no_sharding():
     assert sharding(obj) is None
     assert surface(obj, [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])],
                    steps=3).meta["sharding"] is None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun test on Linux")
+def test_torchrun_surface_equals_the_single_process_surface(tmp_path):
+    """``torchrun --nproc-per-node 2 --no-python landscope surface`` says how it shares the grid,
+    prints on rank 0 only and writes the surface of one process (float64)."""
+    bin_dir = Path(sys.executable).parent
+    factory = tmp_path / "factory.py"
+    factory.write_text(
+        "import torch\n"
+        "def model():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),\n"
+        "                               torch.nn.Linear(8, 3)).double()\n"
+        "def data():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    return torch.randn(37, 6, generator=g, dtype=torch.float64), "
+        "torch.randint(0, 3, (37,), generator=g)\n")
+    args = ["surface", "--model", f"{factory}:model", "--data", f"{factory}:data", "--steps", "5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([bin_dir / "landscope", *args, "--out", tmp_path / "one"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    two = subprocess.run([bin_dir / "torchrun", "--nproc-per-node", "2", "--no-python",
+                          bin_dir / "landscope", *args, "--out", tmp_path / "two"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert "sharding: data across 2 ranks (each rank holds only its part)" in two.stdout
+    assert two.stdout.count("written:") == one.stdout.count("written:") == 5  # rank 0 only
+    a, b = (Surface.load(tmp_path / run / "surface.npz") for run in ("one", "two"))
+    np.testing.assert_allclose(b.values, a.values, rtol=1e-12, atol=0)
+    assert b.meta["sharding"] == {"by": "data", "ranks": 2} and a.meta["sharding"] is None
