@@ -34,7 +34,7 @@ from torch import nn
 from landscope import distributed, engines
 from landscope.chain import ChainHessian, Unsupported
 from landscope.data import Batches
-from landscope.engines import CALIBRATE_COLUMNS, Columns, KeptGraph, Streaming, Sums
+from landscope.engines import Columns, KeptGraph, Streaming, Sums
 from landscope.errors import BadInputError
 from landscope.functional import ModelLoss, check_loss, normaliser
 
@@ -102,7 +102,6 @@ class Objective:
         self._requested = engine
         self._columns = Columns("auto" if engine == "chain" else engine, record=self.info)
         self._across = distributed.Local()  # the sums of every rank under data parallelism
-        self._samples: int | None = None
         self._weight: float | None = None  # Σ w_b over all the data, once a pass has read it
         self._point: _Point | None = None
         self._engine: engines.Engine | None = None  # chosen at the first product
@@ -450,7 +449,7 @@ class Objective:
         """What the sums are divided by (Σ w_b for a mean loss, 1 for a sum), read from ``sums``
         or from an earlier pass (a value pass at θ if none was made yet)."""
         if sums is not None:
-            self._samples, self._weight = sums.samples, sums.weight
+            self._weight = sums.weight
         elif self._weight is None:
             self.value(theta)
         return normaliser(self._reduction, self._weight)

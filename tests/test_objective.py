@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.functional import cross_entropy, mse_loss
 
 from landscope import BadInputError, NonFiniteLossError, Objective
-from landscope.objective import CALIBRATE_COLUMNS
+from landscope.engines import CALIBRATE_COLUMNS
 
 MODELS = {
     "tanh_mlp_f64": lambda: make_mlp(nn.Tanh),
