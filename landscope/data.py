@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data.distributed import DistributedSampler
 
 from landscope.errors import BadInputError
 
@@ -318,6 +319,14 @@ def _normalise(data, batch_size: int | None) -> tuple[Iterable, str]:
 def _loader_description(loader: DataLoader) -> str:
     """How a DataLoader batches its data; a shuffling one is refused before it is read."""
     sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        raise BadInputError(
+            "the DataLoader draws its samples with a DistributedSampler, which pads the data "
+            "with repeated samples (and shuffles by default), so the loss would not be that of "
+            "your data. Under torch.distributed landscope splits the data itself: pass every "
+            "rank the DataLoader of all the data (shuffle=False), or each rank its own part "
+            "without padding with shard='given'"
+        )
     if loader.batch_sampler is not None and not isinstance(sampler, SequentialSampler) and \
             not isinstance(loader.dataset, torch.utils.data.IterableDataset):
         raise BadInputError(

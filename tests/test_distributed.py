@@ -235,3 +235,14 @@ def test_torchrun_probe_equals_the_single_process_probe(tmp_path):
     for key in ("loss", "grad_norm", "lambda_max", "lambda_min"):
         assert b[key] == pytest.approx(a[key], rel=1e-10), key
     assert b["objective"]["ranks"] == 2
+
+
+def test_a_distributed_sampler_is_refused_with_the_fix():
+    X, y = _data()
+    dataset = torch.utils.data.TensorDataset(X, y)
+    sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=2, rank=0,
+                                                              shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, sampler=sampler)
+    with pytest.raises(ls.errors.BadInputError, match="pads the data with repeated samples.*"
+                       "shard='given'"):
+        ls.Objective.from_model(make_mlp(sizes=(6, 8, 3)), _opaque, loader)
