@@ -23,13 +23,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, world: int, port: int, out: str, fn, args, timeout_s: float):
+def _entry(rank: int, world: int, port: int, out: str, fn, args, timeout_s: float,
+           backend: str):
     import datetime
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), LOCAL_RANK=str(rank))
-    dist.init_process_group("gloo", rank=rank, world_size=world,
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s))
     try:
         result = ("ok", fn(*args))
@@ -41,14 +44,17 @@ def _entry(rank: int, world: int, port: int, out: str, fn, args, timeout_s: floa
         dist.destroy_process_group()
 
 
-def run_ranks(fn, world: int, *args, timeout_s: float = 60.0, allow_errors: bool = False):
+def run_ranks(fn, world: int, *args, timeout_s: float = 60.0, allow_errors: bool = False,
+              backend: str = "gloo"):
     """``fn(*args)`` on ``world`` ranks; their results in rank order. With ``allow_errors``,
-    a rank's error comes back as ``("error", message)`` instead of raising."""
+    a rank's error comes back as ``("error", message)`` instead of raising. ``backend="nccl"``
+    puts rank r on GPU r."""
     with tempfile.TemporaryDirectory() as out:
         # not mp.spawn(join=True): it stops every rank as soon as one exits, and the tests of a
         # rank that dies need to see what the others do then
-        context = mp.start_processes(_entry, args=(world, free_port(), out, fn, args, timeout_s),
-                                     nprocs=world, join=False, start_method="spawn")
+        context = mp.start_processes(_entry, nprocs=world, join=False, start_method="spawn",
+                                     args=(world, free_port(), out, fn, args, timeout_s,
+                                           backend))
         for process in context.processes:
             process.join(3 * timeout_s)
             if process.is_alive():

@@ -246,3 +246,23 @@ def test_a_distributed_sampler_is_refused_with_the_fix():
     with pytest.raises(ls.errors.BadInputError, match="pads the data with repeated samples.*"
                        "shard='given'"):
         ls.Objective.from_model(make_mlp(sizes=(6, 8, 3)), _opaque, loader)
+
+
+def _on_gpus() -> dict:
+    """The split case on this rank's GPU, moved back to the CPU for the comparison."""
+    X, y = _data()
+    obj = ls.Objective.from_model(make_mlp(sizes=(6, 8, 3)), _opaque, (X, y), engine="loop",
+                                  device=f"cuda:{distributed.rank()}")
+    return {key: value.cpu() if isinstance(value, torch.Tensor) else value
+            for key, value in _analyses(obj).items()}
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_gpus_with_nccl_give_the_single_process_answers():
+    X, y = _data()
+    reference = _analyses(ls.Objective.from_model(make_mlp(sizes=(6, 8, 3)), _opaque, (X, y),
+                                                  engine="loop"))
+    first, second = run_ranks(_on_gpus, 2, backend="nccl")
+    for key in ("value", "grad", "hvp", "largest", "smallest"):
+        torch.testing.assert_close(first[key], reference[key], rtol=1e-10, atol=1e-12, msg=key)
+        assert torch.equal(first[key], second[key]), key
