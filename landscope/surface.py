@@ -24,9 +24,11 @@ ends with the whole grid. A round lasts about ``SAVE_EVERY_S`` (its size follows
 rank's cost per point in the round before, the same number on every rank), and rank 0 writes the
 checkpoint between rounds. By *data* when the Objective is data-parallel (``obj.ranks > 1``):
 every rank visits every point and ``obj.value`` adds up the ranks' parts. Either way the values
-are those of one process. Rank 0 reads a checkpoint and hands it to the others; a rank that stops
-ends the others with :class:`~landscope.distributed.RankFailure` after rank 0 has written every
-point gathered so far, and a rerun resumes from there.
+are those of one process. The ranks check that they ask for the same grid and all take rank 0's
+directions (computed on each rank, they can differ in the last bits). Rank 0 reads a checkpoint
+and hands it to the others; a rank that stops ends the others with
+:class:`~landscope.distributed.RankFailure` after rank 0 has written every point gathered so far,
+and a rerun resumes from there.
 """
 
 from __future__ import annotations
@@ -341,9 +343,10 @@ class Grid:
         self.cost = 0.0  # full-data passes spent (subsets count as their fraction)
         self.seconds = 0.0
         self.sharding = sharding(obj)
-        identity = _identity(obj, frame, self.centre, grid_axes, settings)
+        identity = _identity(obj, self.vectors, self.centre, grid_axes, settings)
         if self.sharding is not None:
             identity = _agreed(identity, self.sharding["by"])
+            self.vectors = _from_rank_0(self.vectors)
         self.meta = {**_meta(identity, obj, frame), "sharding": self.sharding}
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self._unsaved = False  # points recorded since the checkpoint was last written
@@ -510,12 +513,11 @@ def _evaluator(obj: Objective, bn: str, grid: Grid):
     return lambda index: obj.value(grid.point(index)).item()
 
 
-def _identity(obj: Objective, frame, centre, grid_axes, settings: dict) -> dict:
+def _identity(obj: Objective, vectors, centre, grid_axes, settings: dict) -> dict:
     """What makes two grids the same grid (the checkpoint's key is its hash)."""
-    vectors = torch.stack(frame.vectors) if frame.directions else torch.empty(0)
     return {
         "centre_sha256": _sha256(centre),
-        "directions_sha256": _sha256(vectors.to(obj.device, obj.dtype)),
+        "directions_sha256": _sha256(torch.stack(vectors) if vectors else torch.empty(0)),
         "axes": [[float(a[0]), float(a[-1]), len(a)] for a in grid_axes],
         "objective": {k: obj.info.get(k) for k in ("kind", "name", "loss", "mode", "n", "dtype",
                                                    "data", "frozen_parameters")},
@@ -524,10 +526,10 @@ def _identity(obj: Objective, frame, centre, grid_axes, settings: dict) -> dict:
 
 
 def _agreed(identity: dict, by: str) -> dict:
-    """The grid's identity, the same on every rank. Sharded by data, its data is the list of
-    every rank's part; everything else must agree across the ranks (centre, directions, axes,
-    and the data itself when each rank holds all of it), or they would fill one grid with points
-    of different landscapes."""
+    """The grid's identity, the same on every rank: rank 0's. Sharded by data, its data is the
+    list of every rank's part; the centre, axes, settings and Objective (with the data itself when
+    each rank holds all of it) must agree across the ranks, or they would fill one grid with
+    points of different landscapes. The directions are rank 0's (:func:`_from_rank_0`)."""
     everyone = [None] * distributed.world()
     distributed.guarded(dist.all_gather_object, everyone, identity)
     if by == "data":
@@ -535,13 +537,23 @@ def _agreed(identity: dict, by: str) -> dict:
         everyone = [{**theirs, "objective": {**theirs["objective"], "data": parts}}
                     for theirs in everyone]
     for r, theirs in enumerate(everyone):
-        differ = [key for key in everyone[0] if theirs.get(key) != everyone[0][key]]
+        differ = [key for key in everyone[0] if key != "directions_sha256" and
+                  theirs.get(key) != everyone[0][key]]
         if differ:
             raise BadInputError(
                 f"rank {r} asks for another grid than rank 0 ({', '.join(differ)} differ): "
                 "every rank must pass the same model weights, directions, span and data (seed "
                 "anything random the same way on every rank)")
     return everyone[0]
+
+
+def _from_rank_0(vectors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Rank 0's directions on every rank: ranks that hold the same model and data and compute
+    the directions each for itself can still differ in the last bits (Hessian eigenvectors from
+    the product engine each rank timed on its own), and one grid needs one plane."""
+    stacked = torch.stack(vectors).contiguous()
+    distributed.guarded(dist.broadcast, stacked, src=0)
+    return list(stacked.unbind())
 
 
 def _meta(identity: dict, obj: Objective, frame) -> dict:

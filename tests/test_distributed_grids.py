@@ -73,6 +73,9 @@ def _shared_work(out: str) -> dict:
     given = Objective.from_model(make_mlp(), nn.functional.cross_entropy,
                                  (X, y) if me == 0 else [], shard="given")
     found["given"] = surface(given, _plane(given), steps=STEPS).values
+    d1, d2 = _plane(points).vectors
+    nudged = surface(points, [d1 * (1 + 1e-15 * me), d2], steps=3)  # other bits on rank 1
+    found["nudged"] = nudged.values, nudged.directions
     refusals = []
     for attempt in (lambda: surface(split, _plane(split), steps=3, bn="recompute"),
                     lambda: adaptive_surface(split, _plane(split), steps=9, samples=0.5),
@@ -100,6 +103,7 @@ def test_sharded_surfaces_and_race_equal_one_process(tmp_path, one_thread):
     plane = _plane(reference)
     full = surface(reference, plane, steps=STEPS).values
     budgeted = adaptive_surface(reference, plane, steps=17, rel_tol=0.02).values
+    rank_0s = surface(reference, plane.vectors, steps=3)
     single = race(**RACE)
     single.write_csv(tmp_path / "single")
     for found in ranks:
@@ -109,6 +113,8 @@ def test_sharded_surfaces_and_race_equal_one_process(tmp_path, one_thread):
             np.testing.assert_allclose(found[name], full, rtol=1e-12, atol=0, err_msg=name)
         assert found["resumed_calls"] == 0  # the checkpoint was complete: nothing recomputed
         np.testing.assert_allclose(found["budgeted"], budgeted, rtol=1e-12, atol=0)
+        assert np.array_equal(found["nudged"][1], rank_0s.directions)  # one plane: rank 0's
+        np.testing.assert_allclose(found["nudged"][0], rank_0s.values, rtol=1e-12, atol=0)
         assert [m.split(" ")[0] for m in found["refusals"]] == ["bn='recompute'", "samples=0.5",
                                                                 "rank"]
         assert "rank 1 asks for another grid than rank 0 (axes differ)" in found["refusals"][2]
