@@ -192,13 +192,19 @@ def test_torchrun_surface_equals_the_single_process_surface(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([bin_dir / "landscope", *args, "--out", tmp_path / "one"], env=env,
                          capture_output=True, text=True, timeout=300)
-    two = subprocess.run([bin_dir / "torchrun", "--nproc-per-node", "2", "--no-python",
-                          bin_dir / "landscope", *args, "--out", tmp_path / "two"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    two = [subprocess.run([bin_dir / "torchrun", "--nproc-per-node", "2", "--no-python",
+                           bin_dir / "landscope", *args, "--out", tmp_path / shard, "--shard",
+                           shard], env=env, capture_output=True, text=True, timeout=300)
+           for shard in ("points", "data")]
     assert one.returncode == 0, one.stderr
-    assert two.returncode == 0, two.stderr
-    assert "sharding: data across 2 ranks (each rank holds only its part)" in two.stdout
-    assert two.stdout.count("written:") == one.stdout.count("written:") == 5  # rank 0 only
-    a, b = (Surface.load(tmp_path / run / "surface.npz") for run in ("one", "two"))
-    np.testing.assert_allclose(b.values, a.values, rtol=1e-12, atol=0)
-    assert b.meta["sharding"] == {"by": "data", "ranks": 2} and a.meta["sharding"] is None
+    a = Surface.load(tmp_path / "one" / "surface.npz")
+    assert a.meta["sharding"] is None
+    for run, shard, told in zip(two, ("points", "data"), (
+            "grid points across 2 ranks", "data across 2 ranks (each rank holds only its part)"),
+            strict=True):
+        assert run.returncode == 0, run.stderr
+        assert f"sharding: {told}" in run.stdout
+        assert run.stdout.count("written:") == one.stdout.count("written:") == 5  # rank 0 only
+        b = Surface.load(tmp_path / shard / "surface.npz")
+        np.testing.assert_allclose(b.values, a.values, rtol=1e-12, atol=0)
+        assert b.meta["sharding"] == {"by": shard, "ranks": 2}

@@ -209,11 +209,12 @@ class _ProductsProgress:
 
 
 def _objective(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, batch_size,
-               seed, out: Path, device: str | None = None):
+               seed, out: Path, device: str | None = None, shard: str = "split"):
     """The Objective the command-line options describe, and the default model's training path.
 
     No ``--model``: the built-in MLP trained on the digits (path: θ after every epoch). Otherwise
-    the user's factory, checkpoint and data (path None).
+    the user's factory, checkpoint and data (path None). ``shard``: what each rank keeps under
+    torchrun (:meth:`Objective.from_model`).
     """
     torch_dtype = {None: None, DType.float32: torch.float32, DType.float64: torch.float64}[dtype]
     device = _device(device)  # before any work
@@ -237,7 +238,7 @@ def _objective(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode
     loss_fn = LOSSES.get(loss_spec) or _load_factory(loss_spec, "--loss")
     obj = Objective.from_model(net, loss_fn, data, params=params, mode=mode.value,
                                dtype=torch_dtype, batch_size=batch_size, seed=seed,
-                               device=device)
+                               device=device, shard=shard)
     return obj, path
 
 

@@ -46,6 +46,11 @@ class SurfaceNorm(str, Enum):
     none = "none"
 
 
+class SurfaceShard(str, Enum):
+    points = "points"
+    data = "data"
+
+
 class SurfaceBN(str, Enum):
     eval = "eval"
     recompute = "recompute"
@@ -106,6 +111,11 @@ def surface(
     image_format: Annotated[str, typer.Option("--format", help="png or svg.")] = "png",
     batch_size: Annotated[int, typer.Option(min=1, help="Evaluate (X, y) data in chunks.")] =
         None,
+    shard: Annotated[SurfaceShard, typer.Option(
+        help="Under torchrun: points (every rank holds all the data and evaluates its share of "
+             "the grid points) or data (every rank holds only its part of the data and every "
+             "point adds up the parts: for data too large for one rank).")] =
+        SurfaceShard.points,
     out: Annotated[Path, typer.Option(help="Directory for surface.npz, surface.json, the "
                                       "pictures and the resumable partial grid.")] =
         Path("landscope-out"),
@@ -118,7 +128,8 @@ def surface(
                             norm=norm.value, biases=biases, dims=dims, span=span, steps=steps,
                             seed=seed, trajectory=trajectory, bn=bn.value, budget=budget,
                             budget_fraction=budget_fraction, samples=samples, spread=spread,
-                            log=log, image_format=image_format, batch_size=batch_size, out=out))
+                            log=log, image_format=image_format, batch_size=batch_size,
+                            shard=shard.value, out=out))
 
 
 @app.command()
@@ -149,7 +160,7 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
              dtype=None, params=None, mode=Mode.eval, kind="random", norm="filter",
              biases="zero", dims=2, span=None, steps=41, seed=0, trajectory=None, bn="eval",
              budget=False, budget_fraction=0.25, samples=None, spread=0, log=None,
-             image_format="png", batch_size=None, out=Path("landscope-out")):
+             image_format="png", batch_size=None, shard="points", out=Path("landscope-out")):
     """The work of `landscope surface`; `landscope demo` calls it with directions="pca"."""
     import matplotlib
 
@@ -164,7 +175,8 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
 
     fmt = _format(image_format)
     obj, path = _objective(model, checkpoint, data_spec, loss_spec, dtype, params, mode,
-                           batch_size, seed, out)
+                           batch_size, seed, out,
+                           shard="replicate" if shard == "points" else "split")
     if trajectory is not None:
         path = _load_trajectory(trajectory)
     path = None if path is None else lsd.trajectory(obj, path)
