@@ -181,6 +181,25 @@ def test_a_rank_that_dies_ends_the_others_with_a_clear_message():
     assert "completed files are kept" in results[0]
 
 
+def _stalling_worker() -> str:
+    """Rank 1 stalls longer than the process group's timeout before a product."""
+    import time
+
+    obj = ls.Objective.from_model(make_mlp(sizes=(6, 8, 3)), _opaque, _data())
+    if distributed.rank() == 1:
+        time.sleep(8)
+    try:
+        obj.hvp(torch.ones(obj.n, dtype=torch.float64))
+    except distributed.RankFailure as error:
+        return str(error)
+    return "no error"
+
+
+def test_a_rank_past_the_timeout_ends_the_waiting_rank_with_a_clear_message():
+    results = run_ranks(_stalling_worker, 2, allow_errors=True, timeout_s=3)
+    assert results[0].startswith("another rank stopped or timed out during a collective")
+
+
 def test_bad_shard_and_different_data_are_refused():
     with pytest.raises(ls.errors.BadInputError, match="shard='nope'"):
         ls.Objective.from_model(make_mlp(sizes=(6, 8, 3)), _opaque, _data(), shard="nope")
