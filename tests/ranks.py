@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import traceback
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -68,3 +71,33 @@ def run_ranks(fn, world: int, *args, timeout_s: float = 60.0, allow_errors: bool
                 raise AssertionError(value)
             results.append(value if status == "ok" else ("error", value))
         return results
+
+
+FACTORY = """import torch
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),
+                               torch.nn.Linear(8, 3)).double()
+def data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(37, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (37,),
+                                                                              generator=g)
+"""
+
+
+def cli_options(directory: Path) -> list[str]:
+    """``--model`` and ``--data`` of a float64 tanh MLP on 37 samples, written to ``directory``."""
+    factory = Path(directory) / "factory.py"
+    factory.write_text(FACTORY)
+    return ["--model", f"{factory}:model", "--data", f"{factory}:data"]
+
+
+def landscope(args: list, ranks: int = 1) -> subprocess.CompletedProcess:
+    """``landscope ARGS`` in one process, or under ``torchrun --nproc-per-node RANKS`` (one thread
+    per process)."""
+    bin_dir = Path(sys.executable).parent
+    launch = [] if ranks == 1 else [bin_dir / "torchrun", "--nproc-per-node", str(ranks),
+                                    "--no-python"]
+    return subprocess.run([*launch, bin_dir / "landscope", *map(str, args)], text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          timeout=300)

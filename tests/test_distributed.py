@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from helpers import SmallCNN, make_mlp
-from ranks import run_ranks
+from ranks import cli_options, landscope, run_ranks
 from torch import nn
 from torch.nn.functional import cross_entropy
 
@@ -225,26 +223,10 @@ def test_the_part_of_each_rank_covers_everything_once():
 def test_torchrun_probe_equals_the_single_process_probe(tmp_path):
     """``torchrun --nproc-per-node 2 --no-python landscope probe`` prints on rank 0 only and
     writes the same verdict and numbers (float64) as one process."""
-    bin_dir = Path(sys.executable).parent
-    factory = tmp_path / "factory.py"
-    factory.write_text(
-        "import torch\n"
-        "def model():\n"
-        "    torch.manual_seed(0)\n"
-        "    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),\n"
-        "                               torch.nn.Linear(8, 3)).double()\n"
-        "def data():\n"
-        "    g = torch.Generator().manual_seed(0)\n"
-        "    return torch.randn(37, 6, generator=g, dtype=torch.float64), "
-        "torch.randint(0, 3, (37,), generator=g)\n")
-    args = ["probe", "--model", f"{factory}:model", "--data", f"{factory}:data", "--k", "2",
-            "--probes", "2", "--steps", "20", "--iterative"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([bin_dir / "landscope", *args, "--out", tmp_path / "one"], env=env,
-                         capture_output=True, text=True, timeout=300)
-    two = subprocess.run([bin_dir / "torchrun", "--nproc-per-node", "2", "--no-python",
-                          bin_dir / "landscope", *args, "--out", tmp_path / "two"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    args = ["probe", *cli_options(tmp_path), "--k", "2", "--probes", "2", "--steps", "20",
+            "--iterative"]
+    one = landscope([*args, "--out", tmp_path / "one"])
+    two = landscope([*args, "--out", tmp_path / "two"], ranks=2)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("written:") == 1  # rank 1 is silent

@@ -9,15 +9,13 @@ empty), a budgeted view, a resume, refusals, and a race. A second spawn kills a 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from helpers import classification_data, make_mlp
-from ranks import run_ranks
+from ranks import cli_options, landscope, run_ranks
 from torch import nn
 
 from landscope import Objective
@@ -176,25 +174,9 @@ def test_a_single_process_grid_records_no_sharding():
 def test_torchrun_surface_equals_the_single_process_surface(tmp_path):
     """``torchrun --nproc-per-node 2 --no-python landscope surface`` says how it shares the grid,
     prints on rank 0 only and writes the surface of one process (float64)."""
-    bin_dir = Path(sys.executable).parent
-    factory = tmp_path / "factory.py"
-    factory.write_text(
-        "import torch\n"
-        "def model():\n"
-        "    torch.manual_seed(0)\n"
-        "    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),\n"
-        "                               torch.nn.Linear(8, 3)).double()\n"
-        "def data():\n"
-        "    g = torch.Generator().manual_seed(0)\n"
-        "    return torch.randn(37, 6, generator=g, dtype=torch.float64), "
-        "torch.randint(0, 3, (37,), generator=g)\n")
-    args = ["surface", "--model", f"{factory}:model", "--data", f"{factory}:data", "--steps", "5"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([bin_dir / "landscope", *args, "--out", tmp_path / "one"], env=env,
-                         capture_output=True, text=True, timeout=300)
-    two = [subprocess.run([bin_dir / "torchrun", "--nproc-per-node", "2", "--no-python",
-                           bin_dir / "landscope", *args, "--out", tmp_path / shard, "--shard",
-                           shard], env=env, capture_output=True, text=True, timeout=300)
+    args = ["surface", *cli_options(tmp_path), "--steps", "5"]
+    one = landscope([*args, "--out", tmp_path / "one"])
+    two = [landscope([*args, "--out", tmp_path / shard, "--shard", shard], ranks=2)
            for shard in ("points", "data")]
     assert one.returncode == 0, one.stderr
     a = Surface.load(tmp_path / "one" / "surface.npz")
