@@ -22,6 +22,13 @@ Each rank also reports the fraction of its wall time it spent on the CPU (below 
 the other rank or for a core), and the 2-rank runs time the all-reduce of one product's payload
 alone. The 2-rank products are compared with the 1-rank ones (relative Frobenius error).
 
+Surfaces (``--no-surface`` skips them): ``landscope.surface`` on a grid over two seeded
+filter-normalised directions (W3 21 x 21 points, W5 9 x 9, span ±1), points per second in one
+process and on 2 ranks, shared by data (the data-parallel Objective: every rank visits every point
+with half the data) and by points (an Objective with ``shard="replicate"``: each rank evaluates
+half the points on all the data), with the efficiency against one process and the largest
+difference from its values relative to their range.
+
     python benchmarks/bench_distributed.py            # about 5 minutes on 2 quiet cores
 
 Each configuration is a fresh ``torchrun`` job, the launcher users run (``distributed.start``
@@ -65,12 +72,14 @@ from workloads import (  # noqa: E402
 )
 
 import landscope as ls  # noqa: E402
-from landscope import distributed  # noqa: E402
+from landscope import directions, distributed, surface  # noqa: E402
 
 BLOCK = 8
 TARGET = 0.80
 QUIET_SHARE = 0.10
 """Most of the machine other processes may take during a run that is not run again."""
+GRID = {"W3": 21, "W5": 9}
+"""Points per axis of each workload's surface: a few seconds of forward passes on one rank."""
 CONFIGS = (("1 rank", 1, "all"), ("1 rank, half", 1, "half"), ("2 ranks", 2, "all"))
 """(name, ranks, data kept): the reference, one rank's share of the work alone, and 2 ranks."""
 
@@ -122,7 +131,19 @@ def all_reduce_seconds(n: int, columns: int, repeats: int = 5) -> float:
     return statistics.median(seconds)
 
 
-def measure(name: str, images: int, keep: str, products: int, blocks: int) -> dict:
+def timed_surface(obj, steps: int) -> dict:
+    """A ``steps`` x ``steps`` grid over two seeded filter-normalised directions, span ±1, after
+    a barrier: its wall seconds, values and how the ranks shared it."""
+    frame = directions.random(obj, 2, seed=1)
+    if distributed.active():
+        dist.barrier()
+    start = time.perf_counter()
+    grid = surface.surface(obj, frame, span=1.0, steps=steps)
+    return {"wall": time.perf_counter() - start, "values": grid.values,
+            "sharding": (grid.meta.get("sharding") or {}).get("by", "none")}
+
+
+def measure(name: str, images: int, keep: str, products: int, blocks: int, grid: int) -> dict:
     """This rank's timings of products at θ₀ of workload ``name`` (see the module text)."""
     model, X, y, criterion = workload_data(name, images, keep)
     obj = ls.Objective.from_model(model, criterion, (X, y))
@@ -143,13 +164,20 @@ def measure(name: str, images: int, keep: str, products: int, blocks: int) -> di
     if obj.ranks > 1:
         mine["all_reduce"] = {"k1": all_reduce_seconds(obj.n, 1),
                               "k8": all_reduce_seconds(obj.n, BLOCK)}
+    surfaces = []
+    if grid and keep == "all":
+        surfaces.append(timed_surface(obj, grid))
+        if obj.ranks > 1:  # every rank holds all the data: the ranks share the points
+            replicated = ls.Objective.from_model(model, criterion, (X, y), shard="replicate")
+            surfaces.append(timed_surface(replicated, grid))
     everyone = [None] * distributed.world()
     if distributed.active():
         dist.all_gather_object(everyone, mine)
     else:
         everyone = [mine]
     return {"n": obj.n, "ranks": obj.ranks, "per_rank": everyone, "products": products,
-            "blocks": blocks, "hv": first["result"], "HV": warm["result"]}
+            "blocks": blocks, "hv": first["result"], "HV": warm["result"],
+            "surfaces": surfaces, "grid": grid}
 
 
 def worker(args) -> None:
@@ -158,7 +186,8 @@ def worker(args) -> None:
     distributed.start("cpu")
     main_rank = distributed.is_main()
     try:
-        result = measure(args.workload, args.images, args.keep, args.products, args.blocks)
+        result = measure(args.workload, args.images, args.keep, args.products, args.blocks,
+                         0 if args.no_surface else GRID[args.workload])
     finally:
         distributed.stop()
     if main_rank:
@@ -167,14 +196,14 @@ def worker(args) -> None:
 
 # ------------------------------------------------------------------------------ the driver
 def launch(name: str, images: int, ranks: int, keep: str, products: int, blocks: int,
-           folder: str, quiet_wait: float) -> dict:
+           surface: bool, folder: str, quiet_wait: float) -> dict:
     """One configuration under torchrun, started once the machine is quiet (or after
     ``quiet_wait`` seconds); what its rank 0 saved, with the idle share before it started."""
     out = os.path.join(folder, f"{name}-{ranks}-{keep}.pt")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={ranks}", __file__, "--worker", "--workload", name,
                "--images", str(images), "--keep", keep, "--products", str(products),
-               "--blocks", str(blocks), "--out", out]
+               "--blocks", str(blocks), "--out", out, *(["--no-surface"] if not surface else [])]
     idle = wait_for_quiet(quiet_wait)
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                    stdout=subprocess.DEVNULL)
@@ -275,6 +304,30 @@ def table(runs: dict) -> tuple[list[str], list[str]]:
     return lines, summary
 
 
+def surface_table(runs: dict) -> list[str]:
+    """Points per second of each workload's grid: one process, and 2 ranks sharing it by data and
+    by points; efficiency against one process, and the largest difference from its values."""
+    header = ["workload", "grid", "config", "sharing", "points/s", "efficiency",
+              "max abs. difference / range vs 1 rank"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (name, label), result in runs.items():
+        if not result.get("surfaces") or label == "1 rank, half":
+            continue
+        points = result["grid"] ** 2
+        reference = runs[(name, "1 rank")]["surfaces"][0]
+        scale = float(reference["values"].max() - reference["values"].min()) or 1.0
+        for grid in result["surfaces"]:
+            own = grid is reference
+            rate = points / grid["wall"]
+            efficiency = "–" if own else \
+                f"{rate / (result['ranks'] * points / reference['wall']):.0%}"
+            difference = "–" if own else \
+                f"{float(abs(grid['values'] - reference['values']).max()) / scale:.1e}"
+            lines.append(f"| {name} | {result['grid']}x{result['grid']} | {label} | "
+                         f"{grid['sharding']} | {rate:.2f} | {efficiency} | {difference} |")
+    return lines
+
+
 def chain_line(name: str, runs: dict) -> str:
     """What became of the chain engine in each configuration of ``name`` (rank 0's record)."""
     mine = {label: run["per_rank"][0] for (wl, label), run in runs.items() if wl == name}
@@ -296,6 +349,8 @@ def main(argv=None) -> int:
     parser.add_argument("--retries", type=int, default=2,
                         help="runs again a configuration during which other processes took more "
                              f"than {QUIET_SHARE:.0%} of the machine (the cleanest run is kept)")
+    parser.add_argument("--no-surface", action="store_true",
+                        help="skip the surfaces (points per second of a grid)")
     parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
@@ -316,11 +371,13 @@ def main(argv=None) -> int:
             for label, ranks, keep in CONFIGS:
                 runs[(name, label)] = cleanest(
                     functools.partial(launch, name, args.images, ranks, keep, args.products,
-                                      args.blocks, folder, args.quiet_wait), args.retries)
+                                      args.blocks, not args.no_surface, folder,
+                                      args.quiet_wait), args.retries)
                 print(f"{name}, {label}: {rate(runs[(name, label)], 'k1'):.2f} products/s "
                       f"(k=1)", flush=True)
     lines, summary = table(runs)
-    print("\n".join(lines + [""] + summary))
+    surfaces = [] if args.no_surface else ["", *surface_table(runs)]
+    print("\n".join(lines + [""] + summary + surfaces))
     machine = machine_info()
     threads = sorted({r["threads"] for run in runs.values() for r in run["per_rank"]})
     details = [chain_line(name, runs) for name in names]
@@ -339,8 +396,10 @@ def main(argv=None) -> int:
             "rank 0's wall time, after the first product (set-up s) and one untimed k=8 block; "
             "W3 on the 1,797 digits, W5 on "
             f"{args.images} images. CPU/wall: each rank's CPU time over its wall time; others' "
-            "CPU share: the machine's busy time less the ranks' over the timed loops.", "",
-            *lines, "", *(f"- {line}" for line in summary + details), "",
+            "CPU share: the machine's busy time less the ranks' over the timed loops. Surfaces: "
+            "`surface(obj, directions.random(obj, 2, seed=1), span=1.0, steps=...)` after the "
+            "products, in the same processes.", "",
+            *lines, "", *(f"- {line}" for line in summary + details), *surfaces, "",
         ]
         with open(HERE / "RESULTS.md", "a", encoding="utf-8") as out:
             out.write("\n".join(section))
