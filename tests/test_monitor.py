@@ -316,13 +316,13 @@ class _CountedClock:
         class Counted(curvature_module.Objective):
             def value_and_grad(self, theta=None):
                 out = super().value_and_grad(theta)
-                clock.now += gradient * self._samples
+                clock.now += gradient * self.sample_count()
                 return out
 
             def hvp(self, v, theta=None):
                 out = super().hvp(v, theta)
                 columns = out.shape[1] if out.dim() == 2 else 1
-                clock.now += product * self._samples * columns
+                clock.now += product * self.sample_count() * columns
                 clock.products += columns
                 return out
 
