@@ -298,7 +298,8 @@ def _normalise(data, batch_size: int | None) -> tuple[Iterable, str]:
         if batch_size < 1:
             raise BadInputError(f"batch_size={batch_size}; use a positive number or None")
         chunks = list(zip(X.split(batch_size), y.split(batch_size), strict=True))
-        return chunks, f"{X.shape[0]} samples in {len(chunks)} batches of at most {batch_size}"
+        batches = f"{len(chunks)} batch" + ("es" if len(chunks) != 1 else "")
+        return chunks, f"{X.shape[0]} samples in {batches} of at most {batch_size}"
     if batch_size is not None:
         raise BadInputError(
             "batch_size only applies to (X, y) tensors; a DataLoader keeps its own batch size"

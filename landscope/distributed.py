@@ -263,6 +263,24 @@ def shard(batches, how: str, mode: str, group=None):
     return kept
 
 
+def same_model(loss, group=None) -> None:
+    """Every rank must analyse the same model: θ₀, the frozen parameters and the floating
+    buffers (BatchNorm statistics) are compared by their sums and sums of squares in float64.
+    A model that differs on one rank would add another model's loss into the sum."""
+    tensors = [loss.theta0, *loss.frozen.values(),
+               *(b for b in loss.buffers.values() if b.is_floating_point())]
+    mine = [(float(t.double().sum()), float(t.double().square().sum())) for t in tensors]
+    everyone = [None] * world(group)
+    guarded(dist.all_gather_object, everyone, mine, group=group)
+    differ = next((r for r, theirs in enumerate(everyone) if theirs != mine), None)
+    if differ is not None:
+        raise BadInputError(
+            f"rank {differ}'s model (parameters or buffers) differs from rank {rank(group)}'s: "
+            "each rank would add up the loss of another model. Load the same weights on every "
+            "rank, or broadcast rank 0's parameters and buffers before building the Objective"
+        )
+
+
 def survey(loss, across) -> dict:
     """``loss.survey`` at θ₀ (unused parameters, first-order-only functions, writes into inputs),
     run on one batch; under data parallelism, the survey of the first rank that has a batch."""

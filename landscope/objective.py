@@ -254,6 +254,7 @@ class Objective:
         across = distributed.AcrossRanks(loss.theta0.numel(), dtype, device, group) \
             if parallel else distributed.Local()
         if parallel:
+            distributed.same_model(loss, group)
             info["ranks"] = across.ranks
         return cls._of(loss, info, lower_bound=lower_bound,
                        graph_cache_samples=graph_cache_samples, engine=engine, across=across)

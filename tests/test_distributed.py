@@ -198,17 +198,26 @@ def test_a_rank_past_the_timeout_ends_the_waiting_rank_with_a_clear_message():
     assert results[0].startswith("another rank stopped or timed out during a collective")
 
 
-def test_bad_shard_and_different_data_are_refused():
+def test_bad_shard_and_different_data_or_models_are_refused():
     with pytest.raises(ls.errors.BadInputError, match="shard='nope'"):
         ls.Objective.from_model(make_mlp(sizes=(6, 8, 3)), _opaque, _data(), shard="nope")
-    results = run_ranks(_different_data, 2, allow_errors=True)
-    for result in results:
-        assert "passed other data than rank" in result[1] and "shard='given'" in result[1]
+    for data, model in run_ranks(_mismatches, 2):
+        assert "passed other data than rank" in data and "shard='given'" in data
+        assert "model (parameters or buffers) differs" in model and "broadcast" in model
 
 
-def _different_data():
-    X, y = _data(seed=distributed.rank())
-    ls.Objective.from_model(make_mlp(sizes=(6, 8, 3)), _opaque, (X, y))
+def _mismatches() -> tuple[str, str]:
+    """The errors of ranks passing different data, then different models (seeded by rank)."""
+    said = []
+    for data_seed, model_seed in ((distributed.rank(), 0), (0, distributed.rank())):
+        try:
+            ls.Objective.from_model(make_mlp(sizes=(6, 8, 3), seed=model_seed), _opaque,
+                                    _data(seed=data_seed))
+        except ls.errors.BadInputError as error:
+            said.append(str(error))
+        else:
+            said.append("no error")
+    return tuple(said)
 
 
 def test_the_part_of_each_rank_covers_everything_once():
