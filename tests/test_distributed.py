@@ -66,6 +66,9 @@ def _objectives(rank: int | None):
         "empty": ls.Objective.from_model(mlp, _opaque, empty.get(rank, given.get(rank)),
                                          shard="given", engine="loop"),
         "batches": ls.Objective.from_model(mlp, _opaque, (X, y), batch_size=5, engine="loop"),
+        "streaming": ls.Objective.from_model(mlp, _opaque, uneven.get(rank, given.get(rank)),
+                                             shard="given", batch_size=4, engine="loop",
+                                             graph_cache_samples=10),
         "chain": ls.Objective.from_model(relu, cross_entropy, (X, y), engine="chain"),
         "train": ls.Objective.from_model(_cnn(), cross_entropy, _cnn_batches(), mode="train",
                                          engine="loop"),
@@ -81,12 +84,15 @@ def _analyses(obj) -> dict:
     spec = ls.spectrum(obj, k=3, which="both", exact=False)
     dens = ls.density(obj, probes=3, steps=20, exact=False)
     tr = ls.trace(obj, samples=20, exact=False)
-    return {"value": value, "grad": grad, "hvp": obj.hvp(V),
+    moved = obj.theta0 + 0.01  # a second point: the chain engine is checked there again
+    return {"value": value, "grad": grad, "hvp": obj.hvp(V), "moved": obj.hvp(V, moved),
             "kind": pr.kind, "lambda_max": pr.lambda_max, "lambda_min": pr.lambda_min,
             "grad_norm": pr.grad_norm, "fractions": dens.fractions(1e-2),
             "largest": spec.largest.values, "smallest": spec.smallest.values,
             "curve": torch.as_tensor(dens.curve()[1]), "trace": tr.value,
             "engine": obj.info["hvp_engine"], "data": obj.info["data"],
+            "engine_name": obj._engine.name,
+            "checks": obj.info.get("chain_checks", {}).get("points", 0),
             "ranks": obj.ranks}
 
 
@@ -113,7 +119,7 @@ def runs():
     return run_ranks(_worker, 2), run_ranks(_worker, 2), reference
 
 
-CASES = ["split", "uneven", "empty", "batches", "chain", "train"]
+CASES = ["split", "uneven", "empty", "batches", "streaming", "chain", "train"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -121,7 +127,7 @@ def test_two_ranks_give_the_single_process_answers(runs, case):
     (first, second), _, reference = runs
     ref, got = reference[case], first[case]
     assert got["ranks"] == 2 and ref["ranks"] == 1
-    for key in ("value", "grad", "hvp", "largest", "smallest", "curve"):
+    for key in ("value", "grad", "hvp", "moved", "largest", "smallest", "curve"):
         torch.testing.assert_close(got[key], ref[key], rtol=1e-12, atol=1e-14, msg=key)
     for key in ("lambda_max", "lambda_min", "grad_norm", "trace"):
         assert got[key] == pytest.approx(ref[key], rel=1e-12, abs=1e-14), key
@@ -129,7 +135,7 @@ def test_two_ranks_give_the_single_process_answers(runs, case):
     assert got["fractions"].keys() == ref["fractions"].keys()
     assert got["engine"] == ref["engine"] or case not in ("chain",)
     # every rank holds the same bits (the solvers ran the same steps on both)
-    for key in ("value", "grad", "hvp", "largest", "smallest", "curve"):
+    for key in ("value", "grad", "hvp", "moved", "largest", "smallest", "curve"):
         assert torch.equal(first[case][key], second[case][key]), key
 
 
@@ -140,6 +146,8 @@ def test_each_rank_holds_its_own_part(runs):
     assert "rank 0 of 2: batches 0–2 of 5" in first["train"]["data"]
     assert "rank 1 of 2: batches 3–4 of 5" in second["train"]["data"]
     assert first["chain"]["engine"] == "chain"  # the chain engine runs data-parallel too
+    assert first["chain"]["checks"] >= 2  # and is checked at later points on every rank
+    assert first["streaming"]["engine_name"] == "streaming"
 
 
 def test_two_runs_give_the_same_bits(runs):
@@ -147,7 +155,7 @@ def test_two_runs_give_the_same_bits(runs):
     faster on the day may round differently (its choice is in ``info["hvp_engine"]``)."""
     (first, _), (again, _), _ = runs
     for case in CASES[1:]:
-        for key in ("value", "grad", "hvp", "largest", "smallest", "curve"):
+        for key in ("value", "grad", "hvp", "moved", "largest", "smallest", "curve"):
             assert torch.equal(first[case][key], again[case][key]), (case, key)
 
 
