@@ -341,6 +341,12 @@ class Objective:
             return 1
         return int(self._across.add(sum(self.model_loss.batches.sizes)))
 
+    def over_ranks(self, compute: Callable[[], Sums]) -> Sums:
+        """The value sums ``compute()`` gives on this process's data (a :class:`Sums` without a
+        gradient), added up over the ranks in one all-reduce (as they are in one process). A
+        failure in ``compute`` on any rank is raised on every rank."""
+        return self._across.sums(compute, gradient=False)
+
     def agree(self, value: float) -> float:
         """The largest of the ranks' ``value`` s (the value itself in one process): a time
         that decides what to do next must be the same on every rank, or they part ways."""

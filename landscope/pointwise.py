@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from landscope.data import Batch
+from landscope.engines import Sums
 from landscope.errors import BadInputError
 from landscope.functional import ModelLoss, check_loss, normaliser
 from landscope.objective import Objective
@@ -205,7 +206,8 @@ class Replica:
 
     Raises BadInputError if the Objective is not such, or if the copy disagrees with
     ``obj.value`` at θ₀ (e.g. a model whose forward depends on more than its parameters and
-    buffers); callers then use ``obj.value``.
+    buffers); callers then use ``obj.value``. For a data-parallel Objective each rank's copy
+    reads its part of the data and the sums are added up over the ranks (one all-reduce).
 
     Examples
     --------
@@ -232,7 +234,7 @@ class Replica:
                           else replica.get_buffer(name))
                 target.copy_(value)
         self._params = [replica.get_parameter(name) for name in loss.names]
-        self._model, self._loss = replica, loss
+        self._model, self._loss, self._obj = replica, loss, obj
         first = list(itertools.islice(loss.batches, 2))  # one batch in memory: prepare it once
         self._batches = first if len(first) == 1 else loss.batches
         expected, found = obj.value().item(), self.value(obj.theta0)
@@ -272,7 +274,12 @@ class Replica:
         return value
 
     def _forward(self) -> float:
-        total, weights = 0.0, 0.0
+        sums = self._obj.over_ranks(self._sums)
+        return float(sums.value) / normaliser(self._loss.reduction, sums.weight)
+
+    def _sums(self) -> Sums:
+        """Σ w_b ℓ_b and Σ w_b over this process's batches, forward only."""
+        total, weights, samples = 0.0, 0.0, 0
         with torch.inference_mode():
             for index, batch in enumerate(self._batches):
                 weight = float(self._loss.weight(batch))
@@ -283,8 +290,9 @@ class Replica:
                 loss = self._loss.loss_of(output, batch).item()
                 if not math.isfinite(loss):
                     check_loss(torch.tensor(loss), f"batch {index} ({batch.size} samples)")
-                total, weights = total + weight * loss, weights + weight
-        return total / normaliser(self._loss.reduction, weights)
+                total, weights, samples = total + weight * loss, weights + weight, \
+                    samples + batch.size
+        return Sums(torch.tensor(total, dtype=torch.float64), None, weights, samples)
 
 
 def model_loss(obj: Objective, purpose: str) -> ModelLoss:

@@ -23,7 +23,8 @@ evaluates every w-th point still to compute and every rank gathers the round's v
 ends with the whole grid. A round lasts about ``SAVE_EVERY_S`` (its size follows the slowest
 rank's cost per point in the round before, the same number on every rank), and rank 0 writes the
 checkpoint between rounds. By *data* when the Objective is data-parallel (``obj.ranks > 1``):
-every rank visits every point and ``obj.value`` adds up the ranks' parts. Either way the values
+every rank visits every point, its replica reads its part of the data and one all-reduce adds up
+the ranks' sums. Either way the values
 are those of one process. The ranks check that they ask for the same grid and all take rank 0's
 directions (computed on each rank, they can differ in the last bits). Rank 0 reads a checkpoint
 and hands it to the others; a rank that stops ends the others with
@@ -306,8 +307,8 @@ def sharding(obj: Objective) -> dict | None:
     """How the ranks of a running process group share a grid of ``obj`` (None: one process).
 
     ``{"by": "data", ...}`` when the Objective is data-parallel (``obj.ranks > 1``): each rank
-    holds only its part of the data, so every rank visits every point and ``obj.value`` adds up
-    the parts. ``{"by": "points", ...}`` when each rank holds all of it (``shard="replicate"``,
+    holds only its part of the data, so every rank visits every point and the ranks' sums are
+    added up there (one all-reduce per point). ``{"by": "points", ...}`` when each rank holds all of it (``shard="replicate"``,
     or a function): each rank evaluates its share of the points. The choice follows the memory
     the Objective already took.
     """
@@ -492,9 +493,9 @@ class Grid:
 
 # ---------------------------------------------------------------------- helpers
 def _evaluator(obj: Objective, bn: str, grid: Grid):
-    """index ↦ L there: BatchNorm recomputed, or the replica at the cost floor, or obj.value
-    (always for a data-parallel Objective: the replica and the recomputed statistics would see
-    only this rank's part of the data)."""
+    """index ↦ L there: BatchNorm recomputed, or the replica at the cost floor (for a
+    data-parallel Objective each rank's replica reads its part and the sums are added up), or
+    obj.value."""
     parallel = obj.ranks > 1
     if bn == "recompute":
         if parallel:
@@ -504,7 +505,7 @@ def _evaluator(obj: Objective, bn: str, grid: Grid):
                                 "data and the ranks share the grid points)")
         pointwise.bn_buffers(obj, obj.theta0)  # fail early: no BatchNorm, not a model, train mode
         return lambda index: pointwise.bn_value(obj, grid.point(index))
-    if not parallel and obj.info.get("kind") == "model" and obj.info.get("mode") == "eval":
+    if obj.info.get("kind") == "model" and obj.info.get("mode") == "eval":
         try:
             along = pointwise.Replica(obj).along(grid.centre, grid.vectors)
             return lambda index: along(grid.coeffs(index))
