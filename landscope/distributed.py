@@ -243,10 +243,7 @@ def shard(batches, how: str, mode: str, group=None):
     if how == "given":
         return batches
     sizes = batches.sizes
-    mine = (batches._fingerprints, str(batches.dtype))
-    everyone = [None] * world(group)
-    guarded(dist.all_gather_object, everyone, mine, group=group)
-    differ = next((r for r, theirs in enumerate(everyone) if theirs != mine), None)
+    differ = _first_other(group, (batches._fingerprints, str(batches.dtype)))
     if differ is not None:
         raise BadInputError(
             f"shard='split', but rank {differ} passed other data than rank {rank(group)} "
@@ -269,16 +266,21 @@ def same_model(loss, group=None) -> None:
     A model that differs on one rank would add another model's loss into the sum."""
     tensors = [loss.theta0, *loss.frozen.values(),
                *(b for b in loss.buffers.values() if b.is_floating_point())]
-    mine = [(float(t.double().sum()), float(t.double().square().sum())) for t in tensors]
-    everyone = [None] * world(group)
-    guarded(dist.all_gather_object, everyone, mine, group=group)
-    differ = next((r for r, theirs in enumerate(everyone) if theirs != mine), None)
+    differ = _first_other(group, [(float(t.double().sum()), float(t.double().square().sum()))
+                                  for t in tensors])
     if differ is not None:
         raise BadInputError(
             f"rank {differ}'s model (parameters or buffers) differs from rank {rank(group)}'s: "
             "each rank would add up the loss of another model. Load the same weights on every "
             "rank, or broadcast rank 0's parameters and buffers before building the Objective"
         )
+
+
+def _first_other(group, mine):
+    """The first rank whose ``mine`` (a fingerprint) differs from this rank's, or None."""
+    everyone = [None] * world(group)
+    guarded(dist.all_gather_object, everyone, mine, group=group)
+    return next((r for r, theirs in enumerate(everyone) if theirs != mine), None)
 
 
 def survey(loss, across) -> dict:
