@@ -347,8 +347,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="seconds to wait for an idle machine before each configuration")
     parser.add_argument("--retries", type=int, default=2,
-                        help="runs again a configuration during which other processes took more "
-                             f"than {QUIET_SHARE * 100:.0f} %% of the machine (the cleanest run is kept)")
+                        help="runs again a configuration during which other processes took "
+                             f"more than {QUIET_SHARE * 100:.0f} %% of the machine (the cleanest "
+                             "run is kept)")
     parser.add_argument("--no-surface", action="store_true",
                         help="skip the surfaces (points per second of a grid)")
     parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")

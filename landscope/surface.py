@@ -308,8 +308,9 @@ def sharding(obj: Objective) -> dict | None:
 
     ``{"by": "data", ...}`` when the Objective is data-parallel (``obj.ranks > 1``): each rank
     holds only its part of the data, so every rank visits every point and the ranks' sums are
-    added up there (one all-reduce per point). ``{"by": "points", ...}`` when each rank holds all of it (``shard="replicate"``,
-    or a function): each rank evaluates its share of the points. The choice follows the memory
+    added up there (one all-reduce per point). ``{"by": "points", ...}`` when each rank holds
+    all of it (``shard="replicate"``, or a function): each rank evaluates its share of the
+    points. The choice follows the memory
     the Objective already took.
     """
     if not distributed.active():
