@@ -16,8 +16,8 @@ import landscope.doctor.doctor as doctor_module
 import landscope.doctor.report as report_module
 from landscope.cli import app
 from landscope.doctor import Thresholds, diagnose
-from landscope.doctor.findings import Finding, rank
-from landscope.doctor.report import report_text
+from landscope.doctor.findings import EXPLAINS, Finding, _closure, rank
+from landscope.doctor.report import loss_line, report_text
 from landscope.errors import BadInputError
 from landscope.monitor import Monitor
 from landscope.monitor.record import Record
@@ -272,6 +272,101 @@ def test_a_cause_ranks_before_what_it_explains_and_severity_first():
     assert [f.name for f in ranked] == ["lr_too_large", "exploding_gradients"]
     ranked = rank([finding("narrow_valley", "warning"), finding("lr_too_large", "critical")])
     assert ranked[0].name == "lr_too_large" and ranked[1].explained_by is None
+
+
+def test_the_causality_table_is_closed_and_acyclic():
+    assert {"dead_relus", "vanishing_gradients", "saturation"} <= EXPLAINS["lr_too_large"]
+    for cause, effects in EXPLAINS.items():
+        assert cause not in effects
+        for effect in effects & EXPLAINS.keys():
+            assert EXPLAINS[effect] <= effects  # what a consequence explains, its cause does too
+    with pytest.raises(ValueError, match="cycle"):
+        _closure({"a": {"b"}, "b": {"a"}})
+
+
+def test_an_explained_finding_names_the_root_of_its_chain():
+    def finding(name, severity="critical", strength=1.0):
+        return Finding(name, severity, "", {}, [], strength)
+
+    ranked = rank([finding("vanishing_gradients", strength=1e6), finding("dead_relus", "warning"),
+                   finding("lr_too_large")])
+    assert [(f.name, f.explained_by) for f in ranked] == [
+        ("lr_too_large", None), ("vanishing_gradients", "lr_too_large"),
+        ("dead_relus", "lr_too_large")]
+
+
+def _train_small(model, optimizer, X, y, steps, *, batch=None, generator=None,
+                 loss_fn=nn.functional.cross_entropy, every=5, window=100):
+    """A seeded run under a Monitor (held batch: the first 256 samples, curvature unbudgeted so
+    that what it finds does not depend on the machine's load); its record. Mini-batches of
+    ``batch`` samples drawn with ``generator``, or the full batch."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with Monitor(model, optimizer, loss_fn=loss_fn, held=(X[:256], y[:256]), every=every,
+                     window=window, budget=math.inf) as monitor:
+            for _ in range(steps):
+                index = (torch.randint(0, len(X), (batch,), generator=generator) if batch
+                         else slice(None))
+                optimizer.zero_grad()
+                loss = loss_fn(model(X[index]), y[index])
+                loss.backward()
+                optimizer.step()
+                monitor.step(loss)
+    finally:
+        torch.set_num_threads(threads)
+    return monitor.record
+
+
+def _relu_mlp(widths, seed=0):
+    torch.manual_seed(seed)
+    layers = []
+    for fan_in, fan_out in zip(widths[:-2], widths[1:-1], strict=True):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(widths[-2], widths[-1]))
+
+
+@pytest.fixture(scope="module")
+def diverged():
+    """A 3-hidden-layer ReLU MLP, SGD lr 0.4 with momentum 0.9: the loss climbs from 1.4 to
+    ~1e8, the ReLUs die and the first layers get no gradient."""
+    generator = torch.Generator().manual_seed(0)
+    X = 3 * torch.randn(512, 10, generator=generator)
+    y = (X @ torch.randn(10, 4, generator=generator)).argmax(1)
+    model = _relu_mlp((10, 32, 32, 32, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.4, momentum=0.9)
+    return _train_small(model, optimizer, X, y, 300, batch=64, generator=generator)
+
+
+def test_a_diverged_run_is_primarily_a_too_large_learning_rate(diverged):
+    loss = diverged["loss"]
+    assert np.nanmax(loss) >= 1e4 * loss[0]  # it diverged, by orders of magnitude
+    diagnosis = diagnose(diverged)
+    assert diagnosis.primary.name == "lr_too_large" and diagnosis.primary.severity == "critical"
+    found = {f.name: f for f in diagnosis.findings}
+    assert "vanishing_gradients" in found and "dead_relus" in found  # the symptoms are there
+    for finding in diagnosis.findings[1:]:
+        assert finding.explained_by == "lr_too_large", (finding.name, finding.explained_by)
+    assert "a consequence of learning rate too large" in report_text(diagnosis, width=140)
+
+
+def test_the_header_of_a_diverged_run_reads_the_first_and_peak_losses(diverged):
+    loss = diverged["loss"]
+    summary = diagnose(diverged).summary
+    assert summary["first_loss"] == loss[0]  # the initial weights' loss, not an early average
+    assert summary["peak_loss"] == np.nanmax(loss)
+    assert summary["peak_step"] == int(diverged.steps[np.nanargmax(loss)])
+    line = loss_line(summary)
+    assert line.startswith(f"{loss[0]:.4g} → ") and f"peak {np.nanmax(loss):.3g}" in line
+
+
+@pytest.mark.parametrize("final, words", [(6463.0, "rose ×4,252"), (0.152, "fell 90.0%"),
+                                          (1.52, "fell 0.0%")])
+def test_the_loss_line_is_relative_to_the_first_loss(final, words):
+    summary = {"first_loss": 1.52, "final_loss": final, "peak_loss": max(final, 1.52),
+               "peak_step": 0, "final_status": "rising", "final_progress": -30327.0}
+    line = loss_line(summary)
+    assert words in line and line.endswith("final window rising")  # no window percentage
 
 
 def test_report_shows_findings_evidence_and_remedies():

@@ -55,9 +55,13 @@ def diagnose(source: Record | Monitor | str | Path,
 
 
 def _summary(record: Record, thresholds: Thresholds) -> dict:
+    """The run at a glance. Its losses are the recorded ones: ``first_loss`` is that of the
+    initial weights (step 0, or the first finite one), not an average over early steps that a
+    fast divergence would already inflate; ``peak_loss`` the largest finite one."""
     run = Run(record, thresholds)
     loss = record["loss"]
-    finite = loss[np.isfinite(loss)]
+    finite = np.flatnonzero(np.isfinite(loss))
+    peak = finite[np.argmax(loss[finite])] if finite.size else None
     meta = record.meta
     return {
         "steps": int(record.steps[-1]) + 1,
@@ -65,8 +69,11 @@ def _summary(record: Record, thresholds: Thresholds) -> dict:
         "n_parameters": meta.get("n_parameters"),
         "optimizer": (meta.get("optimizer") or {}).get("name"),
         "lr": run.median("lr"),
-        "initial_loss": run.initial,
-        "final_loss": float(np.median(finite[-10:])) if finite.size else None,
+        "lower_bound": run.lower,
+        "first_loss": float(loss[finite[0]]) if finite.size else None,
+        "final_loss": float(np.median(loss[finite[-10:]])) if finite.size else None,
+        "peak_loss": None if peak is None else float(loss[peak]),
+        "peak_step": None if peak is None else int(record.steps[peak]),
         "final_window": run.window_steps(),
         "final_status": run.status,
         "final_progress": run.progress,

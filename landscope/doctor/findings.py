@@ -1,9 +1,14 @@
 """Findings and the diagnosis that ranks them.
 
 What is hard: one cause shows several symptoms (an all-zero initialisation also leaves a saddle, a
-too-large learning rate also makes the gradients overflow). Ranking is by severity first; within a
-severity, a finding that another present finding explains (``EXPLAINS``) comes after it and says
-so; ties go to the finding furthest past its threshold (``strength``, the ratio to the threshold).
+too-large learning rate also makes the gradients overflow, and the blow-up then saturates or kills
+units, which starves the first layers of gradient). The primary finding must be the cause, so the
+ranking follows a causality table, not the size of the symptoms: ``CAUSES`` lists what each
+finding directly produces, ``EXPLAINS`` its transitive closure (a diverging run explains the
+vanishing gradients its dead ReLUs cause). A finding that a present finding explains comes after
+it and names it (``explained_by``: the root of the chain), unless the cause is the less severe
+(a suspicion never demotes a certainty). Otherwise ranking is by severity, then by how far past
+its threshold a finding is (``strength``, the ratio to the threshold).
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from landscope.doctor.knowledge import TEXT
 
 SEVERITIES = ("critical", "warning")
 
-EXPLAINS: dict[str, set[str]] = {
+CAUSES: dict[str, set[str]] = {
     "symmetric_init": {"saddle", "poor_minimum", "vanishing_gradients", "dead_relus",
                        "lr_too_small", "narrow_valley"},
-    "lr_too_large": {"exploding_gradients", "dead_relus", "saturation"},
+    "lr_too_large": {"exploding_gradients", "dead_relus", "saturation", "vanishing_gradients",
+                     "saddle", "poor_minimum"},
+    "exploding_gradients": {"dead_relus", "saturation", "vanishing_gradients"},
     "narrow_valley": {"lr_too_large"},
     "saturation": {"vanishing_gradients"},
     "vanishing_gradients": {"saddle", "poor_minimum", "lr_too_small"},
@@ -25,7 +32,28 @@ EXPLAINS: dict[str, set[str]] = {
     "saddle": {"lr_too_small"},
     "poor_minimum": {"lr_too_small"},
 }
-"""cause → the findings it accounts for when both are present."""
+"""cause → the findings it directly produces (a blow-up leaves a stall at a poor level too)."""
+
+
+def _closure(direct: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Everything each cause produces through chains of ``direct`` (which must have no cycle)."""
+    out: dict[str, set[str]] = {}
+
+    def reach(name: str, path: tuple[str, ...]) -> set[str]:
+        if name in path:
+            raise ValueError(f"the causality table has a cycle: {' → '.join(path + (name,))}")
+        if name not in out:
+            out[name] = set().union(*({e} | reach(e, path + (name,))
+                                      for e in direct.get(name, ())))
+        return out[name]
+
+    for name in direct:
+        reach(name, ())
+    return {name: out[name] for name in direct}
+
+
+EXPLAINS = _closure(CAUSES)
+"""cause → every finding it accounts for when both are present."""
 
 
 @dataclass(frozen=True)
@@ -91,18 +119,18 @@ class Diagnosis:
 
 
 def rank(findings: list[Finding]) -> list[Finding]:
-    """Order by severity, then causes before what they explain, then strength."""
-    present = {f.name for f in findings}
+    """Order by severity, then causes before what they explain, then strength; mark each
+    explained finding with the root cause of its chain."""
+    order = sorted(findings, key=lambda f: (SEVERITIES.index(f.severity), -f.strength))
+
+    def causes(f: Finding) -> list[Finding]:
+        return [c for c in order if f.name in EXPLAINS.get(c.name, ())
+                and SEVERITIES.index(c.severity) <= SEVERITIES.index(f.severity)]
+
     marked = []
-    for f in findings:
-        cause = next((c for c in EXPLAINS if c in present and c != f.name
-                      and f.name in EXPLAINS[c]
-                      and SEVERITIES.index(_by_name(findings, c).severity)
-                      <= SEVERITIES.index(f.severity)), None)
-        marked.append(replace(f, explained_by=cause))
+    for f in order:
+        found = causes(f)
+        roots = [c for c in found if not causes(c)]
+        marked.append(replace(f, explained_by=(roots or found)[0].name if found else None))
     return sorted(marked, key=lambda f: (SEVERITIES.index(f.severity),
                                          f.explained_by is not None, -f.strength))
-
-
-def _by_name(findings: list[Finding], name: str) -> Finding:
-    return next(f for f in findings if f.name == name)
