@@ -17,6 +17,7 @@ import landscope.doctor.report as report_module
 from landscope.cli import app
 from landscope.doctor import Thresholds, diagnose
 from landscope.doctor.findings import EXPLAINS, Finding, _closure, rank
+from landscope.doctor.knowledge import IN_USE
 from landscope.doctor.report import loss_line, report_text
 from landscope.errors import BadInputError
 from landscope.monitor import Monitor
@@ -367,6 +368,58 @@ def test_the_loss_line_is_relative_to_the_first_loss(final, words):
                "peak_step": 0, "final_status": "rising", "final_progress": -30327.0}
     line = loss_line(summary)
     assert words in line and line.endswith("final window rising")  # no window percentage
+
+
+class _TinyEncoder(nn.Module):
+    """Token embedding, two Transformer layers (GELU modules, LayerNorm, residual) and a head."""
+
+    def __init__(self, vocab=5000, width=32):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        layer = nn.TransformerEncoderLayer(width, 2, 2 * width, dropout=0.0, activation=nn.GELU(),
+                                           batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embed(tokens)).mean(1))
+
+
+def test_remedies_already_in_use_are_never_prescribed():
+    """A small encoder trained with AdamW: its sparse embedding gets ~1e-3 of the head's gradient
+    per parameter (as BERT's does), read as vanishing at a looser threshold; none of Adam, batch
+    normalisation, ReLU or residual connections is prescribed, and the report says why."""
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 5000, (512, 12), generator=generator)
+    labels = (tokens % 2 == 0).sum(1).gt(6).long()
+    torch.manual_seed(0)
+    model = _TinyEncoder()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    record = _train_small(model, optimizer, tokens, labels, 100, batch=32, generator=generator,
+                          window=50)
+    assert record.meta["make_up"] == {"activations": {"GELU": 2}, "normalisations": ["LayerNorm"],
+                                      "residual": True, "scheduler": False}
+    diagnosis = diagnose(record, Thresholds(vanishing_ratio=0.05))
+    finding = {f.name: f for f in diagnosis.findings}["vanishing_gradients"]
+    assert finding.evidence["layer"] == "embed"
+    assert finding.remedies == ["Fewer layers."]
+    assert set(finding.in_use.values()) == {"AdamW", "LayerNorm", "GELU ×2",
+                                            "residual connections"}
+    assert "already in use: " in report_text(diagnosis, width=140)
+    older = Record({k: v for k, v in record.meta.items() if k != "make_up"}, record.columns)
+    old_finding = diagnose(older, Thresholds(vanishing_ratio=0.05)).findings[0]
+    assert len(old_finding.remedies) == 5 and not old_finding.in_use  # an older record: all kept
+
+
+@pytest.mark.parametrize("optimizer, moot", [
+    ({"name": "SGD", "momentum": 0.0, "weight_decay": 0.0}, set()),
+    ({"name": "SGD", "momentum": 0.9, "weight_decay": 0.0}, {"momentum"}),
+    ({"name": "NAdam", "betas": [0.9, 0.999], "weight_decay": 0.0}, {"momentum", "adaptive"}),
+    ({"name": "RMSprop", "momentum": 0.0, "weight_decay": 1e-4}, {"adaptive", "weight_decay"}),
+])
+def test_what_the_optimiser_makes_moot(optimizer, moot):
+    meta = {"optimizer": optimizer, "make_up": {"activations": {"Sigmoid": 3, "ReLU": 1}}}
+    assert {key for key, test in IN_USE.items() if test(meta)} == moot  # mostly sigmoid: kept
 
 
 def test_report_shows_findings_evidence_and_remedies():

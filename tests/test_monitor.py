@@ -14,6 +14,7 @@ from torch import nn
 
 import landscope.monitor.callbacks as callbacks_module
 import landscope.monitor.curvature as curvature_module
+import landscope.monitor.makeup as makeup_module
 import landscope.monitor.monitor as monitor_module
 import landscope.monitor.record as record_module
 import landscope.monitor.signals as signals_module
@@ -734,7 +735,35 @@ def test_huggingface_hooks_attach_logged_losses(tmp_path):
     assert np.isnan(record["loss"][[0, 2]]).all() and record["loss"][3] == pytest.approx(1.2)
 
 
+def test_the_runs_make_up_is_in_the_header(tmp_path):
+    """Activations counted by module, normalisation layers, residual blocks, and a scheduler
+    made after the Monitor."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8),
+                        nn.GroupNorm(2, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    monitor = Monitor(net, opt, tmp_path)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, 10)
+    opt.zero_grad()
+    nn.functional.cross_entropy(net(torch.randn(8, 4)), torch.zeros(8, dtype=torch.long)).backward()
+    opt.step()
+    scheduler.step()
+    monitor.step(1.0)
+    monitor.close()
+    assert read_record(tmp_path).meta["make_up"] == {
+        "activations": {"ReLU": 2}, "normalisations": ["BatchNorm1d", "GroupNorm"],
+        "residual": None, "scheduler": True}
+    with Monitor(net, torch.optim.Adam(net.parameters())) as unscheduled:
+        assert unscheduled.record.meta["make_up"]["scheduler"] is False
+    assert makeup_module.make_up(Block())["residual"] is True
+
+
 @pytest.mark.parametrize("module", [stats_module, signals_module, record_module,
-                                    curvature_module, monitor_module, callbacks_module])
+                                    curvature_module, monitor_module, callbacks_module,
+                                    makeup_module])
 def test_docstring_examples_run(module):
     assert doctest.testmod(module).failed == 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from landscope.doctor.findings import Diagnosis, rank
+from landscope.doctor.knowledge import in_use
 from landscope.doctor.rules import Run, Thresholds, run_rules
 from landscope.errors import BadInputError
 from landscope.monitor import Monitor
@@ -26,7 +28,8 @@ def diagnose(source: Record | Monitor | str | Path,
     Returns
     -------
     A :class:`~landscope.doctor.findings.Diagnosis`: ranked findings (empty when healthy) and a
-    summary of the run.
+    summary of the run. A remedy the run already uses (its make-up is in the record) is left out
+    of a finding's remedies and listed in its ``in_use``.
 
     Examples
     --------
@@ -51,7 +54,9 @@ def diagnose(source: Record | Monitor | str | Path,
         raise BadInputError("the record holds no steps; call monitor.step(loss) in the loop "
                             "and close the Monitor (or use it as a context manager)")
     thresholds = thresholds or Thresholds()
-    return Diagnosis(rank(run_rules(record, thresholds)), _summary(record, thresholds))
+    findings = [replace(f, in_use=in_use(f.name, record.meta))
+                for f in run_rules(record, thresholds)]
+    return Diagnosis(rank(findings), _summary(record, thresholds))
 
 
 def _summary(record: Record, thresholds: Thresholds) -> dict:

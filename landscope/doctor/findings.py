@@ -63,6 +63,7 @@ class Finding:
     name: a key of ``knowledge.TEXT``. severity: "critical" or "warning". summary: one sentence
     with the decisive numbers. evidence: the numbers, thresholds included. steps: where they were
     seen. strength: how far past its threshold (≥ 1). explained_by: a ranked-higher cause, if any.
+    in_use: {remedy text: what the run already uses} for the remedies left out as moot.
     """
 
     name: str
@@ -72,6 +73,7 @@ class Finding:
     steps: list[int]
     strength: float = 1.0
     explained_by: str | None = None
+    in_use: dict[str, str] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -83,13 +85,15 @@ class Finding:
 
     @property
     def remedies(self) -> list[str]:
-        return TEXT[self.name]["remedies"]
+        """The remedies, most effective first, less those the run already uses."""
+        return [r.text for r in TEXT[self.name]["remedies"] if r.text not in self.in_use]
 
     def to_dict(self) -> dict:
         return {"name": self.name, "title": self.title, "severity": self.severity,
                 "summary": self.summary, "evidence": self.evidence, "steps": self.steps,
                 "strength": self.strength, "explained_by": self.explained_by,
-                "explanation": self.explanation, "remedies": self.remedies}
+                "explanation": self.explanation, "remedies": self.remedies,
+                "already_in_use": self.in_use}
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,100 @@
 
 Kept apart from the rules: the rules decide *whether* a finding holds, from numbers in the record;
 this module says *why it matters* in the landscape picture (the second-order Taylor model
-L(θ+δ) ≈ L(θ) + gᵀδ + ½δᵀHδ) and lists remedies, most effective first.
+L(θ+δ) ≈ L(θ) + gᵀδ + ½δᵀHδ) and lists remedies, most effective first. A remedy may name what
+makes it moot (``Remedy.moot_if``, a key of ``IN_USE``): "Adam" to a run trained with AdamW,
+"batch normalisation" to a network with LayerNorm. ``in_use`` reads the run's make-up in the
+record's header (:mod:`landscope.monitor.makeup`); a record without one keeps every remedy.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+ADAPTIVE = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax", "SparseAdam", "RMSprop", "Adagrad",
+            "Adadelta", "Adafactor")
+"""Optimisers with per-parameter step sizes (the Adam family and its relatives)."""
+SATURATING = ("sigmoid", "tanh", "softsign")
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """One remedy: its text and the ``IN_USE`` key of what makes it moot (None: never moot)."""
+
+    text: str
+    moot_if: str | None = None
+
+
+def _adaptive(meta: dict) -> str | None:
+    name = (meta.get("optimizer") or {}).get("name")
+    return name if name in ADAPTIVE else None
+
+
+def _momentum(meta: dict) -> str | None:
+    optimizer = meta.get("optimizer") or {}
+    if (optimizer.get("momentum") or 0) > 0:
+        return f"{optimizer.get('name')} momentum {optimizer['momentum']:g}"
+    betas = optimizer.get("betas")
+    if betas and betas[0] > 0:
+        return f"{optimizer.get('name')} (β₁ {betas[0]:g})"
+    return None
+
+
+def _normalisation(meta: dict) -> str | None:
+    return ", ".join(meta["make_up"].get("normalisations", [])) or None
+
+
+def _non_saturating(meta: dict) -> str | None:
+    """The activations, when most activation modules are not sigmoid-like (None otherwise)."""
+    counts = meta["make_up"].get("activations") or {}
+    saturating = sum(n for name, n in counts.items()
+                     if any(word in name.lower() for word in SATURATING))
+    if not counts or 2 * saturating >= sum(counts.values()):
+        return None
+    return ", ".join(f"{name} ×{n}" if n > 1 else name for name, n in counts.items())
+
+
+def _residual(meta: dict) -> str | None:
+    return "residual connections" if meta["make_up"].get("residual") else None
+
+
+def _scheduler(meta: dict) -> str | None:
+    return "a learning-rate schedule" if meta["make_up"].get("scheduler") else None
+
+
+def _weight_decay(meta: dict) -> str | None:
+    optimizer = meta.get("optimizer") or {}
+    decay = optimizer.get("weight_decay") or 0
+    return f"{optimizer.get('name')} weight_decay {decay:g}" if decay > 0 else None
+
+
+IN_USE: dict[str, Callable[[dict], str | None]] = {
+    "adaptive": _adaptive, "momentum": _momentum, "normalisation": _normalisation,
+    "non_saturating": _non_saturating, "residual": _residual, "scheduler": _scheduler,
+    "weight_decay": _weight_decay,
+}
+"""key → what the run already uses that makes a remedy moot (None: not in use), from a record's
+header (its ``optimizer`` and ``make_up``)."""
+
+
+def in_use(name: str, meta: dict) -> dict[str, str]:
+    """{remedy text: what is already in use} for the moot remedies of finding ``name``.
+
+    Examples
+    --------
+    >>> meta = {"optimizer": {"name": "AdamW", "betas": [0.9, 0.999], "weight_decay": 0.01},
+    ...         "make_up": {"activations": {"GELU": 2}, "normalisations": ["LayerNorm"]}}
+    >>> sorted(in_use("vanishing_gradients", meta).values())
+    ['AdamW', 'GELU ×2', 'LayerNorm']
+    >>> in_use("vanishing_gradients", {"optimizer": {"name": "AdamW"}})  # an older record
+    {}
+    """
+    if "make_up" not in meta:
+        return {}
+    found = {r.text: IN_USE[r.moot_if](meta) for r in TEXT[name]["remedies"] if r.moot_if}
+    return {text: what for text, what in found.items() if what}
+
 
 TEXT: dict[str, dict] = {
     "narrow_valley": {
@@ -18,14 +108,15 @@ TEXT: dict[str, dict] = {
             "keep the steep direction stable (ηλ_max < 2) makes almost no progress along the flat "
             "floor of the valley, where the loss would still fall."),
         "remedies": [
-            "Momentum (SGD momentum=0.9) or Nesterov: the alternating components cancel and speed "
-            "builds up along the valley floor.",
-            "Adam or RMSProp: per-parameter step sizes rescale badly scaled directions.",
-            "Standardise the inputs or add batch normalisation: this lowers the condition number "
-            "itself.",
-            "A smaller learning rate stops the bouncing (slower along the valley); combine it with "
-            "a schedule such as cosine annealing.",
-            "On small problems, a quasi-Newton or second-order method (L-BFGS, K-FAC).",
+            Remedy("Momentum (SGD momentum=0.9) or Nesterov: the alternating components cancel and"
+                   " speed builds up along the valley floor.", "momentum"),
+            Remedy("Adam or RMSProp: per-parameter step sizes rescale badly scaled directions.",
+                   "adaptive"),
+            Remedy("Standardise the inputs or add batch normalisation: this lowers the condition "
+                   "number itself."),
+            Remedy("A smaller learning rate stops the bouncing (slower along the valley); combine "
+                   "it with a schedule such as cosine annealing."),
+            Remedy("On small problems, a quasi-Newton or second-order method (L-BFGS, K-FAC)."),
         ],
     },
     "saddle": {
@@ -37,12 +128,13 @@ TEXT: dict[str, dict] = {
             "not a minimum, and there is a way down. In high dimension most critical points are "
             "saddles; plain gradient descent leaves one only as fast as its tiny gradient allows."),
         "remedies": [
-            "Take a negative-curvature step along the eigenvector of λ_min, "
-            "θ ← θ − η·sign(vᵀg)·v (landscope.spectrum(obj, k=1, which='smallest') gives v).",
-            "Perturbed gradient descent: add small random noise to the weights when the gradient "
-            "is small.",
-            "Momentum or Adam carry speed through the flat region around the saddle.",
-            "Smaller mini-batches (more gradient noise), or a cyclic learning rate.",
+            Remedy("Take a negative-curvature step along the eigenvector of λ_min, θ ← θ − "
+                   "η·sign(vᵀg)·v (landscope.spectrum(obj, k=1, which='smallest') gives v)."),
+            Remedy("Perturbed gradient descent: add small random noise to the weights when the "
+                   "gradient is small."),
+            Remedy("Momentum or Adam carry speed through the flat region around the saddle.",
+                   "momentum"),
+            Remedy("Smaller mini-batches (more gradient noise), or a cyclic learning rate."),
         ],
     },
     "poor_minimum": {
@@ -53,11 +145,12 @@ TEXT: dict[str, dict] = {
             "flat (steps of this size change nothing) or the run sits in a poor local minimum, a "
             "puddle while deeper valleys exist elsewhere."),
         "remedies": [
-            "Restart from other initialisations (multi-start) and keep the best run.",
-            "A larger learning rate, or warm restarts (SGDR, cosine annealing with restarts), to "
-            "jump out of the basin.",
-            "More gradient noise: smaller mini-batches.",
-            "Momentum or Adam; check the model's capacity and the data.",
+            Remedy("Restart from other initialisations (multi-start) and keep the best run."),
+            Remedy("A larger learning rate, or warm restarts (SGDR, cosine annealing with "
+                   "restarts), to jump out of the basin."),
+            Remedy("More gradient noise: smaller mini-batches."),
+            Remedy("Momentum or Adam.", "momentum"),
+            Remedy("Check the model's capacity and the data."),
         ],
     },
     "vanishing_gradients": {
@@ -69,11 +162,14 @@ TEXT: dict[str, dict] = {
             "directions the landscape is extremely flat, and the network sits on a plateau as if "
             "it were much shallower."),
         "remedies": [
-            "He (Kaiming) initialisation with ReLU activations instead of sigmoid.",
-            "Batch normalisation between the layers.",
-            "Residual connections: y = f(x) + x passes the gradient through unchanged.",
-            "Adam: per-parameter step sizes compensate the scale of small gradients.",
-            "Fewer layers.",
+            Remedy("He (Kaiming) initialisation with ReLU activations instead of sigmoid.",
+                   "non_saturating"),
+            Remedy("Batch normalisation between the layers.", "normalisation"),
+            Remedy("Residual connections: y = f(x) + x passes the gradient through unchanged.",
+                   "residual"),
+            Remedy("Adam: per-parameter step sizes compensate the scale of small gradients.",
+                   "adaptive"),
+            Remedy("Fewer layers."),
         ],
     },
     "exploding_gradients": {
@@ -84,11 +180,11 @@ TEXT: dict[str, dict] = {
             "the loss becomes infinite or NaN. Past that point nothing the run records means "
             "anything."),
         "remedies": [
-            "Clip the gradient norm (torch.nn.utils.clip_grad_norm_).",
-            "A smaller learning rate, with a warm-up.",
-            "He or Xavier initialisation at the proper scale; batch normalisation.",
-            "Check the data for NaN or inf and use numerically stable losses "
-            "(cross-entropy on logits, not log of softmax).",
+            Remedy("Clip the gradient norm (torch.nn.utils.clip_grad_norm_)."),
+            Remedy("A smaller learning rate, with a warm-up."),
+            Remedy("He or Xavier initialisation at the proper scale; batch normalisation."),
+            Remedy("Check the data for NaN or inf and use numerically stable losses (cross-entropy"
+                   " on logits, not log of softmax)."),
         ],
     },
     "lr_too_large": {
@@ -100,11 +196,12 @@ TEXT: dict[str, dict] = {
             "valley by more than it started from, so the loss oscillates and grows instead of "
             "falling, and can diverge."),
         "remedies": [
-            "Lower the learning rate, at least by the factor sharpness / limit (10× is a safe "
-            "first try).",
-            "A learning-rate warm-up at the start.",
-            "Gradient clipping.",
-            "Adam or normalisation layers, then a decaying schedule (cosine annealing).",
+            Remedy("Lower the learning rate, at least by the factor sharpness / limit (10× is a "
+                   "safe first try)."),
+            Remedy("A learning-rate warm-up at the start."),
+            Remedy("Gradient clipping."),
+            Remedy("Normalisation layers (BatchNorm, LayerNorm).", "normalisation"),
+            Remedy("A decaying schedule (cosine annealing).", "scheduler"),
         ],
     },
     "lr_too_small": {
@@ -114,11 +211,12 @@ TEXT: dict[str, dict] = {
             "a tiny fraction of their size per step: the steps are far shorter than the landscape "
             "allows, so training creeps and may stall in flat regions."),
         "remedies": [
-            "Raise the learning rate (10× and retry; stay below the stability limit 2/λ_max).",
-            "A learning-rate range test: increase the rate over a short run and pick the largest "
-            "at which the loss still falls.",
-            "Adam, whose steps do not scale with the gradient.",
-            "Warm-up followed by cosine annealing.",
+            Remedy("Raise the learning rate (10× and retry; stay below the stability limit "
+                   "2/λ_max)."),
+            Remedy("A learning-rate range test: increase the rate over a short run and pick the "
+                   "largest at which the loss still falls."),
+            Remedy("Adam, whose steps do not scale with the gradient.", "adaptive"),
+            Remedy("Warm-up followed by cosine annealing.", "scheduler"),
         ],
     },
     "symmetric_init": {
@@ -130,9 +228,9 @@ TEXT: dict[str, dict] = {
             "a saddle that gradient noise cannot break). All-zero initialisation is the extreme "
             "case."),
         "remedies": [
-            "Random initialisation: He (kaiming_normal_) for ReLU, Xavier (xavier_uniform_) for "
-            "tanh and sigmoid; biases may stay zero.",
-            "A small random perturbation of the weights breaks the symmetry.",
+            Remedy("Random initialisation: He (kaiming_normal_) for ReLU, Xavier (xavier_uniform_)"
+                   " for tanh and sigmoid; biases may stay zero."),
+            Remedy("A small random perturbation of the weights breaks the symmetry."),
         ],
     },
     "saturation": {
@@ -141,10 +239,10 @@ TEXT: dict[str, dict] = {
             "Most outputs of a sigmoid or tanh sit in its flat tails, where the derivative is "
             "below 1% of its maximum, so gradients through those units nearly vanish."),
         "remedies": [
-            "Xavier initialisation, or a smaller weight scale.",
-            "Standardise the inputs; batch normalisation before the activation.",
-            "ReLU-family activations.",
-            "A smaller learning rate (large steps push pre-activations into the tails).",
+            Remedy("Xavier initialisation, or a smaller weight scale."),
+            Remedy("Standardise the inputs; batch normalisation before the activation."),
+            Remedy("ReLU-family activations.", "non_saturating"),
+            Remedy("A smaller learning rate (large steps push pre-activations into the tails)."),
         ],
     },
     "dead_relus": {
@@ -153,9 +251,9 @@ TEXT: dict[str, dict] = {
             "Many ReLU units output zero on every sample: they receive no gradient and cannot "
             "recover, because the landscape is exactly flat in their incoming weights."),
         "remedies": [
-            "A smaller learning rate (large steps push biases negative).",
-            "He initialisation; batch normalisation.",
-            "LeakyReLU, ELU or GELU, which keep a gradient for negative inputs.",
+            Remedy("A smaller learning rate (large steps push biases negative)."),
+            Remedy("He initialisation; batch normalisation."),
+            Remedy("LeakyReLU, ELU or GELU, which keep a gradient for negative inputs."),
         ],
     },
     "overfitting": {
@@ -165,10 +263,11 @@ TEXT: dict[str, dict] = {
             "kept falling: the optimiser now fits the noise of the training set. The minimum it "
             "approaches is one of the training loss, not of the loss on new data."),
         "remedies": [
-            "Early stopping: keep the weights from the step with the lowest validation loss.",
-            "Weight decay (L2 regularisation; AdamW's weight_decay).",
-            "More data or data augmentation.",
-            "Dropout, or a smaller model.",
+            Remedy("Early stopping: keep the weights from the step with the lowest validation "
+                   "loss."),
+            Remedy("Weight decay (L2 regularisation; AdamW's weight_decay).", "weight_decay"),
+            Remedy("More data or data augmentation."),
+            Remedy("Dropout, or a smaller model."),
         ],
     },
 }

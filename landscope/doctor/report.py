@@ -114,6 +114,10 @@ def _finding_panel(rank: int, f: Finding) -> Panel:
     if f.explained_by is None:
         grid.add_row("why", f.explanation)
         grid.add_row("remedies", "\n".join(f"{i}. {r}" for i, r in enumerate(f.remedies, 1)))
+        if f.in_use:
+            grid.add_row("in use", f"already in use: {', '.join(dict.fromkeys(f.in_use.values()))}"
+                         f" ({len(f.in_use)} remed{'y' if len(f.in_use) == 1 else 'ies'} "
+                         "left out)")
     else:
         grid.add_row("cause", f"a consequence of {TEXT[f.explained_by]['title'].lower()} "
                               f"({f.explained_by}, above)")

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from landscope.errors import BadInputError
-from landscope.monitor import curvature, record, signals, stats
+from landscope.monitor import curvature, makeup, record, signals, stats
 
 
 class Monitor:
@@ -112,6 +112,7 @@ class Monitor:
         self._weighted = [layer for layer in self.layers if layer.weight is not None]
         self._module_names = {m: name for name, m in model.named_modules()
                               if stats.activation_kind(m) is not None}
+        self._make_up = makeup.make_up(model)
         self.sites: list[dict] = []
         self.columns: list[str] | None = None
         self.events: list[dict] = []
@@ -445,6 +446,7 @@ class Monitor:
             "layers": [layer.to_dict() for layer in self.layers],
             "sites": self.sites,
             "optimizer": {"name": type(self.optimizer).__name__, **settings},
+            "make_up": {**self._make_up, "scheduler": makeup.has_scheduler(self.optimizer)},
             "loss_fn": self.loss_fn if self.loss_fn is None or isinstance(self.loss_fn, str)
             else getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
             "batch_size": self._batch_size,

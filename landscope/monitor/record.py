@@ -2,8 +2,9 @@
 
 A run directory holds ``monitor.csv`` (one row per recorded step; ``nan`` marks a value not
 measured at that step) and ``monitor.json`` (a ``landscope.io`` result of kind ``"monitor"``: the
-model's layers and activation sites, the optimiser, the settings, the curvature events, the list of
-columns). ``pandas.read_csv("monitor.csv")`` is all another tool needs.
+model's layers and activation sites, the optimiser and its hyper-parameters, the run's make-up
+(:mod:`landscope.monitor.makeup`; absent from older records), the settings, the curvature events,
+the list of columns). ``pandas.read_csv("monitor.csv")`` is all another tool needs.
 
 Column names: ``step, loss, val_loss, lr, non_finite, grad_norm, grad_cos, update_ratio``; per
 layer ``grad_norm:<layer>``, ``weight_norm:<layer>``, ``update_ratio:<layer>``,
