@@ -62,6 +62,9 @@ from landscope.optim.runner import derive_seed
 from landscope.spectrum import spectrum
 
 SCHEMA_VERSION = 1
+DIAGNOSIS_PRODUCTS = 4
+"""The product cap at θ₀, in units of ``curvature_products`` (W2's λ_min needs about 100 at
+spectrum's default tolerance; a loose tolerance stops at a Ritz value six times too small)."""
 ENGINE = "loop"
 """The product engine of every λ_min: a fixed one, since ``engine="auto"`` chooses by timing and
 the last bits of λ_min would then depend on the machine's load."""
@@ -212,7 +215,9 @@ def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
         other data keeps its own batches.
     held_out: optional held-out data, evaluated at each run's end.
     out: directory for one file per finished run (resume) — None keeps nothing.
-    curvature_products, curvature_tol: the cap and relative tolerance of each λ_min.
+    curvature_products, curvature_tol: the cap and relative tolerance of λ_min at each run's end
+        (the diagnosis at θ₀ has spectrum's default tolerance and ``DIAGNOSIS_PRODUCTS`` × the
+        cap).
     progress: ``progress(run, done, total)`` after each run (read back or computed).
     """
     steps, seeds = _whole(steps, "steps"), _whole(seeds, "seeds")
@@ -395,9 +400,10 @@ def _scheduler(kind: str | None, opt, budget: int):
 
 # ---------------------------------------------------------------------- θ₀ and curvature
 def _diagnose(obj: Objective, settings: dict, seed: int) -> dict:
-    """L, λ_min, λ_max at θ₀ and, with λ_min < −τ, the v_min step by line search."""
-    spec = spectrum(obj, k=1, which="both", tol=settings["curvature_tol"],
-                    max_products=settings["curvature_products"], seed=seed)
+    """L, λ_min, λ_max at θ₀ (spectrum's default tolerance: v_min is a direction to step along,
+    not only a sign) and, with λ_min < −τ, the v_min step by line search."""
+    spec = spectrum(obj, k=1, which="both", max_products=DIAGNOSIS_PRODUCTS * settings[
+        "curvature_products"], seed=seed)
     lam_min, lam_max = float(spec.smallest.values[0]), float(spec.largest.values[0])
     tau = default_rel_tol(obj.dtype) * max(abs(lam_min), abs(lam_max))
     loss, grad = obj.value_and_grad()
