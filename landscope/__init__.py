@@ -21,6 +21,7 @@ from landscope.errors import (  # noqa: E402
     LandscopeError,
     NonFiniteLossError,
 )
+from landscope.escape import Trial, escape  # noqa: E402
 from landscope.objective import Objective  # noqa: E402
 from landscope.spectrum import Density, Spectrum, Trace, density, spectrum, trace  # noqa: E402
 
@@ -36,11 +37,13 @@ __all__ = [
     "Probe",
     "Spectrum",
     "Trace",
+    "Trial",
     "__version__",
     "anytime_probe",
     "cost_plan",
     "density",
     "doctor",
+    "escape",
     "functions",
     "monitor",
     "optim",

@@ -52,6 +52,17 @@ class Batch:
     size: int
     kwargs: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
+    def rows(self, rows: torch.Tensor) -> Batch:
+        """The batch's samples ``rows`` (every tensor's first dimension counts samples)."""
+        rows = rows.to(_device_of(self))
+
+        def pick(t):
+            return t.index_select(0, rows)
+
+        return Batch(tuple(map(pick, self.inputs)), None if self.target is None else
+                     pick(self.target), int(rows.numel()),
+                     {k: pick(v) for k, v in self.kwargs.items()})
+
 
 class Batches:
     """A re-iterable sequence of :class:`Batch` es on a fixed device and floating dtype.
@@ -132,7 +143,7 @@ class Batches:
             local = chosen[(chosen >= start) & (chosen < start + batch.size)] - start
             start += batch.size
             if local.numel():
-                pieces.append(_rows(batch, local.to(_device_of(batch))))
+                pieces.append(batch.rows(local))
         joined: list[Batch] = []
         for piece in pieces:
             if joined and joined[-1].size + piece.size <= largest and _joinable(joined[-1], piece):
@@ -238,16 +249,6 @@ def _device_of(batch: Batch) -> torch.device:
     return _tensors_of(batch)[0].device
 
 
-def _rows(batch: Batch, rows: torch.Tensor) -> Batch:
-    """The batch's samples ``rows`` (every tensor's first dimension counts samples)."""
-    def pick(t):
-        return t.index_select(0, rows)
-
-    return Batch(tuple(map(pick, batch.inputs)), None if batch.target is None else
-                 pick(batch.target), int(rows.numel()),
-                 {k: pick(v) for k, v in batch.kwargs.items()})
-
-
 def _joinable(a: Batch, b: Batch) -> bool:
     return a.kwargs.keys() == b.kwargs.keys() and all(
         x.shape[1:] == y.shape[1:] and x.dtype == y.dtype
@@ -285,7 +286,7 @@ def _changed(what: str) -> BadInputError:
 
 
 def _normalise(data, batch_size: int | None) -> tuple[Iterable, str]:
-    if _is_tensor_pair(data):
+    if is_tensor_pair(data):
         X, y = data
         if X.shape[0] != y.shape[0]:
             raise BadInputError(
@@ -342,7 +343,8 @@ def _loader_description(loader: DataLoader) -> str:
     return text
 
 
-def _is_tensor_pair(data) -> bool:
+def is_tensor_pair(data) -> bool:
+    """Whether ``data`` is ``(X, y)``: two tensors (samples along their first dimension)."""
     return (
         isinstance(data, (tuple, list))
         and len(data) == 2

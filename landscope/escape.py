@@ -54,7 +54,7 @@ from torch import nn
 
 from landscope import io, optim
 from landscope.critical import default_rel_tol
-from landscope.data import Batch, Batches, _is_tensor_pair, _rows
+from landscope.data import Batch, Batches, is_tensor_pair
 from landscope.errors import BadInputError, NonFiniteLossError
 from landscope.objective import Objective
 from landscope.optim._base import PointOptimizer
@@ -355,7 +355,7 @@ class _Schedule:
         first = next(model.parameters(), None)
         dtype = first.dtype if first is not None else None
         device = first.device if first is not None else None
-        self.pairs = _is_tensor_pair(data)
+        self.pairs = is_tensor_pair(data)
         if batch_size is not None and not self.pairs:
             raise BadInputError(f"batch_size={batch_size} applies to (X, y) tensors only; a "
                                 "DataLoader or a list of batches keeps its own batches")
@@ -373,7 +373,7 @@ class _Schedule:
             if self.pairs:
                 permutation = torch.randperm(self.samples, generator=generator)
                 for rows in permutation.split(self.size):
-                    yield _rows(self.batches[0], rows.to(_device(self.batches[0])))
+                    yield self.batches[0].rows(rows)
             else:
                 for index in torch.randperm(len(self.batches), generator=generator).tolist():
                     yield self.batches[index]
@@ -568,11 +568,6 @@ def _sha256(tensors: list[torch.Tensor]) -> str:
 def _products(opt) -> int:
     """Hessian-vector products landscope's own optimisers have made so far."""
     return opt.counts["hvp"] if isinstance(opt, PointOptimizer) else 0
-
-
-def _device(batch: Batch) -> torch.device:
-    return next(t for t in (*batch.inputs, *batch.kwargs.values(), batch.target)
-                if t is not None).device
 
 
 def _rng_devices(model: nn.Module) -> list:

@@ -220,6 +220,17 @@ def _objective(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode
     device = _device(device)  # before any work
     if distributed.launched():  # under torchrun: each rank keeps its part of the data
         distributed.start(device)
+    net, data, loss_fn, path = _model_data_loss(model_spec, checkpoint, data_spec, loss_spec, out)
+    obj = Objective.from_model(net, loss_fn, data, params=params, mode=mode.value,
+                               dtype=torch_dtype, batch_size=batch_size, seed=seed,
+                               device=device, shard=shard)
+    return obj, path
+
+
+def _model_data_loss(model_spec, checkpoint, data_spec, loss_spec, out: Path):
+    """The network (at its checkpoint), the data and the loss the options name, and the default
+    model's training path. No ``--model``: the built-in MLP trained on the digits (path: θ after
+    every epoch). Otherwise the user's factory, checkpoint and data (path None)."""
     if model_spec is None:
         if checkpoint is not None:
             raise BadInputError("--checkpoint needs --model: the checkpoint's architecture")
@@ -235,11 +246,7 @@ def _objective(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode
         if checkpoint is not None:
             io.load_into(net, checkpoint)
         data, path = _load_data(data_spec, next(net.parameters()).dtype), None
-    loss_fn = LOSSES.get(loss_spec) or _load_factory(loss_spec, "--loss")
-    obj = Objective.from_model(net, loss_fn, data, params=params, mode=mode.value,
-                               dtype=torch_dtype, batch_size=batch_size, seed=seed,
-                               device=device, shard=shard)
-    return obj, path
+    return net, data, LOSSES.get(loss_spec) or _load_factory(loss_spec, "--loss"), path
 
 
 def _device(name: str | None) -> torch.device | None:

@@ -5,23 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscope import io
-from landscope.cli._common import (
-    LOSSES,
-    _call_factory,
-    _default_trained,
-    _guard,
-    _load_data,
-    _load_factory,
-    app,
-    console,
-)
+from landscope.cli._common import _guard, _load_data, _model_data_loss, app, console
 from landscope.errors import BadInputError
 from landscope.escape import DEFAULT_CANDIDATES
+from landscope.plot._files import save_figure
+from landscope.plot.escape import curves_figure
 
 
 @app.command()
@@ -81,7 +73,7 @@ def _escape(model_spec, checkpoint, data_spec, held_out_spec, loss_spec, optimiz
     if not names:
         raise BadInputError(f"--candidates {candidates!r} names no candidate; give "
                             "comma-separated names (see --list)")
-    net, data, loss_fn = _inputs(model_spec, checkpoint, data_spec, loss_spec, out)
+    net, data, loss_fn, _ = _model_data_loss(model_spec, checkpoint, data_spec, loss_spec, out)
     held = None if held_out_spec is None else _load_data(held_out_spec,
                                                          next(net.parameters()).dtype)
     with Progress(TextColumn("trying remedies"), BarColumn(),
@@ -99,33 +91,12 @@ def _escape(model_spec, checkpoint, data_spec, held_out_spec, loss_spec, optimiz
                               progress=report)
     written = [*trial.write_csv(out), io.write_result(
         out, "escape", {**trial.to_dict(), "command": " ".join(sys.argv)}, name="escape.json")]
-    written.append(_curves(trial, out / "escape-curves.png"))
+    written.append(save_figure(curves_figure(trial), out / "escape-curves.png"))
     console.print(_table(trial))
     for name, why in trial.skipped.items():
         console.print(f"skipped {name}: {why}")
     for path in written:
         console.print(f"written: {path}")
-
-
-def _inputs(model_spec, checkpoint, data_spec, loss_spec, out: Path):
-    """The model at θ₀, the training data and the loss the options name (no --model: the
-    built-in MLP trained on the digits)."""
-    if model_spec is None:
-        if checkpoint is not None:
-            raise BadInputError("--checkpoint needs --model: the checkpoint's architecture")
-        net, _ = _default_trained(out)
-        data = _load_data(data_spec or "digits", next(net.parameters()).dtype)
-    else:
-        if data_spec is None:
-            raise BadInputError("--data is required with --model (or use --data digits)")
-        net = _call_factory(model_spec, "--model")
-        if not isinstance(net, torch.nn.Module):
-            raise BadInputError(f"--model {model_spec} returned a {type(net).__name__}, "
-                                "not a torch.nn.Module")
-        if checkpoint is not None:
-            io.load_into(net, checkpoint)
-        data = _load_data(data_spec, next(net.parameters()).dtype)
-    return net, data, LOSSES.get(loss_spec) or _load_factory(loss_spec, "--loss")
 
 
 def _list(trials) -> None:
@@ -172,32 +143,3 @@ def _pm(mean, spread) -> str:
     if mean is None:
         return "—"
     return f"{mean:.4g} ± {spread:.2g}"
-
-
-def _curves(trial, path: Path) -> Path:
-    """The mini-batch loss against evaluations, one colour per candidate, one line per seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from landscope.plot._files import save_figure
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    colours = plt.get_cmap("tab20")
-    for i, row in enumerate(trial.summary):
-        for j, run in enumerate(r for r in trial.runs if r["candidate"] == row["candidate"]):
-            points = [(e, v) for e, v in run["curve"] if v is not None]
-            if points:
-                x, y = zip(*points, strict=True)
-                ax.plot(x, y, color=colours(i % 20), lw=1, alpha=0.8,
-                        label=f"{row['rank']}. {row['candidate']}" if j == 0 else None)
-    ax.set(xlabel="gradient evaluations", ylabel="mini-batch training loss",
-           title="remedy trials: the same start, budget and data order")
-    if all(v > 0 for run in trial.runs for _, v in run["curve"] if v is not None):
-        ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    try:
-        return save_figure(fig, path)
-    finally:
-        plt.close(fig)
