@@ -12,7 +12,7 @@ import sys as _sys
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from landscope import doctor, functions, monitor, optim, race  # noqa: E402
+from landscope import doctor, escape, functions, monitor, optim, race  # noqa: E402
 from landscope.anytime import AnytimeProbe, anytime_probe, cost_plan  # noqa: E402
 from landscope.critical import KINDS, Probe, probe  # noqa: E402
 from landscope.errors import (  # noqa: E402
@@ -21,7 +21,6 @@ from landscope.errors import (  # noqa: E402
     LandscopeError,
     NonFiniteLossError,
 )
-from landscope.escape import Trial, escape  # noqa: E402
 from landscope.objective import Objective  # noqa: E402
 from landscope.spectrum import Density, Spectrum, Trace, density, spectrum, trace  # noqa: E402
 
@@ -37,7 +36,6 @@ __all__ = [
     "Probe",
     "Spectrum",
     "Trace",
-    "Trial",
     "__version__",
     "anytime_probe",
     "cost_plan",
