@@ -10,10 +10,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscope import io
 from landscope.cli._common import _guard, _load_data, _model_data_loss, app, console
+from landscope.data import is_tensor_pair
 from landscope.errors import BadInputError
 from landscope.escape import DEFAULT_CANDIDATES
 from landscope.plot._files import save_figure
 from landscope.plot.escape import curves_figure
+
+BATCH_SIZE = 64
+"""Mini-batch size of (X, y) data unless --batch-size says otherwise: training as users train,
+with each seed's own data order (full batch would make the seeds the same run)."""
 
 
 @app.command()
@@ -43,8 +48,9 @@ def escape(
                               "counts one)."),
     seeds: int = typer.Option(3, help="Runs per candidate, each with its own data order."),
     seed: int = typer.Option(0, help="Seed of everything random: trials are bit-reproducible."),
-    batch_size: int = typer.Option(None, help="Mini-batch size for (X, y) data (default: all "
-                                   "samples at once); a DataLoader keeps its own batches."),
+    batch_size: int = typer.Option(None, min=1, help="Mini-batch size for (X, y) data "
+                                   f"(default {BATCH_SIZE}; at least the sample count: full "
+                                   "batch); a DataLoader keeps its own batches."),
     curvature_products: int = typer.Option(100, min=1, help="Cap on the Hessian-vector "
                                            "products of each λ_min (at θ₀ and every run's "
                                            "end)."),
@@ -74,6 +80,8 @@ def _escape(model_spec, checkpoint, data_spec, held_out_spec, loss_spec, optimiz
         raise BadInputError(f"--candidates {candidates!r} names no candidate; give "
                             "comma-separated names (see --list)")
     net, data, loss_fn, _ = _model_data_loss(model_spec, checkpoint, data_spec, loss_spec, out)
+    if batch_size is None and is_tensor_pair(data):  # seeds then differ in their data order
+        batch_size = BATCH_SIZE
     held = None if held_out_spec is None else _load_data(held_out_spec,
                                                          next(net.parameters()).dtype)
     with Progress(TextColumn("trying remedies"), BarColumn(),
