@@ -58,8 +58,8 @@ def _curvature(step=150, **values) -> dict:
     """Curvature columns: NaN everywhere except one measurement at ``step``."""
     out = {}
     for name in ("held_loss", "held_grad_norm", "lambda_max", "lambda_min", "sharpness",
-                 "stability_threshold", "lambda_max_residual", "lambda_min_residual",
-                 "noise_scale"):
+                 "stability_threshold", "effective_lr", "lambda_max_residual",
+                 "lambda_min_residual", "noise_scale"):
         column = np.full(N, np.nan)
         if name in values:
             column[step] = values[name]
@@ -167,14 +167,40 @@ def test_sharpness_above_the_stability_limit(over, fires):
         assert found["lr_too_large"].severity == "warning"
 
 
+@pytest.mark.parametrize("loss, fires", [(_stalled(), True), (_falling(), False),
+                                         (np.r_[np.full(100, 2.0), np.full(100, 1.5)], False)])
+def test_sharpness_past_the_limit_counts_only_where_the_loss_stopped_falling(loss, fires):
+    """At the edge of stability a falling loss is gradient descent making progress; a
+    measurement that the loss has since fallen from is not where the run stopped."""
+    curv = _curvature(step=50 if loss[60] == 2.0 else 150, held_loss=1.5, held_grad_norm=1.0,
+                      lambda_max=25.0, lambda_min=0.0, sharpness=25.0, stability_threshold=20.0)
+    assert ("lr_too_large" in _names(_record(loss, grad_cos=-0.9, **curv))) is fires
+
+
 @pytest.mark.parametrize("ratio, fires", [(0.95, True), (1.05, False)])
-def test_lr_too_small_at_its_sharpness_threshold(ratio, fires):
+@pytest.mark.parametrize("effective_lr, limit", [(0.1, 20.0), (1.0, 38.0), (None, 20.0)])
+def test_lr_too_small_at_its_sharpness_threshold(ratio, fires, effective_lr, limit):
+    """η_eff·sharpness/2 against the threshold: plain SGD at 0.1 (limit 2/η = 20), heavy ball
+    at 0.1 with μ = 0.9 (η_eff = 1, limit 38: far below it, yet moving fast), and a record from
+    before effective_lr (the learning rate stands in)."""
     creeping = np.linspace(2.0, 1.95, N)
+    sharpness = ratio * TH.small_sharpness * 2 / (effective_lr or 0.1)
     curv = _curvature(held_loss=1.96, held_grad_norm=1.0, lambda_max=1.0, lambda_min=-0.1,
-                      sharpness=ratio * TH.small_sharpness * 20.0, stability_threshold=20.0)
+                      sharpness=sharpness, stability_threshold=limit,
+                      **({} if effective_lr is None else {"effective_lr": effective_lr}))
     record = _record(creeping, LAYERS, grad_cos=0.5, grad_norm=1.0, update_ratio__a=1e-2,
                      update_ratio__b=1e-2, **curv)
     assert ("lr_too_small" in _names(record)) is fires
+
+
+def test_lr_too_small_needs_a_slow_window():
+    curv = _curvature(held_loss=1.96, held_grad_norm=1.0, lambda_max=1.0, lambda_min=-0.1,
+                      sharpness=1e-3, stability_threshold=20.0, effective_lr=0.1)
+    fast = np.r_[np.full(100, 2.0), np.linspace(2.0, 1.6, 100)]  # 10.5% of the excess a window
+    slow = np.r_[np.full(100, 2.0), np.linspace(2.0, 1.64, 100)]  # 9.5%
+    names = [_names(_record(loss, LAYERS, grad_cos=0.5, grad_norm=1.0, **curv))
+             for loss in (fast, slow)]
+    assert "lr_too_small" not in names[0] and "lr_too_small" in names[1]
 
 
 @pytest.mark.parametrize("ratio, fires", [(0.95, True), (1.05, False)])
@@ -271,8 +297,11 @@ def test_a_cause_ranks_before_what_it_explains_and_severity_first():
     ranked = rank([finding("exploding_gradients", "critical", 50.0),
                    finding("lr_too_large", "critical")])
     assert [f.name for f in ranked] == ["lr_too_large", "exploding_gradients"]
-    ranked = rank([finding("narrow_valley", "warning"), finding("lr_too_large", "critical")])
-    assert ranked[0].name == "lr_too_large" and ranked[1].explained_by is None
+    ranked = rank([finding("narrow_valley", "warning", 9.0), finding("lr_too_large", "warning")])
+    assert [(f.name, f.explained_by) for f in ranked] == [("lr_too_large", None),
+                                                          ("narrow_valley", "lr_too_large")]
+    ranked = rank([finding("saturation", "warning"), finding("vanishing_gradients", "critical")])
+    assert ranked[0].name == "vanishing_gradients" and ranked[0].explained_by is None
 
 
 def test_the_causality_table_is_closed_and_acyclic():
@@ -359,6 +388,97 @@ def test_the_header_of_a_diverged_run_reads_the_first_and_peak_losses(diverged):
     assert summary["peak_step"] == int(diverged.steps[np.nanargmax(loss)])
     line = loss_line(summary)
     assert line.startswith(f"{loss[0]:.4g} → ") and f"peak {np.nanmax(loss):.3g}" in line
+
+
+def _teacher_data(random_labels=False):
+    """256 samples, 8 features, 3 classes: labels from a noisy linear teacher (or random)."""
+    generator = torch.Generator().manual_seed(1)
+    X = torch.randn(256, 8, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(8, 3, generator=generator, dtype=torch.float64)
+    noise = 0.5 * torch.randn(256, 3, generator=generator, dtype=torch.float64)
+    y = (X @ teacher + noise).argmax(1)
+    return X, torch.randint(0, 3, (256,), generator=generator) if random_labels else y
+
+
+def _tanh_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+
+
+def _sharpest(model, loss_fn, data) -> float:
+    from landscope import Objective, spectrum
+    return spectrum(Objective.from_model(model, loss_fn, data), k=1).largest.values[0].item()
+
+
+@pytest.mark.parametrize("batch", [None, 32])
+def test_a_far_too_small_learning_rate_is_found_while_the_loss_creeps_down(batch):
+    """GD at η·λ_max/2 = 0.002 creeps down; the Monitor measures the slow windows and the
+    doctor says the rate is too small. Ground truth: 50× the rate gets far lower in as many
+    steps."""
+    X, y = _teacher_data()
+    lam = _sharpest(_tanh_mlp(), nn.functional.cross_entropy, (X, y))
+    losses = []
+    for lr in (0.004 / lam, 0.2 / lam):
+        model = _tanh_mlp()
+        record = _train_small(model, torch.optim.SGD(model.parameters(), lr=lr), X, y, 300,
+                              batch=batch, generator=torch.Generator().manual_seed(0))
+        losses.append(float(np.median(record["loss"][-20:])))
+        if len(losses) == 1:
+            creeping = diagnose(record)
+            events = record.meta["events"]
+    assert losses[1] < 0.5 * losses[0] < 0.5 * creeping.summary["first_loss"]
+    assert {e["reason"] for e in events} == {"slow"}
+    primary = creeping.primary
+    assert primary.name == "lr_too_small" and creeping.names() == ["lr_too_small"]
+    evidence = primary.evidence
+    assert evidence["effective_lr"] == pytest.approx(0.004 / lam)
+    assert evidence["rate_share"] == pytest.approx(evidence["lr"] * evidence["sharpness"] / 2)
+    assert 0.001 < evidence["rate_share"] <= TH.small_sharpness
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda p, lam: torch.optim.SGD(p, lr=0.5 / lam),  # η·λ_max = 0.5
+    lambda p, lam: torch.optim.SGD(p, lr=0.02 / lam, momentum=0.9),  # sharpness/limit ~0.006
+    lambda p, lam: torch.optim.Adam(p, lr=1e-3),
+])
+def test_a_good_rate_on_a_slow_task_is_not_called_too_small(optimizer):
+    """Random labels: the loss creeps down at any rate, so the Monitor measures the curvature,
+    and the curvature shows the rate is not small (heavy ball: η_eff = η/(1−μ), not its far
+    larger stability limit)."""
+    X, y = _teacher_data(random_labels=True)
+    model = _tanh_mlp()
+    lam = _sharpest(model, nn.functional.cross_entropy, (X, y))
+    record = _train_small(model, optimizer(model.parameters(), lam), X, y, 300)
+    assert any(e["reason"] == "slow" for e in record.meta["events"])
+    assert "lr_too_small" not in diagnose(record).names()
+
+
+@pytest.mark.parametrize("over, past", [(1.0002, True), (0.98, False)])
+def test_full_batch_gd_just_past_its_stability_limit_is_a_too_large_rate(over, past):
+    """Linear least squares, GD at η = over·2/λ_max (λ_max exact: 2XᵀX/n): just past the limit
+    the loss first falls, then bounces between the valley's walls and slowly climbs."""
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.tensor([3.0, 1, 1, 0.5, 0.5, 0.3], dtype=torch.float64)
+    X = torch.randn(200, 6, generator=generator, dtype=torch.float64) * scales
+    y = X @ torch.randn(6, 1, generator=generator, dtype=torch.float64)
+    y = y + 0.1 * torch.randn(200, 1, generator=generator, dtype=torch.float64)
+    Xb = torch.cat([X, torch.ones(200, 1, dtype=torch.float64)], 1)
+    lam = torch.linalg.eigvalsh(2 * Xb.T @ Xb / 200)[-1].item()
+    torch.manual_seed(0)
+    model = nn.Linear(6, 1).double()
+    record = _train_small(model, torch.optim.SGD(model.parameters(), lr=over * 2 / lam), X, y,
+                          300, loss_fn=nn.functional.mse_loss)
+    diagnosis = diagnose(record)
+    if not past:
+        assert diagnosis.healthy, diagnosis.names()
+        return
+    assert diagnosis.primary.name == "lr_too_large" and diagnosis.primary.explained_by is None
+    evidence = diagnosis.primary.evidence
+    assert evidence["sharpness"] == pytest.approx(lam, rel=1e-3)
+    assert evidence["stability_limit"] == pytest.approx(lam / over, rel=1e-9)
+    assert evidence["sharpness_over_limit"] >= 1
+    found = {f.name: f for f in diagnosis.findings}
+    assert found["narrow_valley"].explained_by == "lr_too_large"
 
 
 @pytest.mark.parametrize("final, words", [(6463.0, "rose ×4,252"), (0.152, "fell 90.0%"),

@@ -271,6 +271,29 @@ def test_stability_limits_separate_convergence_from_divergence_on_a_quadratic(op
     assert ends[0] < 1e-3 and ends[1] > 1e3
 
 
+@pytest.mark.parametrize("make", [
+    lambda p: torch.optim.SGD(p, lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1, dampening=0.5),
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.8, dampening=0.8),
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    lambda p: torch.optim.Adam(p, lr=0.1), lambda p: torch.optim.AdamW(p, lr=0.1, weight_decay=0),
+    lambda p: torch.optim.RMSprop(p, lr=0.1, momentum=0.5),
+])
+def test_effective_lr_is_the_steady_step_under_a_constant_gradient(make):
+    """Under a constant gradient g every optimiser settles into steps −η_eff·P⁻¹g."""
+    w = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    g = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    opt = make([w])
+    for _ in range(2000):  # RMSprop's average of g² (no bias correction) needs them
+        before = w.detach().clone()
+        opt.zero_grad()
+        (g @ w).backward()
+        opt.step()
+    stab = stability(opt, {"w": w}, ["w"])
+    P = torch.ones(3, dtype=torch.float64) if stab.preconditioner is None else stab.preconditioner
+    assert torch.allclose(w.detach() - before, -stab.effective_lr * g / P, rtol=1e-6)
+
+
 def test_adam_limit_is_that_of_heavy_ball_with_dampening():
     """With a frozen preconditioner Adam is SGD(momentum=β₁, dampening=β₁) on P⁻¹H."""
     w = nn.Parameter(torch.ones(1))
@@ -281,7 +304,7 @@ def test_adam_limit_is_that_of_heavy_ball_with_dampening():
     assert stability(torch.optim.LBFGS([w]), {"w": w}, ["w"]).threshold is None
 
 
-def test_curvature_is_spent_on_a_stall_only_and_within_the_budget():
+def test_curvature_is_spent_on_a_stall_or_a_slow_fall_only_and_within_the_budget():
     X, y = _data()
     held = (X[:32], y[:32])
     frozen = _net()
@@ -304,6 +327,20 @@ def test_curvature_is_spent_on_a_stall_only_and_within_the_budget():
                  window=20, check_every=10, budget=math.inf) as monitor:
         _train(learning, opt, X, separable, 40, monitor, batch=None)
     assert monitor.record.meta["events"] == []
+    creeping = _net()
+    opt = torch.optim.SGD(creeping.parameters(), lr=0.05)  # a few % a window, then less
+    with Monitor(creeping, opt, loss_fn=nn.functional.cross_entropy, held=(X, separable),
+                 window=20, check_every=10, budget=math.inf) as monitor:
+        _train(creeping, opt, X, separable, 60, monitor, batch=None)
+    record, events = monitor.record, monitor.record.meta["events"]
+    assert [(e["step"], e["reason"]) for e in events] == [
+        (19, "slow"), (39, "slow"), (59, "stalled")]
+    th = signals_module.CurveThresholds()
+    assert all(th.plateau_rtol <= e["progress"] < th.slow_progress for e in events[:2])
+    rows = np.isfinite(record["lambda_max"])
+    assert rows.sum() == 3 and np.isfinite(record["lambda_min"][rows]).tolist() == [
+        False, False, True]  # λ_min only where the loss stalled
+    assert record["effective_lr"][rows].tolist() == [0.05] * 3
 
 
 class _CountedClock:

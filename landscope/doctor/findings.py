@@ -23,16 +23,16 @@ CAUSES: dict[str, set[str]] = {
     "symmetric_init": {"saddle", "poor_minimum", "vanishing_gradients", "dead_relus",
                        "lr_too_small", "narrow_valley"},
     "lr_too_large": {"exploding_gradients", "dead_relus", "saturation", "vanishing_gradients",
-                     "saddle", "poor_minimum"},
+                     "saddle", "poor_minimum", "narrow_valley"},
     "exploding_gradients": {"dead_relus", "saturation", "vanishing_gradients"},
-    "narrow_valley": {"lr_too_large"},
     "saturation": {"vanishing_gradients"},
     "vanishing_gradients": {"saddle", "poor_minimum", "lr_too_small"},
     "dead_relus": {"vanishing_gradients", "poor_minimum"},
     "saddle": {"lr_too_small"},
     "poor_minimum": {"lr_too_small"},
 }
-"""cause → the findings it directly produces (a blow-up leaves a stall at a poor level too)."""
+"""cause → the findings it directly produces (a blow-up leaves a stall at a poor level too; a
+rate past the stability limit bounces between the walls of the valley it cannot descend)."""
 
 
 def _closure(direct: dict[str, set[str]]) -> dict[str, set[str]]:

@@ -207,9 +207,12 @@ TEXT: dict[str, dict] = {
     "lr_too_small": {
         "title": "Learning rate too small",
         "explanation": (
-            "The loss is still falling, in a steady direction, but every layer's weights change by "
-            "a tiny fraction of their size per step: the steps are far shorter than the landscape "
-            "allows, so training creeps and may stall in flat regions."),
+            "The loss is still falling, in a steady direction, but slowly: along a direction of "
+            "curvature λ a step of (effective) rate η removes the share ηλ of the error, and here "
+            "even along the sharpest direction that share is tiny (or, with no curvature measured, "
+            "every layer's weights change by a tiny fraction of their size per step). The steps "
+            "are far shorter than the landscape allows, so training creeps and may stall in flat "
+            "regions."),
         "remedies": [
             Remedy("Raise the learning rate (10× and retry; stay below the stability limit "
                    "2/λ_max)."),

@@ -7,7 +7,9 @@ compares a number with another number from the same run, never with an absolute 
 - the descent ratio r = ‖g‖²/(2·λ_max·(L − L_low)) on the held batch: the share of the excess loss
   one safe gradient step (length 1/λ_max) would remove. r ≥ ``critical_ratio``: still sliding;
   below it θ is near a critical point (the test of ``landscope.probe``, made coarse for training);
-- λ_min relative to ρ = max|λ|; sharpness relative to the optimiser's stability limit;
+- λ_min relative to ρ = max|λ|; sharpness relative to the optimiser's stability limit (too
+  large) and η_eff·sharpness/2, the effective learning rate as a share of 2/sharpness (too small:
+  a momentum method's limit is far above the rates at which it moves fast);
 - per-parameter gradient RMS ‖g_layer‖/√n_layer of each layer relative to the last layer's;
 - cos(g_t, g_{t−1}): persistently negative means the steps bounce between the walls of a valley;
 - update-to-weight ratios ‖Δθ‖/‖θ‖ (used for the learning rate only when no curvature was measured),
@@ -129,7 +131,7 @@ class Run:
                 "lambda_min_residual": r["lambda_min_residual"][i],
                 "descent_ratio": ratio, "sharpness": r["sharpness"][i],
                 "stability_limit": r["stability_threshold"][i], "lr": r["lr"][i],
-                "noise_scale": r["noise_scale"][i]}
+                "effective_lr": r["effective_lr"][i], "noise_scale": r["noise_scale"][i]}
 
 
 # ---------------------------------------------------------------------- the loss curve
@@ -219,6 +221,11 @@ def lr_too_large(run: Run) -> Finding | None:
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = run.record["sharpness"] / run.record["stability_threshold"]
     edge = np.flatnonzero(ratio >= th.edge_margin)
+    if not over.size:  # no blow-up: only where the loss has stopped falling (at the edge of
+        where = run.final.copy()  # stability a falling loss is GD's own way of making progress)
+        if run.curvature is not None:
+            where[run.curvature] = True
+        edge = edge[where[edge]] if run.status in ("stalled", "rising") else edge[:0]
     if edge.size:
         j = edge[np.argmax(ratio[edge])]
         evidence.update(sharpness=run.record["sharpness"][j],
@@ -232,10 +239,12 @@ def lr_too_large(run: Run) -> Finding | None:
         what = (f"the loss rose from {evidence['lowest_before']:.3g} to "
                 f"{evidence['loss_there']:.3g} at step {evidence['divergence_step']}")
     else:
-        what = "the loss stopped falling"
+        what = (f"the loss has stopped falling ({run.status}, progress {run.progress:.1%} over "
+                "the final window)")
     if edge.size:
-        what += (f"; the sharpness {evidence['sharpness']:.3g} exceeds the optimiser's "
-                 f"stability limit {evidence['stability_limit']:.3g}")
+        what += (f"; the sharpness {evidence['sharpness']:.4g} is "
+                 f"{evidence['sharpness_over_limit']:.5g}× the optimiser's stability limit "
+                 f"{evidence['stability_limit']:.4g}")
     return Finding("lr_too_large", "critical" if over.size else "warning", what, evidence,
                    sorted(steps), strength)
 
@@ -245,20 +254,23 @@ def lr_too_small(run: Run) -> Finding | None:
     ratios = {name: run.median(col) for name, col in run.record.per_layer("update_ratio").items()}
     largest = max((v for v in ratios.values() if np.isfinite(v)), default=math.nan)
     cos = run.median("grad_cos")
-    if not (run.status in ("falling", "stalled") and run.progress > 0
+    if not (run.status in ("falling", "stalled") and 0 < run.progress < th.curve.slow_progress
             and share >= th.poor_fraction and cos >= th.persistent_cos):
         return None
     evidence = {"largest_update_ratio": largest, "small_update": th.small_update,
                 "median_grad_cos": cos, "excess_share": share, "progress": run.progress,
                 "lr": run.median("lr")}
-    if run.latest is not None:  # the scale-free test: how far below its stability limit
+    if run.latest is not None:  # the scale-free test: η_eff·sharpness/2 (see the docstring)
         numbers = run.curvature_numbers(run.latest)
-        used = numbers["sharpness"] / numbers["stability_limit"]
+        rate = numbers["effective_lr"]
+        rate = numbers["lr"] if math.isnan(rate) else rate  # records from before effective_lr
+        used = rate * numbers["sharpness"] / 2
         if not used <= th.small_sharpness:
             return None
-        evidence.update(numbers, sharpness_over_limit=used, small_sharpness=th.small_sharpness)
-        what = (f"the sharpness is {used:.2g} of the optimiser's stability limit (the learning "
-                "rate is that fraction of the largest the local curvature allows)")
+        evidence.update(numbers, rate_share=used, small_sharpness=th.small_sharpness)
+        what = (f"a step removes {2 * used:.2g} of the error along the sharpest direction "
+                f"(η_eff·λ = {rate:.3g} × {numbers['sharpness']:.3g}): the learning rate is "
+                f"{used:.2g} of the 2/λ the local curvature allows")
         strength = th.small_sharpness / max(used, 1e-300)
     else:
         if not largest <= th.small_update:

@@ -10,6 +10,13 @@ at the edge of stability"). *Sharpness* below is that relevant curvature; ``stab
 the limit it is compared with. Preconditioners are frozen at the measured step (an approximation:
 v̂ keeps moving).
 
+How fast the run moves is another number: under a constant (preconditioned) gradient g a momentum
+method settles into steps η_eff·g, with η_eff = η(1−d)/(1−μ) for heavy ball, η/(1−μ) for Nesterov
+and RMSprop, η for Adam (its m is an average, not a sum). Along the sharpest direction each step
+then removes the share ≈ η_eff·λ of the error, so η_eff·sharpness/2 says how far the learning rate
+is below the largest that plain gradient descent could take there (``effective_lr``); the limit
+above is larger by the momentum's damping and says nothing about speed.
+
 Gradient noise: the held batch is cut into m equal chunks of b samples with gradients g_i; with
 s² = Σ‖g_i − ḡ‖²/(m−1) ≈ tr Σ / b (Σ the per-sample gradient covariance) and the unbiased
 ‖G‖² ≈ ‖ḡ‖² − s²/m, the noise scale B_noise = tr Σ / ‖G‖² (McCandlish et al., 2018) is the batch
@@ -35,8 +42,8 @@ from landscope.objective import Objective
 from landscope.spectrum import spectrum
 
 COLUMNS = ("held_loss", "held_grad_norm", "lambda_max", "lambda_max_residual", "lambda_min",
-           "lambda_min_residual", "sharpness", "stability_threshold", "noise_scale",
-           "curvature_products")
+           "lambda_min_residual", "sharpness", "stability_threshold", "effective_lr",
+           "noise_scale", "curvature_products")
 """The record columns a curvature measurement fills (NaN where not measured)."""
 
 EIG_TOL = 1e-3
@@ -63,11 +70,13 @@ class Eigenvectors:
 
 @dataclass(frozen=True)
 class Stability:
-    """The optimiser's stability limit on the (preconditioned) curvature, and how it was derived."""
+    """The optimiser's stability limit on the (preconditioned) curvature, how it was derived, and
+    its steady step per unit of (preconditioned) gradient, η_eff (module docstring)."""
 
     threshold: float | None
     preconditioner: torch.Tensor | None  # P as a flat vector (θ order), or None for P = I
     rule: str
+    effective_lr: float = math.nan
 
 
 def stability(optimizer: torch.optim.Optimizer, named: dict[str, torch.Tensor],
@@ -80,26 +89,29 @@ def stability(optimizer: torch.optim.Optimizer, named: dict[str, torch.Tensor],
     Examples
     --------
     >>> w = torch.nn.Parameter(torch.zeros(2))
-    >>> round(stability(torch.optim.SGD([w], lr=0.1, momentum=0.9), {"w": w}, ["w"]).threshold, 9)
-    38.0
+    >>> heavy_ball = stability(torch.optim.SGD([w], lr=0.1, momentum=0.9), {"w": w}, ["w"])
+    >>> round(heavy_ball.threshold, 9), round(heavy_ball.effective_lr, 9)
+    (38.0, 1.0)
     """
     group = optimizer.param_groups[0]
     lr = float(group["lr"])
     if lr <= 0:
-        return Stability(math.inf, None, "a zero learning rate is stable at any curvature")
+        return Stability(math.inf, None, "a zero learning rate is stable at any curvature", 0.0)
     if isinstance(optimizer, torch.optim.SGD):
-        mu, damp = group.get("momentum", 0.0), group.get("dampening", 0.0)
+        mu = group.get("momentum", 0.0)
+        damp = group.get("dampening", 0.0) if mu else 0.0  # no buffer, no dampening
         if group.get("nesterov", False):
             return Stability((2 + 2 * mu) / ((1 + 2 * mu) * lr), None,
-                             "Nesterov: ηλ < 2(1+μ)/(1+2μ)")
-        return Stability(2 * (1 + mu) / ((1 - damp) * lr), None, "heavy ball: η(1−d)λ < 2(1+μ)")
+                             "Nesterov: ηλ < 2(1+μ)/(1+2μ)", lr / (1 - mu))
+        return Stability(2 * (1 + mu) / ((1 - damp) * lr), None, "heavy ball: η(1−d)λ < 2(1+μ)",
+                         lr * (1 - damp) / (1 - mu))
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         beta1, beta2 = group["betas"]
         key = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
         P = _preconditioner(optimizer, named, names, lambda s: (
             s[key] / (1 - beta2 ** float(s["step"]))).sqrt() + group["eps"])
         return Stability(2 * (1 + beta1) / ((1 - beta1) * lr), P,
-                         "Adam: λ(P⁻¹H) < 2(1+β₁)/((1−β₁)η)")
+                         "Adam: λ(P⁻¹H) < 2(1+β₁)/((1−β₁)η)", lr)
     if isinstance(optimizer, torch.optim.RMSprop):
         mu = group.get("momentum", 0.0)
 
@@ -108,7 +120,7 @@ def stability(optimizer: torch.optim.Optimizer, named: dict[str, torch.Tensor],
             return v.sqrt() + group["eps"]
 
         P = _preconditioner(optimizer, named, names, root)
-        return Stability(2 * (1 + mu) / lr, P, "RMSprop: ηλ(P⁻¹H) < 2(1+μ)")
+        return Stability(2 * (1 + mu) / lr, P, "RMSprop: ηλ(P⁻¹H) < 2(1+μ)", lr / (1 - mu))
     return Stability(None, None, f"no stability rule for {type(optimizer).__name__}")
 
 
@@ -177,6 +189,7 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
     named = dict(model.named_parameters(remove_duplicate=False))
     stab = stability(optimizer, named, obj.info["parameters"])
     out["stability_threshold"] = math.nan if stab.threshold is None else stab.threshold
+    out["effective_lr"] = stab.effective_lr
     if seconds < 3 * gradient_seconds:
         out["curvature_products"] = 0
         return finish(stab.rule, f"the time budget ({seconds:.3g} s) is below three gradient "

@@ -19,7 +19,8 @@ path. Values are converted in one go at a flush every ``check_every`` steps, whi
 
 Curvature (λ_max against the optimiser's stability limit, λ_min, gradient noise; see
 :mod:`landscope.monitor.curvature`) needs a held batch and is spent only when the loss curve
-rises, or stalls short of convergence or while oscillating (:func:`signals.curvature_reason`), at
+rises, stalls short of convergence or while oscillating, or falls slowly far from its end
+(λ_max only: is the rate far below its limit?) (:func:`signals.curvature_reason`), at
 most once per ``window`` steps, and only within ``budget``: the Monitor's own time (its steps,
 flushes and every curvature measurement, this one included) stays within ``budget`` times the
 training time so far, so curvature gets what the first-order statistics leave. Each measurement
@@ -380,7 +381,7 @@ class Monitor:
                                  np.array([[row[0], *updates.values()]]))
 
     def _check_curve(self, rows: np.ndarray) -> None:
-        """Read the last ``window`` losses; measure curvature if they stall or rise."""
+        """Read the last ``window`` losses; measure curvature if they stall, rise or creep."""
         if (self.held is None or self._curvature_failed
                 or self.t - self._last_curvature < self.window):
             return
@@ -390,7 +391,7 @@ class Monitor:
         initial = float(np.mean(self._head)) if self._head else math.nan
         status, progress = signals.window_status(window[:, 0], initial, self.lower_bound,
                                                  self.thresholds)
-        reason = signals.curvature_reason(status, window[:, 0], window[:, 1], initial,
+        reason = signals.curvature_reason(status, progress, window[:, 0], window[:, 1], initial,
                                           self.lower_bound, self.thresholds)
         spent = self._seconds["monitor"]  # everything the Monitor did, curvature included
         training = time.perf_counter() - self._start - spent

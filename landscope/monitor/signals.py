@@ -13,6 +13,9 @@ A window is *rising* when its second half exceeds the first by more than ``rise_
 initial excess loss (so noise at the bottom of a converged run is not a rise), *stalled* when
 progress < ``plateau_rtol``, *falling* otherwise, and *too_short* with fewer than ``min_points``
 finite losses (a loss that overflowed is flagged in the ``non_finite`` column, not read here).
+A falling window is *slow* when its progress is below ``slow_progress`` while the loss is still
+above ``slow_excess`` of its initial excess: a run creeping down far from its end, where only the
+curvature can tell a learning rate far below its stability limit from a hard landscape.
 Whether a stall is a problem (a saddle, a narrow valley) or the end of a good run is for the
 doctor's rules to say, from the gradient and the curvature; :func:`curvature_reason` only decides
 whether curvature is worth computing.
@@ -38,6 +41,8 @@ class CurveThresholds:
     min_points: int = 10
     oscillation_cos: float = -0.3
     converged_fraction: float = 0.01
+    slow_progress: float = 0.10
+    slow_excess: float = 0.5
 
 
 def initial_loss(loss: np.ndarray, points: int = 10) -> float:
@@ -73,28 +78,37 @@ def window_status(window: np.ndarray, initial: float, lower_bound: float = 0.0,
     return "falling", progress
 
 
-def curvature_reason(status: str, window: np.ndarray, cosines: np.ndarray, initial: float,
-                     lower_bound: float = 0.0,
+def curvature_reason(status: str, progress: float, window: np.ndarray, cosines: np.ndarray,
+                     initial: float, lower_bound: float = 0.0,
                      thresholds: CurveThresholds | None = None) -> str | None:
-    """Why the first-order record calls for curvature (``status``), or None if it does not.
+    """Why the first-order record calls for curvature, or None if it does not; ``status`` and
+    ``progress`` are the window's (:func:`window_status`).
 
     A rising loss always does; a stalled one does unless the loss has already fallen to
     ``converged_fraction`` of its initial excess with no sign of oscillation (median
-    cos(g_t, g_{t−1}) above ``oscillation_cos``): the end of a good run, not a question.
+    cos(g_t, g_{t−1}) above ``oscillation_cos``): the end of a good run, not a question. A falling
+    one does only when it is slow (module docstring): reason ``"slow"``.
 
     Examples
     --------
-    >>> curvature_reason("stalled", np.full(20, 0.01), np.zeros(20), initial=2.3) is None
+    >>> curvature_reason("falling", 0.05, np.linspace(1.8, 1.7, 20), np.ones(20), initial=2.3)
+    'slow'
+    >>> curvature_reason("falling", 0.05, np.linspace(0.8, 0.7, 20), np.ones(20), initial=2.3)
+    >>> curvature_reason("stalled", 0.0, np.full(20, 0.01), np.zeros(20), initial=2.3) is None
     True
-    >>> curvature_reason("stalled", np.full(20, 0.01), np.full(20, -0.9), initial=2.3)
+    >>> curvature_reason("stalled", 0.0, np.full(20, 0.01), np.full(20, -0.9), initial=2.3)
     'stalled'
     """
     t = thresholds or CurveThresholds()
     if status == "rising":
         return status
+    excess, initial_excess = np.nanmean(window) - lower_bound, initial - lower_bound
+    if status == "falling":
+        slow = progress < t.slow_progress and excess > t.slow_excess * initial_excess
+        return "slow" if slow else None
     if status != "stalled":
         return None
-    converged = np.nanmean(window) - lower_bound <= t.converged_fraction * (initial - lower_bound)
+    converged = excess <= t.converged_fraction * initial_excess
     oscillating = np.isfinite(cosines).any() and np.nanmedian(cosines) <= t.oscillation_cos
     return None if converged and not oscillating else status
 
