@@ -37,7 +37,6 @@ instead of running them again, and refuses a directory holding runs of other set
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import importlib
 import importlib.util
@@ -177,13 +176,8 @@ class Trial:
         """``escape-summary.csv`` and ``escape-runs.csv`` in ``directory``."""
         directory = Path(directory)
         paths = directory / "escape-summary.csv", directory / "escape-runs.csv"
-        for path, rows, fields in ((paths[0], self.summary, SUMMARY_FIELDS),
-                                   (paths[1], self.runs, RUN_FIELDS)):
-            with io.atomic_write(path, "w", newline="") as stream:
-                writer = csv.DictWriter(stream, fields, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(rows)
-        return paths
+        return (io.write_csv(paths[0], self.summary, SUMMARY_FIELDS),
+                io.write_csv(paths[1], self.runs, RUN_FIELDS))
 
 
 RUN_FIELDS = ("candidate", "seed", "train_loss", "held_out_loss", "lambda_min",

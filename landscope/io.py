@@ -9,6 +9,7 @@ refused, never executed.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -82,6 +83,16 @@ def recording() -> Iterator[list[Path]]:
         yield written
     finally:
         _WRITTEN.reset(token)
+
+
+def write_csv(path: str | Path, rows, fields) -> Path:
+    """``rows`` (mappings) as a CSV with the header ``fields`` (other keys left out), written
+    atomically."""
+    with atomic_write(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
 
 
 def write_result(directory: str | Path, kind: str, payload: dict,

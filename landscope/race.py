@@ -24,7 +24,6 @@ process, so the result and its files are those of one process.
 
 from __future__ import annotations
 
-import csv
 import inspect
 import math
 import statistics
@@ -78,13 +77,8 @@ class RaceResult:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         paths = directory / "race-summary.csv", directory / "race-runs.csv"
-        for path, rows, fields in ((paths[0], self.summary, SUMMARY_FIELDS),
-                                   (paths[1], self.runs, RUN_FIELDS)):
-            with io.atomic_write(path, "w", newline="") as stream:
-                writer = csv.DictWriter(stream, fields, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(rows)
-        return paths
+        return (io.write_csv(paths[0], self.summary, SUMMARY_FIELDS),
+                io.write_csv(paths[1], self.runs, RUN_FIELDS))
 
 
 def race(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, *, starts: int = 32,
