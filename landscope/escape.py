@@ -44,6 +44,7 @@ import json
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,7 @@ def available(c: Candidate) -> str | None:
     """None when ``c`` can run here; else why not (a missing optional package)."""
     if c.requires and importlib.util.find_spec(c.requires) is None:
         return f"needs the optional package {c.requires} (pip install " \
-               f"{c.requires.replace('_', '-')}); skipped"
+               f"{c.requires.replace('_', '-')}, or landscope[second-order]); skipped"
     return None
 
 
@@ -338,7 +339,10 @@ class _Step:
         if self.first is None:
             self.first = value
         if not self.takes_gradient:
-            loss.backward(create_graph=self.create_graph)
+            with warnings.catch_warnings():  # the graph kept in p.grad is a cycle that the
+                warnings.filterwarnings(  # next call's p.grad = None breaks
+                    "ignore", "Using backward\\(\\) with create_graph=True", UserWarning)
+                loss.backward(create_graph=self.create_graph)
         return loss
 
 

@@ -189,6 +189,22 @@ def test_optional_extras_are_skipped_with_a_note_when_missing(monkeypatch):
     assert trials.available(trials.CHANGES["baseline"]) is None
 
 
+def test_adahessian_runs_with_its_hessian_products_counted_and_lowers_the_loss(one_thread):
+    """AdaHessian's Hutchinson product differentiates the gradient again: it fails unless the
+    closure kept the gradient's graph; each step costs its gradient and one product."""
+    pytest.importorskip("pytorch_optimizer")
+    X, y = classification_data(n=40)
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    options = dict(candidates=["adahessian"], steps=16, seeds=2, batch_size=20)
+    first = trials.escape(model, cross_entropy, (X, y), **options)
+    second = trials.escape(model, cross_entropy, (X, y), **options)
+    for run in first.runs:
+        assert run["steps"] == 8 and run["evaluations"] == 16 and not run["diverged"]
+        assert run["train_loss"] < 0.95 * first.start["loss"]
+    assert [r["curve"] for r in first.runs] == [r["curve"] for r in second.runs]
+
+
 def test_cli_runs_a_trial_and_exits_2_on_bad_input(one_thread, tmp_path):
     runner = CliRunner()
     args = ["escape", "--model", f"{FIXTURE}:model", "--data", f"{FIXTURE}:loader",
