@@ -34,6 +34,7 @@ PEERS       := benchmarks/.venv-peers
 PEERS_STAMP := $(PEERS)/.installed
 BENCH_ENV   := OMP_WAIT_POLICY=PASSIVE MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1000000000
 BENCH_ARGS  ?=
+DOCTOR_ARGS ?=
 
 .PHONY: bench bench-env
 
@@ -48,7 +49,9 @@ $(PEERS_STAMP): benchmarks/requirements-peers.txt pyproject.toml
 
 bench-env: $(PEERS_STAMP)
 
-# make bench                                  all workloads, 3 runs each (10-20 min)
-# make bench BENCH_ARGS="--workloads W1,W2 --quick"
+# make bench                                  all workloads, 3 runs each (10-20 min), then the
+#                                             doctor on the fault suite (a few minutes)
+# make bench BENCH_ARGS="--workloads W1,W2 --quick" DOCTOR_ARGS="--seeds 1"
 bench: $(PEERS_STAMP)
 	$(BENCH_ENV) $(PEERS)/bin/python benchmarks/bench_core.py $(BENCH_ARGS)
+	$(PEERS)/bin/python benchmarks/bench_doctor.py $(DOCTOR_ARGS)

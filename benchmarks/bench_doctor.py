@@ -1,0 +1,131 @@
+"""Benchmark: the doctor measured like a debugger on the fault suite (issue 12).
+
+Runs every case of :mod:`landscope.doctor.faults` (ten fault classes and healthy runs × MLP, CNN,
+small transformer × seeds), diagnoses each run and reports: which primary finding each cell got,
+the confusion matrix (expected → primary finding), and the detection rate (faulty runs whose
+primary finding is the expected one) and false-alarm rate (healthy runs with any finding), per
+architecture and overall, against the targets: ≥ 95 % detected, ≤ 5 % false alarms. Results are
+appended to ``RESULTS.md``. Timing is not measured, so no timing hygiene is needed.
+
+    .venv/bin/python benchmarks/bench_doctor.py                    # 3 seeds: a few minutes
+    .venv/bin/python benchmarks/bench_doctor.py --seeds 1 --architectures mlp --no-results
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+from harness import machine_info  # noqa: E402
+
+from landscope.doctor.faults import (  # noqa: E402
+    ARCHITECTURES,
+    FAULTS,
+    HEALTHY,
+    Result,
+    cases,
+    run_suite,
+    score,
+)
+
+DETECTION_TARGET, FALSE_ALARM_TARGET = 0.95, 0.05
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell (0, 1, ...)")
+    parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated")
+    parser.add_argument("--architectures", default=",".join(ARCHITECTURES),
+                        help="comma-separated")
+    parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args()
+    suite = cases(args.faults.split(","), args.architectures.split(","), range(args.seeds))
+    start = time.perf_counter()
+    results = run_suite(suite, progress=lambda r: print(
+        f"{r.case.name:34s} expected {r.expect:20s} primary {r.primary:20s} "
+        f"({', '.join(r.findings[1:]) or '-'}; {r.seconds:.1f} s)", flush=True))
+    text = _report(results, args, time.perf_counter() - start)
+    print(text)
+    if not args.no_results:
+        with open(HERE / "RESULTS.md", "a") as stream:
+            stream.write("\n" + text)
+        print(f"appended to {HERE / 'RESULTS.md'}")
+    return 0
+
+
+def _report(results: list[Result], args, seconds: float) -> str:
+    machine = machine_info()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    command = (f"python benchmarks/bench_doctor.py --seeds {args.seeds}"
+               + (f" --faults {args.faults}" if args.faults != ",".join(FAULTS) else "")
+               + (f" --architectures {args.architectures}"
+                  if args.architectures != ",".join(ARCHITECTURES) else ""))
+    lines = [f"## The doctor on the fault suite (issue 12) — "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+             f"- machine: {machine['kind']} ({machine['cpu']}), torch {torch.__version__}, one "
+             f"thread per run, load average {load}.",
+             f"- command: `{command}`; {len(results)} runs in {seconds:.0f} s.", "",
+             *_cells(results), "", *_confusion(results), "", *_rates(results)]
+    return "\n".join(lines) + "\n"
+
+
+def _cells(results: list[Result]) -> list[str]:
+    """Fault × architecture: the primary finding of each seed, ✓ where it is the expected one."""
+    archs = list(dict.fromkeys(r.case.architecture for r in results))
+    lines = ["| fault | expected | " + " | ".join(archs) + " |",
+             "|---|---|" + "---|" * len(archs)]
+    for fault in dict.fromkeys(r.case.fault for r in results):
+        row = [r for r in results if r.case.fault == fault]
+        cells = ["; ".join(("✓ " if r.primary == r.expect else "✗ ") + r.primary
+                           for r in row if r.case.architecture == a) for a in archs]
+        lines.append(f"| {fault} | {row[0].expect} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _confusion(results: list[Result]) -> list[str]:
+    matrix = score(results).confusion
+    expected = list(dict.fromkeys(r.expect for r in results))
+    seen = {got for _, got in matrix}
+    found = [e for e in expected if e in seen] + sorted(seen - set(expected))
+    lines = ["Confusion matrix (rows: expected primary finding; columns: the doctor's primary "
+             f"finding, `{HEALTHY}` for none):", "",
+             "| expected \\ primary | " + " | ".join(found) + " |",
+             "|---|" + "---|" * len(found)]
+    for e in expected:
+        lines.append(f"| {e} | " + " | ".join(str(matrix.get((e, g), "")) for g in found) + " |")
+    return lines
+
+
+def _rates(results: list[Result]) -> list[str]:
+    lines = ["| architecture | detected (right primary finding) | false alarms on healthy runs |",
+             "|---|---|---|"]
+    groups = {a: [r for r in results if r.case.architecture == a]
+              for a in dict.fromkeys(r.case.architecture for r in results)}
+    for name, group in [*groups.items(), ("all", results)]:
+        s = score(group)
+        lines.append(f"| {name} | {s.detected}/{s.faulty} = {s.detection_rate:.0%} | "
+                     f"{s.alarms}/{s.healthy} = {s.false_alarm_rate:.0%} |")
+    s = score(results)
+    lines += ["", f"Targets: detection {s.detection_rate:.0%} "
+              f"{_verdict(s.detection_rate >= DETECTION_TARGET)} ≥ {DETECTION_TARGET:.0%}; false "
+              f"alarms {s.false_alarm_rate:.0%} "
+              f"{_verdict(s.false_alarm_rate <= FALSE_ALARM_TARGET)} ≤ {FALSE_ALARM_TARGET:.0%}. "
+              "Whether the prescribed remedy beats a random one needs remedy trials and is not "
+              "measured here."]
+    return lines
+
+
+def _verdict(ok: bool) -> str:
+    return "meets" if ok else "misses"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
