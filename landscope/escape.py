@@ -32,6 +32,11 @@ and λ_min there (Lanczos with a loose tolerance and a product cap: its Ritz val
 quotient, an upper bound on λ_min, so a value below −τ proves negative curvature is still there).
 Runs are written one file each into ``out``; a rerun with the same settings reads them back
 instead of running them again, and refuses a directory holding runs of other settings.
+
+The doctor's remedies become a trial through :data:`REMEDY_CANDIDATES` (:func:`remedy_plan`): a
+remedy that changes the training maps to the candidates that try it; one that changes the
+architecture, the initialisation or the data is listed with why it is not tried. The baseline is
+then the run's own optimiser as its Monitor recorded it (:func:`recorded_baseline`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import copy
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import statistics
@@ -61,7 +67,7 @@ from landscope.optim._base import PointOptimizer
 from landscope.optim.runner import derive_seed
 from landscope.spectrum import spectrum
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DIAGNOSIS_PRODUCTS = 4
 """The product cap at θ₀, in units of ``curvature_products`` (W2's λ_min needs about 100 at
 spectrum's default tolerance; a loose tolerance stops at a Ritz value six times too small)."""
@@ -78,7 +84,8 @@ class Candidate:
         the baseline's optimiser and rate).
     lr_factor: multiplies the baseline's learning rate. schedule: "warmup", "cosine", "sgdr" or
     None (torch.optim.lr_scheduler, stepped once per optimiser step). vmin_step: first the step
-    along v_min (see the module). requires: a module that must be importable (optional extras).
+    along v_min (see the module). clip_norm: ‖g‖ clipped to it before each step
+    (clip_grad_norm_). requires: a module that must be importable (optional extras).
     hvp_per_step: products an optimiser makes inside ``step`` that no counter sees.
     """
 
@@ -88,6 +95,7 @@ class Candidate:
     lr_factor: float = 1.0
     schedule: str | None = None
     vmin_step: bool = False
+    clip_norm: float | None = None
     requires: str | None = None
     hvp_per_step: int = 0
 
@@ -107,6 +115,8 @@ CHANGES: dict[str, Candidate] = {c.name: c for c in (
               "(CosineAnnealingLR)", schedule="cosine"),
     Candidate("sgdr", "the baseline with warm restarts: cosine cycles of 1/7, 2/7, 4/7 of the "
               "budget (CosineAnnealingWarmRestarts, T_mult = 2)", schedule="sgdr"),
+    Candidate("clip", "the baseline with the gradient norm clipped to 1 (clip_grad_norm_)",
+              clip_norm=1.0),
     Candidate("vmin_step", "one step along the most negative curvature direction at θ₀ "
               "(line search on the training loss), then the baseline", vmin_step=True),
     Candidate("adahessian", "AdaHessian (pytorch-optimizer), lr 0.1, one Hutchinson product "
@@ -126,6 +136,135 @@ LEFT_OUT = {
 DEFAULT_CANDIDATES = ("baseline", "lr_x10", "lr_x0.1", "warmup", "cosine", "sgdr", "vmin_step",
                       "adam")
 SCHEDULES = ("warmup", "cosine", "sgdr")
+
+ARCHITECTURE = "changes the architecture"
+INITIALISATION = "changes the initialisation: a new start, not a way on from this one"
+DATA = "changes the data"
+UNMAPPED = "no candidate stands for this remedy yet"
+
+REMEDY_CANDIDATES: dict[str, dict[str, tuple[str, ...] | str]] = {
+    "narrow_valley": {
+        "Momentum (SGD momentum=0.9)": ("momentum", "nesterov"),
+        "Adam or RMSProp": ("adam", "rmsprop"),
+        "Standardise the inputs or add batch normalisation": f"{DATA} or {ARCHITECTURE}",
+        "A smaller learning rate stops the bouncing": ("lr_x0.1", "cosine"),
+        "quasi-Newton or second-order": ("lbfgs", "adahessian"),
+    },
+    "saddle": {
+        "negative-curvature step": ("vmin_step", "negative_curvature"),
+        "Perturbed gradient descent": ("perturbed_gd",),
+        "Momentum or Adam carry speed": ("momentum", "adam"),
+        "or a cyclic learning rate": ("noisy_gd", "sgdr"),
+    },
+    "poor_minimum": {
+        "Restart from other initialisations": INITIALISATION,
+        "A larger learning rate, or warm restarts": ("lr_x10", "sgdr"),
+        "More gradient noise": ("noisy_gd",),
+        "Momentum or Adam.": ("momentum", "adam"),
+        "Check the model's capacity and the data": f"{ARCHITECTURE} or {DATA}",
+    },
+    "vanishing_gradients": {
+        "ReLU activations instead of sigmoid": ARCHITECTURE,
+        "Batch normalisation between the layers": ARCHITECTURE,
+        "Residual connections": ARCHITECTURE,
+        "Adam: per-parameter step sizes": ("adam",),
+        "Fewer layers": ARCHITECTURE,
+    },
+    "exploding_gradients": {
+        "Clip the gradient norm": ("clip",),
+        "A smaller learning rate, with a warm-up": ("lr_x0.1", "warmup"),
+        "He or Xavier initialisation at the proper scale": f"{INITIALISATION}; {ARCHITECTURE}",
+        "Check the data for NaN": DATA,
+    },
+    "lr_too_large": {
+        "Lower the learning rate": ("lr_x0.1",),
+        "A learning-rate warm-up": ("warmup",),
+        "Gradient clipping": ("clip",),
+        "Normalisation layers": ARCHITECTURE,
+        "A decaying schedule": ("cosine",),
+    },
+    "lr_too_small": {
+        "Raise the learning rate": ("lr_x10",),
+        "A learning-rate range test": ("lr_x10", "lr_x0.1"),
+        "Adam, whose steps": ("adam",),
+        "Warm-up followed by cosine annealing": ("warmup", "cosine"),
+    },
+    "symmetric_init": {
+        "Random initialisation": INITIALISATION,
+        "A small random perturbation of the weights": ("perturbed_gd", "noisy_gd"),
+    },
+    "saturation": {
+        "Xavier initialisation, or a smaller weight scale": INITIALISATION,
+        "Standardise the inputs; batch normalisation": f"{DATA} or {ARCHITECTURE}",
+        "ReLU-family activations": ARCHITECTURE,
+        "A smaller learning rate (large steps push pre-activations": ("lr_x0.1",),
+    },
+    "dead_relus": {
+        "A smaller learning rate (large steps push biases": ("lr_x0.1",),
+        "He initialisation; batch normalisation": f"{INITIALISATION}; {ARCHITECTURE}",
+        "LeakyReLU, ELU or GELU": ARCHITECTURE,
+    },
+    "overfitting": {
+        "Early stopping": "keeps earlier weights of the run: no change of training",
+        "Weight decay": ("adamw",),
+        "More data or data augmentation": DATA,
+        "Dropout, or a smaller model": ARCHITECTURE,
+    },
+}
+"""finding → {a phrase of one of its remedies: the candidates that try it, or why none does}.
+Every remedy the doctor gives must contain exactly one phrase of its finding's table."""
+
+
+def remedy_candidates(finding: str, remedy: str) -> tuple[str, ...] | str:
+    """The candidates that try the doctor's ``remedy`` of ``finding``, or why it is not tried
+    (:data:`UNMAPPED` for a remedy no phrase of :data:`REMEDY_CANDIDATES` names)."""
+    found = [what for phrase, what in REMEDY_CANDIDATES.get(finding, {}).items()
+             if phrase in remedy]
+    return found[0] if len(found) == 1 else UNMAPPED
+
+
+@dataclass(frozen=True)
+class RemedyPlan:
+    """The doctor's remedies as a trial: ``candidates`` (the baseline first, each once),
+    ``tried`` [{finding, remedy, candidates}] and ``not_tried`` [{finding, remedy, why}]."""
+
+    candidates: tuple[str, ...]
+    tried: tuple[dict, ...]
+    not_tried: tuple[dict, ...]
+
+    def to_dict(self) -> dict:
+        return {"candidates": list(self.candidates), "tried": list(self.tried),
+                "not_tried": list(self.not_tried)}
+
+
+def remedy_plan(findings) -> RemedyPlan:
+    """The trial of the remedies of ``findings``, (name, remedy texts) pairs in rank order: each
+    remedy that changes the training becomes its candidates; the rest are listed with why."""
+    names, tried, not_tried = ["baseline"], [], []
+    for finding, remedies in findings:
+        for text in remedies:
+            what = remedy_candidates(finding, text)
+            if isinstance(what, str):
+                not_tried.append({"finding": finding, "remedy": text, "why": what})
+                continue
+            tried.append({"finding": finding, "remedy": text, "candidates": list(what)})
+            names += what
+    return RemedyPlan(tuple(dict.fromkeys(names)), tuple(tried), tuple(not_tried))
+
+
+def recorded_baseline(optimizer: dict) -> optim.Recipe:
+    """The optimiser a Monitor recorded (its header's ``optimizer``: the torch.optim class name,
+    the first parameter group's rate and settings) as the recipe a trial's baseline runs."""
+    name = optimizer.get("name")
+    cls = getattr(torch.optim, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise BadInputError(f"the run's optimiser {name!r} is not a torch.optim class; name the "
+                            "baseline yourself (--optimizer NAME --lr RATE)")
+    accepted = set(inspect.signature(cls).parameters) - {"params", "lr"}
+    options = {key: tuple(value) if isinstance(value, list) else value
+               for key, value in optimizer.items() if key in accepted}
+    return optim.Recipe(name, cls, optimizer.get("lr"), options,
+                        description=f"the run's own: torch.optim.{name} as recorded")
 
 
 def candidate(name: str) -> Candidate:
@@ -190,7 +329,7 @@ SUMMARY_FIELDS = ("rank", "candidate", "train_loss_mean", "train_loss_std", "hel
 
 
 def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
-           optimizer: str = "momentum", lr: float | None = None, steps: int = 200,
+           optimizer: str | optim.Recipe = "momentum", lr: float | None = None, steps: int = 200,
            seeds: int = 3, seed: int = 0, batch_size: int | None = None, held_out=None,
            out: str | Path | None = None, curvature_products: int = 100,
            curvature_tol: float = 1e-2, progress: Callable[[dict, int, int], None] | None = None
@@ -203,7 +342,8 @@ def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
     loss_fn: ``loss_fn(output, target)`` (the batch mean), or "model" (its own loss).
     data: the training data: ``(X, y)``, a DataLoader (``shuffle=False``) or a list of batches.
     candidates: names (see :func:`candidate`). optimizer, lr: the baseline ("the user's
-        optimiser": a :func:`landscope.optim.make` name; lr default: its stated rate).
+        optimiser": a :func:`landscope.optim.make` name or a Recipe, e.g.
+        :func:`recorded_baseline`; lr default: its stated rate).
     steps: the budget of evaluations per run (see the module). seeds: runs per candidate.
     seed: the seed of everything random (data order, dropout, optimisers' noise).
     batch_size: training mini-batch size for ``(X, y)`` data (None: all samples in one batch);
@@ -223,14 +363,17 @@ def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
     if not chosen:
         raise BadInputError("no candidates; name at least one (e.g. baseline, adam)")
     baseline = optim.recipe(optimizer)
-    if optimizer in LEFT_OUT:
-        raise BadInputError(f"optimizer {optimizer!r}: {LEFT_OUT[optimizer]}")
+    if baseline.name in LEFT_OUT:
+        raise BadInputError(f"optimizer {baseline.name!r}: {LEFT_OUT[baseline.name]}")
+    if baseline.row_aware and any(c.clip_norm for c in chosen):
+        raise BadInputError(f"clip: {baseline.name} takes its gradients itself, so there is none "
+                            "to clip; use a torch.optim baseline")
     skipped = {c.name: why for c in chosen if (why := available(c))}
     chosen = [c for c in chosen if c.name not in skipped]
     with torch.random.fork_rng(devices=_rng_devices(model)):
         obj = Objective.from_model(model, loss_fn, data, engine=ENGINE)
         schedule = _Schedule(data, batch_size, model, own_loss=isinstance(loss_fn, str))
-        settings = _settings(model, obj, schedule, held_out, optimizer, baseline, lr, steps, seed,
+        settings = _settings(model, obj, schedule, held_out, baseline, lr, steps, seed,
                              curvature_products, curvature_tol)
         store = _Store(out, settings["key"])
         start = _diagnose(obj, settings, seed)
@@ -283,7 +426,7 @@ class _Work:
         batches, last_cost = self.schedule.order(derive_seed(seed, "order", s)), 0
         try:
             while spent < self.budget and spent + last_cost <= self.budget:
-                step = _Step(net, next(batches), self.obj.model_loss, recipe)
+                step = _Step(net, next(batches), self.obj.model_loss, recipe, c.clip_norm)
                 before = _products(opt)
                 opt.step(step)
                 last_cost = step.calls + _products(opt) - before + c.hvp_per_step
@@ -319,10 +462,12 @@ class _Work:
 
 class _Step:
     """The closure of one optimiser step: the loss of one mini-batch (every call of the step,
-    line-search trials included, reads the same batch); ``calls`` counts the evaluations."""
+    line-search trials included, reads the same batch) and its gradient, clipped to
+    ``clip_norm`` if given; ``calls`` counts the evaluations."""
 
-    def __init__(self, net, batch: Batch, model_loss, recipe):
+    def __init__(self, net, batch: Batch, model_loss, recipe, clip_norm: float | None = None):
         self.net, self.batch, self.model_loss = net, batch, model_loss
+        self.clip_norm = clip_norm
         self.takes_gradient = recipe.row_aware  # landscope's own take the gradient themselves
         self.create_graph = recipe.second_order and not recipe.row_aware
         self.calls, self.first = 0, None
@@ -343,6 +488,8 @@ class _Step:
                 warnings.filterwarnings(  # next call's p.grad = None breaks
                     "ignore", "Using backward\\(\\) with create_graph=True", UserWarning)
                 loss.backward(create_graph=self.create_graph)
+            if self.clip_norm is not None:
+                nn.utils.clip_grad_norm_(self.net.parameters(), self.clip_norm)
         return loss
 
 
@@ -448,8 +595,7 @@ def _write(net: nn.Module, obj: Objective, theta: torch.Tensor) -> None:
 
 
 # ---------------------------------------------------------------------- settings and resume
-def _settings(model, obj, schedule, held_out, optimizer, baseline, lr, steps, seed, products,
-              tol) -> dict:
+def _settings(model, obj, schedule, held_out, baseline, lr, steps, seed, products, tol) -> dict:
     """What a run's result depends on; ``key`` is its hash (a resumed trial must match it)."""
     identity = {
         "theta0_sha256": _sha256([t for _, t in sorted(model.state_dict().items())]),
@@ -457,7 +603,8 @@ def _settings(model, obj, schedule, held_out, optimizer, baseline, lr, steps, se
         "held_out_sha256": None if held_out is None else _data_sha256(Batches(held_out)),
         "model": type(model).__name__, "loss": obj.info["loss"], "n": obj.n,
         "dtype": obj.info["dtype"], "data": schedule.describe(), "batch_size": schedule.size,
-        "optimizer": optimizer, "lr": baseline.lr if lr is None else float(lr),
+        "optimizer": baseline.name, "optimizer_options": baseline.options,
+        "lr": baseline.lr if lr is None else float(lr),
         "steps": steps, "seed": seed, "curvature_products": products, "curvature_tol": tol,
         "schema_version": SCHEMA_VERSION,
     }

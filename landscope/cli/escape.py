@@ -84,6 +84,16 @@ def _escape(model_spec, checkpoint, data_spec, held_out_spec, loss_spec, optimiz
         batch_size = BATCH_SIZE
     held = None if held_out_spec is None else _load_data(held_out_spec,
                                                          next(net.parameters()).dtype)
+    run_trial(net, loss_fn, data, out, candidates=names, optimizer=optimizer, lr=lr, steps=steps,
+              seeds=seeds, seed=seed, batch_size=batch_size, held_out=held,
+              curvature_products=curvature_products)
+
+
+def run_trial(net, loss_fn, data, out: Path, *, document: dict | None = None, **options):
+    """Run a remedy trial (:func:`landscope.escape.escape` with ``options``) under a progress
+    bar, write its files into ``out`` (``document`` joins escape.json) and print its table."""
+    from landscope import escape as trials
+
     with Progress(TextColumn("trying remedies"), BarColumn(),
                   TextColumn("{task.completed}/{task.total} runs · {task.fields[last]}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -93,18 +103,17 @@ def _escape(model_spec, checkpoint, data_spec, held_out_spec, loss_spec, optimiz
             bar.update(task, completed=done, total=total,
                        last=f"{run['candidate']} seed {run['seed']}")
 
-        trial = trials.escape(net, loss_fn, data, candidates=names, optimizer=optimizer, lr=lr,
-                              steps=steps, seeds=seeds, seed=seed, batch_size=batch_size,
-                              held_out=held, out=out, curvature_products=curvature_products,
-                              progress=report)
+        trial = trials.escape(net, loss_fn, data, out=out, progress=report, **options)
     written = [*trial.write_csv(out), io.write_result(
-        out, "escape", {**trial.to_dict(), "command": " ".join(sys.argv)}, name="escape.json")]
+        out, "escape", {**trial.to_dict(), **(document or {}), "command": " ".join(sys.argv)},
+        name="escape.json")]
     written.append(save_figure(curves_figure(trial), out / "escape-curves.png"))
     console.print(_table(trial))
     for name, why in trial.skipped.items():
         console.print(f"skipped {name}: {why}")
     for path in written:
         console.print(f"written: {path}")
+    return trial
 
 
 def _list(trials) -> None:
