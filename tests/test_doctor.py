@@ -177,6 +177,16 @@ def test_sharpness_past_the_limit_counts_only_where_the_loss_stopped_falling(los
     assert ("lr_too_large" in _names(_record(loss, grad_cos=-0.9, **curv))) is fires
 
 
+@pytest.mark.parametrize("cos, fires", [(1.02 * TH.edge_cos, True), (0.98 * TH.edge_cos, False)])
+def test_a_falling_loss_whose_gradients_reverse_is_at_the_edge_of_stability(cos, fires):
+    """Full-batch GD past 2/λ: the loss falls while g_{t+1} ≈ −g_t; a warning, not a blow-up."""
+    found = {f.name: f for f in diagnose(_record(_falling(), grad_cos=cos, grad_norm=1.0)).findings}
+    assert ("lr_too_large" in found) is fires
+    if fires:
+        assert found["lr_too_large"].severity == "warning"
+        assert found["lr_too_large"].evidence["median_grad_cos"] == pytest.approx(cos)
+
+
 @pytest.mark.parametrize("ratio, fires", [(0.95, True), (1.05, False)])
 @pytest.mark.parametrize("effective_lr, limit", [(0.1, 20.0), (1.0, 38.0), (None, 20.0)])
 def test_lr_too_small_at_its_sharpness_threshold(ratio, fires, effective_lr, limit):
@@ -255,6 +265,67 @@ def test_gradient_growth_counts_only_with_wild_updates(update, fires):
     assert ("exploding_gradients" in _names(record)) is fires
 
 
+def _start_gain(gain) -> dict:
+    """weight_norm columns of LAYERS whose ‖θ‖/√units is ``gain`` in every layer."""
+    return {f"weight_norm__{layer['name']}": gain * math.sqrt(layer["units"]) for layer in LAYERS}
+
+
+@pytest.mark.parametrize("gain, from_start", [(1.05 * TH.large_gain, True),
+                                              (0.95 * TH.large_gain, False)])
+def test_a_blow_up_at_the_start_of_amplifying_weights_is_the_initialisation(gain, from_start):
+    loss = np.r_[2.0, 2.0, 1e3, 1e9, np.full(N - 4, np.nan)]
+    record = _record(loss, LAYERS, **_start_gain(gain))
+    record.columns["non_finite"][4:] = 1.0
+    diagnosis = diagnose(record)
+    assert {"exploding_gradients", "lr_too_large"} <= set(diagnosis.names())
+    assert diagnosis.primary.name == ("exploding_gradients" if from_start else "lr_too_large")
+    late = _record(np.r_[np.full(20, 2.0), 1e3, 1e9, np.full(N - 22, np.nan)], LAYERS,
+                   **_start_gain(gain))
+    late.columns["non_finite"][22:] = 1.0  # past the first steps: the rate's
+    assert diagnose(late).primary.name == "lr_too_large"
+
+
+@pytest.mark.parametrize("spike, fires", [(1.05, True), (0.95, False)])
+def test_a_single_step_spike_of_the_loss_is_a_too_large_rate(spike, fires):
+    loss = _falling()
+    start = np.median(loss[:10])
+    loss[100] = spike * TH.spike * start
+    found = {f.name: f for f in diagnose(_record(loss)).findings}
+    assert ("lr_too_large" in found) is fires
+    if fires:
+        assert found["lr_too_large"].severity == "critical"
+        assert found["lr_too_large"].evidence["spike_step"] == 100
+
+
+@pytest.mark.parametrize("gain, origin", [(0.95 * TH.origin_gain, True),
+                                          (1.05 * TH.origin_gain, False)])
+def test_a_saddle_at_the_origin_produces_the_vanishing_gradients(gain, origin):
+    curv = _curvature(held_loss=1.5, held_grad_norm=1e-5, lambda_max=1.0, lambda_min=-0.5,
+                      sharpness=1.0, stability_threshold=20.0)
+    record = _record(None, LAYERS, grad_cos=0.0, grad_norm=1e-5, **curv, **_start_gain(gain))
+    found = {f.name: f for f in diagnose(record).findings}
+    assert found["saddle"].produces == (("vanishing_gradients",) if origin else ())
+
+
+@pytest.mark.parametrize("ratio, fires", [(0.95, True), (1.05, False)])
+def test_lr_too_small_when_the_loss_is_flat_within_its_noise(ratio, fires):
+    """A tiny rate leaves a mini-batch loss flat (progress ≤ 0 by noise): still too small when
+    η_eff·sharpness/2 is under the threshold, and the stall is the rate's, not a saddle's."""
+    noisy = 2.0 + 0.01 * np.random.default_rng(0).standard_normal(N)
+    noisy[150:] += 0.002  # the final window a shade higher: progress < 0, within the noise
+    sharpness = ratio * TH.small_sharpness * 2 / 0.1
+    curv = _curvature(held_loss=2.0, held_grad_norm=1e-3, lambda_max=sharpness,
+                      lambda_min=-0.5 * sharpness, sharpness=sharpness, stability_threshold=20.0,
+                      effective_lr=0.1)
+    record = _record(noisy, LAYERS, grad_cos=0.5, grad_norm=1.0, **curv, **_start_gain(0.6))
+    diagnosis = diagnose(record)
+    assert ("lr_too_small" in diagnosis.names()) is fires
+    if fires:
+        assert diagnosis.primary.name == "lr_too_small"
+    assert "lr_too_small" not in _names(_record(noisy, LAYERS, grad_cos=0.5, grad_norm=1.0,
+                                                update_ratio__a=1e-9, update_ratio__b=1e-9))
+
+
 def test_non_finite_values_are_critical():
     record = _record(_falling())
     record.columns["non_finite"][120:] = 1.0
@@ -300,8 +371,31 @@ def test_a_cause_ranks_before_what_it_explains_and_severity_first():
     ranked = rank([finding("narrow_valley", "warning", 9.0), finding("lr_too_large", "warning")])
     assert [(f.name, f.explained_by) for f in ranked] == [("lr_too_large", None),
                                                           ("narrow_valley", "lr_too_large")]
-    ranked = rank([finding("saturation", "warning"), finding("vanishing_gradients", "critical")])
+    ranked = rank([finding("lr_too_small", "warning"), finding("vanishing_gradients", "critical")])
     assert ranked[0].name == "vanishing_gradients" and ranked[0].explained_by is None
+
+
+def test_an_observed_cause_outranks_its_critical_consequence():
+    def finding(name, severity, strength=1.0, produces=()):
+        return Finding(name, severity, "", {}, [], strength, produces=produces)
+
+    ranked = rank([finding("overfitting", "warning", 9.0), finding("dead_relus", "warning"),
+                   finding("vanishing_gradients", "critical", 1e6)])
+    assert [(f.name, f.explained_by) for f in ranked] == [
+        ("dead_relus", None), ("vanishing_gradients", "dead_relus"), ("overfitting", None)]
+    # the table: vanishing gradients leave a saddle; a start at the origin shows the reverse
+    plain = rank([finding("saddle", "warning"), finding("vanishing_gradients", "critical")])
+    assert [(f.name, f.explained_by) for f in plain] == [
+        ("vanishing_gradients", None), ("saddle", "vanishing_gradients")]
+    origin = rank([finding("saddle", "warning", produces=("vanishing_gradients",)),
+                   finding("vanishing_gradients", "critical", 1e6)])
+    assert [(f.name, f.explained_by) for f in origin] == [
+        ("saddle", None), ("vanishing_gradients", "saddle")]
+    # weights that overflow at the start: the rate's finding is their consequence
+    init = rank([finding("lr_too_large", "critical", 9.0),
+                 finding("exploding_gradients", "critical", produces=("lr_too_large",))])
+    assert [(f.name, f.explained_by) for f in init] == [
+        ("exploding_gradients", None), ("lr_too_large", "exploding_gradients")]
 
 
 def test_the_causality_table_is_closed_and_acyclic():

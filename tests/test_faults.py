@@ -100,13 +100,19 @@ def _outputs(model: nn.Module, kind: type[nn.Module], X: torch.Tensor) -> list[t
 
 
 def test_a_small_suite_runs_and_scores(one_thread, tmp_path):
-    suite = cases(["vanishing", "saturation", "symmetric", HEALTHY], ["mlp"], seeds=(0,))
+    faults = ["vanishing", "saturation", "symmetric", "dead_relus", "saddle", "exploding",
+              "lr_too_large", "lr_too_small", HEALTHY]
+    suite = cases(faults, ["mlp"], seeds=(0,))
     results = run_suite(suite, tmp_path)
     assert [r.case for r in results] == suite
     s = score(results)
-    assert (s.faulty, s.healthy) == (3, 1)
-    assert sum(s.confusion.values()) == 4
-    assert s.detected == sum(r.primary == r.expect for r in results[:3])
+    assert (s.faulty, s.healthy) == (8, 1)
+    assert sum(s.confusion.values()) == 9
+    assert s.detected == sum(r.primary == r.expect for r in results[:8])
+    # a cause seen directly ranks first: dead units and a start at the origin before the
+    # vanishing gradients they leave, weights that overflow at step 0 before the rate; a spike
+    # of a few steps is the rate's; a loss flat within its noise at a tiny rate is too slow
+    assert {r.case.fault: r.primary for r in results} == {f: FAULTS[f].expect for f in faults}
     healthy = read_record(tmp_path / suite[-1].name)["loss"]
     assert np.median(healthy[-20:]) < 0.5 * healthy[0]  # the control really learns
     symmetric = read_record(tmp_path / suite[2].name)

@@ -7,8 +7,15 @@ ranking follows a causality table, not the size of the symptoms: ``CAUSES`` list
 finding directly produces, ``EXPLAINS`` its transitive closure (a diverging run explains the
 vanishing gradients its dead ReLUs cause). A finding that a present finding explains comes after
 it and names it (``explained_by``: the root of the chain), unless the cause is the less severe
-(a suspicion never demotes a certainty). Otherwise ranking is by severity, then by how far past
-its threshold a finding is (``strength``, the ratio to the threshold).
+(a suspicion never demotes a certainty) and only inferred. A cause that is observed directly
+(``OBSERVED``: a measured fraction of dead or saturated units, negative curvature at a stall, equal
+rows) outranks its consequences whatever the severities, and its chain takes the severity of the
+worst finding it explains: dead ReLUs that starve the first layers come before the critical
+vanishing gradients. A finding's own evidence can show what it produced in this run
+(``Finding.produces``: a start next to the origin came before the vanishing gradients, weights
+that overflow at step 0 before the learning rate could act); such an observed edge counts like an
+observed cause and overrides the table's opposite edge. Otherwise ranking is by severity, then
+by how far past its threshold a finding is (``strength``, the ratio to the threshold).
 """
 
 from __future__ import annotations
@@ -32,7 +39,12 @@ CAUSES: dict[str, set[str]] = {
     "poor_minimum": {"lr_too_small"},
 }
 """cause → the findings it directly produces (a blow-up leaves a stall at a poor level too; a
-rate past the stability limit bounces between the walls of the valley it cannot descend)."""
+rate past the stability limit bounces between the walls of the valley it cannot descend). Where a
+run's evidence shows the reverse order (a start at the origin, a saddle of the network, then
+vanishing gradients), the finding says so in ``Finding.produces``, which overrides the table."""
+
+OBSERVED = {"dead_relus", "saturation", "saddle", "symmetric_init"}
+"""Findings that measure their mechanism itself, not a symptom of it: as causes they outrank."""
 
 
 def _closure(direct: dict[str, set[str]]) -> dict[str, set[str]]:
@@ -63,6 +75,7 @@ class Finding:
     name: a key of ``knowledge.TEXT``. severity: "critical" or "warning". summary: one sentence
     with the decisive numbers. evidence: the numbers, thresholds included. steps: where they were
     seen. strength: how far past its threshold (≥ 1). explained_by: a ranked-higher cause, if any.
+    produces: findings this run's evidence shows it caused (overriding ``CAUSES``; see ``rank``).
     in_use: {remedy text: what the run already uses} for the remedies left out as moot.
     """
 
@@ -73,6 +86,7 @@ class Finding:
     steps: list[int]
     strength: float = 1.0
     explained_by: str | None = None
+    produces: tuple[str, ...] = ()
     in_use: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -92,6 +106,7 @@ class Finding:
         return {"name": self.name, "title": self.title, "severity": self.severity,
                 "summary": self.summary, "evidence": self.evidence, "steps": self.steps,
                 "strength": self.strength, "explained_by": self.explained_by,
+                "produces": list(self.produces),
                 "explanation": self.explanation, "remedies": self.remedies,
                 "already_in_use": self.in_use}
 
@@ -124,17 +139,28 @@ class Diagnosis:
 
 def rank(findings: list[Finding]) -> list[Finding]:
     """Order by severity, then causes before what they explain, then strength; mark each
-    explained finding with the root cause of its chain."""
+    explained finding with the root cause of its chain (see the module docstring)."""
     order = sorted(findings, key=lambda f: (SEVERITIES.index(f.severity), -f.strength))
 
+    def produced(f: Finding) -> set[str]:
+        """What f's own evidence shows it caused, with everything that explains in turn."""
+        return set().union(*({p} | EXPLAINS.get(p, set()) for p in f.produces))
+
     def causes(f: Finding) -> list[Finding]:
-        return [c for c in order if f.name in EXPLAINS.get(c.name, ())
-                and SEVERITIES.index(c.severity) <= SEVERITIES.index(f.severity)]
+        return [c for c in order if c is not f and f.name in produced(c) or (
+            f.name in EXPLAINS.get(c.name, ()) and c.name not in produced(f)
+            and (c.name in OBSERVED
+                 or SEVERITIES.index(c.severity) <= SEVERITIES.index(f.severity)))]
 
     marked = []
     for f in order:
         found = causes(f)
         roots = [c for c in found if not causes(c)]
         marked.append(replace(f, explained_by=(roots or found)[0].name if found else None))
-    return sorted(marked, key=lambda f: (SEVERITIES.index(f.severity),
-                                         f.explained_by is not None, -f.strength))
+
+    def severity(f: Finding) -> int:
+        """A root's: the worst of its chain's; an explained finding's: its own."""
+        chain = [g for g in marked if g.explained_by == f.name] if f.explained_by is None else []
+        return min(SEVERITIES.index(g.severity) for g in [f, *chain])
+
+    return sorted(marked, key=lambda f: (severity(f), f.explained_by is not None, -f.strength))

@@ -3,15 +3,23 @@
 What is hard: thresholds must be scale-free, or they misfire on the next model. So each rule
 compares a number with another number from the same run, never with an absolute unit:
 
-- progress of the loss over the final window, relative to the excess loss (see signals);
+- progress of the loss over the final window, relative to the excess loss (see signals); a rise
+  of its 10-step moving median, or a single step's loss ≥ ``spike``× the start's (both excess);
 - the descent ratio r = ‖g‖²/(2·λ_max·(L − L_low)) on the held batch: the share of the excess loss
   one safe gradient step (length 1/λ_max) would remove. r ≥ ``critical_ratio``: still sliding;
   below it θ is near a critical point (the test of ``landscope.probe``, made coarse for training);
 - λ_min relative to ρ = max|λ|; sharpness relative to the optimiser's stability limit (too
   large) and η_eff·sharpness/2, the effective learning rate as a share of 2/sharpness (too small:
-  a momentum method's limit is far above the rates at which it moves fast);
+  a momentum method's limit is far above the rates at which it moves fast); at so slow a rate a
+  loss flat within its noise (the final window's standard deviation) is still too slow;
 - per-parameter gradient RMS ‖g_layer‖/√n_layer of each layer relative to the last layer's;
 - cos(g_t, g_{t−1}): persistently negative means the steps bounce between the walls of a valley;
+  ≤ ``edge_cos`` (an almost exact reversal, g_{t+1} ≈ (1 − ηλ)g_t with ηλ ≈ 2) while the loss
+  still falls is gradient descent at the edge of stability: the rate is as large as it can be;
+- the start's scale: the geometric mean over layers of ‖θ_layer‖/√units at the first step (about
+  0.6 for PyTorch's default initialisation, whatever the width), ≤ ``origin_gain`` next to the
+  origin, a saddle of every network; ≥ ``large_gain`` each layer amplifies its input (above He's
+  √2), and a blow-up within ``early_steps`` of such a start is the initialisation's, not the rate's;
 - update-to-weight ratios ‖Δθ‖/‖θ‖ (used for the learning rate only when no curvature was measured),
   saturation and dead fractions, row spread: already fractions.
 
@@ -57,6 +65,11 @@ class Thresholds:
     small_sharpness: float = 1e-2
     persistent_cos: float = 0.1
     symmetric_spread: float = 1e-4
+    origin_gain: float = 1e-2
+    large_gain: float = 2.0
+    early_steps: int = 5
+    spike: float = 5.0
+    edge_cos: float = -0.95
     saturated: float = 0.5
     dead: float = 0.5
     overfit_rise: float = 0.1
@@ -108,6 +121,15 @@ class Run:
         values = self.record[column]
         values = values[np.isfinite(values)][:points]
         return float(np.median(values)) if values.size else math.nan
+
+    def start_gain(self) -> float:
+        """Geometric mean over the layers with units of ‖θ_layer‖/√units at the first step."""
+        gains = [self.record[f"weight_norm:{layer['name']}"][0] / math.sqrt(layer["units"])
+                 for layer in self.record.meta.get("layers", []) if layer.get("units", 0) >= 1]
+        gains = [g for g in gains if np.isfinite(g)]
+        if not gains:
+            return math.nan
+        return 0.0 if min(gains) == 0 else float(np.exp(np.mean(np.log(gains))))
 
     def window_steps(self) -> list[int]:
         steps = self.steps[self.final]
@@ -163,13 +185,19 @@ def saddle(run: Run) -> Finding | None:
     if not (numbers["lambda_min"] <= -th.negative_curvature * rho
             and numbers["descent_ratio"] <= th.critical_ratio):
         return None
+    gain = run.start_gain()
+    origin = bool(gain <= th.origin_gain)  # started next to the origin: the saddle came first
     return Finding("saddle", "warning",
                    f"a gradient step would gain only {numbers['descent_ratio']:.2g} of the excess "
                    f"loss, but λ_min = {numbers['lambda_min']:.3g} < 0 "
-                   f"({abs(numbers['lambda_min']) / rho:.0%} of ρ = {rho:.3g})",
+                   f"({abs(numbers['lambda_min']) / rho:.0%} of ρ = {rho:.3g})"
+                   + (f"; the run started next to the origin (weight scale {gain:.2g})"
+                      if origin else ""),
                    {**numbers, "rho": rho, "negative_curvature": th.negative_curvature,
-                    "critical_ratio": th.critical_ratio, "progress": run.progress},
-                   [numbers["step"]], abs(numbers["lambda_min"]) / (th.negative_curvature * rho))
+                    "critical_ratio": th.critical_ratio, "progress": run.progress,
+                    "start_gain": gain, "origin_gain": th.origin_gain},
+                   [numbers["step"]], abs(numbers["lambda_min"]) / (th.negative_curvature * rho),
+                   produces=("vanishing_gradients",) if origin else ())
 
 
 def poor_minimum(run: Run) -> Finding | None:
@@ -218,14 +246,29 @@ def lr_too_large(run: Run) -> Finding | None:
                         update_ratio_there=run.record["update_ratio"][i])
         steps.append(int(run.steps[i]))
         strength = rise[i - 1] / scale / th.diverge_rise
+    start = np.median(run.loss[np.isfinite(run.loss)][:10]) - run.lower  # a spike too short
+    spikes = np.flatnonzero(run.loss - run.lower >= th.spike * start)  # to move the median
+    if spikes.size and start > 0:
+        k = spikes[0]
+        evidence.update(spike_step=int(run.steps[k]), spike_loss=run.loss[k],
+                        start_loss=start + run.lower, spike=th.spike)
+        steps.append(int(run.steps[k]))
+        strength = max(strength, (run.loss[k] - run.lower) / start / th.spike)
+    blew_up = bool(over.size or "spike_step" in evidence)
+    cos = run.median("grad_cos")
+    bouncing = bool(not blew_up and run.status == "falling" and cos <= th.edge_cos)
+    if bouncing:  # the loss falls, but each step overshoots the sharpest direction: ηλ ≈ 2
+        evidence.update(median_grad_cos=cos, edge_cos=th.edge_cos, progress=run.progress)
+        steps += run.window_steps()[:1]
+        strength = cos / th.edge_cos
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = run.record["sharpness"] / run.record["stability_threshold"]
     edge = np.flatnonzero(ratio >= th.edge_margin)
-    if not over.size:  # no blow-up: only where the loss has stopped falling (at the edge of
+    if not blew_up:  # no blow-up: only where the loss has stopped falling (at the edge of
         where = run.final.copy()  # stability a falling loss is GD's own way of making progress)
         if run.curvature is not None:
             where[run.curvature] = True
-        edge = edge[where[edge]] if run.status in ("stalled", "rising") else edge[:0]
+        edge = edge[where[edge]] if run.status in ("stalled", "rising") or bouncing else edge[:0]
     if edge.size:
         j = edge[np.argmax(ratio[edge])]
         evidence.update(sharpness=run.record["sharpness"][j],
@@ -238,14 +281,22 @@ def lr_too_large(run: Run) -> Finding | None:
     if over.size:
         what = (f"the loss rose from {evidence['lowest_before']:.3g} to "
                 f"{evidence['loss_there']:.3g} at step {evidence['divergence_step']}")
-    else:
+    if "spike_step" in evidence:
+        what = (what + "; " if over.size else "") + (
+            f"the loss jumped to {evidence['spike_loss']:.3g} at step {evidence['spike_step']}, "
+            f"≥ {th.spike:g}× its start {evidence['start_loss']:.3g}")
+    if bouncing:
+        what = (f"the loss still falls (progress {run.progress:.1%} over the final window), but "
+                f"consecutive gradients reverse (median cos {cos:.2f} ≤ {th.edge_cos:g}): each "
+                "step overshoots the sharpest direction (ηλ_max ≈ 2, the edge of stability)")
+    elif not blew_up:
         what = (f"the loss has stopped falling ({run.status}, progress {run.progress:.1%} over "
                 "the final window)")
     if edge.size:
         what += (f"; the sharpness {evidence['sharpness']:.4g} is "
                  f"{evidence['sharpness_over_limit']:.5g}× the optimiser's stability limit "
                  f"{evidence['stability_limit']:.4g}")
-    return Finding("lr_too_large", "critical" if over.size else "warning", what, evidence,
+    return Finding("lr_too_large", "critical" if blew_up else "warning", what, evidence,
                    sorted(steps), strength)
 
 
@@ -254,9 +305,13 @@ def lr_too_small(run: Run) -> Finding | None:
     ratios = {name: run.median(col) for name, col in run.record.per_layer("update_ratio").items()}
     largest = max((v for v in ratios.values() if np.isfinite(v)), default=math.nan)
     cos = run.median("grad_cos")
-    if not (run.status in ("falling", "stalled") and 0 < run.progress < th.curve.slow_progress
+    window = run.loss[run.final]
+    noise = float(np.nanstd(window)) / max(run.initial - run.lower, 1e-300)
+    if not (run.status in ("falling", "stalled") and -noise < run.progress < th.curve.slow_progress
             and share >= th.poor_fraction and cos >= th.persistent_cos):
         return None
+    if run.progress <= 0 and run.latest is None:
+        return None  # a flat loss is a slow rate's only with the curvature test below
     evidence = {"largest_update_ratio": largest, "small_update": th.small_update,
                 "median_grad_cos": cos, "excess_share": share, "progress": run.progress,
                 "lr": run.median("lr")}
@@ -267,20 +322,25 @@ def lr_too_small(run: Run) -> Finding | None:
         used = rate * numbers["sharpness"] / 2
         if not used <= th.small_sharpness:
             return None
-        evidence.update(numbers, rate_share=used, small_sharpness=th.small_sharpness)
+        evidence.update(numbers, rate_share=used, small_sharpness=th.small_sharpness,
+                        loss_noise=noise)
         what = (f"a step removes {2 * used:.2g} of the error along the sharpest direction "
                 f"(η_eff·λ = {rate:.3g} × {numbers['sharpness']:.3g}): the learning rate is "
                 f"{used:.2g} of the 2/λ the local curvature allows")
         strength = th.small_sharpness / max(used, 1e-300)
+        # steps this short stop anywhere: a stall read as a saddle or a minimum is the rate's,
+        # unless the run started at the origin (then the saddle came first)
+        stops = ("saddle", "poor_minimum") if not run.start_gain() <= th.origin_gain else ()
     else:
         if not largest <= th.small_update:
             return None
         what = f"no layer's weights change by more than {largest:.2g} of their norm per step"
-        strength = th.small_update / max(largest, 1e-300)
+        strength, stops = th.small_update / max(largest, 1e-300), ()
     return Finding("lr_too_small", "warning",
-                   f"the loss is still at {share:.0%} of its initial excess and creeping down in a "
-                   f"steady direction (median cos {cos:.2f}); {what}",
-                   evidence, run.window_steps(), strength)
+                   f"the loss is still at {share:.0%} of its initial excess and "
+                   + ("creeping down" if run.progress > 0 else "flat within its noise")
+                   + f" in a steady direction (median cos {cos:.2f}); {what}",
+                   evidence, run.window_steps(), strength, produces=stops)
 
 
 def overfitting(run: Run) -> Finding | None:
@@ -362,6 +422,11 @@ def exploding_gradients(run: Run) -> Finding | None:
         steps.append(run.broken_at)
     if not evidence:
         return None
+    gain, first = run.start_gain(), int(run.steps[0])
+    from_start = bool(gain >= th.large_gain and steps and min(steps) < first + th.early_steps)
+    if from_start:  # the weights overflow before any rate could act: sharpness past the limit is
+        evidence.update(start_gain=gain, large_gain=th.large_gain,  # their doing too
+                        early_steps=th.early_steps)
     parts = []
     if "non_finite_step" in evidence:
         parts.append(f"the loss or gradient became non-finite at step {run.broken_at}")
@@ -372,8 +437,11 @@ def exploding_gradients(run: Run) -> Finding | None:
                      "gradient of the last")
     strength = max(evidence.get("growth", 0) / th.growth,
                    evidence.get("depth_ratio", 0) / th.exploding_ratio, 1.0)
+    if from_start:
+        parts.append(f"within {th.early_steps} steps of a start whose layers amplify their input "
+                     f"(weight scale {gain:.2g} ≥ {th.large_gain:.2g}): the initialisation")
     return Finding("exploding_gradients", "critical", "; ".join(parts), evidence,
-                   sorted(steps), strength)
+                   sorted(steps), strength, produces=("lr_too_large",) if from_start else ())
 
 
 def symmetric_init(run: Run) -> Finding | None:
