@@ -95,6 +95,18 @@ def test_narrow_valley_at_its_oscillation_threshold(cos, fires):
     assert ("narrow_valley" in _names(_record(grad_cos=cos, grad_norm=3.0))) is fires
 
 
+@pytest.mark.parametrize("progress, cos, fires", [
+    (0.95 * TH.curve.slow_progress, 1.05 * TH.curve.oscillation_cos, True),
+    (1.05 * TH.curve.slow_progress, 1.05 * TH.curve.oscillation_cos, False),
+    (0.95 * TH.curve.slow_progress, 0.95 * TH.curve.oscillation_cos, False)])
+def test_narrow_valley_while_the_loss_crawls(progress, cos, fires):
+    """A loss still falling, but by less than slow_progress a window, with bouncing gradients."""
+    start, first = 2.0, 1.5  # the final window's halves: progress = (first - second) / first
+    loss = np.r_[np.linspace(start, first, 100), np.full(50, first),
+                 np.full(50, first * (1 - progress))]
+    assert ("narrow_valley" in _names(_record(loss, grad_cos=cos, grad_norm=3.0))) is fires
+
+
 @pytest.mark.parametrize("ratio, fires", [(1.05 * TH.critical_ratio, True),
                                           (0.95 * TH.critical_ratio, False)])
 def test_narrow_valley_needs_a_sliding_point_when_curvature_was_measured(ratio, fires):

@@ -101,7 +101,8 @@ TEXT: dict[str, dict] = {
     "narrow_valley": {
         "title": "Stalled in a narrow valley (ill-conditioning)",
         "explanation": (
-            "The loss has stopped falling but the gradient has not vanished, so this is not a "
+            "The loss has stopped falling, or crawls, but the gradient has not vanished, so this "
+            "is not a "
             "critical point. Successive gradients point in nearly opposite directions: each step "
             "jumps across a narrow valley and back. Across the valley the curvature λ_max is far "
             "larger than along it (a high condition number), and a learning rate small enough to "

@@ -13,7 +13,8 @@ compares a number with another number from the same run, never with an absolute 
   a momentum method's limit is far above the rates at which it moves fast); at so slow a rate a
   loss flat within its noise (the final window's standard deviation) is still too slow;
 - per-parameter gradient RMS ‖g_layer‖/√n_layer of each layer relative to the last layer's;
-- cos(g_t, g_{t−1}): persistently negative means the steps bounce between the walls of a valley;
+- cos(g_t, g_{t−1}): persistently negative while the loss stalls or crawls (falling, progress below
+  ``slow_progress``) means the steps bounce between the walls of a valley;
   ≤ ``edge_cos`` (an almost exact reversal, g_{t+1} ≈ (1 − ηλ)g_t with ηλ ≈ 2) while the loss
   still falls is gradient descent at the edge of stability: the rate is as large as it can be;
 - the start's scale: the geometric mean over layers of ‖θ_layer‖/√units at the first step (about
@@ -160,7 +161,8 @@ class Run:
 def narrow_valley(run: Run) -> Finding | None:
     th = run.th
     cos, limit = run.median("grad_cos"), th.curve.oscillation_cos
-    if run.status != "stalled" or not cos <= limit:
+    crawling = run.status == "falling" and run.progress < th.curve.slow_progress
+    if not (run.status == "stalled" or crawling) or not cos <= limit:
         return None
     evidence = {"progress": run.progress, "median_grad_cos": cos,
                 "oscillation_cos": limit, "grad_norm": run.median("grad_norm"),
@@ -171,7 +173,8 @@ def narrow_valley(run: Run) -> Finding | None:
             return None  # near a critical point: the bouncing is noise, not a slide
         evidence.update(numbers, critical_ratio=th.critical_ratio)
     return Finding("narrow_valley", "warning",
-                   f"the loss stalled (progress {run.progress:.1%} over the final window) while "
+                   f"the loss {'crawls' if crawling else 'stalled'} (progress "
+                   f"{run.progress:.1%} over the final window) while "
                    f"consecutive gradients point in opposite directions (median cos {cos:.2f}) "
                    f"and the gradient norm stays at {evidence['grad_norm']:.3g}",
                    evidence, run.window_steps(), cos / limit)
