@@ -100,7 +100,9 @@ class _TrialOptions:
                                 "'file.py:factory') and --data (its training data)")
 
 
-def _doctor(run_dir, scenario, remedy, list_scenarios, out: Path, seed: int, trial: _TrialOptions):
+def _doctor(run_dir, scenario, remedy, list_scenarios, out: Path, seed: int,
+            trial: _TrialOptions | None = None):
+    """The work of `landscope doctor` (the demo calls it without a remedy trial)."""
     from rich.table import Table
 
     from landscope.doctor import diagnose
@@ -117,7 +119,8 @@ def _doctor(run_dir, scenario, remedy, list_scenarios, out: Path, seed: int, tri
         raise BadInputError("give either a RUN_DIR or --scenario NAME (see --list-scenarios)")
     if remedy and scenario is None:
         raise BadInputError("--remedy applies to --scenario runs only")
-    trial.check()
+    if trial is not None:
+        trial.check()
     title = f"landscope doctor · {run_dir}"
     if scenario is not None:
         run_dir = out / f"doctor-{scenario}{'-remedy' if remedy else ''}"
@@ -129,7 +132,7 @@ def _doctor(run_dir, scenario, remedy, list_scenarios, out: Path, seed: int, tri
                                                "command": " ".join(sys.argv)}, name="doctor.json")
     console.print(diagnosis_report(diagnosis, title))  # after the result is safe on disk
     console.print(f"written: {path}")
-    if trial.wanted:
+    if trial is not None and trial.wanted:
         _try_remedies(diagnosis, run_dir, trial)
 
 
