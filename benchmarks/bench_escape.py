@@ -15,8 +15,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import landscope as ls  # noqa: E402
 from workloads import build_workload  # noqa: E402
+
+import landscope as ls  # noqa: E402
 
 
 def main() -> int:
