@@ -85,3 +85,36 @@ class Snapshot:
         assert [(n, x.training) for n, x in m.named_modules(remove_duplicate=False)] == \
             self.modes
         assert torch.equal(torch.get_rng_state(), self.rng)
+
+
+class TiedDictLM(nn.Module):
+    """What users train, small: a causal transformer layer (attention), the output head tied to
+    the token embedding, a module used twice, keyword inputs from dict batches (``input_ids``)."""
+
+    def __init__(self, vocab=7, d=4, length=5, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(vocab, d)
+        self.block = nn.TransformerEncoderLayer(d, 2, 8, dropout=0.0, batch_first=True)
+        self.mix = nn.Linear(d, d)  # applied twice
+        self.head = nn.Linear(d, vocab)
+        self.head.weight = self.embed.weight
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(length))
+        self.double()
+
+    def forward(self, input_ids):
+        h = self.block(self.embed(input_ids), src_mask=self.mask, is_causal=True)
+        return self.head(torch.tanh(self.mix(torch.tanh(self.mix(h)))))
+
+
+def token_loss(logits, labels):
+    """Mean cross-entropy over every token."""
+    return nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+
+def dict_batches(count=4, size=3, vocab=7, length=5, seed=2):
+    """Hugging Face-style batches: ``{"input_ids": ..., "labels": ...}``."""
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(0, vocab, (size, length), generator=g),
+             "labels": torch.randint(0, vocab, (size, length), generator=g)}
+            for _ in range(count)]

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from helpers import SmallCNN, make_mlp
+from helpers import SmallCNN, Snapshot, TiedDictLM, dict_batches, make_mlp, token_loss
 from ranks import cli_options, landscope, run_ranks
 from torch import nn
 from torch.nn.functional import cross_entropy
@@ -165,6 +165,33 @@ def test_a_failure_on_one_rank_stops_every_rank_with_its_message(runs):
     assert kind == "NonFiniteLossError" and "batch 0" in text
     kind, text = first["failure"]
     assert kind == "NonFiniteLossError" and text.startswith("on rank 1: ")
+
+
+def _users_network(rank: int | None) -> dict:
+    """A tied causal transformer with a module used twice on dict batches: L, ∇L, H·V and λ_max
+    on this rank (``rank`` None: one process), with the caller's model checked unchanged."""
+    model = TiedDictLM()
+    snapshot = Snapshot(model)
+    obj = ls.Objective.from_model(model, token_loss, dict_batches(), engine="loop")
+    V = torch.randn(obj.n, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    value, grad = obj.value_and_grad()
+    top = ls.spectrum(obj, k=1, which="largest", exact=False)
+    snapshot.check()
+    return {"value": value, "grad": grad, "hvp": obj.hvp(V), "top": top.largest.values,
+            "ranks": obj.ranks, "ties": obj.info["tied_parameters"]}
+
+
+def _users_network_on_ranks() -> dict:
+    return _users_network(distributed.rank())
+
+
+def test_a_tied_transformer_on_dict_batches_equals_one_process_and_is_left_alone():
+    reference = _users_network(None)
+    first, second = run_ranks(_users_network_on_ranks, 2)
+    assert first["ranks"] == 2 and first["ties"] == {"embed.weight": ["head.weight"]}
+    for key in ("value", "grad", "hvp", "top"):
+        torch.testing.assert_close(first[key], reference[key], rtol=1e-12, atol=1e-14, msg=key)
+        assert torch.equal(first[key], second[key]), key
 
 
 def _dying_worker() -> str:

@@ -4,11 +4,12 @@ the caller's model untouched; the v_min step at a saddle; resume after an interr
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import Snapshot, classification_data
+from helpers import Snapshot, TiedDictLM, classification_data, dict_batches, token_loss
 from torch import nn
 from typer.testing import CliRunner
 
@@ -110,6 +111,21 @@ def test_bit_reproducible_and_the_callers_model_untouched(one_thread):
     assert first.summary[0]["held_out_mean"] is not None
     losses = {r["train_loss"] for r in first.runs}
     assert len(losses) == len(first.runs)  # seeds and candidates really differ
+
+
+def test_a_tied_transformer_on_dict_batches_trains_copies_and_is_left_alone(one_thread):
+    """Attention, an embedding tied to the head, a module used twice, dict batches: every
+    candidate trains a copy (the tie kept in it), reproducibly; the caller's model is untouched."""
+    model = TiedDictLM()
+    snapshot = Snapshot(model)
+    options = dict(candidates=["adam", "vmin_step"], steps=8, seeds=1, curvature_products=5)
+    first = trials.escape(model, token_loss, dict_batches(), **options)
+    second = trials.escape(model, token_loss, dict_batches(), **options)
+    snapshot.check()
+    assert [r["train_loss"] for r in first.runs] == [r["train_loss"] for r in second.runs]
+    assert all(math.isfinite(r["train_loss"]) for r in first.runs)
+    start = first.start["loss"]
+    assert min(r["train_loss"] for r in first.runs) < start  # the copies train
 
 
 def test_the_vmin_step_leaves_the_saddle_of_a_deep_linear_net(one_thread):
