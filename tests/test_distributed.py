@@ -236,13 +236,15 @@ def test_a_rank_past_the_timeout_ends_the_waiting_rank_with_a_clear_message():
 def test_bad_shard_and_different_data_or_models_are_refused():
     with pytest.raises(ls.errors.BadInputError, match="shard='nope'"):
         ls.Objective.from_model(make_mlp(sizes=(6, 8, 3)), _opaque, _data(), shard="nope")
-    for data, model in run_ranks(_mismatches, 2):
+    for data, model, subset in run_ranks(_mismatches, 2):
         assert "passed other data than rank" in data and "shard='given'" in data
         assert "model (parameters or buffers) differs" in model and "broadcast" in model
+        assert "subset() of a data-parallel Objective" in subset and "one process" in subset
 
 
 def _mismatches() -> tuple[str, str]:
-    """The errors of ranks passing different data, then different models (seeded by rank)."""
+    """The errors of ranks passing different data, then different models (seeded by rank),
+    then of a subset of a data-parallel Objective."""
     said = []
     for data_seed, model_seed in ((distributed.rank(), 0), (0, distributed.rank())):
         try:
@@ -252,6 +254,13 @@ def _mismatches() -> tuple[str, str]:
             said.append(str(error))
         else:
             said.append("no error")
+    obj = ls.Objective.from_model(make_mlp(sizes=(6, 8, 3)), _opaque, _data())
+    try:
+        obj.subset([0, 1, 2])
+    except ls.errors.BadInputError as error:
+        said.append(str(error))
+    else:
+        said.append("no error")
     return tuple(said)
 
 
