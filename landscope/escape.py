@@ -61,6 +61,7 @@ from torch import nn
 from landscope import io, optim
 from landscope.critical import default_rel_tol
 from landscope.data import Batch, Batches, is_tensor_pair
+from landscope.doctor import knowledge
 from landscope.errors import BadInputError, NonFiniteLossError
 from landscope.objective import Objective
 from landscope.optim._base import PointOptimizer
@@ -142,85 +143,53 @@ INITIALISATION = "changes the initialisation: a new start, not a way on from thi
 DATA = "changes the data"
 UNMAPPED = "no candidate stands for this remedy yet"
 
-REMEDY_CANDIDATES: dict[str, dict[str, tuple[str, ...] | str]] = {
-    "narrow_valley": {
-        "Momentum (SGD momentum=0.9)": ("momentum", "nesterov"),
-        "Adam or RMSProp": ("adam", "rmsprop"),
-        "Standardise the inputs or add batch normalisation": f"{DATA} or {ARCHITECTURE}",
-        "A smaller learning rate stops the bouncing": ("lr_x0.1", "cosine"),
-        "quasi-Newton or second-order": ("lbfgs", "adahessian"),
-    },
-    "saddle": {
-        "negative-curvature step": ("vmin_step", "negative_curvature"),
-        "Perturbed gradient descent": ("perturbed_gd",),
-        "Momentum or Adam carry speed": ("momentum", "adam"),
-        "or a cyclic learning rate": ("noisy_gd", "sgdr"),
-    },
-    "poor_minimum": {
-        "Restart from other initialisations": INITIALISATION,
-        "A larger learning rate, or warm restarts": ("lr_x10", "sgdr"),
-        "More gradient noise": ("noisy_gd",),
-        "Momentum or Adam.": ("momentum", "adam"),
-        "Check the model's capacity and the data": f"{ARCHITECTURE} or {DATA}",
-    },
-    "vanishing_gradients": {
-        "ReLU activations instead of sigmoid": ARCHITECTURE,
-        "Batch normalisation between the layers": ARCHITECTURE,
-        "Residual connections": ARCHITECTURE,
-        "Adam: per-parameter step sizes": ("adam",),
-        "Fewer layers": ARCHITECTURE,
-    },
-    "exploding_gradients": {
-        "Clip the gradient norm": ("clip",),
-        "A smaller learning rate, with a warm-up": ("lr_x0.1", "warmup"),
-        "He or Xavier initialisation at the proper scale": f"{INITIALISATION}; {ARCHITECTURE}",
-        "Check the data for NaN": DATA,
-    },
-    "lr_too_large": {
-        "Lower the learning rate": ("lr_x0.1",),
-        "A learning-rate warm-up": ("warmup",),
-        "Gradient clipping": ("clip",),
-        "Normalisation layers": ARCHITECTURE,
-        "A decaying schedule": ("cosine",),
-    },
-    "lr_too_small": {
-        "Raise the learning rate": ("lr_x10",),
-        "A learning-rate range test": ("lr_x10", "lr_x0.1"),
-        "Adam, whose steps": ("adam",),
-        "Warm-up followed by cosine annealing": ("warmup", "cosine"),
-    },
-    "symmetric_init": {
-        "Random initialisation": INITIALISATION,
-        "A small random perturbation of the weights": ("perturbed_gd", "noisy_gd"),
-    },
-    "saturation": {
-        "Xavier initialisation, or a smaller weight scale": INITIALISATION,
-        "Standardise the inputs; batch normalisation": f"{DATA} or {ARCHITECTURE}",
-        "ReLU-family activations": ARCHITECTURE,
-        "A smaller learning rate (large steps push pre-activations": ("lr_x0.1",),
-    },
-    "dead_relus": {
-        "A smaller learning rate (large steps push biases": ("lr_x0.1",),
-        "He initialisation; batch normalisation": f"{INITIALISATION}; {ARCHITECTURE}",
-        "LeakyReLU, ELU or GELU": ARCHITECTURE,
-    },
-    "overfitting": {
-        "Early stopping": "keeps earlier weights of the run: no change of training",
-        "Weight decay": ("adamw",),
-        "More data or data augmentation": DATA,
-        "Dropout, or a smaller model": ARCHITECTURE,
-    },
+REMEDY_CANDIDATES: dict[str, tuple[str, ...] | str] = {
+    # changes of training: the candidates that try them
+    "momentum": ("momentum", "nesterov"),
+    "adaptive": ("adam", "rmsprop"),
+    "adam": ("adam",),
+    "momentum_or_adam": ("momentum", "adam"),
+    "second_order": ("lbfgs", "adahessian"),
+    "vmin_step": ("vmin_step", "negative_curvature"),
+    "perturb": ("perturbed_gd", "noisy_gd"),
+    "noise_or_cyclic": ("noisy_gd", "sgdr"),
+    "gradient_noise": ("noisy_gd",),
+    "raise_lr": ("lr_x10",),
+    "raise_lr_or_restarts": ("lr_x10", "sgdr"),
+    "range_test": ("lr_x10", "lr_x0.1"),
+    "lower_lr": ("lr_x0.1",),
+    "lower_lr_schedule": ("lr_x0.1", "cosine"),
+    "lower_lr_warmup": ("lr_x0.1", "warmup"),
+    "warmup": ("warmup",),
+    "cosine": ("cosine",),
+    "warmup_cosine": ("warmup", "cosine"),
+    "clip": ("clip",),
+    "weight_decay": ("adamw",),
+    # the rest: why a trial from this point cannot try them
+    "standardise": f"{DATA} or {ARCHITECTURE}",
+    "check_capacity": f"{ARCHITECTURE} or {DATA}",
+    "check_data": DATA,
+    "more_data": DATA,
+    "reinit": INITIALISATION,
+    "he_relu": ARCHITECTURE,
+    "relu": ARCHITECTURE,
+    "leaky_relu": ARCHITECTURE,
+    "normalisation": ARCHITECTURE,
+    "residual": ARCHITECTURE,
+    "fewer_layers": ARCHITECTURE,
+    "dropout_or_smaller": ARCHITECTURE,
+    "early_stopping": "keeps earlier weights of the run: no change of training",
 }
-"""finding → {a phrase of one of its remedies: the candidates that try it, or why none does}.
-Every remedy the doctor gives must contain exactly one phrase of its finding's table."""
+"""A remedy's change (:attr:`landscope.doctor.knowledge.Remedy.key`) → the candidates that try
+it, or why none does. Every key the doctor uses has an entry."""
 
 
 def remedy_candidates(finding: str, remedy: str) -> tuple[str, ...] | str:
-    """The candidates that try the doctor's ``remedy`` of ``finding``, or why it is not tried
-    (:data:`UNMAPPED` for a remedy no phrase of :data:`REMEDY_CANDIDATES` names)."""
-    found = [what for phrase, what in REMEDY_CANDIDATES.get(finding, {}).items()
-             if phrase in remedy]
-    return found[0] if len(found) == 1 else UNMAPPED
+    """The candidates that try the doctor's ``remedy`` (its text) of ``finding``, or why it is
+    not tried (:data:`UNMAPPED` for a text the finding does not give, or a change without an
+    entry in :data:`REMEDY_CANDIDATES`)."""
+    known = knowledge.remedy(finding, remedy)
+    return UNMAPPED if known is None else REMEDY_CANDIDATES.get(known.key, UNMAPPED)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,11 @@ SATURATING = ("sigmoid", "tanh", "softsign")
 
 @dataclass(frozen=True)
 class Remedy:
-    """One remedy: its text and the ``IN_USE`` key of what makes it moot (None: never moot)."""
+    """One remedy: ``key``, a stable name of the change it makes (the same change under
+    several findings has the same key; remedy trials and the fault suite's repairs map keys, not
+    wording), its text, and the ``IN_USE`` key of what makes it moot (None: never moot)."""
 
+    key: str
     text: str
     moot_if: str | None = None
 
@@ -97,6 +100,11 @@ def in_use(name: str, meta: dict) -> dict[str, str]:
     return {text: what for text, what in found.items() if what}
 
 
+def remedy(finding: str, text: str) -> Remedy | None:
+    """The remedy of ``finding`` whose text is ``text`` (None if it has none)."""
+    return next((r for r in TEXT.get(finding, {}).get("remedies", ()) if r.text == text), None)
+
+
 TEXT: dict[str, dict] = {
     "narrow_valley": {
         "title": "Stalled in a narrow valley (ill-conditioning)",
@@ -109,15 +117,20 @@ TEXT: dict[str, dict] = {
             "keep the steep direction stable (ηλ_max < 2) makes almost no progress along the flat "
             "floor of the valley, where the loss would still fall."),
         "remedies": [
-            Remedy("Momentum (SGD momentum=0.9) or Nesterov: the alternating components cancel and"
+            Remedy("momentum",
+                   "Momentum (SGD momentum=0.9) or Nesterov: the alternating components cancel and"
                    " speed builds up along the valley floor.", "momentum"),
-            Remedy("Adam or RMSProp: per-parameter step sizes rescale badly scaled directions.",
+            Remedy("adaptive",
+                   "Adam or RMSProp: per-parameter step sizes rescale badly scaled directions.",
                    "adaptive"),
-            Remedy("Standardise the inputs or add batch normalisation: this lowers the condition "
+            Remedy("standardise",
+                   "Standardise the inputs or add batch normalisation: this lowers the condition "
                    "number itself."),
-            Remedy("A smaller learning rate stops the bouncing (slower along the valley); combine "
+            Remedy("lower_lr_schedule",
+                   "A smaller learning rate stops the bouncing (slower along the valley); combine "
                    "it with a schedule such as cosine annealing."),
-            Remedy("On small problems, a quasi-Newton or second-order method (L-BFGS, K-FAC)."),
+            Remedy("second_order",
+                   "On small problems, a quasi-Newton or second-order method (L-BFGS, K-FAC)."),
         ],
     },
     "saddle": {
@@ -129,13 +142,17 @@ TEXT: dict[str, dict] = {
             "not a minimum, and there is a way down. In high dimension most critical points are "
             "saddles; plain gradient descent leaves one only as fast as its tiny gradient allows."),
         "remedies": [
-            Remedy("Take a negative-curvature step along the eigenvector of λ_min, θ ← θ − "
+            Remedy("vmin_step",
+                   "Take a negative-curvature step along the eigenvector of λ_min, θ ← θ − "
                    "η·sign(vᵀg)·v (landscope.spectrum(obj, k=1, which='smallest') gives v)."),
-            Remedy("Perturbed gradient descent: add small random noise to the weights when the "
+            Remedy("perturb",
+                   "Perturbed gradient descent: add small random noise to the weights when the "
                    "gradient is small."),
-            Remedy("Momentum or Adam carry speed through the flat region around the saddle.",
+            Remedy("momentum_or_adam",
+                   "Momentum or Adam carry speed through the flat region around the saddle.",
                    "momentum"),
-            Remedy("Smaller mini-batches (more gradient noise), or a cyclic learning rate."),
+            Remedy("noise_or_cyclic",
+                   "Smaller mini-batches (more gradient noise), or a cyclic learning rate."),
         ],
     },
     "poor_minimum": {
@@ -146,12 +163,17 @@ TEXT: dict[str, dict] = {
             "flat (steps of this size change nothing) or the run sits in a poor local minimum, a "
             "puddle while deeper valleys exist elsewhere."),
         "remedies": [
-            Remedy("Restart from other initialisations (multi-start) and keep the best run."),
-            Remedy("A larger learning rate, or warm restarts (SGDR, cosine annealing with "
+            Remedy("reinit",
+                   "Restart from other initialisations (multi-start) and keep the best run."),
+            Remedy("raise_lr_or_restarts",
+                   "A larger learning rate, or warm restarts (SGDR, cosine annealing with "
                    "restarts), to jump out of the basin."),
-            Remedy("More gradient noise: smaller mini-batches."),
-            Remedy("Momentum or Adam.", "momentum"),
-            Remedy("Check the model's capacity and the data."),
+            Remedy("gradient_noise",
+                   "More gradient noise: smaller mini-batches."),
+            Remedy("momentum_or_adam",
+                   "Momentum or Adam.", "momentum"),
+            Remedy("check_capacity",
+                   "Check the model's capacity and the data."),
         ],
     },
     "vanishing_gradients": {
@@ -163,14 +185,19 @@ TEXT: dict[str, dict] = {
             "directions the landscape is extremely flat, and the network sits on a plateau as if "
             "it were much shallower."),
         "remedies": [
-            Remedy("He (Kaiming) initialisation with ReLU activations instead of sigmoid.",
+            Remedy("he_relu",
+                   "He (Kaiming) initialisation with ReLU activations instead of sigmoid.",
                    "non_saturating"),
-            Remedy("Batch normalisation between the layers.", "normalisation"),
-            Remedy("Residual connections: y = f(x) + x passes the gradient through unchanged.",
+            Remedy("normalisation",
+                   "Batch normalisation between the layers.", "normalisation"),
+            Remedy("residual",
+                   "Residual connections: y = f(x) + x passes the gradient through unchanged.",
                    "residual"),
-            Remedy("Adam: per-parameter step sizes compensate the scale of small gradients.",
+            Remedy("adam",
+                   "Adam: per-parameter step sizes compensate the scale of small gradients.",
                    "adaptive"),
-            Remedy("Fewer layers."),
+            Remedy("fewer_layers",
+                   "Fewer layers."),
         ],
     },
     "exploding_gradients": {
@@ -181,10 +208,14 @@ TEXT: dict[str, dict] = {
             "the loss becomes infinite or NaN. Past that point nothing the run records means "
             "anything."),
         "remedies": [
-            Remedy("Clip the gradient norm (torch.nn.utils.clip_grad_norm_)."),
-            Remedy("A smaller learning rate, with a warm-up."),
-            Remedy("He or Xavier initialisation at the proper scale; batch normalisation."),
-            Remedy("Check the data for NaN or inf and use numerically stable losses (cross-entropy"
+            Remedy("clip",
+                   "Clip the gradient norm (torch.nn.utils.clip_grad_norm_)."),
+            Remedy("lower_lr_warmup",
+                   "A smaller learning rate, with a warm-up."),
+            Remedy("reinit",
+                   "He or Xavier initialisation at the proper scale; batch normalisation."),
+            Remedy("check_data",
+                   "Check the data for NaN or inf and use numerically stable losses (cross-entropy"
                    " on logits, not log of softmax)."),
         ],
     },
@@ -197,12 +228,17 @@ TEXT: dict[str, dict] = {
             "valley by more than it started from, so the loss oscillates and grows instead of "
             "falling, and can diverge."),
         "remedies": [
-            Remedy("Lower the learning rate, at least by the factor sharpness / limit (10× is a "
+            Remedy("lower_lr",
+                   "Lower the learning rate, at least by the factor sharpness / limit (10× is a "
                    "safe first try)."),
-            Remedy("A learning-rate warm-up at the start."),
-            Remedy("Gradient clipping."),
-            Remedy("Normalisation layers (BatchNorm, LayerNorm).", "normalisation"),
-            Remedy("A decaying schedule (cosine annealing).", "scheduler"),
+            Remedy("warmup",
+                   "A learning-rate warm-up at the start."),
+            Remedy("clip",
+                   "Gradient clipping."),
+            Remedy("normalisation",
+                   "Normalisation layers (BatchNorm, LayerNorm).", "normalisation"),
+            Remedy("cosine",
+                   "A decaying schedule (cosine annealing).", "scheduler"),
         ],
     },
     "lr_too_small": {
@@ -215,12 +251,16 @@ TEXT: dict[str, dict] = {
             "are far shorter than the landscape allows, so training creeps and may stall in flat "
             "regions."),
         "remedies": [
-            Remedy("Raise the learning rate (10× and retry; stay below the stability limit "
+            Remedy("raise_lr",
+                   "Raise the learning rate (10× and retry; stay below the stability limit "
                    "2/λ_max)."),
-            Remedy("A learning-rate range test: increase the rate over a short run and pick the "
+            Remedy("range_test",
+                   "A learning-rate range test: increase the rate over a short run and pick the "
                    "largest at which the loss still falls."),
-            Remedy("Adam, whose steps do not scale with the gradient.", "adaptive"),
-            Remedy("Warm-up followed by cosine annealing.", "scheduler"),
+            Remedy("adam",
+                   "Adam, whose steps do not scale with the gradient.", "adaptive"),
+            Remedy("warmup_cosine",
+                   "Warm-up followed by cosine annealing.", "scheduler"),
         ],
     },
     "symmetric_init": {
@@ -232,9 +272,11 @@ TEXT: dict[str, dict] = {
             "a saddle that gradient noise cannot break). All-zero initialisation is the extreme "
             "case."),
         "remedies": [
-            Remedy("Random initialisation: He (kaiming_normal_) for ReLU, Xavier (xavier_uniform_)"
+            Remedy("reinit",
+                   "Random initialisation: He (kaiming_normal_) for ReLU, Xavier (xavier_uniform_)"
                    " for tanh and sigmoid; biases may stay zero."),
-            Remedy("A small random perturbation of the weights breaks the symmetry."),
+            Remedy("perturb",
+                   "A small random perturbation of the weights breaks the symmetry."),
         ],
     },
     "saturation": {
@@ -243,10 +285,14 @@ TEXT: dict[str, dict] = {
             "Most outputs of a sigmoid or tanh sit in its flat tails, where the derivative is "
             "below 1% of its maximum, so gradients through those units nearly vanish."),
         "remedies": [
-            Remedy("Xavier initialisation, or a smaller weight scale."),
-            Remedy("Standardise the inputs; batch normalisation before the activation."),
-            Remedy("ReLU-family activations.", "non_saturating"),
-            Remedy("A smaller learning rate (large steps push pre-activations into the tails)."),
+            Remedy("reinit",
+                   "Xavier initialisation, or a smaller weight scale."),
+            Remedy("normalisation",
+                   "Standardise the inputs; batch normalisation before the activation."),
+            Remedy("relu",
+                   "ReLU-family activations.", "non_saturating"),
+            Remedy("lower_lr",
+                   "A smaller learning rate (large steps push pre-activations into the tails)."),
         ],
     },
     "dead_relus": {
@@ -255,9 +301,12 @@ TEXT: dict[str, dict] = {
             "Many ReLU units output zero on every sample: they receive no gradient and cannot "
             "recover, because the landscape is exactly flat in their incoming weights."),
         "remedies": [
-            Remedy("A smaller learning rate (large steps push biases negative)."),
-            Remedy("He initialisation; batch normalisation."),
-            Remedy("LeakyReLU, ELU or GELU, which keep a gradient for negative inputs."),
+            Remedy("lower_lr",
+                   "A smaller learning rate (large steps push biases negative)."),
+            Remedy("reinit",
+                   "He initialisation; batch normalisation."),
+            Remedy("leaky_relu",
+                   "LeakyReLU, ELU or GELU, which keep a gradient for negative inputs."),
         ],
     },
     "overfitting": {
@@ -267,11 +316,15 @@ TEXT: dict[str, dict] = {
             "kept falling: the optimiser now fits the noise of the training set. The minimum it "
             "approaches is one of the training loss, not of the loss on new data."),
         "remedies": [
-            Remedy("Early stopping: keep the weights from the step with the lowest validation "
+            Remedy("early_stopping",
+                   "Early stopping: keep the weights from the step with the lowest validation "
                    "loss."),
-            Remedy("Weight decay (L2 regularisation; AdamW's weight_decay).", "weight_decay"),
-            Remedy("More data or data augmentation."),
-            Remedy("Dropout, or a smaller model."),
+            Remedy("weight_decay",
+                   "Weight decay (L2 regularisation; AdamW's weight_decay).", "weight_decay"),
+            Remedy("more_data",
+                   "More data or data augmentation."),
+            Remedy("dropout_or_smaller",
+                   "Dropout, or a smaller model."),
         ],
     },
 }
