@@ -234,13 +234,90 @@ def test_adam_sharpness_is_the_preconditioned_eigenvalue():
     assert result["stability_threshold"] == pytest.approx(2 * 1.8 / (0.2 * 0.01))
 
 
+@pytest.mark.parametrize("centered", [False, True])
+def test_rmsprop_sharpness_is_the_preconditioned_eigenvalue(centered):
+    """P = √v + ε (centred: √(v − m²) + ε, no bias correction): λ_max(P^-½ H P^-½) densely."""
+    X, y = _data(n=40)
+    model = _net(activation=nn.Tanh).eval()
+    opt = torch.optim.RMSprop(model.parameters(), lr=0.01, alpha=0.9, momentum=0.5,
+                              centered=centered)
+    _train(model, opt, X, y, 5)
+    result = measure(model, nn.functional.cross_entropy, (X, y), opt, smallest=False,
+                     max_products=200)
+    H, names = _dense_hessian(model, X, y)
+    params = dict(model.named_parameters())
+    states = [opt.state[params[n]] for n in names]
+    v = torch.cat([(s["square_avg"] - (s["grad_avg"] ** 2 if centered else 0)).reshape(-1)
+                   for s in states])
+    D = (v.sqrt() + 1e-8).rsqrt()
+    expected = torch.linalg.eigvalsh(D[:, None] * H * D[None, :])[-1]
+    assert result["sharpness"] == pytest.approx(expected.item(), rel=1e-5)
+    assert result["stability_threshold"] == pytest.approx(2 * 1.5 / 0.01)
+
+
+def _least_squares(n, features=3, seed=2):
+    """A linear model (weight and bias) under the mean squared error, whose mini-batch
+    gradients and Hessians are known in closed form."""
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, features, generator=gen, dtype=torch.float64)
+    y = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    torch.manual_seed(seed)
+    return nn.Linear(features, 1).double().eval(), X, y
+
+
+def _batch_sharpness_by_hand(model, X, y, size, chunks):
+    """E_B[g_Bᵀ H_B g_B / ‖g_B‖²] over the first chunks of ``size`` samples: with X̃ = [X, 1] and
+    r = X̃θ − y on a chunk, g_B = 2X̃ᵀr/b and H_B = 2X̃ᵀX̃/b."""
+    theta = torch.cat([model.weight.detach().reshape(-1), model.bias.detach()])
+    ratios = []
+    for i in range(chunks):
+        Xb = torch.cat([X[i * size:(i + 1) * size],
+                        torch.ones(size, 1, dtype=torch.float64)], dim=1)
+        g = 2 * Xb.T @ (Xb @ theta - y[i * size:(i + 1) * size, 0]) / size
+        H = 2 * Xb.T @ Xb / size
+        ratios.append((g @ H @ g / (g @ g)).item())
+    return sum(ratios) / len(ratios)
+
+
+@pytest.mark.parametrize("n, size, chunks", [(40, 8, 5), (100, 10, 8)])  # 10 fit, 8 at most
+@pytest.mark.parametrize("options", [{}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True}])
+def test_batch_sharpness_is_the_mean_curvature_along_each_mini_batch_gradient(n, size, chunks,
+                                                                            options):
+    model, X, y = _least_squares(n)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, **options)
+    result = measure(model, nn.functional.mse_loss, (X, y), opt, smallest=False,
+                     max_products=50, batch_size=size)
+    expected = _batch_sharpness_by_hand(model, X, y, size, chunks)
+    assert result["batch_sharpness"] == pytest.approx(expected, rel=1e-10)
+    assert result["batch_chunks"] == chunks
+    full = torch.cat([X, torch.ones(n, 1, dtype=torch.float64)], dim=1)
+    assert result["sharpness"] == pytest.approx(
+        torch.linalg.eigvalsh(2 * full.T @ full / n)[-1].item(), rel=1e-8)  # still full-batch
+    assert result["stability_threshold"] == stability(opt, dict(model.named_parameters()),
+                                                      ["weight", "bias"]).threshold
+
+
+@pytest.mark.parametrize("make, size", [
+    (lambda p: torch.optim.SGD(p, lr=0.1), None),  # the training batch size unknown
+    (lambda p: torch.optim.SGD(p, lr=0.1), 40),  # trained on batches as large as the held one
+    (lambda p: torch.optim.Adam(p, lr=0.1), 8),  # not SGD: its sharpness is the preconditioned
+])
+def test_batch_sharpness_is_measured_under_mini_batch_sgd_only(make, size):
+    model, X, y = _least_squares(40)
+    result = measure(model, nn.functional.mse_loss, (X, y), make(model.parameters()),
+                     smallest=False, max_products=50, batch_size=size)
+    assert math.isnan(result["batch_sharpness"]) and result["batch_chunks"] == 0
+    assert math.isfinite(result["lambda_max"])
+
+
 def test_a_held_mapping_batch_measures_what_the_same_tuple_batch_does():
     """A dict batch (the model gets ``input=X`` as a keyword, ``labels`` is the target) is the
-    same held batch as (X, y): the same curvature, stability limit and noise scale."""
+    same held batch as (X, y): the same curvature, stability limit, batch sharpness and noise
+    scale."""
     X, y = _data(n=40)
     model = _net(activation=nn.Tanh).eval()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    options = {"smallest": True, "max_products": 200, "noise_chunks": 4}
+    options = {"smallest": True, "max_products": 200, "noise_chunks": 4, "batch_size": 10}
     tuple_ = measure(model, nn.functional.cross_entropy, (X, y), opt, **options)
     mapping = measure(model, nn.functional.cross_entropy, {"input": X, "labels": y}, opt,
                       **options)
@@ -408,6 +485,29 @@ def test_a_measurement_keeps_its_time_budget_under_a_counted_clock(monkeypatch, 
         assert "not measured" in result["note"]
 
 
+@pytest.mark.parametrize("seconds, chunks", [
+    (2.0, 4),  # every chunk fits beside the eigenvalue
+    (0.81, 0),  # setup and 10 products leave 0.01 s, below a chunk's 0.032: skipped, noted
+])
+def test_the_batch_sharpness_keeps_to_the_time_budget_under_a_counted_clock(monkeypatch, seconds,
+                                                                          chunks):
+    """32 held samples in chunks of 8: a gradient costs 0.032, a product 0.064, a chunk 0.024."""
+    X, y = _data(n=32)
+    model = _net(activation=nn.Tanh)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    options = {"smallest": False, "max_products": 200, "batch_size": 8}
+    free = measure(model, nn.functional.cross_entropy, (X, y), opt, **options)
+    clock = _CountedClock(monkeypatch)
+    result = measure(model, nn.functional.cross_entropy, (X, y), opt, seconds=seconds, **options)
+    assert result["seconds"] == pytest.approx(clock.now) and clock.now <= seconds + 1e-12
+    assert result["batch_chunks"] == chunks and math.isfinite(result["lambda_max"])
+    if chunks:
+        assert result["batch_sharpness"] == pytest.approx(free["batch_sharpness"], rel=1e-12)
+    else:
+        assert math.isnan(result["batch_sharpness"])
+        assert "no time left for the batch sharpness" in result["note"]
+
+
 def test_the_first_curvature_measurement_is_within_the_budget_too(monkeypatch):
     """Each training step costs 1 on the counted clock; curvature's time, the first measurement
     included, stays within budget × training time at every measurement (the Monitor's own
@@ -435,6 +535,53 @@ def test_the_first_curvature_measurement_is_within_the_budget_too(monkeypatch):
     assert min(e["products"] for e in events) < events[0]["products"]
     assert events[0]["products"] < 100  # capped below max_products by the time left
     assert np.isfinite(monitor.record["lambda_max"][[e["step"] for e in events]]).all()
+
+
+def test_the_monitor_records_the_batch_sharpness_of_its_training_batches(tmp_path):
+    """SGD on batches of 8 (a model without activation modules: the batch size comes from its
+    input), a stalled loss (lr 0): the record's batch sharpness is the closed form's."""
+    model, X, y = _least_squares(40)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    with Monitor(model, opt, tmp_path, loss_fn=nn.functional.mse_loss, held=(X, y), window=20,
+                 check_every=10, budget=math.inf) as monitor:
+        for step in range(40):
+            index = torch.arange(8 * step, 8 * step + 8) % 40
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(X[index]), y[index])
+            loss.backward()
+            opt.step()
+            monitor.step(loss)
+    record = read_record(tmp_path)
+    events = record.meta["events"]
+    assert record.meta["batch_size"] == 8 and [e["batch_chunks"] for e in events] == [5, 5]
+    rows = [e["step"] for e in events]
+    expected = _batch_sharpness_by_hand(model, X, y, 8, 5)
+    assert record["batch_sharpness"][rows] == pytest.approx([expected] * 2, rel=1e-9)  # %.10g
+    assert np.isnan(np.delete(record["batch_sharpness"], rows)).all()
+
+
+def test_a_record_made_before_the_batch_sharpness_reads_it_as_nan(tmp_path):
+    """Older records lack the column: the header lists the columns, so they still read."""
+    model, X, y = _least_squares(16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Monitor(model, opt, tmp_path, every=1) as monitor:
+        for _ in range(3):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(X), y)
+            loss.backward()
+            opt.step()
+            monitor.step(loss)
+    header = json.loads((tmp_path / "monitor.json").read_text())
+    keep = [i for i, name in enumerate(header["columns"]) if name != "batch_sharpness"]
+    header["columns"] = [header["columns"][i] for i in keep]
+    (tmp_path / "monitor.json").write_text(json.dumps(header))
+    lines = (tmp_path / "monitor.csv").read_text().splitlines()
+    (tmp_path / "monitor.csv").write_text("".join(
+        ",".join(line.split(",")[i] for i in keep) + "\n" for line in lines))
+    record = read_record(tmp_path)
+    assert "batch_sharpness" not in record.columns and len(record) == 3
+    assert np.isnan(record["batch_sharpness"]).all()
+    assert record["loss"].tolist() == monitor.record["loss"].tolist()
 
 
 # ---------------------------------------------------------------------- it only observes
@@ -616,7 +763,8 @@ def test_hooks_are_removed_on_close_and_the_context_manager_closes():
 
     assert hooks() == 0
     with Monitor(model, opt, every=2) as monitor:
-        assert hooks() == 3  # the optimiser pre-hook, and two activation sites for step 0
+        assert hooks() == 4  # the optimiser pre-hook, two activation sites and the model's
+        # input (the training batch size) for step 0
         _train(model, opt, *_data(), 1, monitor)
         assert hooks() == 1  # step 1 is not measured: the model runs without hooks
     assert hooks() == 0

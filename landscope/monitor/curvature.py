@@ -17,6 +17,18 @@ then removes the share ≈ η_eff·λ of the error, so η_eff·sharpness/2 says 
 is below the largest that plain gradient descent could take there (``effective_lr``); the limit
 above is larger by the momentum's damping and says nothing about speed.
 
+Mini-batch SGD does not sit at the edge through λ_max: what rises to the limit and hovers there
+is the *batch sharpness* E_B[g_Bᵀ H_B g_B / ‖g_B‖²], the curvature of the mini-batch loss L_B
+along its own gradient g_B = ∇L_B (H_B = ∇²L_B), averaged over mini-batches B of the training
+batch size (Andreyev & Beneventano, 2024, "Edge of Stochastic Stability", arXiv:2412.20553,
+Definition 3), while the full-batch λ_max stays below the limit, the lower the smaller the batch.
+For SGD (any momentum) trained on batches smaller than the held batch, the held batch is cut
+into up to :data:`BATCH_CHUNKS` chunks of the training batch size and the ratio averaged over
+them (``batch_sharpness``; one gradient and one product per chunk). ``sharpness`` stays the
+full-batch quantity; both are read against the same ``stability_threshold``. With heavy-ball
+momentum μ small batches have been seen to hold batch sharpness near 2(1−μ)/η rather than the
+deterministic 2(1+μ)/η, which large batches reach (Andreyev et al., 2026, arXiv:2604.14108).
+
 Gradient noise: the held batch is cut into m equal chunks of b samples with gradients g_i; with
 s² = Σ‖g_i − ḡ‖²/(m−1) ≈ tr Σ / b (Σ the per-sample gradient covariance) and the unbiased
 ‖G‖² ≈ ‖ḡ‖² − s²/m, the noise scale B_noise = tr Σ / ‖G‖² (McCandlish et al., 2018) is the batch
@@ -43,13 +55,15 @@ from landscope.spectrum import spectrum
 
 COLUMNS = ("held_loss", "held_grad_norm", "lambda_max", "lambda_max_residual", "lambda_min",
            "lambda_min_residual", "sharpness", "stability_threshold", "effective_lr",
-           "noise_scale", "curvature_products")
+           "noise_scale", "curvature_products", "batch_sharpness")
 """The record columns a curvature measurement fills (NaN where not measured)."""
 
 EIG_TOL = 1e-3
 """Relative residual tolerance of the eigenvalues: a verdict needs two digits, not eight."""
 MIN_PRODUCTS = 10
 """Fewer Hessian-vector products than this per eigenvalue are not worth spending."""
+BATCH_CHUNKS = 8
+"""At most this many mini-batches of the held batch enter the batch sharpness."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +140,8 @@ def stability(optimizer: torch.optim.Optimizer, named: dict[str, torch.Tensor],
 
 def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
             optimizer: torch.optim.Optimizer, *, smallest: bool, max_products: int,
-            noise_chunks: int = 4, seed: int = 0, seconds: float = math.inf,
-            warm: Eigenvectors | None = None) -> dict:
+            noise_chunks: int = 4, batch_size: int | None = None, seed: int = 0,
+            seconds: float = math.inf, warm: Eigenvectors | None = None) -> dict:
     """Curvature and noise of the loss on the held batch at the model's current weights.
 
     Parameters
@@ -139,24 +153,31 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
     smallest: also compute λ_min (the loss has stalled) besides λ_max.
     max_products: Hessian-vector product budget of each Lanczos run.
     noise_chunks: the held batch is cut into this many chunks for the gradient noise.
+    batch_size: the training mini-batch size, if known: under SGD, when it is smaller than the
+        held batch, the batch sharpness is measured on chunks of this size (module docstring).
     seconds: time budget. The gradient pass comes first, taking t_g; unless 3 t_g fit in the
         budget the measurement stops there. Then a first product builds the graph, and a second,
         timed one t_p sets what the rest may use: each Lanczos run gets
         min(max_products, ⌊remaining / (runs · t_p)⌋) products (a run cut short reports its
         residual); below :data:`MIN_PRODUCTS` no eigenvalue is computed. The noise scale, about
-        one more gradient pass, is computed only if t_g is left. So the budget is exceeded only
-        by these first three passes, when the gradient alone or the two setup products take
-        longer than 3 t_g would allow.
+        one more gradient pass, is computed only if t_g is left. The batch sharpness's
+        expected cost, (b/m)(2 t_g + t_p) for each chunk of b of the m held samples, is set
+        aside before the Lanczos runs are capped (unless that leaves them too few products:
+        the eigenvalues come first); it then takes a chunk only while the time it expects one
+        to take (the mean of those done) is left, and averages the chunks done. So the budget is
+        exceeded only by these first three passes, when the gradient alone or the two setup
+        products take longer than 3 t_g would allow.
     warm: the last measurement's ``"vectors"``: each Lanczos run starts from those of its own
         operator that fit θ's size (others start cold).
 
     Returns
     -------
     A dict with every name in :data:`COLUMNS` (NaN where not computed) plus ``seconds``,
-    ``rule``, ``note``, ``vectors`` (:class:`Eigenvectors`: this measurement's, or ``warm``'s
-    where it computed none), and the costs seen: ``gradient_seconds`` (t_g), ``fixed_seconds`` (up
-    to the timed product) and ``seconds_per_product`` (t_p). Never changes the model or the
-    global RNG (the Objective guarantees it; Lanczos draws from its own seeded generator).
+    ``rule``, ``note``, ``batch_chunks`` (the chunks the batch sharpness averages), ``vectors``
+    (:class:`Eigenvectors`: this measurement's, or ``warm``'s where it computed none), and the
+    costs seen: ``gradient_seconds`` (t_g), ``fixed_seconds`` (up to the timed product) and
+    ``seconds_per_product`` (t_p). Never changes the model or the global RNG (the Objective
+    guarantees it; Lanczos draws from its own seeded generator).
 
     Examples
     --------
@@ -176,10 +197,11 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
     mode = "train" if model.training else "eval"
     obj = Objective.from_model(model, loss_fn, _data(held), mode=mode)
     vectors = (warm or Eigenvectors()).fitting(obj.n)
+    chunks = 0
 
     def finish(rule, note):
         return {**out, **costs, "seconds": time.perf_counter() - start, "rule": rule,
-                "note": note, "vectors": vectors}
+                "note": note, "batch_chunks": chunks, "vectors": vectors}
     try:
         loss, grad = obj.value_and_grad()
     except NonFiniteLossError as error:
@@ -200,13 +222,21 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
     costs["seconds_per_product"] = per_product = max(time.perf_counter() - tick, 1e-9)
     costs["fixed_seconds"] = time.perf_counter() - start - per_product
 
+    size, held_samples = batch_size or 0, held_size(held)
+    batch_chunks = min(held_samples // size, BATCH_CHUNKS) \
+        if isinstance(optimizer, torch.optim.SGD) and 0 < size < held_samples else 0
+    per_chunk = size / held_samples * (2 * gradient_seconds + per_product)
+    reserve = batch_chunks * per_chunk
+
     def allowed(runs: int) -> int:
-        remaining = seconds - (time.perf_counter() - start)
+        remaining = seconds - (time.perf_counter() - start) - reserve
         if remaining == math.inf:
             return max_products
         return min(max_products, max(0, int(remaining / (runs * per_product))))
 
     runs = 1 + (stab.preconditioner is not None)
+    if allowed(runs) < MIN_PRODUCTS:
+        reserve = 0.0  # the eigenvalues come first; the batch sharpness gets what they leave
     budget = allowed(runs)
     if budget < MIN_PRODUCTS:
         out["curvature_products"] = obj.counts["hvp"]
@@ -240,6 +270,12 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
         else:
             out["sharpness"] = math.nan
             notes.append("no time left for the preconditioned sharpness")
+    if batch_chunks:
+        out["batch_sharpness"], chunks, spent = _batch_sharpness(
+            model, loss_fn, held, mode, size, batch_chunks, per_chunk, deadline=start + seconds)
+        products += spent
+        if not chunks:
+            notes.append("no time left for the batch sharpness")
     out["curvature_products"] = products
     if seconds - (time.perf_counter() - start) >= gradient_seconds:
         out["noise_scale"] = _noise_scale(model, loss_fn, held, mode, noise_chunks)
@@ -299,6 +335,28 @@ def _noise_scale(model, loss_fn, held, mode: str, chunks: int) -> float:
     s2 = ((grads - mean) ** 2).sum().item() / (chunks - 1)
     signal = mean.pow(2).sum().item() - s2 / chunks
     return b * s2 / signal if signal > 0 else math.inf
+
+
+def _batch_sharpness(model, loss_fn, held, mode: str, size: int, chunks: int,
+                     per_chunk: float, deadline: float) -> tuple[float, int, int]:
+    """(mean of g_Bᵀ H_B g_B / ‖g_B‖² over the first ``chunks`` chunks of ``size`` held samples,
+    chunks done, products): a chunk is taken only while the time one is expected to take is
+    left before ``deadline`` (``per_chunk`` at first, then the mean of those done); a chunk whose
+    gradient is zero has no direction and is left out of the mean (NaN if all are)."""
+    ratios, done, products, begun = [], 0, 0, time.perf_counter()
+    while done < chunks:
+        expected = (time.perf_counter() - begun) / done if done else per_chunk
+        if deadline - time.perf_counter() < expected:
+            break
+        batch = Objective.from_model(model, loss_fn, _data(held, done * size, (done + 1) * size),
+                                     mode=mode, engine="loop")
+        g = batch.grad()
+        g_dot_g = g.double().pow(2).sum().item()
+        if g_dot_g > 0:
+            ratios.append(g.double().dot(batch.hvp(g).double()).item() / g_dot_g)
+        products += batch.counts["hvp"]
+        done += 1
+    return (math.fsum(ratios) / len(ratios) if ratios else math.nan), done, products
 
 
 def _preconditioner(optimizer, named, names, root) -> torch.Tensor | None:

@@ -17,11 +17,12 @@ for the measured step's training forward (grad enabled), so other steps run the 
 path. Values are converted in one go at a flush every ``check_every`` steps, which appends them to
 ``monitor.csv`` and reads the loss curve.
 
-Curvature (λ_max against the optimiser's stability limit, λ_min, gradient noise; see
-:mod:`landscope.monitor.curvature`) needs a held batch and is spent only when the loss curve
-rises, stalls short of convergence or while oscillating, or falls slowly far from its end
-(λ_max only: is the rate far below its limit?) (:func:`signals.curvature_reason`), at
-most once per ``window`` steps, and only within ``budget``: the Monitor's own time (its steps,
+Curvature (λ_max against the optimiser's stability limit, under mini-batch SGD also the batch
+sharpness on chunks of the training batch size, which it learns from the model's input; λ_min,
+gradient noise; see :mod:`landscope.monitor.curvature`) needs a held batch and is spent only
+when the loss curve rises, stalls short of convergence or while oscillating, or falls slowly far
+from its end (λ_max only: is the rate far below its limit?) (:func:`signals.curvature_reason`),
+at most once per ``window`` steps, and only within ``budget``: the Monitor's own time (its steps,
 flushes and every curvature measurement, this one included) stays within ``budget`` times the
 training time so far, so curvature gets what the first-order statistics leave. Each measurement
 gets the time left and caps its Hessian-vector products from a timed product
@@ -262,21 +263,31 @@ class Monitor:
         return step % self.every == 0
 
     def _arm(self) -> None:
-        """Hook the activation modules for the next training forward (and that one only)."""
+        """Hook the activation modules for the next training forward (and that one only), and
+        the model's input until the training batch size is known."""
         self._calls = {}
         self._act_handles = [m.register_forward_hook(self._on_activation)
                              for m in self._module_names]
+        if self._batch_size is None:
+            self._act_handles.append(self.model.register_forward_pre_hook(self._on_input,
+                                                                          with_kwargs=True))
 
     def _disarm(self) -> None:
         for handle in self._act_handles:
             handle.remove()
         self._act_handles = []
 
+    def _on_input(self, module, args, kwargs):
+        """The training batch size: the first dimension of the model's first tensor input."""
+        if self._batch_size is None and torch.is_grad_enabled():
+            first = next((x for x in (*args, *kwargs.values())
+                          if isinstance(x, torch.Tensor) and x.dim() > 0), None)
+            if first is not None:
+                self._batch_size = first.shape[0]
+
     def _on_activation(self, module, args, output):
         if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor):
             return  # evaluation forwards (no_grad) are not the step's training forward
-        if self._batch_size is None and output.dim() > 0:
-            self._batch_size = output.shape[0]
         name = self._module_names[module]
         self._calls[name] = count = self._calls.get(name, 0) + 1
         key = name if count == 1 else f"{name}#{count}"
@@ -404,7 +415,8 @@ class Monitor:
             result = curvature.measure(self.model, self.loss_fn, self.held, self.optimizer,
                                        smallest=reason == "stalled",
                                        max_products=self.max_products,
-                                       noise_chunks=self.noise_chunks, seconds=allowance,
+                                       noise_chunks=self.noise_chunks,
+                                       batch_size=self._batch_size, seconds=allowance,
                                        warm=self._vectors)
         except Exception as error:  # observing must never stop the user's training
             note = (f"curvature on the held batch failed and is off for the rest of the run: "
@@ -424,7 +436,8 @@ class Monitor:
         if math.isfinite(result["gradient_seconds"]):
             self._costs = (result["gradient_seconds"], result["seconds_per_product"])
         self.events.append({**event, "seconds": result["seconds"], "rule": result["rule"],
-                            "products": result["curvature_products"], "note": result["note"]})
+                            "products": result["curvature_products"],
+                            "batch_chunks": result["batch_chunks"], "note": result["note"]})
 
     def _least_seconds(self, training: float) -> float:
         """The least time a curvature measurement is started with (:func:`curvature.least_seconds`):

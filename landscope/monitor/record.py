@@ -29,7 +29,9 @@ from landscope import io
 from landscope.errors import BadInputError
 
 RECORD_FORMAT = 1
-"""Version of the table layout; a record in another format is refused with a clear error."""
+"""Version of the table layout; a record in another format is refused with a clear error. It
+changes when a column changes meaning or the layout changes; a column added is listed in the
+header and read by name, and reads as NaN from a record made before it (``batch_sharpness``)."""
 HEADER, TABLE = "monitor.json", "monitor.csv"
 BASE_COLUMNS = ("step", "loss", "val_loss", "lr", "non_finite", "grad_norm", "grad_cos",
                 "update_ratio")
