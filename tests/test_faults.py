@@ -73,18 +73,19 @@ def _grad_rms(setup) -> list[float]:
 def test_each_fault_is_what_it_claims(architecture, one_thread):
     torch.manual_seed(0)
     arch = ARCHITECTURES[architecture]
-    vanishing = _grad_rms(FAULTS["vanishing"].build(arch))
+    vanishing = _grad_rms(FAULTS["vanishing"].recipe.setup(arch))
     assert vanishing[0] < 1e-3 * vanishing[-1]  # sigmoids starve the first layer
-    healthy = FAULTS[HEALTHY].build(arch)
-    exploding = _grad_rms(FAULTS["exploding"].build(arch))
+    healthy = FAULTS[HEALTHY].recipe.setup(arch)
+    exploding = _grad_rms(FAULTS["exploding"].recipe.setup(arch))
+    symmetric = FAULTS["symmetric"].recipe.setup(arch)
     assert max(exploding) > 1e3 * max(_grad_rms(healthy))
-    assert all(p.abs().max() == 0 for p in FAULTS["symmetric"].build(arch).model.parameters())
+    assert all(p.abs().max() == 0 for p in symmetric.model.parameters())
     for fault, factor in (("lr_too_large", 100), ("lr_too_small", 1e-3)):
-        lr = FAULTS[fault].build(arch).optimizer.param_groups[0]["lr"]
+        lr = FAULTS[fault].recipe.setup(arch).optimizer.param_groups[0]["lr"]
         assert lr == pytest.approx(factor * healthy.optimizer.param_groups[0]["lr"])
     for fault, kind, share in (("saturation", nn.Tanh, lambda out: out.abs() > 0.99),
                                ("dead_relus", nn.ReLU, lambda out: out == 0)):
-        setup = FAULTS[fault].build(arch)
+        setup = FAULTS[fault].recipe.setup(arch)
         outputs = _outputs(setup.model, kind, setup.data[0][:256])
         assert min(share(out).float().mean().item() for out in outputs) > 0.5, fault
 

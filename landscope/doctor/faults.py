@@ -38,15 +38,16 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from landscope import default
+from landscope.doctor import knowledge
 from landscope.doctor.doctor import diagnose
-from landscope.doctor.scenarios import Setup, _quiet_machine, _train
+from landscope.doctor.scenarios import Setup, negative_curvature_step, quiet_machine, train
 from landscope.errors import BadInputError
 from landscope.objective import Objective
 from landscope.spectrum import spectrum
@@ -55,7 +56,7 @@ HEALTHY = "healthy"
 """The expected label of a run without a fault, and the primary label of a run without findings."""
 
 STEPS = 300
-HELD = 256  # the held batch of ``_train``: the first 256 training samples
+HELD = 256  # the held batch of ``train``: the first 256 training samples
 
 
 # ---------------------------------------------------------------------- architectures
@@ -63,43 +64,48 @@ HELD = 256  # the held batch of ``_train``: the first 256 training samples
 class Architecture:
     """A model family with its data and the SGD rate at which it trains well.
 
-    ``model(activation, depth)``: ``depth`` hidden blocks, each a layer followed by an
-    ``activation`` module, then a linear output layer.
+    ``model(activation, depth, norm)``: ``depth`` hidden blocks, each a layer, a normalisation
+    layer if ``norm``, and an ``activation`` module; then a linear output layer.
     """
 
     name: str
     data: Callable[[], tuple[torch.Tensor, torch.Tensor]]
-    model: Callable[[type[nn.Module], int], nn.Module]
+    model: Callable[[type[nn.Module], int, bool], nn.Module]
     lr: float
 
 
-def _mlp(activation: type[nn.Module], depth: int) -> nn.Module:
-    widths = [64] + [32] * depth
-    blocks = [m for a, b in zip(widths, widths[1:], strict=False) for m in (nn.Linear(a, b),
-                                                                          activation())]
+def _blocks(layer: Callable[[int, int], nn.Module], norm: Callable[[int], nn.Module],
+            widths: list[int], activation: type[nn.Module], normalise: bool) -> list[nn.Module]:
+    """layer(a, b), [norm(b)], activation() for consecutive widths a, b."""
+    return [m for a, b in zip(widths, widths[1:], strict=False)
+            for m in (layer(a, b), *((norm(b),) if normalise else ()), activation())]
+
+
+def _mlp(activation: type[nn.Module], depth: int, norm: bool = False) -> nn.Module:
+    blocks = _blocks(nn.Linear, nn.BatchNorm1d, [64] + [32] * depth, activation, norm)
     return nn.Sequential(*blocks, nn.Linear(32, 10))
 
 
-def _cnn(activation: type[nn.Module], depth: int) -> nn.Module:
-    channels = [1] + [6] * depth
-    blocks = [m for a, b in zip(channels, channels[1:], strict=False)
-              for m in (nn.Conv2d(a, b, 3, padding=1), activation())]
+def _cnn(activation: type[nn.Module], depth: int, norm: bool = False) -> nn.Module:
+    blocks = _blocks(lambda a, b: nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d,
+                     [1] + [6] * depth, activation, norm)
     return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), *blocks, nn.Flatten(),
                          nn.Linear(6 * 64, 10))
 
 
 class TokenClassifier(nn.Module):
-    """Embedding, one transformer encoder layer, mean over positions, then a head of ``depth``
-    Linear + activation blocks and a linear output: a small transformer classifier."""
+    """Embedding (its coordinates times the buffer ``scales``), one transformer encoder layer,
+    mean over positions, then a head of ``depth`` Linear [+ BatchNorm] + activation blocks and a
+    linear output: a small transformer classifier."""
 
-    def __init__(self, activation: type[nn.Module], depth: int, vocab: int = 12, width: int = 16,
-                 classes: int = 2, scales: torch.Tensor | None = None):
+    def __init__(self, activation: type[nn.Module], depth: int, norm: bool = False,
+                 vocab: int = 12, width: int = 16, classes: int = 2):
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
-        self.register_buffer("scales", torch.ones(width) if scales is None else scales)
+        self.register_buffer("scales", torch.ones(width))
         self.encoder = nn.TransformerEncoderLayer(width, nhead=2, dim_feedforward=32,
                                                   dropout=0.0, batch_first=True)
-        blocks = [m for _ in range(depth) for m in (nn.Linear(width, width), activation())]
+        blocks = _blocks(nn.Linear, nn.BatchNorm1d, [width] * (depth + 1), activation, norm)
         self.head = nn.Sequential(*blocks, nn.Linear(width, classes))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -120,133 +126,171 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
 )}
 
 
-# ---------------------------------------------------------------------- faults
+# ---------------------------------------------------------------------- recipes
+SCHEDULES = ("warmup", "cosine", "warmup_cosine")
+
+
 @dataclass(frozen=True)
-class Fault:
-    """A fault class: how it is injected (``build(architecture)`` → a Setup) and the finding the
-    doctor should rank first (``HEALTHY``: none)."""
+class Recipe:
+    """How one run of the suite is made, on any architecture. A fault is a recipe; a remedy
+    applied to it (:mod:`landscope.doctor.repairs`) is an edited recipe.
 
-    name: str
-    expect: str
-    build: Callable[[Architecture], Setup] = field(repr=False)
+    The network: ``depth`` hidden blocks of ``activation`` (with normalisation if ``norm``),
+    initialised by PyTorch (``init="default"``) or by He (``"he"``, kaiming_normal_); then every
+    weight matrix × ``weight_gain``; the weights of the layers feeding an activation ×
+    ``feeding_gain`` and their biases set to ``feeding_bias``; every parameter × ``scale``; then
+    N(0, ``perturb``²) noise added to every parameter. The data: features rescaled by 10^u, u
+    evenly from −3 to 0, if ``conditioning`` (the transformer: its embedding's coordinates); the
+    squared error to one-hot targets on 512 samples if ``squared_error``. The training:
+    ``optimizer`` ("sgd", "momentum": heavy ball 0.9, "adam", "adamw": weight decay 0.01) at
+    the architecture's rate (Adam's: 10⁻³) or, with ``lr_sharpness`` = c, at c/λ_max of the
+    initial held-batch Hessian; × ``lr_factor``; mini-batches of ``batch`` (None: full batch);
+    gradient norm clipped to ``clip``; a schedule from :data:`SCHEDULES`; with ``vmin_step``,
+    first one line-searched step along the eigenvector of λ_min.
+    """
+
+    activation: type[nn.Module] = nn.ReLU
+    depth: int = 2
+    norm: bool = False
+    init: str = "default"
+    weight_gain: float = 1.0
+    feeding_gain: float = 1.0
+    feeding_bias: float | None = None
+    scale: float = 1.0
+    perturb: float = 0.0
+    conditioning: bool = False
+    squared_error: bool = False
+    optimizer: str = "sgd"
+    lr_sharpness: float | None = None
+    lr_factor: float = 1.0
+    batch: int | None = 64
+    clip: float | None = None
+    schedule: str | None = None
+    vmin_step: bool = False
+
+    def setup(self, arch: Architecture) -> Setup:
+        """The run on ``arch``: draws the initialisation from the global RNG (seed it first)."""
+        model = arch.model(self.activation, self.depth, self.norm)
+        self._initialise(model)
+        X, y = arch.data()
+        loss_fn = nn.functional.cross_entropy
+        if self.squared_error:
+            X, y = X[:512], nn.functional.one_hot(y[:512]).float()
+            loss_fn = nn.functional.mse_loss
+        if self.conditioning:
+            X = _condition(model, X)
+        lr = {"adam": 1e-3, "adamw": 1e-3}.get(self.optimizer, arch.lr)
+        if self.lr_sharpness is not None:
+            lr = self.lr_sharpness / _sharpness(model, (X, y), loss_fn)
+        if self.vmin_step:
+            negative_curvature_step(model, loss_fn, (X[:HELD], y[:HELD]))
+        return Setup(model, _optimizer(self.optimizer, model, lr * self.lr_factor), (X, y),
+                     STEPS, len(X) if self.batch is None else self.batch, loss_fn,
+                     clip=self.clip, schedule=_schedule(self.schedule))
+
+    def _initialise(self, model: nn.Module) -> None:
+        activations = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
+        with torch.no_grad():
+            if self.init == "he":
+                for layer in _feeding(model, activations):
+                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                    layer.bias.zero_()
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.mul_(self.weight_gain)
+            for layer in _feeding(model, activations):
+                layer.weight.mul_(self.feeding_gain)
+                if self.feeding_bias is not None:
+                    layer.bias.fill_(self.feeding_bias)
+            for p in model.parameters():
+                p.mul_(self.scale)
+                if self.perturb:
+                    p.add_(self.perturb * torch.randn_like(p))
 
 
-def _sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=lr)
-
-
-def _setup(arch: Architecture, model: nn.Module, lr: float | None = None, data=None,
-           batch: int = 64) -> Setup:
-    data = arch.data() if data is None else data
-    return Setup(model, _sgd(model, arch.lr if lr is None else lr), data, STEPS, batch)
-
-
-def _feeding(model: nn.Module, kind: type[nn.Module]) -> list[nn.Module]:
-    """The layers whose output goes straight into a ``kind`` activation module."""
+def _feeding(model: nn.Module, kinds) -> list[nn.Module]:
+    """The layers whose output goes into an activation of ``kinds``, straight or through one
+    normalisation layer."""
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d)
     found = []
     for module in model.modules():
         if isinstance(module, nn.Sequential):
             children = list(module)
-            found += [a for a, b in zip(children, children[1:], strict=False)
-                      if isinstance(b, kind)]
+            for i, child in enumerate(children[:-1]):
+                after = children[i + 1:i + 3]
+                if isinstance(after[0], norms) and len(after) > 1:
+                    after = after[1:]
+                if isinstance(child, (nn.Linear, nn.Conv2d)) and isinstance(after[0], kinds):
+                    found.append(child)
     return found
 
 
-def _healthy(arch: Architecture) -> Setup:
-    return _setup(arch, arch.model(nn.ReLU, 2))
+def _condition(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    """Features (the transformer: embedding coordinates) rescaled by 10^u, u from −3 to 0."""
+    if X.is_floating_point():
+        return X * torch.logspace(-3, 0, X.shape[1])
+    model.scales.copy_(torch.logspace(-3, 0, len(model.scales)))
+    return X
 
 
-def _vanishing(arch: Architecture) -> Setup:
-    return _setup(arch, arch.model(nn.Sigmoid, 10))
+def _optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    params = model.parameters()
+    return {"sgd": lambda: torch.optim.SGD(params, lr=lr),
+            "momentum": lambda: torch.optim.SGD(params, lr=lr, momentum=0.9),
+            "adam": lambda: torch.optim.Adam(params, lr=lr),
+            "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=0.01)}[name]()
 
 
-def _exploding(arch: Architecture) -> Setup:
-    model = arch.model(nn.ReLU, 6)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.mul_(8.0)
-    return _setup(arch, model)
+def _schedule(name: str | None) -> Callable | None:
+    """``optimizer → scheduler`` over the suite's STEPS steps (warm-up: from 1 % of the rate over
+    the first 10 %), or None."""
+    lr_scheduler = torch.optim.lr_scheduler
+    warm = STEPS // 10
 
+    def warmup(opt):
+        return lr_scheduler.LinearLR(opt, 0.01, 1.0, warm)
 
-def _dead_relus(arch: Architecture) -> Setup:
-    model = arch.model(nn.ReLU, 2)
-    with torch.no_grad():
-        for layer in _feeding(model, nn.ReLU):
-            layer.bias.fill_(-10.0)
-    return _setup(arch, model)
+    def cosine(opt, steps=STEPS):
+        return lr_scheduler.CosineAnnealingLR(opt, steps)
 
-
-def _saturation(arch: Architecture) -> Setup:
-    model = arch.model(nn.Tanh, 2)
-    with torch.no_grad():
-        for layer in _feeding(model, nn.Tanh):
-            layer.weight.mul_(30.0)
-    return _setup(arch, model)
-
-
-def _lr_too_large(arch: Architecture) -> Setup:
-    return _setup(arch, arch.model(nn.ReLU, 2), lr=arch.lr * 100)
-
-
-def _lr_too_small(arch: Architecture) -> Setup:
-    return _setup(arch, arch.model(nn.ReLU, 2), lr=arch.lr / 1000)
-
-
-def _scaled(arch: Architecture, factor: float) -> Setup:
-    model = arch.model(nn.Tanh, 2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(factor)
-    return _setup(arch, model)
-
-
-def _saddle(arch: Architecture) -> Setup:
-    return _scaled(arch, 1e-6)
-
-
-def _symmetric(arch: Architecture) -> Setup:
-    return _scaled(arch, 0.0)
-
-
-def _ill_conditioning(arch: Architecture) -> Setup:
-    X, y = arch.data()
-    if isinstance(X, torch.Tensor) and X.is_floating_point():
-        X = X * torch.logspace(-3, 0, X.shape[1])
-        model = arch.model(nn.Tanh, 2)
-    else:  # tokens: the embedding's coordinates are the features
-        model = TokenClassifier(nn.Tanh, 2, scales=torch.logspace(-3, 0, 16))
-    return _setup(arch, model, lr=0.5 / _sharpness(model, (X, y)), data=(X, y))
-
-
-def _edge_of_stability(arch: Architecture) -> Setup:
-    X, y = arch.data()
-    X, y = X[:512], nn.functional.one_hot(y[:512]).float()
-    model = arch.model(nn.Tanh, 2)
-    lr = 2.1 / _sharpness(model, (X, y), nn.functional.mse_loss)
-    return Setup(model, _sgd(model, lr), (X, y), STEPS, len(X), nn.functional.mse_loss)
+    return {None: None, "warmup": warmup, "cosine": cosine,
+            "warmup_cosine": lambda opt: lr_scheduler.SequentialLR(
+                opt, [warmup(opt), cosine(opt, STEPS - warm)], [warm])}[name]
 
 
 def _sharpness(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor],
-               loss_fn: Callable = nn.functional.cross_entropy) -> float:
-    """λ_max of the initial loss's Hessian on the held batch (the samples ``_train`` holds)."""
+               loss_fn: Callable) -> float:
+    """λ_max of the initial loss's Hessian on the held batch (the samples ``train`` holds)."""
     held = (data[0][:HELD], data[1][:HELD])
     obj = Objective.from_model(model, loss_fn, held)
     return spectrum(obj, k=1, which="largest", tol=1e-3).largest.values[0].item()
 
 
+# ---------------------------------------------------------------------- faults
+@dataclass(frozen=True)
+class Fault:
+    """A fault class: its recipe and the finding the doctor should rank first (``HEALTHY``:
+    none)."""
+
+    name: str
+    expect: str
+    recipe: Recipe
+
+
 FAULTS: dict[str, Fault] = {f.name: f for f in (
-    Fault("vanishing", "vanishing_gradients", _vanishing),
-    Fault("exploding", "exploding_gradients", _exploding),
-    Fault("dead_relus", "dead_relus", _dead_relus),
-    Fault("saturation", "saturation", _saturation),
-    Fault("lr_too_large", "lr_too_large", _lr_too_large),
-    Fault("lr_too_small", "lr_too_small", _lr_too_small),
-    Fault("saddle", "saddle", _saddle),
-    Fault("symmetric", "symmetric_init", _symmetric),
-    Fault("ill_conditioning", "narrow_valley", _ill_conditioning),
-    Fault("edge_of_stability", "lr_too_large", _edge_of_stability),
-    Fault(HEALTHY, HEALTHY, _healthy),
+    Fault("vanishing", "vanishing_gradients", Recipe(nn.Sigmoid, depth=10)),
+    Fault("exploding", "exploding_gradients", Recipe(depth=6, weight_gain=8.0)),
+    Fault("dead_relus", "dead_relus", Recipe(feeding_bias=-10.0)),
+    Fault("saturation", "saturation", Recipe(nn.Tanh, feeding_gain=30.0)),
+    Fault("lr_too_large", "lr_too_large", Recipe(lr_factor=100.0)),
+    Fault("lr_too_small", "lr_too_small", Recipe(lr_factor=1e-3)),
+    Fault("saddle", "saddle", Recipe(nn.Tanh, scale=1e-6)),
+    Fault("symmetric", "symmetric_init", Recipe(nn.Tanh, scale=0.0)),
+    Fault("ill_conditioning", "narrow_valley",
+          Recipe(nn.Tanh, conditioning=True, lr_sharpness=0.5)),
+    Fault("edge_of_stability", "lr_too_large",
+          Recipe(nn.Tanh, squared_error=True, batch=None, lr_sharpness=2.1)),
+    Fault(HEALTHY, HEALTHY, Recipe()),
 )}
 
 
@@ -271,11 +315,14 @@ class Case:
 @dataclass(frozen=True)
 class Result:
     """What the doctor made of one case: its findings, in rank order, and the primary one
-    (``HEALTHY`` when there is none)."""
+    (``HEALTHY`` when there is none); the keys of the primary finding's remedies, most effective
+    first, less those the run already uses; the final training loss of the run."""
 
     case: Case
     findings: tuple[str, ...]
     seconds: float = 0.0
+    remedies: tuple[str, ...] = ()
+    final_loss: float = math.nan
 
     @property
     def primary(self) -> str:
@@ -299,13 +346,25 @@ def cases(faults: Iterable[str] | None = None, architectures: Iterable[str] | No
     return [Case(f, a, s) for f in faults for a in architectures for s in seeds]
 
 
-def run_case(case: Case, run_dir: str | Path) -> Path:
+def run_case(case: Case, run_dir: str | Path) -> float:
     """Train ``case`` under a Monitor into ``run_dir`` (single-threaded, the caller's RNG and
-    thread count restored) and return the directory."""
-    with _quiet_machine(case.seed):
-        setup = FAULTS[case.fault].build(ARCHITECTURES[case.architecture])
-        _train(setup, Path(run_dir), case.seed)
-    return Path(run_dir)
+    thread count restored) and return its final training loss (:func:`final_loss`)."""
+    with quiet_machine(case.seed):
+        setup = FAULTS[case.fault].recipe.setup(ARCHITECTURES[case.architecture])
+        train(setup, Path(run_dir), case.seed)
+        return final_loss(setup)
+
+
+def final_loss(setup: Setup) -> float:
+    """The loss of the setup's model on all its training data, in eval mode (inf if not
+    finite): what a remedy is judged by."""
+    model = setup.model
+    mode = model.training
+    model.eval()
+    with torch.no_grad():
+        value = setup.loss_fn(model(setup.data[0]), setup.data[1]).item()
+    model.train(mode)
+    return value if math.isfinite(value) else math.inf
 
 
 def run_suite(suite: Iterable[Case], root: str | Path | None = None,
@@ -316,8 +375,13 @@ def run_suite(suite: Iterable[Case], root: str | Path | None = None,
         base = Path(scratch if root is None else root)
         for case in suite:
             start = time.perf_counter()
-            path = run_case(case, base / case.name)
-            result = Result(case, tuple(diagnose(path).names()), time.perf_counter() - start)
+            loss = run_case(case, base / case.name)
+            diagnosis = diagnose(base / case.name)
+            primary = diagnosis.findings[:1]
+            remedies = tuple(knowledge.remedy(f.name, text).key for f in primary
+                             for text in f.remedies)
+            result = Result(case, tuple(diagnosis.names()), time.perf_counter() - start,
+                            remedies, loss)
             results.append(result)
             if progress is not None:
                 progress(result)

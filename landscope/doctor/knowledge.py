@@ -301,12 +301,13 @@ TEXT: dict[str, dict] = {
             "Many ReLU units output zero on every sample: they receive no gradient and cannot "
             "recover, because the landscape is exactly flat in their incoming weights."),
         "remedies": [
-            Remedy("lower_lr",
-                   "A smaller learning rate (large steps push biases negative)."),
             Remedy("reinit",
                    "He initialisation; batch normalisation."),
             Remedy("leaky_relu",
                    "LeakyReLU, ELU or GELU, which keep a gradient for negative inputs."),
+            Remedy("lower_lr",
+                   "A smaller learning rate (large steps push biases negative): it keeps more "
+                   "units from dying, but revives none."),
         ],
     },
     "overfitting": {

@@ -15,10 +15,11 @@ fitting 200 samples with noisy labels (overfitting); and a healthy control run.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +43,8 @@ class Setup:
     loss_fn: Callable = nn.functional.cross_entropy
     val: tuple[torch.Tensor, torch.Tensor] | None = None
     note: str = ""
+    clip: float | None = None  # the gradient norm clipped to this before each step
+    schedule: Callable[[torch.optim.Optimizer], Any] | None = None  # optimizer → lr scheduler
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,9 @@ def run_scenario(name: str, run_dir: str | Path, *, remedy: bool = False, seed: 
     scenario = SCENARIOS[name]
     if remedy and scenario.remedy is None:
         raise BadInputError(f"scenario {name!r} has no remedy to apply")
-    with _quiet_machine(seed):
+    with quiet_machine(seed):
         setup = scenario.build(remedy)
-        _train(setup, Path(run_dir), seed)
+        train(setup, Path(run_dir), seed)
     io.write_result(run_dir, "scenario", {
         "scenario": name, "description": scenario.description, "remedied": remedy,
         "remedy": scenario.remedy if remedy else None, "note": setup.note, "seed": seed,
@@ -149,7 +152,7 @@ def _saddle(remedy: bool) -> Setup:
             p.mul_(1e-12)
     note = ""
     if remedy:
-        note = _negative_curvature_step(model, nn.functional.mse_loss, (X, y))
+        note = negative_curvature_step(model, nn.functional.mse_loss, (X, y))
     return Setup(model, torch.optim.SGD(model.parameters(), lr=0.02), (X, y), steps=300,
                  batch=len(X), loss_fn=nn.functional.mse_loss, note=note)
 
@@ -199,8 +202,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 
 
 # ---------------------------------------------------------------------- helpers
-def _train(setup: Setup, run_dir: Path, seed: int) -> None:
-    """Mini-batch training under a Monitor with a held batch of up to 256 training samples.
+def train(setup: Setup, run_dir: Path, seed: int) -> None:
+    """:func:`steps` under a Monitor with a held batch of up to 256 training samples.
 
     These runs are a few hundred steps, so the Monitor records every 5th step over 100-step
     windows (the defaults, every 25 over 200, suit longer runs), and curvature, which the
@@ -209,22 +212,36 @@ def _train(setup: Setup, run_dir: Path, seed: int) -> None:
     in seconds would make what these runs find depend on the machine's load.
     """
     X, y = setup.data
-    generator = torch.Generator().manual_seed(seed)
     held = (X[:256], y[:256])
+    with Monitor(setup.model, setup.optimizer, run_dir, loss_fn=setup.loss_fn, held=held,
+                 every=5, window=100, budget=math.inf) as monitor:
+        for step, loss in steps(setup, seed):
+            monitor.step(loss, val_loss=_validation(setup, setup.model, step))
+
+
+def steps(setup: Setup, seed: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Mini-batch training of ``setup``, yielding (step, mini-batch loss) after each optimiser
+    step: shuffled batches from ``seed``, the gradient norm clipped and the scheduler stepped
+    where the setup says so."""
+    X, y = setup.data
+    generator = torch.Generator().manual_seed(seed)
     model, optimizer = setup.model, setup.optimizer
-    with Monitor(model, optimizer, run_dir, loss_fn=setup.loss_fn, held=held, every=5,
-                 window=100, budget=math.inf) as monitor:
-        step = 0
-        while step < setup.steps:
-            for index in torch.randperm(len(X), generator=generator).split(setup.batch):
-                optimizer.zero_grad(set_to_none=True)
-                loss = setup.loss_fn(model(X[index]), y[index])
-                loss.backward()
-                optimizer.step()
-                monitor.step(loss, val_loss=_validation(setup, model, step))
-                step += 1
-                if step == setup.steps:
-                    break
+    scheduler = None if setup.schedule is None else setup.schedule(optimizer)
+    step = 0
+    while True:
+        for index in torch.randperm(len(X), generator=generator).split(setup.batch):
+            if step == setup.steps:
+                return
+            optimizer.zero_grad(set_to_none=True)
+            loss = setup.loss_fn(model(X[index]), y[index])
+            loss.backward()
+            if setup.clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), setup.clip)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            yield step, loss
+            step += 1
 
 
 def _validation(setup: Setup, model: nn.Module, step: int) -> float | None:
@@ -237,7 +254,7 @@ def _validation(setup: Setup, model: nn.Module, step: int) -> float | None:
     return value
 
 
-def _negative_curvature_step(model: nn.Module, loss_fn, data) -> str:
+def negative_curvature_step(model: nn.Module, loss_fn, data) -> str:
     """Move θ along the eigenvector of λ_min (descent sign), with a backtracking step length."""
     obj = Objective.from_model(model, loss_fn, data)
     pairs = spectrum(obj, k=1, which="smallest").smallest
@@ -253,7 +270,9 @@ def _negative_curvature_step(model: nn.Module, loss_fn, data) -> str:
 
 
 @contextmanager
-def _quiet_machine(seed: int):
+def quiet_machine(seed: int):
+    """Single-threaded, the global RNG seeded with ``seed``; the caller's thread count and RNG
+    are restored afterwards."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
