@@ -1,4 +1,4 @@
-"""Benchmark: what watching a training run costs (landscope's Monitor beside Cockpit), issues 5, 9.
+"""Benchmark: what watching a training run costs (the Monitor beside Cockpit), issues 5, 9, 12.
 
 Workload: W2 training (``benchmarks/workloads.py``: MLP 64-128-128-10 ReLU, float32, the digits,
 Adam lr 1e-3, batch 64, shuffled), from the seed-0 initialisation. Every configuration trains the
@@ -24,6 +24,11 @@ Rows:
   by side swing by 10-30 % a pair on this VM (a 2-thread W2 step takes 2.5-4.3 ms from run to
   run, 0.85 ms on one thread: the wake-up of the second OpenMP thread dominates it), so their
   7-15-pair medians move by ±6 %; interleaving cancels that drift;
+- the same held-batch run trained with SGD at lr ``--sgd-lr`` (1.0: the loss rises, then
+  stalls; batches of 64, a quarter of the held batch), whole and interleaved: there each
+  curvature measurement also takes the batch sharpness E_B[g_Bᵀ H_B g_B / ‖g_B‖²] on the held
+  batch's 4 chunks of 64 (one gradient and one product each, within the same budget); the
+  curvature column counts the measurements that took it;
 - one curvature measurement (λ_max and λ_min by Lanczos with ≤ 100 products each, gradient noise
   from 4 chunks) on the held batch, in units of one training step;
 - Cockpit 1.0.2 (if installed): ``economy`` every step and every 16 steps, and its λ_max gauge
@@ -83,6 +88,10 @@ def main() -> int:
     parser.add_argument("--stall-lr", type=float, default=0.03,
                         help="Adam lr of a second held-batch run, one whose loss stalls and rises "
                         "so that the Monitor considers curvature (0: leave it out)")
+    parser.add_argument("--sgd-lr", type=float, default=1.0,
+                        help="SGD lr of a third held-batch run, one whose loss rises and stalls, "
+                        "where each curvature measurement also takes the batch sharpness (0: "
+                        "leave it out)")
     parser.add_argument("--held-only", action="store_true",
                         help="measure the held-batch run alone")
     parser.add_argument("--cockpit-repeats", type=int, default=3)
@@ -111,18 +120,24 @@ def main() -> int:
                  "(amortised)")
     watched = _landscope(loss_fn=nn.functional.cross_entropy, held=held)
     healthy = {}
-    for lr, name in ((LR, amortised), (args.stall_lr, amortised.replace(
-            "whole", f"Adam lr {args.stall_lr:g} (a stalling loss), whole"))):
+    sgd = amortised.replace("whole", f"SGD lr {args.sgd_lr:g} (batch sharpness on 4 chunks of "
+                            f"{BATCH}), whole")
+    for optimizer_class, lr, name in (
+            (torch.optim.Adam, LR, amortised),
+            (torch.optim.Adam, args.stall_lr, amortised.replace(
+                "whole", f"Adam lr {args.stall_lr:g} (a stalling loss), whole")),
+            (torch.optim.SGD, args.sgd_lr, sgd)):
         if not lr:
             continue
         held_plain, runs, closed = _compare({name: watched}, X, y, args.held_steps,
-                                            args.held_repeats, lr=lr)
+                                            args.held_repeats, lr=lr,
+                                            optimizer_class=optimizer_class)
         plain = plain or held_plain
         healthy.update(runs)
         own.update(closed)
         lockstep = name.replace("(amortised)", "(amortised), interleaved step by step")
         healthy[lockstep], own[lockstep] = _interleaved(X, y, args.held_steps, watched,
-                                                        args.held_repeats, lr)
+                                                        args.held_repeats, lr, optimizer_class)
     rows = [*ratios.items(), *healthy.items()]
     if not args.held_only:
         steps = _curvature_seconds(held) / plain
@@ -143,9 +158,10 @@ def _plain_step(out, target, optimizer, step):
     optimizer.step()
 
 
-def _run(X, y, steps, watch=None, lr=LR):
-    """A W2 training run of ``steps`` steps (shuffled epochs of batches of :data:`BATCH`):
-    (wall seconds per step, CPU seconds per step, ``close()``'s result).
+def _run(X, y, steps, watch=None, lr=LR, optimizer_class=torch.optim.Adam):
+    """A W2 training run of ``steps`` steps (shuffled epochs of batches of :data:`BATCH`, the
+    ``optimizer_class`` at ``lr``): (wall seconds per step, CPU seconds per step, ``close()``'s
+    result).
 
     ``watch(model, optimizer, run_dir)`` gives ``(step_fn, close)``; ``step_fn(out, target,
     optimizer, step)`` does the backward pass and the optimiser step, watched; ``close()`` ends
@@ -153,7 +169,7 @@ def _run(X, y, steps, watch=None, lr=LR):
     """
     torch.manual_seed(0)
     model = WORKLOADS["W2"].make()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = optimizer_class(model.parameters(), lr=lr)
     shuffle = torch.Generator().manual_seed(1)
     with tempfile.TemporaryDirectory() as run_dir:
         start, cpu = time.perf_counter(), time.process_time()
@@ -197,30 +213,31 @@ def _summary(meta: dict) -> dict:
     return {"events": len(meta["events"]),
             "measured": sum(e.get("products", 0) > 0 for e in meta["events"]),
             "products": sum(e.get("products", 0) for e in meta["events"]),
+            "batch": sum(e.get("batch_chunks", 0) > 0 for e in meta["events"]),
             "curvature": seconds.get("curvature", 0.0) / seconds["total"],
             "share": seconds["monitor"] / seconds["total"]}
 
 
-def _compare(configs, X, y, steps, repeats, lr=LR):
+def _compare(configs, X, y, steps, repeats, lr=LR, optimizer_class=torch.optim.Adam):
     """(median plain wall seconds per step, {config: (wall ratio, CPU ratio)}, closer results).
 
     Each repeat runs every configuration next to an unmonitored run, in alternating order (so a
     drift in the machine's load hits both sides alike); ratios are medians over the repeats.
     """
     epoch = math.ceil(len(X) / BATCH)
-    _run(X, y, epoch, lr=lr)  # warm-up
+    _run(X, y, epoch, lr=lr, optimizer_class=optimizer_class)  # warm-up
     for watch in configs.values():
-        _run(X, y, epoch, watch, lr)
+        _run(X, y, epoch, watch, lr, optimizer_class)
     plain, ratios = [], {name: ([], []) for name in configs}
     results = {name: [] for name in configs}
     for repeat in range(repeats):
         for name, watch in configs.items():
             if repeat % 2:
-                *watched, result = _run(X, y, steps, watch, lr)
-                base = _run(X, y, steps, lr=lr)[:2]
+                *watched, result = _run(X, y, steps, watch, lr, optimizer_class)
+                base = _run(X, y, steps, lr=lr, optimizer_class=optimizer_class)[:2]
             else:
-                base = _run(X, y, steps, lr=lr)[:2]
-                *watched, result = _run(X, y, steps, watch, lr)
+                base = _run(X, y, steps, lr=lr, optimizer_class=optimizer_class)[:2]
+                *watched, result = _run(X, y, steps, watch, lr, optimizer_class)
             results[name].append(result)
             plain.append(base[0])
             for k in range(2):
@@ -230,7 +247,7 @@ def _compare(configs, X, y, steps, repeats, lr=LR):
             {name: _pooled(found) for name, found in results.items() if found[0]})
 
 
-def _interleaved(X, y, steps, watch, repeats, lr=LR):
+def _interleaved(X, y, steps, watch, repeats, lr=LR, optimizer_class=torch.optim.Adam):
     """(median (wall ratio, None), pooled summaries) of a watched run and an unmonitored twin
     advancing together on the same batches, one step each, in alternating order.
 
@@ -249,7 +266,7 @@ def _interleaved(X, y, steps, watch, repeats, lr=LR):
         for _side in range(2):
             torch.manual_seed(0)
             model = WORKLOADS["W2"].make()
-            pairs.append((model, torch.optim.Adam(model.parameters(), lr=lr)))
+            pairs.append((model, optimizer_class(model.parameters(), lr=lr)))
         shuffle = torch.Generator().manual_seed(1)
         with tempfile.TemporaryDirectory() as run_dir, mock.patch.object(monitor_module, "time",
                                                                           clock):
@@ -283,11 +300,13 @@ def _interleaved(X, y, steps, watch, repeats, lr=LR):
 
 def _pooled(summaries: list[dict]) -> dict:
     """Summaries of repeated runs in one: medians of the time shares, the runs with curvature
-    events and with products among all, the products of all runs."""
+    events and with products among all, the products and batch-sharpness measurements of all
+    runs."""
     return {"runs": len(summaries),
             "events": sum(s["events"] > 0 for s in summaries),
             "measured": sum(s["measured"] > 0 for s in summaries),
             "products": sum(s["products"] for s in summaries),
+            "batch": sum(s["batch"] for s in summaries),
             "curvature": statistics.median(s["curvature"] for s in summaries),
             "share": statistics.median(s["share"] for s in summaries)}
 
@@ -352,7 +371,7 @@ def _table(rows, plain, args, with_cockpit, own) -> str:
     machine = machine_info()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
-        f"## Monitor overhead (issues 5, 9) — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"## Monitor overhead (issues 5, 9, 12) — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
         f"Machine: {machine['kind']} ({machine['cpu']}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, load average {load}. Command: "
@@ -361,7 +380,7 @@ def _table(rows, plain, args, with_cockpit, own) -> str:
            f"{args.epochs} --cockpit-repeats {args.cockpit_repeats} --cockpit-epochs "
            f"{args.cockpit_epochs} ")
         + f"--held-steps {args.held_steps} --held-repeats {args.held_repeats} --stall-lr "
-        f"{args.stall_lr:g}`.",
+        f"{args.stall_lr:g} --sgd-lr {args.sgd_lr:g}`.",
         f"W2 training step (Adam, batch {BATCH}), unmonitored: {plain * 1e3:.3f} ms. Ratios are "
         "medians of paired runs (monitored / unmonitored, same seed, next to each other, "
         "alternating order), by wall clock and by this process's CPU time (which a busy machine "
@@ -389,7 +408,9 @@ def _table(rows, plain, args, with_cockpit, own) -> str:
         if "events" in mine and "amortised" in name:
             timed += (f" (curvature begun in {mine['events']} of {mine['runs']} runs, with "
                       f"products in {mine['measured']}, {mine['products']} products in all, "
-                      f"median {mine['curvature']:.1%} of the run)")
+                      f"median {mine['curvature']:.1%} of the run"
+                      + (f"; batch sharpness in {mine['batch']} measurements" if "SGD" in name
+                         else "") + ")")
         lines.append(f"| {name} | {wall:.3f}{unit} | {cpu_text} | {timed} | {anchor} |")
     if not with_cockpit and not args.held_only:
         lines.append("| Cockpit | not installed in this venv | | | anchors above |")
