@@ -368,6 +368,15 @@ def test_activation_rules_at_their_thresholds(kind, name, share, fires):
     assert (name in _names(record)) is fires
 
 
+@pytest.mark.parametrize("onset", [0, 120])
+def test_an_activation_finding_reports_when_its_fraction_first_passed_the_threshold(onset):
+    column = np.where(onset <= STEPS, 0.9, 0.1)
+    record = _record(_falling(), sites=[{"name": "act", "kind": "saturation"}],
+                     saturation__act=column)
+    found = {f.name: f for f in diagnose(record).findings}
+    assert found["saturation"].onset == onset
+
+
 # ---------------------------------------------------------------------- ranking and report
 def test_a_cause_ranks_before_what_it_explains_and_severity_first():
     def finding(name, severity, strength=1.0):
@@ -408,6 +417,22 @@ def test_an_observed_cause_outranks_its_critical_consequence():
                  finding("exploding_gradients", "critical", produces=("lr_too_large",))])
     assert [(f.name, f.explained_by) for f in init] == [
         ("exploding_gradients", None), ("lr_too_large", "exploding_gradients")]
+
+
+@pytest.mark.parametrize("saturated, blew_up, primary", [
+    (0, 280, "saturation"),  # saturated from the start, the blow-up came late: not its cause
+    (280, 0, "lr_too_large"),  # the blow-up saturated the units
+    (5, 7, "lr_too_large"),  # within the slack of the loss's moving median: the table holds
+    (None, 280, "lr_too_large"),  # no onset: the table and the severities decide
+])
+def test_onset_order_a_cause_cannot_start_after_its_effect(saturated, blew_up, primary):
+    ranked = rank([Finding("lr_too_large", "critical", "", {}, [], 3.0, onset=blew_up),
+                   Finding("saturation", "warning", "", {}, [], 1.5, onset=saturated),
+                   Finding("narrow_valley", "warning", "", {}, [], 9.0)])
+    assert ranked[0].name == primary and ranked[0].explained_by is None
+    explained = {f.name: f.explained_by for f in ranked}
+    assert explained["saturation"] == (None if primary == "saturation" else "lr_too_large")
+    assert explained["narrow_valley"] == "lr_too_large"
 
 
 def test_the_causality_table_is_closed_and_acyclic():

@@ -14,7 +14,12 @@ worst finding it explains: dead ReLUs that starve the first layers come before t
 vanishing gradients. A finding's own evidence can show what it produced in this run
 (``Finding.produces``: a start next to the origin came before the vanishing gradients, weights
 that overflow at step 0 before the learning rate could act); such an observed edge counts like an
-observed cause and overrides the table's opposite edge. Otherwise ranking is by severity, then
+observed cause and overrides the table's opposite edge. Onset order (``Finding.onset``, the
+first step a finding's signal was seen, where its rule knows one): a cause cannot start after
+its effect, so a table edge c → f is dropped where f was seen before c (by more than
+``ONSET_SLACK`` steps); and an observed root
+seen before every other finding with an onset ranks first, whatever the severities (tanh units
+saturated from step 0 come before a blow-up at step 280). Otherwise ranking is by severity, then
 by how far past its threshold a finding is (``strength``, the ratio to the threshold).
 """
 
@@ -47,6 +52,11 @@ OBSERVED = {"dead_relus", "saturation", "saddle", "symmetric_init"}
 """Findings that measure their mechanism itself, not a symptom of it: as causes they outrank."""
 
 
+ONSET_SLACK = 10
+"""Steps by which onsets must differ to order two findings: the loss rules read a 10-step moving
+median, which lags a rise, and activations are recorded every few steps."""
+
+
 def _closure(direct: dict[str, set[str]]) -> dict[str, set[str]]:
     """Everything each cause produces through chains of ``direct`` (which must have no cycle)."""
     out: dict[str, set[str]] = {}
@@ -76,6 +86,7 @@ class Finding:
     with the decisive numbers. evidence: the numbers, thresholds included. steps: where they were
     seen. strength: how far past its threshold (≥ 1). explained_by: a ranked-higher cause, if any.
     produces: findings this run's evidence shows it caused (overriding ``CAUSES``; see ``rank``).
+    onset: the first step its signal was seen (None: its rule reads only the final window).
     in_use: {remedy text: what the run already uses} for the remedies left out as moot.
     """
 
@@ -87,6 +98,7 @@ class Finding:
     strength: float = 1.0
     explained_by: str | None = None
     produces: tuple[str, ...] = ()
+    onset: int | None = None
     in_use: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -106,7 +118,7 @@ class Finding:
         return {"name": self.name, "title": self.title, "severity": self.severity,
                 "summary": self.summary, "evidence": self.evidence, "steps": self.steps,
                 "strength": self.strength, "explained_by": self.explained_by,
-                "produces": list(self.produces),
+                "produces": list(self.produces), "onset": self.onset,
                 "explanation": self.explanation, "remedies": self.remedies,
                 "already_in_use": self.in_use}
 
@@ -146,9 +158,14 @@ def rank(findings: list[Finding]) -> list[Finding]:
         """What f's own evidence shows it caused, with everything that explains in turn."""
         return set().union(*({p} | EXPLAINS.get(p, set()) for p in f.produces))
 
+    def before(f: Finding, g: Finding) -> bool:
+        """f was seen more than ``ONSET_SLACK`` steps before g (both onsets known)."""
+        return f.onset is not None and g.onset is not None and f.onset + ONSET_SLACK < g.onset
+
     def causes(f: Finding) -> list[Finding]:
         return [c for c in order if c is not f and f.name in produced(c) or (
             f.name in EXPLAINS.get(c.name, ()) and c.name not in produced(f)
+            and not before(f, c)
             and (c.name in OBSERVED
                  or SEVERITIES.index(c.severity) <= SEVERITIES.index(f.severity)))]
 
@@ -163,4 +180,11 @@ def rank(findings: list[Finding]) -> list[Finding]:
         chain = [g for g in marked if g.explained_by == f.name] if f.explained_by is None else []
         return min(SEVERITIES.index(g.severity) for g in [f, *chain])
 
-    return sorted(marked, key=lambda f: (severity(f), f.explained_by is not None, -f.strength))
+    def first_observed(f: Finding) -> bool:
+        """An observed root seen before every other finding with an onset (and one has)."""
+        timed = [g for g in marked if g is not f and g.onset is not None]
+        return bool(f.explained_by is None and f.name in OBSERVED and timed
+                    and all(before(f, g) for g in timed))
+
+    return sorted(marked, key=lambda f: (not first_observed(f), severity(f),
+                                         f.explained_by is not None, -f.strength))

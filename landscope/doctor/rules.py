@@ -24,6 +24,10 @@ compares a number with another number from the same run, never with an absolute 
 - update-to-weight ratios ‖Δθ‖/‖θ‖ (used for the learning rate only when no curvature was measured),
   saturation and dead fractions, row spread: already fractions.
 
+Findings whose signal has a first step say so (``Finding.onset``: the first step a site's
+fraction passed its threshold, the first step the rate's evidence was seen), for the ranking's
+onset order.
+
 A growing gradient counts as exploding only if the steps it causes are wild (‖Δθ‖/‖θ‖ ≥
 ``wild_update``): near a saddle the gradient also grows a thousandfold, from 1e-12, harmlessly.
 
@@ -300,7 +304,7 @@ def lr_too_large(run: Run) -> Finding | None:
                  f"{evidence['sharpness_over_limit']:.5g}× the optimiser's stability limit "
                  f"{evidence['stability_limit']:.4g}")
     return Finding("lr_too_large", "critical" if blew_up else "warning", what, evidence,
-                   sorted(steps), strength)
+                   sorted(steps), strength, onset=min(steps, default=None))
 
 
 def lr_too_small(run: Run) -> Finding | None:
@@ -472,16 +476,19 @@ def dead_relus(run: Run) -> Finding | None:
 
 
 def _activation(run: Run, kind: str, threshold: float, words: str) -> Finding | None:
-    found = {site: run.median(values) for site, values in run.record.per_site(kind).items()}
+    columns = run.record.per_site(kind)
+    found = {site: run.median(values) for site, values in columns.items()}
     found = {site: value for site, value in found.items() if value >= threshold}
     if not found:
         return None
     worst = max(found, key=found.get)
     name = "saturation" if kind == "saturation" else "dead_relus"
+    onset = min(int(run.steps[np.argmax(columns[site] >= threshold)]) for site in found)
     return Finding(name, "warning",
-                   f"at site {worst}, {found[worst]:.0%} {words} (median over the final window)",
-                   {"sites": found, "threshold": threshold}, run.window_steps(),
-                   found[worst] / threshold)
+                   f"at site {worst}, {found[worst]:.0%} {words} (median over the final window; "
+                   f"first past {threshold:.0%} at step {onset})",
+                   {"sites": found, "threshold": threshold, "onset_step": onset},
+                   run.window_steps(), found[worst] / threshold, onset=onset)
 
 
 RULES = (exploding_gradients, lr_too_large, symmetric_init, vanishing_gradients, saturation,
