@@ -199,6 +199,23 @@ def test_a_falling_loss_whose_gradients_reverse_is_at_the_edge_of_stability(cos,
         assert found["lr_too_large"].evidence["median_grad_cos"] == pytest.approx(cos)
 
 
+@pytest.mark.parametrize("share, fires", [(1.02 * TH.edge_share, True),
+                                          (0.98 * TH.edge_share, False)])
+def test_a_stalled_loss_whose_gradients_reverse_is_at_the_edge_only_with_its_sharpness(share,
+                                                                                       fires):
+    """GD at the edge holds λ_max at 2/η even where it learns nothing: g_{t+1} ≈ −g_t with the
+    sharpness at the limit; a reversal with the sharpness well inside it is not the rate's."""
+    curv = _curvature(held_loss=1.5, held_grad_norm=1.0, lambda_max=share * 20.0, lambda_min=0.0,
+                      sharpness=share * 20.0, stability_threshold=20.0)
+    found = {f.name: f for f in diagnose(_record(grad_cos=-0.99, grad_norm=1.0, **curv)).findings}
+    assert ("lr_too_large" in found) is fires
+    if fires:
+        assert found["lr_too_large"].severity == "warning"
+        assert found["lr_too_large"].evidence["median_grad_cos"] == pytest.approx(-0.99)
+    else:
+        assert "narrow_valley" in found  # the valley's bouncing, at a rate inside the limit
+
+
 @pytest.mark.parametrize("ratio, fires", [(0.95, True), (1.05, False)])
 @pytest.mark.parametrize("effective_lr, limit", [(0.1, 20.0), (1.0, 38.0), (None, 20.0)])
 def test_lr_too_small_at_its_sharpness_threshold(ratio, fires, effective_lr, limit):

@@ -16,7 +16,10 @@ compares a number with another number from the same run, never with an absolute 
 - cos(g_t, g_{t−1}): persistently negative while the loss stalls or crawls (falling, progress below
   ``slow_progress``) means the steps bounce between the walls of a valley;
   ≤ ``edge_cos`` (an almost exact reversal, g_{t+1} ≈ (1 − ηλ)g_t with ηλ ≈ 2) while the loss
-  still falls is gradient descent at the edge of stability: the rate is as large as it can be;
+  falls or stalls is gradient descent at the edge of stability: the rate is as large as it can
+  be, unless the sharpness measured where the run stopped is below ``edge_share`` of the
+  limit: at the edge GD holds its sharpness at 2/η, while SGD just inside the limit in a
+  valley (1.8/λ_max: 0.89 of it) or a saddle far inside it can reverse its gradients too;
 - the start's scale: the geometric mean over layers of ‖θ_layer‖/√units at the first step (about
   0.6 for PyTorch's default initialisation, whatever the width), ≤ ``origin_gain`` next to the
   origin, a saddle of every network; ≥ ``large_gain`` each layer amplifies its input (above He's
@@ -75,6 +78,7 @@ class Thresholds:
     early_steps: int = 5
     spike: float = 5.0
     edge_cos: float = -0.95
+    edge_share: float = 0.95
     saturated: float = 0.5
     dead: float = 0.5
     overfit_rise: float = 0.1
@@ -135,6 +139,13 @@ class Run:
         if not gains:
             return math.nan
         return 0.0 if min(gains) == 0 else float(np.exp(np.mean(np.log(gains))))
+
+    def sharpness_share(self) -> float:
+        """Sharpness over the stability limit where the run stopped (NaN: not measured)."""
+        if self.curvature is None:
+            return math.nan
+        r = self.record
+        return float(r["sharpness"][self.curvature] / r["stability_threshold"][self.curvature])
 
     def window_steps(self) -> list[int]:
         steps = self.steps[self.final]
@@ -263,8 +274,9 @@ def lr_too_large(run: Run) -> Finding | None:
         strength = max(strength, (run.loss[k] - run.lower) / start / th.spike)
     blew_up = bool(over.size or "spike_step" in evidence)
     cos = run.median("grad_cos")
-    bouncing = bool(not blew_up and run.status == "falling" and cos <= th.edge_cos)
-    if bouncing:  # the loss falls, but each step overshoots the sharpest direction: ηλ ≈ 2
+    bouncing = bool(not blew_up and run.status in ("falling", "stalled") and cos <= th.edge_cos
+                    and not run.sharpness_share() < th.edge_share)
+    if bouncing:  # each step overshoots the sharpest direction, ηλ ≈ 2, falling loss or not
         evidence.update(median_grad_cos=cos, edge_cos=th.edge_cos, progress=run.progress)
         steps += run.window_steps()[:1]
         strength = cos / th.edge_cos
@@ -293,7 +305,8 @@ def lr_too_large(run: Run) -> Finding | None:
             f"the loss jumped to {evidence['spike_loss']:.3g} at step {evidence['spike_step']}, "
             f"≥ {th.spike:g}× its start {evidence['start_loss']:.3g}")
     if bouncing:
-        what = (f"the loss still falls (progress {run.progress:.1%} over the final window), but "
+        what = (f"the loss {'still falls' if run.status == 'falling' else 'has stalled'} "
+                f"(progress {run.progress:.1%} over the final window) while "
                 f"consecutive gradients reverse (median cos {cos:.2f} ≤ {th.edge_cos:g}): each "
                 "step overshoots the sharpest direction (ηλ_max ≈ 2, the edge of stability)")
     elif not blew_up:
