@@ -8,7 +8,7 @@
   each layer multiplies the gradient by σ' ≤ 1/4, so the first layers learn nothing and the
   loss stays at ln 10.
 
-``python examples/worked_cases.py [DIR]`` trains both faulty runs (seeded, single thread, a few
+``python examples/worked_cases.py [DIR]`` trains both faulty runs (seeded, single thread, about ten
 seconds), checks that each is stuck (:func:`plateau`: the windowed mean loss moved less than
 ``STUCK``), and saves the weights as ``DIR/<case>.pt`` (default ``worked-cases``). Then::
 
