@@ -160,13 +160,13 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
         timed one t_p sets what the rest may use: each Lanczos run gets
         min(max_products, ⌊remaining / (runs · t_p)⌋) products (a run cut short reports its
         residual); below :data:`MIN_PRODUCTS` no eigenvalue is computed. The noise scale, about
-        one more gradient pass, is computed only if t_g is left. The batch sharpness's
-        expected cost, (b/m)(2 t_g + t_p) for each chunk of b of the m held samples, is set
-        aside before the Lanczos runs are capped (unless that leaves them too few products:
-        the eigenvalues come first); it then takes a chunk only while the time it expects one
-        to take (the mean of those done) is left, and averages the chunks done. So the budget is
-        exceeded only by these first three passes, when the gradient alone or the two setup
-        products take longer than 3 t_g would allow.
+        one more gradient pass, is computed only if t_g is left. Under mini-batch SGD the batch
+        sharpness comes before the Lanczos runs (it is the gauge at the edge there, and cheap:
+        (b/m)(2 t_g + t_p) for each chunk of b of the m held samples): it takes a chunk only
+        while the time it expects one to take (that estimate, then the mean of those done) is
+        left, and averages the chunks done. So the budget is exceeded only by these first three
+        passes, when the gradient alone or the two setup products take longer than 3 t_g would
+        allow.
     warm: the last measurement's ``"vectors"``: each Lanczos run starts from those of its own
         operator that fit θ's size (others start cold).
 
@@ -225,23 +225,27 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
     size, held_samples = batch_size or 0, held_size(held)
     batch_chunks = min(held_samples // size, BATCH_CHUNKS) \
         if isinstance(optimizer, torch.optim.SGD) and 0 < size < held_samples else 0
-    per_chunk = size / held_samples * (2 * gradient_seconds + per_product)
-    reserve = batch_chunks * per_chunk
+    batch_products, notes = 0, []
+    if batch_chunks:  # SGD's gauge at the edge (module docstring): it comes before λ_max
+        per_chunk = size / held_samples * (2 * gradient_seconds + per_product)
+        out["batch_sharpness"], chunks, batch_products = _batch_sharpness(
+            model, loss_fn, held, mode, size, batch_chunks, per_chunk, deadline=start + seconds)
+        if not chunks:
+            notes.append("no time left for the batch sharpness")
 
     def allowed(runs: int) -> int:
-        remaining = seconds - (time.perf_counter() - start) - reserve
+        remaining = seconds - (time.perf_counter() - start)
         if remaining == math.inf:
             return max_products
         return min(max_products, max(0, int(remaining / (runs * per_product))))
 
     runs = 1 + (stab.preconditioner is not None)
-    if allowed(runs) < MIN_PRODUCTS:
-        reserve = 0.0  # the eigenvalues come first; the batch sharpness gets what they leave
     budget = allowed(runs)
     if budget < MIN_PRODUCTS:
-        out["curvature_products"] = obj.counts["hvp"]
-        return finish(stab.rule, f"the time budget ({seconds:.3g} s) leaves {budget} "
-                                 "Hessian-vector products per eigenvalue; not measured")
+        out["curvature_products"] = obj.counts["hvp"] + batch_products
+        return finish(stab.rule, "; ".join([*notes, (
+            f"the time budget ({seconds:.3g} s) leaves {budget} Hessian-vector products per "
+            "eigenvalue; not measured")]))
     start_from = [v for v in (vectors.top, vectors.bottom if smallest else None) if v is not None]
     spec = spectrum(obj, k=1, which="both" if smallest else "largest", tol=EIG_TOL,
                     max_products=budget, exact=None if obj.n <= budget else False, seed=seed,
@@ -254,8 +258,7 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
         out["lambda_min_residual"] = spec.smallest.residuals[0].item()
         vectors = replace(vectors, bottom=spec.smallest.vectors[:, 0])
     out["sharpness"] = out["lambda_max"]
-    products = obj.counts["hvp"]
-    notes = []
+    products = obj.counts["hvp"] + batch_products
     if stab.preconditioner is not None:
         budget = allowed(1)
         if budget >= MIN_PRODUCTS:
@@ -270,12 +273,6 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
         else:
             out["sharpness"] = math.nan
             notes.append("no time left for the preconditioned sharpness")
-    if batch_chunks:
-        out["batch_sharpness"], chunks, spent = _batch_sharpness(
-            model, loss_fn, held, mode, size, batch_chunks, per_chunk, deadline=start + seconds)
-        products += spent
-        if not chunks:
-            notes.append("no time left for the batch sharpness")
     out["curvature_products"] = products
     if seconds - (time.perf_counter() - start) >= gradient_seconds:
         out["noise_scale"] = _noise_scale(model, loss_fn, held, mode, noise_chunks)
