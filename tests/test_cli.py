@@ -127,6 +127,19 @@ def test_a_factory_that_raises_is_framed_as_the_users_error(tmp_path, source, op
     assert "Traceback" not in output and not (tmp_path / "result.json").exists()
 
 
+def test_a_factory_file_may_define_dataclasses_and_be_named_like_a_module(tmp_path):
+    """A file run as a module must be registered (dataclasses look their module up), under a
+    name of its own: a user's json.py must not replace the json module."""
+    (tmp_path / "json.py").write_text(
+        "from __future__ import annotations\nfrom dataclasses import dataclass\nimport torch\n"
+        "@dataclass\nclass Width:\n    hidden: int = 8\n"
+        "def model():\n    return torch.nn.Sequential(torch.nn.Linear(64, Width().hidden), "
+        "torch.nn.Tanh(), torch.nn.Linear(Width().hidden, 10))\n")
+    result = _probe(tmp_path, "--model", f"{tmp_path / 'json.py'}:model", "--data", "digits")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "result.json").read_text())["probe"]["kind"]
+
+
 def test_k_near_n_writes_the_result_and_prints_it(tmp_path, monkeypatch):
     import landscope.cli.probe as command
 

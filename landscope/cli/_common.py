@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 import traceback
 from enum import Enum
 from pathlib import Path
@@ -71,10 +72,14 @@ def _load_factory(spec: str, option: str):
     where, name = spec.rsplit(":", 1)
     try:
         if where.endswith(".py"):
-            location = importlib.util.spec_from_file_location(Path(where).stem, where)
+            # registered (dataclasses look their module up in sys.modules) under a name of
+            # our own, so that a user's data.py cannot shadow an installed module
+            private = f"_landscope_user_{Path(where).stem}"
+            location = importlib.util.spec_from_file_location(private, where)
             if location is None or not Path(where).is_file():
                 raise FileNotFoundError(where)
             module = importlib.util.module_from_spec(location)
+            sys.modules[private] = module
             location.loader.exec_module(module)
         else:
             module = importlib.import_module(where)
