@@ -116,6 +116,26 @@ def test_narrow_valley_needs_a_sliding_point_when_curvature_was_measured(ratio, 
     assert ("narrow_valley" in _names(record)) is fires
 
 
+@pytest.mark.parametrize("rate_share, level, fires", [
+    (1.02 * TH.valley_share, 1.5, True),
+    (0.98 * TH.valley_share, 1.5, False),  # the rate could still rise
+    (1.02 * TH.valley_share, 0.9, False),  # 45% of the excess left: near its end
+])
+def test_narrow_valley_when_the_rate_is_capped_by_the_sharpest_direction(rate_share, level,
+                                                                         fires):
+    """No visible bouncing (cos 0), but each step already takes a good share of 2/λ_max while
+    the loss stalls far from its end: the flat directions are what is slow."""
+    sharpness = 2 * rate_share / 0.1
+    curv = _curvature(held_loss=level, held_grad_norm=_grad_for_ratio(0.1, sharpness, level),
+                      lambda_max=sharpness, lambda_min=0.0, sharpness=sharpness,
+                      stability_threshold=20.0, effective_lr=0.1)
+    found = {f.name: f for f in diagnose(_record(_stalled(level), grad_cos=0.0, grad_norm=3.0,
+                                                 **curv)).findings}
+    assert ("narrow_valley" in found) is fires
+    if fires:
+        assert found["narrow_valley"].evidence["rate_share"] == pytest.approx(rate_share)
+
+
 @pytest.mark.parametrize("share, fires", [(1.05, True), (0.95, False)])
 def test_saddle_at_its_negative_curvature_threshold(share, fires):
     lam_min = -share * TH.negative_curvature

@@ -20,6 +20,10 @@ compares a number with another number from the same run, never with an absolute 
   be, unless the sharpness measured where the run stopped is below ``edge_share`` of the
   limit: at the edge GD holds its sharpness at 2/η, while SGD just inside the limit in a
   valley (1.8/λ_max: 0.89 of it) or a saddle far inside it can reverse its gradients too;
+- a narrow valley also without visible bouncing (mini-batch noise can hide it): a loss that
+  stalls or crawls far from its end (≥ ``slow_excess`` of the initial excess) while the rate
+  already stands at ≥ ``valley_share`` of the limit the sharpness sets (η_eff·sharpness/2): the
+  rate cannot rise, and the other directions are far flatter;
 - the start's scale: the geometric mean over layers of ‖θ_layer‖/√units at the first step (about
   0.6 for PyTorch's default initialisation, whatever the width), ≤ ``origin_gain`` next to the
   origin, a saddle of every network; ≥ ``large_gain`` each layer amplifies its input (above He's
@@ -79,6 +83,7 @@ class Thresholds:
     spike: float = 5.0
     edge_cos: float = -0.95
     edge_share: float = 0.95
+    valley_share: float = 0.5
     saturated: float = 0.5
     dead: float = 0.5
     overfit_rise: float = 0.1
@@ -147,6 +152,15 @@ class Run:
         r = self.record
         return float(r["sharpness"][self.curvature] / r["stability_threshold"][self.curvature])
 
+    def effective_rate(self, i: int) -> float:
+        """η_eff at row i (the learning rate in records from before effective_lr)."""
+        rate = self.record["effective_lr"][i]
+        return float(self.record["lr"][i] if math.isnan(rate) else rate)
+
+    def rate_share(self, i: int) -> float:
+        """η_eff·sharpness/2 at curvature row i: the step as a share of the 2/sharpness limit."""
+        return self.effective_rate(i) * float(self.record["sharpness"][i]) / 2
+
     def window_steps(self) -> list[int]:
         steps = self.steps[self.final]
         return [int(steps[0]), int(steps[-1])] if steps.size else []
@@ -177,22 +191,35 @@ def narrow_valley(run: Run) -> Finding | None:
     th = run.th
     cos, limit = run.median("grad_cos"), th.curve.oscillation_cos
     crawling = run.status == "falling" and run.progress < th.curve.slow_progress
-    if not (run.status == "stalled" or crawling) or not cos <= limit:
+    if not (run.status == "stalled" or crawling):
         return None
+    numbers = run.curvature_numbers() if run.curvature is not None else {}
+    used = run.rate_share(run.curvature) if numbers else math.nan
+    bouncing = bool(cos <= limit)
+    capped = bool(used >= th.valley_share and run.excess_share() >= th.curve.slow_excess)
+    if not (bouncing or capped):
+        return None
+    if numbers and numbers["descent_ratio"] < th.critical_ratio:
+        return None  # near a critical point: the bouncing is noise, not a slide
     evidence = {"progress": run.progress, "median_grad_cos": cos,
                 "oscillation_cos": limit, "grad_norm": run.median("grad_norm"),
-                "grad_norm_early": run.early("grad_norm")}
-    if run.curvature is not None:
-        numbers = run.curvature_numbers()
-        if numbers["descent_ratio"] < th.critical_ratio:
-            return None  # near a critical point: the bouncing is noise, not a slide
-        evidence.update(numbers, critical_ratio=th.critical_ratio)
+                "grad_norm_early": run.early("grad_norm"), **numbers}
+    if numbers:
+        evidence.update(critical_ratio=th.critical_ratio, rate_share=used,
+                        valley_share=th.valley_share, excess_share=run.excess_share())
+    why = []
+    if bouncing:
+        why.append(f"consecutive gradients point in opposite directions (median cos {cos:.2f})")
+    if capped:
+        why.append(f"the rate already stands at {used:.0%} of the 2/λ_max limit the sharpest "
+                   f"direction sets, with {run.excess_share():.0%} of the initial excess loss "
+                   "left")
     return Finding("narrow_valley", "warning",
                    f"the loss {'crawls' if crawling else 'stalled'} (progress "
-                   f"{run.progress:.1%} over the final window) while "
-                   f"consecutive gradients point in opposite directions (median cos {cos:.2f}) "
-                   f"and the gradient norm stays at {evidence['grad_norm']:.3g}",
-                   evidence, run.window_steps(), cos / limit)
+                   f"{run.progress:.1%} over the final window) while " + " and ".join(why)
+                   + f"; the gradient norm stays at {evidence['grad_norm']:.3g}",
+                   evidence, run.window_steps(),
+                   max(cos / limit if bouncing else 0.0, used / th.valley_share if capped else 0.0))
 
 
 def saddle(run: Run) -> Finding | None:
@@ -337,9 +364,7 @@ def lr_too_small(run: Run) -> Finding | None:
                 "lr": run.median("lr")}
     if run.latest is not None:  # the scale-free test: η_eff·sharpness/2 (see the docstring)
         numbers = run.curvature_numbers(run.latest)
-        rate = numbers["effective_lr"]
-        rate = numbers["lr"] if math.isnan(rate) else rate  # records from before effective_lr
-        used = rate * numbers["sharpness"] / 2
+        used, rate = run.rate_share(run.latest), run.effective_rate(run.latest)
         if not used <= th.small_sharpness:
             return None
         evidence.update(numbers, rate_share=used, small_sharpness=th.small_sharpness,
