@@ -17,7 +17,7 @@ import landscope.doctor.report as report_module
 from landscope.cli import app
 from landscope.doctor import Thresholds, diagnose
 from landscope.doctor.findings import EXPLAINS, Finding, _closure, rank
-from landscope.doctor.knowledge import IN_USE
+from landscope.doctor.knowledge import IN_USE, TEXT
 from landscope.doctor.report import loss_line, report_text
 from landscope.errors import BadInputError
 from landscope.monitor import Monitor
@@ -249,7 +249,11 @@ def test_lr_too_small_at_its_sharpness_threshold(ratio, fires, effective_lr, lim
                       **({} if effective_lr is None else {"effective_lr": effective_lr}))
     record = _record(creeping, LAYERS, grad_cos=0.5, grad_norm=1.0, update_ratio__a=1e-2,
                      update_ratio__b=1e-2, **curv)
-    assert ("lr_too_small" in _names(record)) is fires
+    found = {f.name: f for f in diagnose(record).findings}
+    assert ("lr_too_small" in found) is fires
+    if fires:  # raised by the factor, the rate is half the limit: η_eff·sharpness/2 = 0.5
+        factor = found["lr_too_small"].evidence["raise_factor"]
+        assert factor * (effective_lr or 0.1) * sharpness / 2 == pytest.approx(0.5)
 
 
 def test_lr_too_small_needs_a_slow_window():
@@ -328,6 +332,11 @@ def test_a_blow_up_at_the_start_of_amplifying_weights_is_the_initialisation(gain
     diagnosis = diagnose(record)
     assert {"exploding_gradients", "lr_too_large"} <= set(diagnosis.names())
     assert diagnosis.primary.name == ("exploding_gradients" if from_start else "lr_too_large")
+    exploding = {f.name: f for f in diagnosis.findings}["exploding_gradients"]
+    reinit = remedy_text("exploding_gradients", "reinit")
+    assert (exploding.remedies[0] == reinit) is from_start  # the initialisation's to fix first
+    assert sorted(exploding.remedies) == sorted(r.text for r in
+                                                TEXT["exploding_gradients"]["remedies"])
     late = _record(np.r_[np.full(20, 2.0), 1e3, 1e9, np.full(N - 22, np.nan)], LAYERS,
                    **_start_gain(gain))
     late.columns["non_finite"][22:] = 1.0  # past the first steps: the rate's
@@ -354,6 +363,12 @@ def test_a_saddle_at_the_origin_produces_the_vanishing_gradients(gain, origin):
     record = _record(None, LAYERS, grad_cos=0.0, grad_norm=1e-5, **curv, **_start_gain(gain))
     found = {f.name: f for f in diagnose(record).findings}
     assert found["saddle"].produces == (("vanishing_gradients",) if origin else ())
+    first = remedy_text("saddle", "reinit" if origin else "vmin_step")
+    assert found["saddle"].remedies[0] == first  # at the origin: not to start there
+
+
+def remedy_text(finding: str, key: str) -> str:
+    return next(r.text for r in TEXT[finding]["remedies"] if r.key == key)
 
 
 @pytest.mark.parametrize("ratio, fires", [(0.95, True), (1.05, False)])

@@ -22,7 +22,7 @@ def test_every_repair_is_a_remedy_the_doctor_gives_and_changes_some_fault():
     assert set(repairs.REPAIRS) <= keys  # none stale
     assert set(repairs.DRAWN) == set(repairs.REPAIRS)
     for key, edit in repairs.REPAIRS.items():
-        assert any(edit(f.recipe) != f.recipe for f in FAULTS.values()), key
+        assert any(edit(f.recipe, {}) != f.recipe for f in FAULTS.values()), key
 
 
 def test_prescription_skips_what_the_suite_cannot_apply_and_the_draw_is_stable():
@@ -51,19 +51,21 @@ def _setup(recipe: Recipe, arch: str = "mlp") -> Setup:
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_each_edit_builds_the_change_it_names(arch, one_thread):
     vanishing = FAULTS["vanishing"].recipe
-    fixed = _setup(repairs.REPAIRS["he_relu"](vanishing), arch).model
+    fixed = _setup(repairs.REPAIRS["he_relu"](vanishing, {}), arch).model
     assert not any(isinstance(m, nn.Sigmoid) for m in fixed.modules())
     assert sum(isinstance(m, nn.ReLU) for m in fixed.modules()) >= 10
-    normalised = _setup(repairs.REPAIRS["normalisation"](vanishing), arch).model
+    normalised = _setup(repairs.REPAIRS["normalisation"](vanishing, {}), arch).model
     assert sum(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in normalised.modules()) == 10
     dead = FAULTS["dead_relus"].recipe
-    assert all(p.abs().max() < 1 for n, p in _setup(repairs.REPAIRS["reinit"](dead), arch)
+    assert all(p.abs().max() < 1 for n, p in _setup(repairs.REPAIRS["reinit"](dead, {}), arch)
                .model.named_parameters() if n.endswith("bias"))
     small = FAULTS["lr_too_small"].recipe
     base = _setup(small, arch).optimizer.param_groups[0]["lr"]
-    raised = _setup(repairs.REPAIRS["raise_lr"](small), arch).optimizer
-    assert raised.param_groups[0]["lr"] == pytest.approx(10 * base)
-    adam = _setup(repairs.REPAIRS["adam"](small), arch).optimizer
+    raised = _setup(repairs.REPAIRS["raise_lr"](small, {}), arch).optimizer
+    assert raised.param_groups[0]["lr"] == pytest.approx(10 * base)  # no diagnosis: 10x
+    raised = _setup(repairs.REPAIRS["raise_lr"](small, {"raise_factor": 123.0}), arch).optimizer
+    assert raised.param_groups[0]["lr"] == pytest.approx(123 * base)  # the diagnosis's factor
+    adam = _setup(repairs.REPAIRS["adam"](small, {}), arch).optimizer
     assert type(adam) is torch.optim.Adam and adam.param_groups[0]["lr"] == 1e-3
 
 
@@ -84,7 +86,7 @@ def test_the_training_loop_clips_as_the_setup_says(one_thread):
 
 
 def test_the_warm_up_and_cosine_schedules_follow_their_formulas(one_thread):
-    setup = _setup(repairs.REPAIRS["warmup_cosine"](Recipe()))
+    setup = _setup(repairs.REPAIRS["warmup_cosine"](Recipe(), {}))
     base, warm = setup.optimizer.param_groups[0]["lr"], 300 // 10
     rates = [setup.optimizer.param_groups[0]["lr"] for _ in steps(setup, 0)]
     assert rates[0] == pytest.approx(base * (0.01 + 0.99 / warm))

@@ -87,6 +87,8 @@ class Finding:
     seen. strength: how far past its threshold (≥ 1). explained_by: a ranked-higher cause, if any.
     produces: findings this run's evidence shows it caused (overriding ``CAUSES``; see ``rank``).
     onset: the first step its signal was seen (None: its rule reads only the final window).
+    first: the keys of the remedies this run's evidence points to, put before the others (an
+    exploding *start* is the initialisation's to fix before the rate's).
     in_use: {remedy text: what the run already uses} for the remedies left out as moot.
     """
 
@@ -99,6 +101,7 @@ class Finding:
     explained_by: str | None = None
     produces: tuple[str, ...] = ()
     onset: int | None = None
+    first: tuple[str, ...] = ()
     in_use: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -111,8 +114,12 @@ class Finding:
 
     @property
     def remedies(self) -> list[str]:
-        """The remedies, most effective first, less those the run already uses."""
-        return [r.text for r in TEXT[self.name]["remedies"] if r.text not in self.in_use]
+        """The remedies, those in ``first`` first, then the others most effective first, less
+        those the run already uses."""
+        listed = TEXT[self.name]["remedies"]
+        rank = {key: i for i, key in enumerate(self.first)}
+        ordered = sorted(listed, key=lambda r: rank.get(r.key, len(rank)))  # stable
+        return [r.text for r in ordered if r.text not in self.in_use]
 
     def to_dict(self) -> dict:
         return {"name": self.name, "title": self.title, "severity": self.severity,

@@ -117,15 +117,17 @@ TEXT: dict[str, dict] = {
             "keep the steep direction stable (ηλ_max < 2) makes almost no progress along the flat "
             "floor of the valley, where the loss would still fall."),
         "remedies": [
-            Remedy("momentum",
-                   "Momentum (SGD momentum=0.9) or Nesterov: the alternating components cancel and"
-                   " speed builds up along the valley floor.", "momentum"),
-            Remedy("adaptive",
-                   "Adam or RMSProp: per-parameter step sizes rescale badly scaled directions.",
-                   "adaptive"),
             Remedy("standardise",
                    "Standardise the inputs or add batch normalisation: this lowers the condition "
                    "number itself."),
+            Remedy("adaptive",
+                   "Adam or RMSProp: per-parameter step sizes rescale badly scaled directions.",
+                   "adaptive"),
+            Remedy("momentum",
+                   "Momentum (SGD momentum=0.9) or Nesterov: the alternating components cancel and"
+                   " speed builds up along the valley floor (a rate already near its stability "
+                   "limit must come down with it: heavy ball multiplies the step by 1/(1−μ)).",
+                   "momentum"),
             Remedy("lower_lr_schedule",
                    "A smaller learning rate stops the bouncing (slower along the valley); combine "
                    "it with a schedule such as cosine annealing."),
@@ -153,6 +155,10 @@ TEXT: dict[str, dict] = {
                    "momentum"),
             Remedy("noise_or_cyclic",
                    "Smaller mini-batches (more gradient noise), or a cyclic learning rate."),
+            Remedy("reinit",
+                   "When the run started next to the origin (the evidence's start_gain), a random "
+                   "initialisation at the proper scale (He, Xavier): the origin is a saddle of "
+                   "every layered network, and no step leaves it quickly."),
         ],
     },
     "poor_minimum": {
@@ -252,8 +258,8 @@ TEXT: dict[str, dict] = {
             "regions."),
         "remedies": [
             Remedy("raise_lr",
-                   "Raise the learning rate (10× and retry; stay below the stability limit "
-                   "2/λ_max)."),
+                   "Raise the learning rate: by the evidence's raise_factor where curvature was "
+                   "measured (to half the stability limit 2/λ_max), else 10× and retry."),
             Remedy("range_test",
                    "A learning-rate range test: increase the rate over a short run and pick the "
                    "largest at which the loss still falls."),

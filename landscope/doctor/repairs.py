@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from torch import nn
@@ -40,22 +40,30 @@ from landscope.doctor.faults import (
 from landscope.doctor.knowledge import TEXT
 from landscope.doctor.scenarios import quiet_machine, steps
 
-
-def _edit(**changes) -> Callable[[Recipe], Recipe]:
-    return lambda recipe: replace(recipe, **changes)
+Edit = Callable[[Recipe, Mapping], Recipe]
 
 
-def _rate(factor: float, **changes) -> Callable[[Recipe], Recipe]:
-    return lambda recipe: replace(recipe, lr_factor=recipe.lr_factor * factor, **changes)
+def _edit(**changes) -> Edit:
+    return lambda recipe, evidence: replace(recipe, **changes)
 
 
-REPAIRS: dict[str, Callable[[Recipe], Recipe]] = {
+def _rate(factor: float, **changes) -> Edit:
+    return lambda recipe, evidence: replace(recipe, lr_factor=recipe.lr_factor * factor,
+                                            **changes)
+
+
+def _raise(recipe: Recipe, evidence: Mapping) -> Recipe:
+    """The rate × the diagnosis's ``raise_factor`` (to half the stability limit), else × 10."""
+    return replace(recipe, lr_factor=recipe.lr_factor * evidence.get("raise_factor", 10.0))
+
+
+REPAIRS: dict[str, Edit] = {
     "momentum": _edit(optimizer="momentum"),
     "momentum_or_adam": _edit(optimizer="momentum"),
     "adaptive": _edit(optimizer="adam", lr_sharpness=None, lr_factor=1.0),
     "adam": _edit(optimizer="adam", lr_sharpness=None, lr_factor=1.0),
     "weight_decay": _edit(optimizer="adamw", lr_sharpness=None, lr_factor=1.0),
-    "raise_lr": _rate(10.0),
+    "raise_lr": _raise,
     "raise_lr_or_restarts": _rate(10.0),
     "lower_lr": _rate(0.1),
     "lower_lr_schedule": _rate(0.1, schedule="cosine"),
@@ -74,11 +82,12 @@ REPAIRS: dict[str, Callable[[Recipe], Recipe]] = {
     "relu": _edit(activation=nn.ReLU),
     "leaky_relu": _edit(activation=nn.LeakyReLU),
     "normalisation": _edit(norm=True),
-    "fewer_layers": lambda recipe: replace(recipe, depth=min(recipe.depth, 2)),
+    "fewer_layers": lambda recipe, evidence: replace(recipe, depth=min(recipe.depth, 2)),
     "standardise": _edit(conditioning=False),
 }
-"""A remedy's key → the edit of a recipe that applies it. Adam and AdamW run at their own rate
-(10⁻³) in place of the SGD rate; a rate change multiplies whatever rate the recipe has; a
+"""A remedy's key → the edit of a recipe (given the primary finding's evidence) that applies it.
+Adam and AdamW run at their own rate (10⁻³) in place of the SGD rate; a rate change multiplies
+whatever rate the recipe has, by the factor the evidence gives where the doctor computes one; a
 perturbation adds N(0, 0.01²) to every parameter; smaller mini-batches are 16 samples."""
 
 MARGIN = 0.01
@@ -118,12 +127,13 @@ def draw(case: Case, prescribed: str | None) -> str:
     return random.Random(case.name).choice([key for key in DRAWN if key != prescribed])
 
 
-def trial(case: Case, remedy: str | None) -> float:
+def trial(case: Case, remedy: str | None, evidence: Mapping | None = None) -> float:
     """The final training loss of ``case`` retrained from its seed with ``remedy`` applied
-    (None: as it is), single-threaded, the caller's RNG and thread count restored."""
+    (None: as it is; ``evidence``: the diagnosis's numbers it may use), single-threaded, the
+    caller's RNG and thread count restored."""
     recipe = FAULTS[case.fault].recipe
     if remedy is not None:
-        recipe = REPAIRS[remedy](recipe)
+        recipe = REPAIRS[remedy](recipe, evidence or {})
     with quiet_machine(case.seed):
         setup = recipe.setup(ARCHITECTURES[case.architecture])
         for _ in steps(setup, case.seed):
@@ -136,8 +146,9 @@ def repair(result: Result) -> Repair:
     prescribed = prescription(result.remedies) if result.primary != HEALTHY else None
     drawn = draw(result.case, prescribed)
     return Repair(result.case, prescribed, drawn, result.final_loss,
-                  math.inf if prescribed is None else trial(result.case, prescribed),
-                  trial(result.case, drawn))
+                  math.inf if prescribed is None else trial(result.case, prescribed,
+                                                            result.evidence),
+                  trial(result.case, drawn))  # a random remedy comes without a diagnosis
 
 
 def repair_suite(results: Iterable[Result],

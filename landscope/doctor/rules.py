@@ -57,6 +57,10 @@ from landscope.monitor.signals import (
     window_status,
 )
 
+RAISE_TO = 0.5
+"""The share η_eff·λ/2 of the stability limit a too-small rate is told to rise to: half of it,
+room for the sharpness to grow as the run speeds up."""
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -232,7 +236,7 @@ def saddle(run: Run) -> Finding | None:
         return None
     gain = run.start_gain()
     origin = bool(gain <= th.origin_gain)  # started next to the origin: the saddle came first
-    return Finding("saddle", "warning",
+    return Finding("saddle", "warning",  # at the origin the way out is not to start there
                    f"a gradient step would gain only {numbers['descent_ratio']:.2g} of the excess "
                    f"loss, but λ_min = {numbers['lambda_min']:.3g} < 0 "
                    f"({abs(numbers['lambda_min']) / rho:.0%} of ρ = {rho:.3g})"
@@ -242,7 +246,8 @@ def saddle(run: Run) -> Finding | None:
                     "critical_ratio": th.critical_ratio, "progress": run.progress,
                     "start_gain": gain, "origin_gain": th.origin_gain},
                    [numbers["step"]], abs(numbers["lambda_min"]) / (th.negative_curvature * rho),
-                   produces=("vanishing_gradients",) if origin else ())
+                   produces=("vanishing_gradients",) if origin else (),
+                   first=("reinit",) if origin else ())
 
 
 def poor_minimum(run: Run) -> Finding | None:
@@ -367,11 +372,13 @@ def lr_too_small(run: Run) -> Finding | None:
         used, rate = run.rate_share(run.latest), run.effective_rate(run.latest)
         if not used <= th.small_sharpness:
             return None
+        raise_factor = RAISE_TO / used  # to η_eff·λ = 2·RAISE_TO: half the limit
         evidence.update(numbers, rate_share=used, small_sharpness=th.small_sharpness,
-                        loss_noise=noise)
+                        loss_noise=noise, raise_factor=raise_factor)
         what = (f"a step removes {2 * used:.2g} of the error along the sharpest direction "
                 f"(η_eff·λ = {rate:.3g} × {numbers['sharpness']:.3g}): the learning rate is "
-                f"{used:.2g} of the 2/λ the local curvature allows")
+                f"{used:.2g} of the 2/λ the local curvature allows; {raise_factor:.3g}× it "
+                f"would be {RAISE_TO:g} of it")
         strength = th.small_sharpness / max(used, 1e-300)
         # steps this short stop anywhere: a stall read as a saddle or a minimum is the rate's,
         # unless the run started at the origin (then the saddle came first)
@@ -486,7 +493,8 @@ def exploding_gradients(run: Run) -> Finding | None:
         parts.append(f"within {th.early_steps} steps of a start whose layers amplify their input "
                      f"(weight scale {gain:.2g} ≥ {th.large_gain:.2g}): the initialisation")
     return Finding("exploding_gradients", "critical", "; ".join(parts), evidence,
-                   sorted(steps), strength, produces=("lr_too_large",) if from_start else ())
+                   sorted(steps), strength, produces=("lr_too_large",) if from_start else (),
+                   first=("reinit",) if from_start else ())
 
 
 def symmetric_init(run: Run) -> Finding | None:
