@@ -199,6 +199,22 @@ def test_sharpness_above_the_stability_limit(over, fires):
         assert found["lr_too_large"].severity == "warning"
 
 
+@pytest.mark.parametrize("over, fires", [(1.02, True), (0.98, False)])
+def test_mini_batch_sgd_is_at_its_edge_through_the_batch_sharpness(over, fires):
+    """Under mini-batch SGD λ_max stays below 2/η while the batch sharpness reaches it
+    (Andreyev & Beneventano): the larger of the two gauges is read, and named."""
+    curv = _curvature(held_loss=1.5, held_grad_norm=1.0, lambda_max=10.0, lambda_min=0.0,
+                      sharpness=10.0, stability_threshold=20.0)
+    curv["batch_sharpness"] = np.where(np.isnan(curv["sharpness"]), np.nan, over * 20.0)
+    found = {f.name: f for f in diagnose(_record(grad_cos=0.0, **curv)).findings}
+    assert ("lr_too_large" in found) is fires
+    if fires:
+        evidence = found["lr_too_large"].evidence
+        assert evidence["sharpness_over_limit"] == pytest.approx(over)
+        assert evidence["batch_sharpness"] == over * 20.0 and evidence["sharpness"] == 10.0
+        assert "batch sharpness" in found["lr_too_large"].summary
+
+
 @pytest.mark.parametrize("loss, fires", [(_stalled(), True), (_falling(), False),
                                          (np.r_[np.full(100, 2.0), np.full(100, 1.5)], False)])
 def test_sharpness_past_the_limit_counts_only_where_the_loss_stopped_falling(loss, fires):

@@ -186,6 +186,7 @@ class Run:
                 "lambda_max_residual": r["lambda_max_residual"][i], "lambda_min": lam_min,
                 "lambda_min_residual": r["lambda_min_residual"][i],
                 "descent_ratio": ratio, "sharpness": r["sharpness"][i],
+                "batch_sharpness": r["batch_sharpness"][i],
                 "stability_limit": r["stability_threshold"][i], "lr": r["lr"][i],
                 "effective_lr": r["effective_lr"][i], "noise_scale": r["noise_scale"][i]}
 
@@ -312,8 +313,9 @@ def lr_too_large(run: Run) -> Finding | None:
         evidence.update(median_grad_cos=cos, edge_cos=th.edge_cos, progress=run.progress)
         steps += run.window_steps()[:1]
         strength = cos / th.edge_cos
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = run.record["sharpness"] / run.record["stability_threshold"]
+    sharpness, batch = run.record["sharpness"], run.record["batch_sharpness"]
+    with np.errstate(divide="ignore", invalid="ignore"):  # mini-batch SGD's edge: its batch
+        ratio = np.fmax(sharpness, batch) / run.record["stability_threshold"]  # sharpness
     edge = np.flatnonzero(ratio >= th.edge_margin)
     if not blew_up:  # no blow-up: only where the loss has stopped falling (at the edge of
         where = run.final.copy()  # stability a falling loss is GD's own way of making progress)
@@ -322,7 +324,7 @@ def lr_too_large(run: Run) -> Finding | None:
         edge = edge[where[edge]] if run.status in ("stalled", "rising") or bouncing else edge[:0]
     if edge.size:
         j = edge[np.argmax(ratio[edge])]
-        evidence.update(sharpness=run.record["sharpness"][j],
+        evidence.update(sharpness=sharpness[j], batch_sharpness=batch[j],
                         stability_limit=run.record["stability_threshold"][j],
                         sharpness_over_limit=ratio[j], sharpness_step=int(run.steps[j]))
         steps.append(int(run.steps[j]))
@@ -345,9 +347,11 @@ def lr_too_large(run: Run) -> Finding | None:
         what = (f"the loss has stopped falling ({run.status}, progress {run.progress:.1%} over "
                 "the final window)")
     if edge.size:
-        what += (f"; the sharpness {evidence['sharpness']:.4g} is "
-                 f"{evidence['sharpness_over_limit']:.5g}× the optimiser's stability limit "
-                 f"{evidence['stability_limit']:.4g}")
+        gauge = ("the batch sharpness (a mini-batch's curvature along its own gradient) "
+                 f"{batch[j]:.4g}" if batch[j] > sharpness[j] or np.isnan(sharpness[j])
+                 else f"the sharpness {sharpness[j]:.4g}")
+        what += (f"; {gauge} is {evidence['sharpness_over_limit']:.5g}× the optimiser's "
+                 f"stability limit {evidence['stability_limit']:.4g}")
     return Finding("lr_too_large", "critical" if blew_up else "warning", what, evidence,
                    sorted(steps), strength, onset=min(steps, default=None))
 
