@@ -47,14 +47,17 @@ DETECTION_TARGET, FALSE_ALARM_TARGET, REPAIR_TARGET = 0.95, 0.05, 0.80
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell (0, 1, ...)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, "
+                        "first-seed + 1, ...: others than those the doctor was tuned on (0-2)")
     parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated")
     parser.add_argument("--architectures", default=",".join(ARCHITECTURES),
                         help="comma-separated")
     parser.add_argument("--no-repairs", action="store_true", help="skip the remedy control")
     parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
-    suite = cases(args.faults.split(","), args.architectures.split(","), range(args.seeds))
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    suite = cases(args.faults.split(","), args.architectures.split(","), seeds)
     start = time.perf_counter()
     results = run_suite(suite, progress=lambda r: print(
         f"{r.case.name:34s} expected {r.expect:20s} primary {r.primary:20s} "
@@ -76,6 +79,7 @@ def _report(results: list[Result], trials: list[Repair], args, seconds: float) -
     machine = machine_info()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     command = (f"python benchmarks/bench_doctor.py --seeds {args.seeds}"
+               + (f" --first-seed {args.first_seed}" if args.first_seed else "")
                + (" --no-repairs" if args.no_repairs else "")
                + (f" --faults {args.faults}" if args.faults != ",".join(FAULTS) else "")
                + (f" --architectures {args.architectures}"
