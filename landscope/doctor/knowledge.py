@@ -259,7 +259,8 @@ TEXT: dict[str, dict] = {
         "remedies": [
             Remedy("raise_lr",
                    "Raise the learning rate: by the evidence's raise_factor where curvature was "
-                   "measured (to half the stability limit 2/λ_max), else 10× and retry."),
+                   "measured (to a twentieth of the stability limit 2/λ_max, room for the "
+                   "sharpness to grow as the run learns), else 10× and retry."),
             Remedy("range_test",
                    "A learning-rate range test: increase the rate over a short run and pick the "
                    "largest at which the loss still falls."),

@@ -57,9 +57,11 @@ from landscope.monitor.signals import (
     window_status,
 )
 
-RAISE_TO = 0.5
-"""The share η_eff·λ/2 of the stability limit a too-small rate is told to rise to: half of it,
-room for the sharpness to grow as the run speeds up."""
+RAISE_TO = 0.05
+"""The share η_eff·λ/2 of the stability limit a too-small rate is told to rise to: a tenth of
+half of it, room for the sharpness to grow tenfold once the run learns (a stalled network's λ_max
+is far below a training one's; at half the limit, raised rates killed or blew up two of six MLPs
+of the fault suite)."""
 
 
 @dataclass(frozen=True)
@@ -301,11 +303,25 @@ def lr_too_large(run: Run) -> Finding | None:
     spikes = np.flatnonzero(run.loss - run.lower >= th.spike * start)  # to move the median
     if spikes.size and start > 0:
         k = spikes[0]
-        evidence.update(spike_step=int(run.steps[k]), spike_loss=run.loss[k],
-                        start_loss=start + run.lower, spike=th.spike)
-        steps.append(int(run.steps[k]))
-        strength = max(strength, (run.loss[k] - run.lower) / start / th.spike)
-    blew_up = bool(over.size or "spike_step" in evidence)
+        before = np.nanmedian(run.loss[max(0, k - 10):k]) if k else start + run.lower
+        settled = np.nanmedian(run.loss[run.final])
+        if not settled < before:  # a spike the run has recovered from is noise, not a fault
+            evidence.update(spike_step=int(run.steps[k]), spike_loss=run.loss[k],
+                            start_loss=start + run.lower, spike=th.spike)
+            steps.append(int(run.steps[k]))
+            strength = max(strength, (run.loss[k] - run.lower) / start / th.spike)
+    update = run.record["update_ratio"]
+    wild = np.flatnonzero(update >= th.wild_update)
+    # a first step longer than half the weights is normal from a small start that the loss
+    # then falls from; one the run never recovers from (from the origin, every step is "wild")
+    if (wild.size and run.start_gain() > th.origin_gain
+            and run.excess_share() >= th.poor_fraction):
+        w = wild[0]
+        evidence.update(wild_update_step=int(run.steps[w]), wild_update_ratio=update[w],
+                        wild_update=th.wild_update)
+        steps.append(int(run.steps[w]))
+        strength = max(strength, update[w] / th.wild_update)
+    blew_up = bool(over.size or "spike_step" in evidence or "wild_update_step" in evidence)
     cos = run.median("grad_cos")
     bouncing = bool(not blew_up and run.status in ("falling", "stalled") and cos <= th.edge_cos
                     and not run.sharpness_share() < th.edge_share)
@@ -334,8 +350,12 @@ def lr_too_large(run: Run) -> Finding | None:
     if over.size:
         what = (f"the loss rose from {evidence['lowest_before']:.3g} to "
                 f"{evidence['loss_there']:.3g} at step {evidence['divergence_step']}")
-    if "spike_step" in evidence:
+    if "wild_update_step" in evidence:
         what = (what + "; " if over.size else "") + (
+            f"one step changed the weights by {evidence['wild_update_ratio']:.2g} of their norm "
+            f"at step {evidence['wild_update_step']} (≥ {th.wild_update:g})")
+    if "spike_step" in evidence:
+        what = (what + "; " if over.size or "wild_update_step" in evidence else "") + (
             f"the loss jumped to {evidence['spike_loss']:.3g} at step {evidence['spike_step']}, "
             f"≥ {th.spike:g}× its start {evidence['start_loss']:.3g}")
     if bouncing:
@@ -376,7 +396,7 @@ def lr_too_small(run: Run) -> Finding | None:
         used, rate = run.rate_share(run.latest), run.effective_rate(run.latest)
         if not used <= th.small_sharpness:
             return None
-        raise_factor = RAISE_TO / used  # to η_eff·λ = 2·RAISE_TO: half the limit
+        raise_factor = RAISE_TO / used  # to η_eff·λ/2 = RAISE_TO
         evidence.update(numbers, rate_share=used, small_sharpness=th.small_sharpness,
                         loss_noise=noise, raise_factor=raise_factor)
         what = (f"a step removes {2 * used:.2g} of the error along the sharpest direction "
@@ -534,11 +554,17 @@ def _activation(run: Run, kind: str, threshold: float, words: str) -> Finding | 
     worst = max(found, key=found.get)
     name = "saturation" if kind == "saturation" else "dead_relus"
     onset = min(int(run.steps[np.argmax(columns[site] >= threshold)]) for site in found)
-    return Finding(name, "warning",
+    gain = run.start_gain()
+    inputs = name == "saturation" and gain < run.th.large_gain  # weights at a normal scale:
+    return Finding(name, "warning",  # the inputs drive the units into their tails
                    f"at site {worst}, {found[worst]:.0%} {words} (median over the final window; "
-                   f"first past {threshold:.0%} at step {onset})",
-                   {"sites": found, "threshold": threshold, "onset_step": onset},
-                   run.window_steps(), found[worst] / threshold, onset=onset)
+                   f"first past {threshold:.0%} at step {onset})"
+                   + (f"; the weights started at a normal scale ({gain:.2g}): the inputs drive "
+                      "the units into their tails" if inputs else ""),
+                   {"sites": found, "threshold": threshold, "onset_step": onset,
+                    "start_gain": gain, "large_gain": run.th.large_gain},
+                   run.window_steps(), found[worst] / threshold, onset=onset,
+                   first=("normalisation",) if inputs else ())
 
 
 RULES = (exploding_gradients, lr_too_large, symmetric_init, vanishing_gradients, saturation,
