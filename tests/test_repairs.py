@@ -104,3 +104,14 @@ def test_a_trial_retrains_the_run_the_suite_diagnosed(one_thread, tmp_path):
     assert repair.prescribed == "he_relu" and repair.drawn != "he_relu"
     assert repair.prescribed_loss < 0.5 * stuck  # ReLU with He initialisation learns
     assert repair.drawn_loss == repairs.trial(case, repair.drawn)
+
+
+def test_the_v_min_step_moves_the_trainable_parameters_only(one_thread):
+    """The transformer on a frozen embedding: θ is the trainable parameters, written by name."""
+    recipe = FAULTS["ill_conditioning"].recipe
+    plain = _setup(recipe, "transformer").model.state_dict()
+    stepped = _setup(repairs.REPAIRS["vmin_step"](recipe, {}), "transformer").model
+    assert not stepped.embed.weight.requires_grad
+    assert torch.equal(stepped.embed.weight, plain["embed.weight"])
+    moved = [n for n, p in stepped.named_parameters() if not torch.equal(p, plain[n])]
+    assert moved and all(dict(stepped.named_parameters())[n].requires_grad for n in moved)

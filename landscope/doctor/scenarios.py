@@ -263,8 +263,11 @@ def negative_curvature_step(model: nn.Module, loss_fn, data) -> str:
         v = -v
     base = obj.value().item()
     best = min((obj.value(obj.theta0 + t * v).item(), t) for t in (2.0, 1.0, 0.5, 0.25, 0.125))
-    if best[0] < base:
-        torch.nn.utils.vector_to_parameters(obj.theta0 + best[1] * v, model.parameters())
+    if best[0] < base:  # θ holds the trainable parameters only, by name
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, piece in obj.unflatten(obj.theta0 + best[1] * v).items():
+                named[name].copy_(piece)
     return (f"negative-curvature step: λ_min = {pairs.values[0].item():.3g}, step length "
             f"{best[1]:g}, loss {base:.4g} → {best[0]:.4g}")
 
