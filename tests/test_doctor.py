@@ -364,7 +364,8 @@ def test_a_blow_up_at_the_start_of_amplifying_weights_is_the_initialisation(gain
 def test_a_spike_the_run_never_recovers_from_is_a_too_large_rate(spike, fires):
     loss = _falling()
     start = np.median(loss[:10])
-    loss[101:] = loss[90:100].mean()  # back to where it was, no lower: the run lost its way
+    loss[101:] = 0.9 * loss[90:100].mean()  # back near where it was, not below half of it:
+    # a rate ×100 leaves an MLP's dead units at 2.39 after a spike from 2.42
     loss[100] = spike * TH.spike * start
     found = {f.name: f for f in diagnose(_record(loss)).findings}
     assert ("lr_too_large" in found) is fires

@@ -301,11 +301,13 @@ def lr_too_large(run: Run) -> Finding | None:
         strength = rise[i - 1] / scale / th.diverge_rise
     start = np.median(run.loss[np.isfinite(run.loss)][:10]) - run.lower  # a spike too short
     spikes = np.flatnonzero(run.loss - run.lower >= th.spike * start)  # to move the median
+    # where the run ended, above the floor (NaN if it diverged): a spike or a wild step counts
+    # unless the run got below half of where it was before it (then it was noise)
+    settled = np.nanmedian(run.loss[run.final]) - run.lower
     if spikes.size and start > 0:
         k = spikes[0]
-        before = np.nanmedian(run.loss[max(0, k - 10):k]) if k else start + run.lower
-        settled = np.nanmedian(run.loss[run.final])
-        if not settled < before:  # a spike the run has recovered from is noise, not a fault
+        before = np.nanmedian(run.loss[max(0, k - 10):k]) - run.lower if k else start
+        if not settled < th.poor_fraction * before:
             evidence.update(spike_step=int(run.steps[k]), spike_loss=run.loss[k],
                             start_loss=start + run.lower, spike=th.spike)
             steps.append(int(run.steps[k]))
@@ -314,8 +316,9 @@ def lr_too_large(run: Run) -> Finding | None:
     wild = np.flatnonzero(update >= th.wild_update)
     # a first step longer than half the weights is normal from a small start that the loss
     # then falls from; one the run never recovers from (from the origin, every step is "wild")
-    if (wild.size and run.start_gain() > th.origin_gain
-            and run.excess_share() >= th.poor_fraction):
+    first = run.loss[np.isfinite(run.loss)][:1] - run.lower
+    if (wild.size and run.start_gain() > th.origin_gain and first.size
+            and not settled < th.poor_fraction * first[0]):
         w = wild[0]
         evidence.update(wild_update_step=int(run.steps[w]), wild_update_ratio=update[w],
                         wild_update=th.wild_update)
