@@ -8,7 +8,8 @@ and the CNN learn scikit-learn's bundled digits, the transformer a generated tok
 
 ``score`` reads the results as a classifier's: the confusion matrix (expected → primary finding),
 the detection rate (faulty runs whose primary finding is the expected one) and the false-alarm
-rate (healthy runs with any finding; every finding is a warning or critical).
+rate (healthy runs with any finding; every finding is a warning or critical). Whether the doctor's
+remedy then beats a random one is :mod:`landscope.doctor.repairs`'s question.
 
 Faults (how they are injected → the expected primary finding):
 
