@@ -43,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from harness import publish  # noqa: E402
 from workloads import build_workload, restart_with_hygiene, timing_hygiene  # noqa: E402
 
 import landscope as ls  # noqa: E402
@@ -122,10 +123,7 @@ def main() -> None:
                      f"{rate * reference['seconds'] / points:.2f} | {diff:.1e} | "
                      f"{result['load']:.1f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_results:
-        with open(HERE / "RESULTS.md", "a") as stream:
-            stream.write("\n" + text)
+    publish(text, append=not args.no_results)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-from harness import machine_info  # noqa: E402
+from harness import machine_info, publish  # noqa: E402
 
 from landscope.doctor.faults import (  # noqa: E402
     ARCHITECTURES,
@@ -67,11 +67,7 @@ def main() -> int:
         f"random {r.drawn:18s} {r.drawn_loss:9.4g}  {'wins' if r.wins else 'does not win'}",
         flush=True))
     text = _report(results, trials, args, time.perf_counter() - start)
-    print(text)
-    if not args.no_results:
-        with open(HERE / "RESULTS.md", "a") as stream:
-            stream.write("\n" + text)
-        print(f"appended to {HERE / 'RESULTS.md'}")
+    publish(text, append=not args.no_results)
     return 0
 
 

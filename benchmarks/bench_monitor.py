@@ -67,7 +67,7 @@ if __name__ == "__main__":
     restart_with_hygiene()
 
 import torch  # noqa: E402
-from harness import machine_info  # noqa: E402
+from harness import machine_info, publish  # noqa: E402
 from torch import nn  # noqa: E402
 
 from landscope.monitor import Monitor  # noqa: E402
@@ -144,11 +144,7 @@ def main() -> int:
         rows.append(("one curvature measurement (held batch of 256), in training steps",
                      (steps, None)))
     text = _table(rows, plain, args, cockpit is not None, own)
-    print(text)
-    if not args.no_results:
-        with open(HERE / "RESULTS.md", "a") as stream:
-            stream.write(text + "\n")
-        print(f"appended to {HERE / 'RESULTS.md'}")
+    publish(text, append=not args.no_results)
     return 0
 
 

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-from harness import machine_info  # noqa: E402
+from harness import machine_info, publish  # noqa: E402
 
 from landscope.doctor.faults import FAULTS, Case, cases  # noqa: E402
 from landscope.doctor.knowledge import TEXT  # noqa: E402
@@ -53,11 +53,7 @@ def main() -> int:
         print(f"{remedy or 'as it is':22s} " + "  ".join(
             f"{a} {statistics.median(v):.4g}" for a, v in losses[remedy].items()), flush=True)
     text = _report(args, suite, losses, time.perf_counter() - start)
-    print(text)
-    if not args.no_results:
-        with open(HERE / "RESULTS.md", "a") as stream:
-            stream.write("\n" + text)
-        print(f"appended to {HERE / 'RESULTS.md'}")
+    publish(text, append=not args.no_results)
     return 0
 
 

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,6 +75,16 @@ class LoadSampler:
         s = self.samples + [os.getloadavg()[0]]
         return (f"min {min(s):.2f}, median {statistics.median(s):.2f}, max {max(s):.2f} "
                 f"({len(s)} samples)")
+
+
+def publish(text: str, append: bool = True) -> None:
+    """Print a benchmark's report and, unless told not to, append it to RESULTS.md."""
+    print(text)
+    if append:
+        results = Path(__file__).resolve().parent / "RESULTS.md"
+        with open(results, "a") as stream:
+            stream.write("\n" + text)
+        print(f"appended to {results}")
 
 
 def machine_info() -> dict:
