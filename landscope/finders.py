@@ -119,18 +119,19 @@ def newton_mr(obj: Objective, theta=None, *, tol: float | None = None, max_iter:
 
 
 def gradient_norm_min(obj: Objective, theta=None, *, tol: float | None = None,
-                      max_iter: int = 200, solver: str = "trust-krylov") -> Run:
-    """Minimise φ = ½‖∇L‖² from θ by ``scipy.optimize.minimize`` (``solver``: ``trust-krylov`` or
-    ``Newton-CG``): ∇φ = Hg exactly (one product), and the Hessian of φ by its Gauss–Newton part,
+                      max_iter: int = 200, solver: str = "Newton-CG") -> Run:
+    """Minimise φ = ½‖∇L‖² from θ by ``scipy.optimize.minimize`` (``solver``: ``Newton-CG`` or
+    ``trust-krylov``): ∇φ = Hg exactly (one product), and the Hessian of φ by its Gauss–Newton part,
     (H²)v = H(Hv) (two products), exact where g = 0.
 
     ``tol``: convergence when ‖∇L‖ ≤ tol (default :func:`default_tol` of the start). Otherwise
-    the optimiser stops where ‖∇φ‖ = ‖Hg‖ falls to rounding level, 10·eps·‖Hg₀‖ (Newton-CG:
-    where its steps do, relative to θ), and a run that ends there with g ≠ 0, at a gradient-flat
-    point, counts as ``stalled``.
+    Newton-CG stops where its steps fall to 10·eps relative to θ (trust-krylov: where
+    ‖∇φ‖ = ‖Hg‖ falls to 10·eps·‖Hg₀‖), and the run counts as ``stalled``: at a gradient-flat
+    point (g ≠ 0), or at the rounding floor of ‖∇L‖ above ``tol``. Newton-CG is the default: on
+    the six-hump camel it took 24–40 products a run against trust-krylov's 50–89.
     """
-    if solver not in ("trust-krylov", "Newton-CG"):
-        raise BadInputError(f"solver={solver!r}; use 'trust-krylov' or 'Newton-CG'")
+    if solver not in ("Newton-CG", "trust-krylov"):
+        raise BadInputError(f"solver={solver!r}; use 'Newton-CG' or 'trust-krylov'")
     start = obj.point(theta).clone()
     before = dict(obj.counts)
     g0 = obj.grad(start)

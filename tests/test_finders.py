@@ -12,7 +12,7 @@ from landscope.errors import BadInputError
 from landscope.finders import find_critical_points, gradient_flatness, newton_mr
 from landscope.objective import Objective
 
-FINDERS = [("newton_mr", {}), ("gradient_norm", {}), ("gradient_norm", {"solver": "Newton-CG"})]
+FINDERS = [("newton_mr", {}), ("gradient_norm", {}), ("gradient_norm", {"solver": "trust-krylov"})]
 
 
 def dense_hessian(f, x: torch.Tensor) -> torch.Tensor:
