@@ -98,3 +98,17 @@ def test_bad_input_is_refused():
         newton_mr(obj, tol=-1)
     with pytest.raises(BadInputError, match="solver='BFGS'"):
         find_critical_points(obj, torch.zeros(1, 2), method="gradient_norm", solver="BFGS")
+
+
+def test_newton_mr_solves_least_squares_on_a_model_in_one_step(one_thread):
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    y = X @ torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64) + 0.3 * torch.randn(
+        30, 1, generator=gen, dtype=torch.float64)
+    model = torch.nn.Linear(3, 1).double()
+    obj = Objective.from_model(model, torch.nn.functional.mse_loss, (X, y))
+    (end,) = find_critical_points(obj, obj.theta0 + 1.0)
+    design = torch.cat([X, torch.ones(30, 1, dtype=torch.float64)], 1)
+    residual = design @ torch.linalg.lstsq(design, y).solution - y
+    assert end.run.iterations == 1 and end.kind == "local_min" and end.index == 0
+    assert end.run.loss == pytest.approx(float(residual.pow(2).mean()), rel=1e-10)
