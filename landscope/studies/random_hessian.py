@@ -118,21 +118,23 @@ def draw_figure(result: StudyResult):
     figures = result.figures
     sizes = np.array(figures["n"])
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.semilogy(sizes, figures["coin_flip"], "k--", label="0.5ⁿ (independent coin flips)")
-    ax.semilogy(sizes, figures["goe_large_deviation"], "k:",
-                label="exp(−n² ln3/4) (GOE large deviation)")
-    for ensemble, label, colour in (("independent_signs", "Q diag(±|g|) Qᵀ, independent signs",
-                                     "tab:blue"), ("goe", "GOE", "tab:red")):
+    for ensemble, label, style in (("independent_signs", "Q diag(±|g|) Qᵀ, independent signs",
+                                    dict(fmt="s", color="tab:blue")),
+                                   ("goe", "GOE", dict(fmt="o-", color="tab:red"))):
         data = figures[ensemble]
         seen = np.array(data["count"]) > 0
         fraction = np.array(data["fraction"])
         interval = np.array(data["interval"])
         ax.errorbar(sizes[seen], fraction[seen],
                     yerr=[fraction[seen] - interval[seen, 0], interval[seen, 1] - fraction[seen]],
-                    fmt="o-", color=colour, capsize=3, label=label)
+                    capsize=3, label=label, **style)
         if (~seen).any():  # none seen: the 95 % upper bound
-            ax.plot(sizes[~seen], interval[~seen, 1], "v", color=colour,
+            ax.plot(sizes[~seen], interval[~seen, 1], "v", color=style["color"],
                     label=f"{label}: none in {result.settings['trials']:,} (upper bound)")
+    ax.semilogy(sizes, figures["coin_flip"], "k--", zorder=3,
+                label="0.5ⁿ (independent coin flips)")
+    ax.semilogy(sizes, figures["goe_large_deviation"], "k:",
+                label="exp(−n² ln3/4): the GOE's leading rate, no prefactor")
     ax.set_xlabel("n (matrix size)")
     ax.set_ylabel("fraction positive definite")
     ax.set_title(f"random symmetric matrices · {result.settings['trials']:,} per n · "
