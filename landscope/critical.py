@@ -6,9 +6,9 @@ Definitions: θ* is a local minimum when L ≥ L(θ*) in a neighbourhood, strict
 The first test is first-order: is θ a critical point at all? With ρ = max|λ(H)|, the descent
 lemma's safe step θ − g/ρ has length s = ‖g‖/ρ, a lower bound on the distance to the stationary
 point of the local quadratic model (‖H⁻¹g‖ ≥ ‖g‖/ρ). θ counts as critical when
-s ≤ ``step_rtol``·‖θ‖, never below the rounding floor 10·eps; otherwise the verdict is
-``not_critical`` (still sliding, e.g. along a narrow valley). The ratio is invariant:
-L → aL + b (a > 0) maps g → ag, ρ → aρ; θ → cθ maps g → g/c, ρ → ρ/c², ‖θ‖ → c‖θ‖; so
+s ≤ ``step_rtol``·‖θ‖ (at θ = 0, s ≤ ``step_rtol``), never below the rounding floor 10·eps;
+otherwise the verdict is ``not_critical`` (still sliding, e.g. along a narrow valley). The ratio
+is invariant: L → aL + b (a > 0) maps g → ag, ρ → aρ; θ → cθ maps g → g/c, ρ → ρ/c², ‖θ‖ → c‖θ‖; so
 ‖g‖/(ρ‖θ‖) is unchanged by both, with or without a known lower bound of L.
 
 The second test is second-order: with zero tolerance τ = ``rel_tol``·ρ, eigenvalues ≤ −τ count as
@@ -356,7 +356,8 @@ class _Verdict:
 
 def _stationarity(grad_norm, rho, theta_norm, loss, lower_bound, step_rtol, eps) -> dict:
     step = _quotient(grad_norm, rho)  # the length of the descent lemma's 1/ρ step
-    relative = _quotient(step, theta_norm)
+    # at θ = 0 exactly there is no scale to be relative to: the step itself is compared
+    relative = _quotient(step, theta_norm) if theta_norm > 0 else step
     tol = max(step_rtol, 10 * eps)  # never below rounding: exact fits are not "sliding"
     critical = relative <= tol
     decrease = _quotient(grad_norm**2, 2 * rho)

@@ -73,6 +73,15 @@ def test_degenerate_points_report_the_higher_order_evidence():
     assert "higher order" in p.reason
 
 
+def test_a_critical_point_at_the_origin_with_a_rounding_level_gradient_is_critical():
+    """θ = 0 has no scale: a gradient of 1e-20 there (what a finder ends with) must not make
+    the relative step infinite."""
+    p = probe(Objective.from_function(lambda x: x[0] ** 2 - x[1] ** 2 + 1e-20 * x[0], [0, 0]))
+    assert p.kind == "saddle" and p.stationarity["critical"]
+    moved = probe(Objective.from_function(lambda x: x[0] ** 2 - x[1] ** 2 + 1e-3 * x[0], [0, 0]))
+    assert moved.kind == "not_critical"
+
+
 def test_non_critical_point_reports_its_distance():
     f = lambda x: x[0] ** 2 + 2 * x[0] * x[1] + x[1] ** 3  # noqa: E731
     p = probe(Objective.from_function(f, [2 / 3, -2 / 3]))  # ∇f = (0, 8/3): not critical
