@@ -23,8 +23,8 @@ from landscope.spectrum import spectrum
 from landscope.studies import Check, Study, StudyResult, register
 
 SETTINGS = {"small": {"samples": 1000, "steps": 1500, "every": 10, "learning_rates": [0.3]},
-            "full": {"samples": 1797, "steps": 5000, "every": 10,
-                     "learning_rates": [0.2, 0.3]}}
+            "full": {"samples": 1797, "steps": 4000, "every": 10,
+                     "learning_rates": [0.25, 0.35]}}
 SIZES = (64, 32, 32, 10)
 TOLERANCE = 0.10
 """How close to 2/η the late median sharpness must be, relative to 2/η."""
