@@ -141,3 +141,20 @@ def test_cli_lists_and_refuses_unknown_names(tmp_path):
     assert "random-hessian" in unknown.output and "edge-of-stability" in unknown.output
     assert runner.invoke(app, ["study", "random-hessian", "--scale", "huge",
                                "--out", str(tmp_path)]).exit_code == 2
+
+
+def test_cli_exits_1_when_a_check_fails(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    def failing(scale, seed):
+        return studies.StudyResult("fails", scale, seed, {}, {},
+                                   [studies.Check("1 = 2", "1", "2", False)])
+
+    monkeypatch.setitem(studies.STUDIES, "fails",
+                        studies.Study("fails", "a check that fails", failing,
+                                      lambda result: plt.figure()))
+    result = runner.invoke(app, ["study", "fails", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "FAIL" in result.output and json.loads(
+        (tmp_path / "study-fails.json").read_text())["passed"] is False
+    assert runner.invoke(app, ["study", "--out", str(tmp_path)]).exit_code == 2

@@ -9,7 +9,7 @@ import typer
 
 from landscope import io
 from landscope.cli._common import _guard, app, console
-from landscope.errors import BadInputError
+from landscope.errors import BadInputError, LandscopeError
 from landscope.plot._files import save_figure
 
 
@@ -34,7 +34,6 @@ def _study(name, scale, seed, list_names, out):
     from rich.table import Table
 
     from landscope import studies
-    from landscope.errors import LandscopeError
 
     if list_names:
         table = Table("study", "what it reproduces", title="studies (landscope study NAME)")
