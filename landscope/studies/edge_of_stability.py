@@ -83,7 +83,7 @@ def checks(descent: dict, steps: int) -> list[Check]:
     late = np.median(np.array(descent["sharpness"])[measured >= 2 * steps / 3])
     first = descent["sharpness"][0]
     return [Check(f"η={descent['lr']:g}: median λ_max over the last third ≈ 2/η",
-                  f"{late:.3g} ({late / limit - 1:+.1%})",
+                  f"{late:.4g} ({late / limit - 1:+.1%})",
                   f"{limit:.3g} ± {TOLERANCE:.0%}", bool(abs(late / limit - 1) <= TOLERANCE)),
             Check(f"η={descent['lr']:g}: λ_max at the start well below 2/η",
                   f"{first:.3g} ({first / limit:.0%} of 2/η)",
