@@ -41,6 +41,7 @@ def mlp_objective():
                                         batch_size=300)
 
 
+@pytest.mark.slow
 def test_stages_sharpen_and_the_last_is_todays_probe(mlp_objective):
     net, obj = mlp_objective
     snap = Snapshot(net)
@@ -99,6 +100,7 @@ def test_undecided_says_how_many_samples_would_settle_it():
         assert first.samples_needed is None
 
 
+@pytest.mark.slow
 def test_a_time_budget_is_kept_and_says_what_stayed_uncertain():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(20, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(),
@@ -139,6 +141,7 @@ def test_progress_reports_stage_products_and_eta(mlp_objective):
     assert any(c[5] is not None and c[5] > 0 for c in calls if c[3] < c[4])   # an ETA
 
 
+@pytest.mark.slow
 def test_train_mode_subsets_whole_batches():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3)).double()
@@ -218,6 +221,7 @@ def test_the_lanczos_basis_shrinks_to_fit_the_free_memory(mlp_objective):
         _basis_size(tighter, 10, 1200, dense=False)
 
 
+@pytest.mark.slow
 def test_first_stage_brackets_a_resnets_extremes():
     """A small ResNet (BatchNorm, skips) part-way through training: the first stage's intervals
     contain the full-data λ_max and λ_min (at a looser subset tolerance the bottom end was

@@ -145,6 +145,7 @@ def _tiny_bert():
 
 
 @pytest.mark.parametrize("logging_steps", [10, 500])
+@pytest.mark.slow
 def test_huggingface_trainer_run_is_recorded_and_diagnosed(tmp_path, logging_steps):
     ids, labels = _sequences()
     run = tmp_path / "run"
@@ -161,6 +162,7 @@ def test_huggingface_trainer_run_is_recorded_and_diagnosed(tmp_path, logging_ste
     assert record.meta["model"] == "BertForSequenceClassification"
 
 
+@pytest.mark.slow
 def test_huggingface_gpt2_with_tied_embedding_and_head(tmp_path):
     """GPT-2 ties lm_head.weight to transformer.wte.weight: one layer in the record, and the
     model keeps its Parameters and its tie."""
@@ -218,6 +220,7 @@ def _power_lambda_max(model, loss_fn, batch, iterations=300):
     return value
 
 
+@pytest.mark.slow
 def test_held_batch_curvature_on_a_tiny_transformer_does_not_stop_training(tmp_path):
     """A tiny BERT with a held batch: the curvature measurement runs (attention twice
     differentiated) and its λ_max agrees with autograd's; training completes either way."""
@@ -247,6 +250,7 @@ def test_held_batch_curvature_on_a_tiny_transformer_does_not_stop_training(tmp_p
     assert record["curvature_products"][119] < record["curvature_products"][59]
 
 
+@pytest.mark.slow
 def test_held_dict_batch_with_the_models_own_loss_on_a_tied_gpt2(tmp_path):
     """A held batch as Hugging Face has it ({input_ids, labels}) with loss_fn='model': the
     Monitor measures the curvature of GPT-2's own loss, tied head and all, and it agrees with

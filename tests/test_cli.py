@@ -87,6 +87,7 @@ def test_nan_loss_exits_1(tmp_path):
     assert not (tmp_path / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_demo_trains_once_and_reuses_the_checkpoint(tmp_path):
     first = runner.invoke(app, ["demo", "--out", str(tmp_path)])
     assert first.exit_code == 0, first.output
@@ -127,6 +128,7 @@ def test_a_factory_that_raises_is_framed_as_the_users_error(tmp_path, source, op
     assert "Traceback" not in output and not (tmp_path / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_a_factory_file_may_define_dataclasses_and_be_named_like_a_module(tmp_path):
     """A file run as a module must be registered (dataclasses look their module up), under a
     name of its own: a user's json.py must not replace the json module."""

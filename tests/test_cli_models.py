@@ -14,6 +14,7 @@ pytest.importorskip("transformers")
 FIXTURE = str(Path(__file__).parent / "fixtures" / "hf_net.py")
 
 
+@pytest.mark.slow
 def test_probe_a_hugging_face_model_with_its_own_loss(tmp_path, one_thread):
     result = CliRunner().invoke(app, [
         "probe", "--out", str(tmp_path), "--model", f"{FIXTURE}:model", "--data",

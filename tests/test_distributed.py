@@ -21,6 +21,8 @@ from torch.nn.functional import cross_entropy
 import landscope as ls
 from landscope import distributed
 
+pytestmark = pytest.mark.slow  # processes spawned per test
+
 SAMPLES = 37  # odd: the two shards are uneven (19 and 18)
 
 

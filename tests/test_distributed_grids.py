@@ -26,6 +26,8 @@ from landscope.errors import BadInputError
 from landscope.race import race
 from landscope.surface import Surface, sharding, surface
 
+pytestmark = pytest.mark.slow  # processes spawned per test
+
 STEPS = 9
 RACE = {"functions": ["six_hump_camel", "saddle"], "optimizers": ["gd", "adam", "newton"],
         "starts": 3, "steps": 25, "tune": 2, "tune_starts": 2, "strategies": ("genetic",),

@@ -56,6 +56,7 @@ def _distinct(records):
     return batches
 
 
+@pytest.mark.slow
 def test_every_candidate_starts_at_theta0_and_reads_the_same_batches(one_thread):
     X, y = classification_data(n=60)
     model = Recorder()
@@ -93,6 +94,7 @@ def test_every_candidate_starts_at_theta0_and_reads_the_same_batches(one_thread)
     assert (first - theta0).norm().item() == pytest.approx(vmin["alpha"], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_bit_reproducible_and_the_callers_model_untouched(one_thread):
     X, y = classification_data(n=48)
     torch.manual_seed(3)
@@ -113,6 +115,7 @@ def test_bit_reproducible_and_the_callers_model_untouched(one_thread):
     assert len(losses) == len(first.runs)  # seeds and candidates really differ
 
 
+@pytest.mark.slow
 def test_a_tied_transformer_on_dict_batches_trains_copies_and_is_left_alone(one_thread):
     """Attention, an embedding tied to the head, a module used twice, dict batches: every
     candidate trains a copy (the tie kept in it), reproducibly; the caller's model is untouched."""
@@ -205,6 +208,7 @@ def test_optional_extras_are_skipped_with_a_note_when_missing(monkeypatch):
     assert trials.available(trials.CHANGES["baseline"]) is None
 
 
+@pytest.mark.slow
 def test_adahessian_runs_with_its_hessian_products_counted_and_lowers_the_loss(one_thread):
     """AdaHessian's Hutchinson product differentiates the gradient again: it fails unless the
     closure kept the gradient's graph; each step costs its gradient and one product."""
@@ -221,6 +225,7 @@ def test_adahessian_runs_with_its_hessian_products_counted_and_lowers_the_loss(o
     assert [r["curve"] for r in first.runs] == [r["curve"] for r in second.runs]
 
 
+@pytest.mark.slow
 def test_cli_runs_a_trial_and_exits_2_on_bad_input(one_thread, tmp_path):
     runner = CliRunner()
     args = ["escape", "--model", f"{FIXTURE}:model", "--data", f"{FIXTURE}:loader",

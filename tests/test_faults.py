@@ -100,6 +100,7 @@ def _outputs(model: nn.Module, kind: type[nn.Module], X: torch.Tensor) -> list[t
     return outputs
 
 
+@pytest.mark.slow
 def test_a_small_suite_runs_and_scores(one_thread, tmp_path):
     faults = ["vanishing", "saturation", "symmetric", "dead_relus", "saddle", "exploding",
               "lr_too_large", "lr_too_small", HEALTHY]

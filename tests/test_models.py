@@ -120,6 +120,7 @@ def token_ce(logits, target):
 
 
 # ---------------------------------------------------------------------- attention
+@pytest.mark.slow
 def test_tied_causal_transformer_matches_the_dense_hessian_and_stays_untouched():
     torch.manual_seed(0)
     model = TiedLM().to(D).eval()
@@ -206,6 +207,7 @@ def test_a_module_used_twice_is_one_block_and_the_model_is_left_exactly_as_it_wa
     assert not torch.equal(layer.weight.detach(), before)
 
 
+@pytest.mark.slow
 def test_every_public_call_leaves_a_tied_model_untouched(tmp_path):
     torch.manual_seed(2)
     model = TiedLM().to(D).train()  # the caller trains: modes must survive too
@@ -230,6 +232,7 @@ def test_every_public_call_leaves_a_tied_model_untouched(tmp_path):
     snap.check()
 
 
+@pytest.mark.slow
 def test_a_subset_of_a_tied_lm_is_the_loss_on_those_samples_and_the_first_stage_runs():
     torch.manual_seed(0)
     model = TiedLM().to(D).eval()
@@ -325,6 +328,7 @@ def test_hugging_face_bert_with_its_own_loss_and_with_a_user_loss():
     snap.check()
 
 
+@pytest.mark.slow
 def test_a_subset_of_hugging_face_dict_batches_of_different_lengths():
     """Padded batches of different sequence lengths: chosen samples of each stay in their own
     batch (never joined), and the model's own loss weighs their label tokens as the full data
@@ -570,6 +574,7 @@ class BasicBlockNet(nn.Module):
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.slow
 def test_a_resnet_block_with_batchnorm_and_dict_batches_is_exact_and_left_alone(mode):
     torch.manual_seed(0)
     model = BasicBlockNet().to(D)

@@ -381,6 +381,7 @@ def test_adam_limit_is_that_of_heavy_ball_with_dampening():
     assert stability(torch.optim.LBFGS([w]), {"w": w}, ["w"]).threshold is None
 
 
+@pytest.mark.slow
 def test_curvature_is_spent_on_a_stall_or_a_slow_fall_only_and_within_the_budget():
     X, y = _data()
     held = (X[:32], y[:32])

@@ -131,6 +131,7 @@ def test_negative_curvature_step_is_safeguarded_on_rosenbrock():
     assert opt.row_state["lambda_min"][0].item() == pytest.approx(-798.0)
 
 
+@pytest.mark.slow
 def test_negative_curvature_descent_never_raises_the_loss_on_rosenbrock():
     """Six starts, three of them above the valley where the curvature step acts: the loss falls
     at every step, from 24–757 to the valley floor (f < 0.2) in 400 steps, and keeps falling."""
@@ -225,6 +226,7 @@ def _from_the_saddle(opt_factory, d, steps, rows=20, until=None):
 
 
 @pytest.mark.parametrize("d", [10, 100, 1000])
+@pytest.mark.slow
 def test_perturbed_gd_defaults_escape_an_exact_strict_saddle_in_any_dimension(d):
     """Every one of 20 independent perturbation sequences (batched rows) ends in a minimum,
     f = −¼, well below the saddle's 0. Escaping shows in the loss after ~1,300 steps at

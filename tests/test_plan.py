@@ -81,6 +81,7 @@ print(plan.peak_bytes(), peak, plan.activation_bytes)
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads Linux RSS")
 @pytest.mark.parametrize("engine", ["loop", "auto"])  # autograd products; the chain engine
+@pytest.mark.slow
 def test_peak_estimate_within_twice_the_measured_peak(engine):
     script = _PEAK_SCRIPT.replace("ENGINE", repr(engine))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -55,6 +55,7 @@ def test_budgeted_contour_shows_the_error_and_the_evaluated_points():
     assert len(dots[0].get_xdata()) == int(s.evaluated.sum())
 
 
+@pytest.mark.slow
 def test_every_format_is_written(tmp_path):
     s = surface(_saddle(), PLANE, steps=7)
     paths = render(s, tmp_path, formats=("png", "svg"), log=True)
@@ -116,6 +117,7 @@ def test_cli_surface_then_plot(tmp_path):
     assert (tmp_path / "again" / "surface-contour.svg").exists()
 
 
+@pytest.mark.slow
 def test_cli_gradient_line_with_taylor_and_budgeted_plane(tmp_path):
     model = ["--model", f"{FIXTURE}:model", "--data", f"{FIXTURE}:data"]
     result = runner.invoke(app, ["surface", *model, "--directions", "gradient", "--dims", "1",

@@ -56,6 +56,7 @@ def test_escape_steps_match_the_paths(saddle_race):
         assert before.norm() < run.points[0, s].norm() or before[0]**2 - before[1]**2 >= 0
 
 
+@pytest.mark.slow
 def test_every_optimiser_gets_the_same_starts_and_the_race_is_reproducible():
     kwargs = {"starts": 4, "steps": 60, "tune": 2, "tune_starts": 2, "strategies": (),
               "noise": 0.1}
@@ -74,6 +75,7 @@ def test_every_optimiser_gets_the_same_starts_and_the_race_is_reproducible():
                            other.descents["six_hump_camel", "adam"].points)
 
 
+@pytest.mark.slow
 def test_runs_are_scored_against_the_known_critical_points():
     result = race(["himmelblau", "six_hump_camel"], ["newton", "adam"], starts=8, steps=80,
                   tune=1, strategy_runs=1, seed=1)

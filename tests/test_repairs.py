@@ -94,6 +94,7 @@ def test_the_warm_up_and_cosine_schedules_follow_their_formulas(one_thread):
     assert rates[warm + 100] == pytest.approx(base * (1 + math.cos(math.pi * 101 / 270)) / 2)
 
 
+@pytest.mark.slow
 def test_a_trial_retrains_the_run_the_suite_diagnosed(one_thread, tmp_path):
     case = Case("vanishing", "mlp", 0)
     stuck = run_case(case, tmp_path / case.name)

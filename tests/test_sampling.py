@@ -69,6 +69,7 @@ def _estimate(obj, samples, seed, count=5, max_products=None):
                                   max_products=max_products))
 
 
+@pytest.mark.slow
 def test_intervals_cover_the_full_data_values_of_a_known_spectrum(quadratic):
     obj, truth = quadratic
     hits = {name: 0 for name in truth}
@@ -116,6 +117,7 @@ def test_subsets_that_cover_the_data_give_exact_loss_and_bounds():
     assert est["lambda_min"].low - 1e-10 <= values[0] <= est["lambda_min"].high + 1e-10
 
 
+@pytest.mark.slow
 def test_small_network_intervals_contain_the_dense_truth():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 3)).double()

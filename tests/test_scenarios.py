@@ -57,6 +57,7 @@ def test_scenario_errors():
         run_scenario("healthy", "unused", remedy=True)
 
 
+@pytest.mark.slow
 def test_cli_runs_a_scenario_and_its_remedy(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["doctor", "--scenario", "zero_init", "--out", str(tmp_path)])

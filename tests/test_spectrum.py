@@ -119,6 +119,7 @@ def test_restricted_to_coordinates_matches_eigh_of_the_block(exact):
         assert low - 1e-9 <= truth <= high + 1e-9, key
 
 
+@pytest.mark.slow
 def test_float32_default_tolerance_is_one_the_solver_reaches(one_thread):
     """A 57k-parameter float32 CNN: at the old fixed 1e-5 the top residuals stalled at 8e-5·ρ
     and the run spent 500 products unconverged; the size-aware default converges."""

@@ -14,6 +14,8 @@ from landscope.cli import app
 from landscope.errors import BadInputError
 from landscope.studies import edge_of_stability, random_hessian
 
+pytestmark = pytest.mark.slow  # each study runs at its small scale
+
 runner = CliRunner()
 
 

@@ -61,6 +61,7 @@ def test_faulty_run_is_stuck_at_the_loss_of_ignoring_the_input(faulty_runs, name
     assert label_entropy(y) == pytest.approx(math.log(10), rel=1e-3)
 
 
+@pytest.mark.slow
 def test_adam_gets_the_stuck_cnn_out_and_the_baseline_stays(faulty_runs, one_thread):
     net, _ = faulty_runs["stuck_cnn"]
     X, y = cases.digit_images()

@@ -45,6 +45,7 @@ def test_warm_start_at_a_nearby_operator_same_values_fewer_products(nearby, k_la
     assert warm.products <= cold.products / 2 if k_smallest < 2 else warm.products < cold.products
 
 
+@pytest.mark.slow
 def test_poor_warm_vectors_still_reach_the_cold_answer(trained2000):
     A, lam, _, _ = trained2000
     n, limit = A.shape[0], 1e-6 * np.abs(lam).max()

@@ -72,6 +72,7 @@ def test_density_and_cdf_match_exact_spectrum(bulk_spectrum):
         assert abs(est - truth) < 0.08
 
 
+@pytest.mark.slow
 def test_negative_fraction_bracket_trained_like(trained2000):
     A, lam, _, _ = trained2000
     n = lam.size
