@@ -12,7 +12,7 @@ import sys as _sys
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from landscope import doctor, escape, functions, monitor, optim, race  # noqa: E402
+from landscope import doctor, escape, finders, functions, monitor, optim, race  # noqa: E402
 from landscope.anytime import AnytimeProbe, anytime_probe, cost_plan  # noqa: E402
 from landscope.critical import KINDS, Probe, probe  # noqa: E402
 from landscope.errors import (  # noqa: E402
@@ -21,6 +21,7 @@ from landscope.errors import (  # noqa: E402
     LandscopeError,
     NonFiniteLossError,
 )
+from landscope.finders import find_critical_points  # noqa: E402
 from landscope.objective import Objective  # noqa: E402
 from landscope.spectrum import Density, Spectrum, Trace, density, spectrum, trace  # noqa: E402
 
@@ -42,6 +43,8 @@ __all__ = [
     "density",
     "doctor",
     "escape",
+    "find_critical_points",
+    "finders",
     "functions",
     "monitor",
     "optim",
