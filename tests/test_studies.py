@@ -160,3 +160,64 @@ def test_cli_exits_1_when_a_check_fails(tmp_path, monkeypatch):
     assert "FAIL" in result.output and json.loads(
         (tmp_path / "study-fails.json").read_text())["passed"] is False
     assert runner.invoke(app, ["study", "--out", str(tmp_path)]).exit_code == 2
+
+
+@pytest.fixture(scope="module")
+def deep_linear_run():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the one_thread fixture, for the module's shared run
+    try:
+        return studies.run("deep-linear", "small", seed=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_deep_linear_small_scale_finds_only_global_minima_and_saddles(deep_linear_run):
+    assert deep_linear_run.passed, deep_linear_run.checks
+    points, best = deep_linear_run.figures["points"], deep_linear_run.figures["global_min"]
+    minima = [p["loss"] for p in points if p["kind"] == "local_min"]
+    assert minima and all(loss == pytest.approx(best, rel=1e-6) for loss in minima)
+    assert any(p["kind"] == "saddle" for p in points)
+    assert not any(p["kind"] == "local_max" for p in points)
+    # the closed form is the best loss any run reaches, and none goes below it
+    assert min(p["loss"] for p in points) == pytest.approx(best, rel=1e-8)
+
+
+def test_deep_linear_closed_form_is_reached_by_the_top_eigenvectors(one_thread):
+    import torch
+
+    from landscope.studies import deep_linear
+
+    X, Y = deep_linear.regression(30, seed=3)
+    best, values = deep_linear.critical_values(X, Y)
+    n = X.shape[1]
+    solution = (Y @ X.T / n) @ torch.linalg.inv(X @ X.T / n)  # least squares Σ_YX Σ_XX⁻¹
+    _, vectors = torch.linalg.eigh(solution @ (X @ X.T / n) @ solution.T)  # M = Σ_YX Σ_XX⁻¹ Σ_XY
+    top = vectors[:, -2:]  # the bottleneck width k = 2
+    first = torch.cat([top.T @ solution, torch.zeros(1, X.shape[0], dtype=X.dtype)])
+    middle = torch.cat([torch.eye(2, dtype=X.dtype), torch.zeros(2, 1, dtype=X.dtype)], 1)
+    theta = torch.cat([first.reshape(-1), middle.reshape(-1), top.reshape(-1)])
+    theta.requires_grad_(True)
+    loss = deep_linear.squared_loss(X, Y)(theta)
+    (gradient,) = torch.autograd.grad(loss, theta)
+    assert loss.item() == pytest.approx(best, rel=1e-12)
+    assert float(gradient.norm()) < 1e-10  # the projected solution is a critical point
+    assert values[0] == pytest.approx(best) and values[-1] == pytest.approx(
+        0.5 * float((Y ** 2).sum()) / n)  # S = ∅: the product W = 0
+    # no rank-2 product does better: L-BFGS on W = AB from a random start
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        A = torch.randn(3, 2, dtype=X.dtype, requires_grad=True)
+        B = torch.randn(2, 4, dtype=X.dtype, requires_grad=True)
+    optimiser = torch.optim.LBFGS([A, B], max_iter=500, tolerance_grad=1e-12,
+                                  tolerance_change=1e-15, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        value = 0.5 * ((A @ B @ X - Y) ** 2).sum() / n
+        value.backward()
+        return value
+    optimiser.step(closure)
+    assert closure().item() == pytest.approx(best, rel=1e-8)

@@ -99,4 +99,4 @@ def wilson(successes: int, trials: int, z: float = 1.959964) -> tuple[float, flo
 
 
 # isort: split
-from landscope.studies import edge_of_stability, random_hessian  # noqa: E402, F401
+from landscope.studies import deep_linear, edge_of_stability, random_hessian  # noqa: E402, F401
