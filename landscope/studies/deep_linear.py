@@ -7,8 +7,10 @@ critical point a saddle (for depth ≥ 3 some saddles have no negative Hessian e
 The global minimum in closed form: with Σ_XX = XXᵀ/n, Σ_YX = YXᵀ/n, Σ_YY = YYᵀ/n and
 M = Σ_YX Σ_XX⁻¹ Σ_XY, L(W) = ½(tr Σ_YY − tr M) + ½‖(W − Σ_YX Σ_XX⁻¹) Σ_XX^½‖², and the product
 W = W₃W₂W₁ has rank at most k = the narrowest width, so by Eckart–Young
-L* = ½(tr Σ_YY − sum of the top k eigenvalues of M). Every critical value of L is
-½(tr Σ_YY − Σ_{i∈S} λᵢ(M)) for a set S of at most k eigenvalues (Baldi & Hornik 1989).
+L* = ½(tr Σ_YY − sum of the top k eigenvalues of M). Factors with the product
+W = P_S Σ_YX Σ_XX⁻¹, P_S the projection on the eigenvectors of M in a set S of at most k, can be
+chosen critical, with loss ½(tr Σ_YY − Σ_{i∈S} λᵢ(M)); with one hidden layer these are all the
+critical values (Baldi & Hornik 1989). The figure marks them.
 
 Critical points are found by Newton-MR and by gradient-norm minimisation from random starts, and
 certified by the probe. The checks: the lowest loss reached equals L*; every end point certified a
@@ -75,8 +77,8 @@ def squared_loss(X: torch.Tensor, Y: torch.Tensor):
 
 
 def critical_values(X: torch.Tensor, Y: torch.Tensor) -> tuple[float, list[float]]:
-    """(L*, every critical value): ½(tr Σ_YY − Σ_{i∈S} λᵢ(M)) over sets S of at most k of the
-    eigenvalues of M = Σ_YX Σ_XX⁻¹ Σ_XY, L* taking the top k."""
+    """(L*, the critical values of the projected products): ½(tr Σ_YY − Σ_{i∈S} λᵢ(M)) over sets
+    S of at most k of the eigenvalues of M = Σ_YX Σ_XX⁻¹ Σ_XY, L* taking the top k."""
     n, k = X.shape[1], min(WIDTHS)
     xx, yx, yy = (X @ X.T / n).numpy(), (Y @ X.T / n).numpy(), (Y @ Y.T / n).numpy()
     eigenvalues = np.sort(np.linalg.eigvalsh(yx @ np.linalg.solve(xx, yx.T)))[::-1]
@@ -149,7 +151,7 @@ def draw_figure(result: StudyResult):
         if chosen:
             ax.scatter([p["loss"] for p in chosen], [p["index"] for p in chosen], marker=marker,
                        alpha=0.6, label=f"{kind} ({len(chosen)})")
-    ax.set_xlabel("loss at the critical point (grey: closed-form critical values)")
+    ax.set_xlabel("loss at the critical point (grey: losses of the projected products)")
     ax.set_ylabel("index (fraction of negative eigenvalues)")
     ax.legend(fontsize=8)
     ax.set_title(f"deep linear network {'-'.join(map(str, WIDTHS))} · Newton-MR and gradient-norm "
