@@ -136,7 +136,7 @@ LEFT_OUT = {
 
 DEFAULT_CANDIDATES = ("baseline", "lr_x10", "lr_x0.1", "warmup", "cosine", "sgdr", "vmin_step",
                       "adam")
-SCHEDULES = ("warmup", "cosine", "sgdr")
+SCHEDULES = ("warmup", "cosine", "warmup_cosine", "sgdr")
 
 ARCHITECTURE = "changes the architecture"
 INITIALISATION = "changes the initialisation: a new start, not a way on from this one"
@@ -391,7 +391,7 @@ class _Work:
         lr = self.settings["lr"] if c.optimizer is None else recipe.lr
         opt = recipe.build(list(net.parameters()), None if lr is None else lr * c.lr_factor,
                            generator=torch.Generator().manual_seed(derive_seed(seed, c.name, s)))
-        scheduler = _scheduler(c.schedule, opt, self.budget)
+        rates = scheduler(c.schedule, opt, self.budget)
         batches, last_cost = self.schedule.order(derive_seed(seed, "order", s)), 0
         try:
             while spent < self.budget and spent + last_cost <= self.budget:
@@ -401,8 +401,8 @@ class _Work:
                 last_cost = step.calls + _products(opt) - before + c.hvp_per_step
                 spent, steps = spent + last_cost, steps + 1
                 curve.append([spent, step.first])
-                if scheduler is not None:
-                    scheduler.step()
+                if rates is not None:
+                    rates.step()
         except _Diverged:
             diverged = True
         seconds = time.perf_counter() - began
@@ -498,15 +498,22 @@ class _Schedule:
         return f"{len(self.batches)} batches of the data, in a seeded order each epoch"
 
 
-def _scheduler(kind: str | None, opt, budget: int):
-    """The learning-rate schedule over ``budget`` optimiser steps (torch's own schedulers)."""
+def scheduler(kind: str | None, opt, budget: int):
+    """The learning-rate schedule ``kind`` (:data:`SCHEDULES`, or None) over ``budget`` optimiser
+    steps, from torch's own schedulers: a warm-up from 1 % of the rate over the first 10 %,
+    cosine annealing to 0, the two in sequence, or warm restarts."""
     schedulers = torch.optim.lr_scheduler
+    warm = max(1, budget // 10)
     if kind is None:
         return None
     if kind == "warmup":
-        return schedulers.LinearLR(opt, start_factor=0.01, total_iters=max(1, budget // 10))
+        return schedulers.LinearLR(opt, start_factor=0.01, total_iters=warm)
     if kind == "cosine":
         return schedulers.CosineAnnealingLR(opt, T_max=budget)
+    if kind == "warmup_cosine":
+        return schedulers.SequentialLR(opt, [scheduler("warmup", opt, budget),
+                                             schedulers.CosineAnnealingLR(opt, budget - warm)],
+                                       [warm])
     if kind == "sgdr":
         return schedulers.CosineAnnealingWarmRestarts(opt, T_0=max(1, budget // 7), T_mult=2)
     raise BadInputError(f"schedule {kind!r}; use one of {', '.join(SCHEDULES)}")

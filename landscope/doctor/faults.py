@@ -45,6 +45,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,6 +56,7 @@ from landscope.doctor import knowledge
 from landscope.doctor.doctor import diagnose
 from landscope.doctor.scenarios import Setup, negative_curvature_step, quiet_machine, train
 from landscope.errors import BadInputError
+from landscope.escape import scheduler
 from landscope.objective import Objective
 from landscope.spectrum import spectrum
 
@@ -151,7 +153,6 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
 
 
 # ---------------------------------------------------------------------- recipes
-SCHEDULES = ("warmup", "cosine", "warmup_cosine")
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,8 @@ class Recipe:
     the held-batch Hessian; × ``lr_factor``. The run starts after ``settle`` full-batch steps at
     1/λ_max (the Hessian sharpens as a network trains), the rate set there; mini-batches of
     ``batch`` (None: full batch); gradient norm clipped to ``clip``; a schedule from
-    :data:`SCHEDULES`; with ``vmin_step``, first one line-searched step along the eigenvector of
-    λ_min.
+    :data:`landscope.escape.SCHEDULES` (the remedy trials' own); with ``vmin_step``, first one
+    line-searched step along the eigenvector of λ_min.
     """
 
     activation: type[nn.Module] = nn.ReLU
@@ -217,7 +218,8 @@ class Recipe:
             negative_curvature_step(model, loss_fn, (X[:HELD], y[:HELD]))
         return Setup(model, _optimizer(self.optimizer, model, lr * self.lr_factor), (X, y),
                      STEPS, len(X) if self.batch is None else self.batch, loss_fn,
-                     clip=self.clip, schedule=_schedule(self.schedule))
+                     clip=self.clip, schedule=None if self.schedule is None else partial(
+                         scheduler, self.schedule, budget=STEPS))
 
     def _initialise(self, model: nn.Module) -> None:
         activations = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
@@ -274,23 +276,6 @@ def _optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
             "momentum": lambda: torch.optim.SGD(params, lr=lr, momentum=0.9),
             "adam": lambda: torch.optim.Adam(params, lr=lr),
             "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=0.01)}[name]()
-
-
-def _schedule(name: str | None) -> Callable | None:
-    """``optimizer → scheduler`` over the suite's STEPS steps (warm-up: from 1 % of the rate over
-    the first 10 %), or None."""
-    lr_scheduler = torch.optim.lr_scheduler
-    warm = STEPS // 10
-
-    def warmup(opt):
-        return lr_scheduler.LinearLR(opt, 0.01, 1.0, warm)
-
-    def cosine(opt, steps=STEPS):
-        return lr_scheduler.CosineAnnealingLR(opt, steps)
-
-    return {None: None, "warmup": warmup, "cosine": cosine,
-            "warmup_cosine": lambda opt: lr_scheduler.SequentialLR(
-                opt, [warmup(opt), cosine(opt, STEPS - warm)], [warm])}[name]
 
 
 def _sharpness(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor],
