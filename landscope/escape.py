@@ -63,7 +63,7 @@ from landscope.critical import default_rel_tol
 from landscope.data import Batch, Batches, is_tensor_pair
 from landscope.doctor import knowledge
 from landscope.errors import BadInputError, NonFiniteLossError
-from landscope.objective import Objective
+from landscope.objective import Objective, write_theta
 from landscope.optim._base import PointOptimizer
 from landscope.optim.runner import derive_seed
 from landscope.spectrum import spectrum
@@ -385,7 +385,7 @@ class _Work:
         torch.manual_seed(derive_seed(seed, "dropout", s))  # inside escape's fork_rng
         vmin = self.start["vmin"] if c.vmin_step else None
         if vmin is not None:
-            _write(net, self.obj, vmin["theta"])
+            write_theta(net, self.obj, vmin["theta"])
             spent += vmin["evaluations"]
         recipe = self.baseline if c.optimizer is None else optim.recipe(c.optimizer)
         lr = self.settings["lr"] if c.optimizer is None else recipe.lr
@@ -560,14 +560,6 @@ def _smallest(obj: Objective, settings: dict) -> tuple[float, float]:
     spec = spectrum(obj, k=1, which="smallest", tol=settings["curvature_tol"],
                     max_products=settings["curvature_products"], seed=settings["seed"])
     return float(spec.smallest.values[0]), float(spec.smallest.residuals[0])
-
-
-def _write(net: nn.Module, obj: Objective, theta: torch.Tensor) -> None:
-    """θ (in the Objective's parametrisation) into the copy's parameters."""
-    named = dict(net.named_parameters())
-    with torch.no_grad():
-        for name, piece in obj.unflatten(theta).items():
-            named[name].copy_(piece)
 
 
 # ---------------------------------------------------------------------- settings and resume

@@ -584,6 +584,16 @@ class Objective:
         return self._engine
 
 
+def write_theta(model: torch.nn.Module, obj: Objective, theta: torch.Tensor) -> None:
+    """θ (in ``obj``'s parametrisation: its trainable parameters, by name) into ``model``'s
+    parameters, in place. The Objective itself never does this; a caller does it to a model it
+    owns (a trial's copy, a run being set up)."""
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, piece in obj.unflatten(theta).items():
+            named[name].copy_(piece)
+
+
 @dataclass
 class _Point:
     """The last point: θ, L and ∇L there (None where not computed), and whether the engine's

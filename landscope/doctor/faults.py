@@ -54,7 +54,13 @@ from torch import nn
 from landscope import default
 from landscope.doctor import knowledge
 from landscope.doctor.doctor import diagnose
-from landscope.doctor.scenarios import Setup, negative_curvature_step, quiet_machine, train
+from landscope.doctor.scenarios import (
+    Setup,
+    evaluate,
+    negative_curvature_step,
+    quiet_machine,
+    train,
+)
 from landscope.errors import BadInputError
 from landscope.escape import scheduler
 from landscope.objective import Objective
@@ -379,12 +385,7 @@ def run_case(case: Case, run_dir: str | Path) -> float:
 def final_loss(setup: Setup) -> float:
     """The loss of the setup's model on all its training data, in eval mode (inf if not
     finite): what a remedy is judged by."""
-    model = setup.model
-    mode = model.training
-    model.eval()
-    with torch.no_grad():
-        value = setup.loss_fn(model(setup.data[0]), setup.data[1]).item()
-    model.train(mode)
+    value = evaluate(setup.model, setup.loss_fn, setup.data)
     return value if math.isfinite(value) else math.inf
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from landscope import default, io
 from landscope.errors import BadInputError
 from landscope.monitor import Monitor
-from landscope.objective import Objective
+from landscope.objective import Objective, write_theta
 from landscope.spectrum import spectrum
 
 
@@ -247,10 +247,16 @@ def steps(setup: Setup, seed: int) -> Iterator[tuple[int, torch.Tensor]]:
 def _validation(setup: Setup, model: nn.Module, step: int) -> float | None:
     if setup.val is None or step % 10:
         return None
+    return evaluate(model, setup.loss_fn, setup.val)
+
+
+def evaluate(model: nn.Module, loss_fn, data: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """``loss_fn(model(X), y)`` in eval mode without a graph; the model's mode restored."""
+    mode = model.training
     model.eval()
     with torch.no_grad():
-        value = setup.loss_fn(model(setup.val[0]), setup.val[1]).item()
-    model.train()
+        value = loss_fn(model(data[0]), data[1]).item()
+    model.train(mode)
     return value
 
 
@@ -263,11 +269,8 @@ def negative_curvature_step(model: nn.Module, loss_fn, data) -> str:
         v = -v
     base = obj.value().item()
     best = min((obj.value(obj.theta0 + t * v).item(), t) for t in (2.0, 1.0, 0.5, 0.25, 0.125))
-    if best[0] < base:  # θ holds the trainable parameters only, by name
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, piece in obj.unflatten(obj.theta0 + best[1] * v).items():
-                named[name].copy_(piece)
+    if best[0] < base:
+        write_theta(model, obj, obj.theta0 + best[1] * v)
     return (f"negative-curvature step: λ_min = {pairs.values[0].item():.3g}, step length "
             f"{best[1]:g}, loss {base:.4g} → {best[0]:.4g}")
 
