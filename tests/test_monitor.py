@@ -10,7 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import Snapshot, TiedDictLM, dict_batches, token_loss
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import landscope.monitor.callbacks as callbacks_module
 import landscope.monitor.curvature as curvature_module
@@ -955,3 +957,28 @@ def test_the_runs_make_up_is_in_the_header(tmp_path):
                                     makeup_module])
 def test_docstring_examples_run(module):
     assert doctest.testmod(module).failed == 0
+
+
+def test_batch_sharpness_on_a_tied_transformer_with_dict_batches_matches_autograd(one_thread):
+    """Attention, the head tied to the embedding, a module used twice, {input_ids, labels}
+    batches: each chunk's g_Bᵀ H_B g_B/‖g_B‖² from torch's own double backward (math attention
+    kernel), and the model untouched."""
+    model = TiedDictLM()
+    batches = dict_batches()  # 4 batches of 3 sequences
+    held = {key: torch.cat([b[key] for b in batches]) for key in ("input_ids", "labels")}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    snapshot = Snapshot(model)
+    result = measure(model, token_loss, held, opt, smallest=False, max_products=40, batch_size=3)
+    snapshot.check()
+    params = list(model.parameters())  # the tied matrix once
+    ratios = []
+    for batch in batches:
+        with sdpa_kernel(SDPBackend.MATH):  # the fused kernels have no double backward
+            grads = torch.autograd.grad(token_loss(model(batch["input_ids"]), batch["labels"]),
+                                        params, create_graph=True)
+            g = torch.cat([piece.reshape(-1) for piece in grads])
+            hg = torch.cat([piece.reshape(-1) for piece in
+                            torch.autograd.grad(g @ g.detach(), params)])
+        ratios.append((g.detach() @ hg / (g.detach() @ g.detach())).item())
+    assert result["batch_chunks"] == 4
+    assert result["batch_sharpness"] == pytest.approx(sum(ratios) / 4, rel=1e-10)
