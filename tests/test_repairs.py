@@ -15,6 +15,7 @@ from landscope.doctor import repairs
 from landscope.doctor.faults import ARCHITECTURES, FAULTS, Case, Recipe, Result, run_case
 from landscope.doctor.knowledge import TEXT
 from landscope.doctor.scenarios import Setup, steps
+from landscope.errors import BadInputError
 
 
 def test_every_repair_is_a_remedy_the_doctor_gives_and_changes_some_fault():
@@ -32,6 +33,8 @@ def test_prescription_skips_what_the_suite_cannot_apply_and_the_draw_is_stable()
     drawn = {repairs.draw(Case("vanishing", "mlp", seed), "adam") for seed in range(40)}
     assert "adam" not in drawn and len(drawn) > 10
     assert repairs.draw(case, "adam") == repairs.draw(case, "adam")
+    with pytest.raises(BadInputError, match="'residual'.*he_relu"):
+        repairs.trial(case, "residual")  # a remedy the suite cannot express
 
 
 def test_a_win_needs_a_lower_loss_by_the_margin():

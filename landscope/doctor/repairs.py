@@ -39,6 +39,7 @@ from landscope.doctor.faults import (
 )
 from landscope.doctor.knowledge import TEXT
 from landscope.doctor.scenarios import quiet_machine, steps
+from landscope.errors import BadInputError
 
 Edit = Callable[[Recipe, Mapping], Recipe]
 
@@ -131,6 +132,9 @@ def trial(case: Case, remedy: str | None, evidence: Mapping | None = None) -> fl
     """The final training loss of ``case`` retrained from its seed with ``remedy`` applied
     (None: as it is; ``evidence``: the diagnosis's numbers it may use), single-threaded, the
     caller's RNG and thread count restored."""
+    if remedy is not None and remedy not in REPAIRS:
+        raise BadInputError(f"no repair for the remedy {remedy!r}; the suite applies "
+                            f"{', '.join(REPAIRS)}")
     recipe = FAULTS[case.fault].recipe
     if remedy is not None:
         recipe = REPAIRS[remedy](recipe, evidence or {})
