@@ -4,13 +4,15 @@ A study is a function ``run(scale, seed) -> StudyResult``: the numbers behind it
 (``figures``), the quantitative checks against a closed form or the paper (``checks``), and a
 ``draw(result)`` that turns those numbers into a matplotlib figure without recomputing them.
 Every study has a ``small`` scale that runs in CI and a ``full`` scale for the documented figure.
-``STUDIES`` maps each name to its :class:`Study`; a new study registers itself with
-:func:`register` from its own module, imported at the bottom of this one.
+``STUDIES`` maps each name to its :class:`Study`; a new study is a module of this package that
+registers itself with :func:`register` (every module here is imported at the bottom of this one).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import pkgutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -98,5 +100,10 @@ def wilson(successes: int, trials: int, z: float = 1.959964) -> tuple[float, flo
     return max(0.0, (centre - spread) / scale), min(1.0, (centre + spread) / scale)
 
 
-# isort: split
-from landscope.studies import deep_linear, edge_of_stability, random_hessian  # noqa: E402, F401
+def _import_all() -> None:
+    """Import every study module of this package: each registers itself on import."""
+    for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_all()
