@@ -203,7 +203,23 @@ class Density:
         out = {"method": self.method, "n": self.n, "products": self.products}
         if self.quadrature is not None:
             out["quadrature"] = self.quadrature.to_dict()
+        if self.eigenvalues is not None:  # exact: n ≤ EXACT_MAX_N numbers
+            out["eigenvalues"] = self.eigenvalues.tolist()
         return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Density:
+        """The density :meth:`to_dict` wrote (a result file's ``density``)."""
+        eigenvalues = d.get("eigenvalues")
+        quadrature = d.get("quadrature")
+        if eigenvalues is None and quadrature is None:
+            raise BadInputError("this density holds neither eigenvalues nor a quadrature (a "
+                                "result written before exact eigenvalues were kept); probe again")
+        return cls(d["method"], int(d["n"]),
+                   None if eigenvalues is None else torch.tensor(eigenvalues,
+                                                                  dtype=torch.float64),
+                   None if quadrature is None else SpectralQuadrature.from_dict(quadrature),
+                   int(d.get("products", 0)))
 
 
 def density(

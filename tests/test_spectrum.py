@@ -146,3 +146,24 @@ def test_float32_default_tolerance_is_one_the_solver_reaches(one_thread):
     rho = max(abs(spec.largest.values[0]), abs(spec.smallest.values[0]))
     assert (spec.largest.residuals <= tol * rho * 1.01).all()
     assert default_tol(torch.float64, obj.n) == 1e-8
+
+
+def test_a_density_is_the_same_after_its_result_file(network):
+    """What the report draws from result.json: the SLQ quadrature and the exact eigenvalues read
+    back give the same fractions and curve as the density that wrote them."""
+    import json
+
+    from landscope.spectrum import Density
+
+    obj, eig = network
+    for exact in (False, True):
+        written = density(obj, probes=3, steps=12, exact=exact, seed=1)
+        read = Density.from_dict(json.loads(json.dumps(written.to_dict())))
+        for key, fraction in written.fractions(1e-3).items():
+            assert read.fractions(1e-3)[key] == fraction, key
+        (grid, curve), (grid_read, curve_read) = written.curve(), read.curve()
+        torch.testing.assert_close(grid_read, grid.to(torch.float64))
+        torch.testing.assert_close(curve_read, curve.to(torch.float64))
+    np.testing.assert_allclose(read.eigenvalues.numpy(), eig, rtol=1e-10, atol=1e-12)
+    with pytest.raises(BadInputError, match="neither eigenvalues nor a quadrature"):
+        Density.from_dict({"method": "exact", "n": 3})

@@ -116,6 +116,14 @@ class SpectralQuadrature:
             "weights": self.weights.tolist(),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> SpectralQuadrature:
+        """The quadrature :meth:`to_dict` wrote (a result file's ``density.quadrature``)."""
+        return cls(torch.tensor(d["nodes"], dtype=torch.float64),
+                   torch.tensor(d["weights"], dtype=torch.float64), int(d["n"]),
+                   int(d["products"]), int(d["steps"]),
+                   torch.tensor(d["sizes"], dtype=torch.int64))
+
     def _sizes(self) -> torch.Tensor:
         if self.sizes is not None:
             return self.sizes
