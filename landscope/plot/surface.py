@@ -16,6 +16,7 @@ highest walls shares one colour; the colour bar says which scale was chosen and 
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -118,10 +119,18 @@ def profile(surf: Surface, *, log: bool | None = None, title: str | None = None)
 
 
 def html(surf: Surface, path: str | Path, *, log: bool | None = None, cdn: bool = False) -> Path:
-    """An interactive plotly page: 3-D surface beside a contour, values on hover (1-D: a curve).
+    """An interactive plotly page of :func:`interactive_figure`.
 
     The page embeds plotly.js (works offline, ~4 MB) unless ``cdn`` loads it from the web.
     """
+    return save_page(interactive_figure(surf, log=log), path,
+                     include_plotlyjs="cdn" if cdn else True)
+
+
+def interactive_figure(surf: Surface, *, log: bool | None = None):
+    """A plotly figure: 3-D surface beside a contour with the trajectory, values on hover (1-D:
+    a curve). Titles are escaped: plotly reads tags in its text, and a model's name is the
+    user's."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -143,11 +152,13 @@ def html(surf: Surface, path: str | Path, *, log: bool | None = None, cdn: bool 
         if surf.projection is not None:
             xy = surf.projection.coords
             fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="lines+markers",
-                                     line={"color": "white"}, name="trajectory"), 1, 2)
+                                     line={"color": "white"}, name=f"trajectory "
+                                     f"({100 * surf.projection.explained:.1f} % in the plane)",
+                                     showlegend=True), 1, 2)
         fig.update_xaxes(title_text=names[0], row=1, col=2)
         fig.update_yaxes(title_text=names[1], row=1, col=2)
-    fig.update_layout(title=_noted(_title(surf), note), height=560, width=1150)
-    return save_page(fig, path, include_plotlyjs="cdn" if cdn else True)
+    fig.update_layout(title=escape(_noted(_title(surf), note)), height=560, width=1150)
+    return fig
 
 
 def render(surf: Surface, directory: str | Path, *, name: str = "surface",
