@@ -5,6 +5,6 @@ One module per command; importing them registers the commands on ``app`` in this
 # isort: skip_file
 
 from landscope.cli._common import app
-from landscope.cli import probe, surface, race, escape, doctor, demo, study  # noqa: F401
+from landscope.cli import probe, surface, race, escape, doctor, demo, study, report  # noqa: F401
 
 __all__ = ["app"]

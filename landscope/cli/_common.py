@@ -109,9 +109,24 @@ def _where(error: Exception, filename: str | None) -> str:
     return f"{Path(frame.filename).name}, line {frame.lineno}, in {frame.name}"
 
 
-def _guard(work) -> None:
+REPORT_HELP = ("Then write OUT/report.html: every landscope result in OUT on one "
+               "self-contained page (as landscope report OUT does).")
+REPORT = typer.Option(False, "--report", help=REPORT_HELP)
+
+
+def _publish_report(directory: Path) -> None:
+    """Write the report of ``directory`` (:func:`landscope.report.write_report`), say where."""
+    from landscope.report import write_report
+
+    with console.status("writing the report"):
+        path = write_report(directory)
+    console.print(f"report: {path}")
+
+
+def _guard(work, report: Path | None = None) -> None:
     """Run ``work``, turning errors into messages and exit codes (2 bad input, 1 failure); on
     Ctrl-C, say which complete files were written before it (no partial file is ever left).
+    ``report``: a directory whose report is written once the work is done (``--report``).
 
     Under ``torchrun`` only rank 0 prints; another rank prints only an error of its own (one
     that every rank shares is printed once, by rank 0), and every rank leaves the process group
@@ -119,6 +134,8 @@ def _guard(work) -> None:
     with io.recording() as written, distributed.quiet_unless_main():
         try:
             work()
+            if report is not None:
+                _publish_report(report)
         except (BadInputError, CheckpointError) as error:
             _report(f"[bold red]error:[/] {escape(str(error))}", error)
             raise typer.Exit(2) from None

@@ -9,6 +9,7 @@ import typer
 from landscope.cli._common import (
     Mode,
     _guard,
+    _publish_report,
     app,
     console,
 )
@@ -24,7 +25,8 @@ def demo(
 ):
     """The main job on the built-in default: train the MLP on the digits and probe where training
     stopped; draw the landscape around it with the training path; race optimisers away from a
-    saddle; diagnose the seed's 10-layer sigmoid network."""
+    saddle; diagnose the seed's 10-layer sigmoid network; then put all of it on one page,
+    OUT/report.html."""
 
     def work():
         _probe(None, None, None, "cross_entropy", None, None, Mode.eval, 5, None, None, 0, out)
@@ -35,5 +37,7 @@ def demo(
               optimizers="gd,momentum,adam,newton,saddle_free_newton,perturbed_gd", out=out)
         console.rule("doctor: a 10-layer sigmoid MLP that does not learn")
         _doctor(None, "vanishing", False, False, out, 0)
+        console.rule("report: everything above on one page")
+        _publish_report(out)
 
     _guard(work)

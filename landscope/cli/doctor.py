@@ -55,6 +55,9 @@ def doctor(
     seeds: int = typer.Option(3, help="With --try-remedies: runs per candidate."),
     batch_size: int = typer.Option(None, min=1, help="With --try-remedies: mini-batch size "
                                    "for (X, y) data (default: the run's recorded one)."),
+    report: bool = typer.Option(False, "--report", help="Then write report.html into the run "
+                                "directory (OUT with --scenario): its findings, the record's "
+                                "curves and any remedy trial on one self-contained page."),
 ):
     """Diagnose a training run: what went wrong, the numbers that show it, and what to do.
     Writes doctor.json into the run directory; exits 0 whether or not problems were found.
@@ -63,7 +66,8 @@ def doctor(
     companions go next to doctor.json)."""
     trial = _TrialOptions(try_remedies, all_findings, model, checkpoint, data, held_out, loss,
                           steps, seeds, seed, batch_size)
-    _guard(lambda: _doctor(run_dir, scenario, remedy, list_scenarios, out, seed, trial))
+    _guard(lambda: _doctor(run_dir, scenario, remedy, list_scenarios, out, seed, trial),
+           report=(run_dir or out) if report and not list_scenarios else None)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscope import io
-from landscope.cli._common import _guard, _load_data, _model_data_loss, app, console
+from landscope.cli._common import REPORT, _guard, _load_data, _model_data_loss, app, console
 from landscope.data import is_tensor_pair
 from landscope.errors import BadInputError
 from landscope.escape import DEFAULT_CANDIDATES
@@ -58,6 +58,7 @@ def escape(
     out: Path = typer.Option(Path("landscope-out"), help="Directory for escape.json, "
                              "escape-summary.csv, escape-runs.csv, escape-curves.png and the "
                              "finished runs (a rerun resumes from them)."),
+    report: bool = REPORT,
 ):
     """Which change of training gets your network lower? Every candidate (optimisers,
     learning-rate changes and schedules, saddle escapers, a step along the most negative
@@ -65,7 +66,8 @@ def escape(
     order, for the same budget; ranked by the training loss reached, with the spread over
     seeds and whether negative curvature was left behind. Ctrl-C keeps the finished runs."""
     _guard(lambda: _escape(model, checkpoint, data, held_out, loss, optimizer, lr, candidates,
-                           steps, seeds, seed, batch_size, curvature_products, list_names, out))
+                           steps, seeds, seed, batch_size, curvature_products, list_names, out),
+           report=out if report and not list_names else None)
 
 
 def _escape(model_spec, checkpoint, data_spec, held_out_spec, loss_spec, optimizer, lr,

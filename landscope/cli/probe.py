@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from landscope import io
 from landscope.anytime import anytime_probe, cost_plan, schedule
 from landscope.cli._common import (
+    REPORT,
     DType,
     Mode,
     _guard,
@@ -62,6 +63,7 @@ def probe(
                                "the model's). The data is moved there once."),
     out: Path = typer.Option(Path("landscope-out"), help="Directory for result.json (and "
                              "the default model's checkpoint, reused on the next run)."),
+    report: bool = REPORT,
 ):
     """Classify the point training stopped at: minimum, saddle (and its index), degenerate,
     or not critical at all, with the Hessian spectrum and the evidence behind the verdict.
@@ -72,7 +74,7 @@ def probe(
     _guard(lambda: _probe(model, checkpoint, data, loss, dtype, params, mode, k, exact,
                           batch_size, seed, out, time_budget=time_budget, samples=samples,
                           subsets=subsets, probes=probes, steps=steps, density=density,
-                          device=device))
+                          device=device), report=out if report else None)
 
 
 def _probe(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, k, exact,

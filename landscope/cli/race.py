@@ -9,6 +9,7 @@ import typer
 
 from landscope import distributed, io
 from landscope.cli._common import (
+    REPORT,
     _guard,
     app,
     console,
@@ -43,6 +44,7 @@ def race(
                                     "then exit."),
     out: Path = typer.Option(Path("landscope-out"), help="Directory for race.json, "
                              "race-summary.csv, race-runs.csv and the pictures."),
+    report: bool = REPORT,
 ):
     """Race optimisers on landscapes with known answers: success rate, steps and evaluations
     to the global minimum (or to escape a saddle), where each run ended and what kind of point
@@ -50,7 +52,8 @@ def race(
     _guard(lambda: _race(functions=functions, optimizers=optimizers, starts=starts, steps=steps,
                          start=start, tune=tune, tune_starts=tune_starts, noise=noise, tol=tol,
                          strategies=strategies, strategy_runs=strategy_runs, pictures=pictures,
-                         seed=seed, list_names=list_names, out=out))
+                         seed=seed, list_names=list_names, out=out),
+           report=out if report and not list_names else None)
 
 
 def _race(*, functions="saddle,six_hump_camel,rosenbrock", optimizers="all", starts=32,

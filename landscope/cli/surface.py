@@ -14,6 +14,7 @@ import typer
 
 from landscope import distributed, io
 from landscope.cli._common import (
+    REPORT_HELP,
     DType,
     Mode,
     _guard,
@@ -119,6 +120,7 @@ def surface(
     out: Annotated[Path, typer.Option(help="Directory for surface.npz, surface.json, the "
                                       "pictures and the resumable partial grid.")] =
         Path("landscope-out"),
+    report: Annotated[bool, typer.Option("--report", help=REPORT_HELP)] = False,
 ):
     """Compute the loss surface around the point training stopped at, and draw it: contour with
     the training path and its fidelity, 3-D view, interactive HTML. Ctrl-C keeps what is done;
@@ -129,7 +131,7 @@ def surface(
                             seed=seed, trajectory=trajectory, bn=bn.value, budget=budget,
                             budget_fraction=budget_fraction, samples=samples, spread=spread,
                             log=log, image_format=image_format, batch_size=batch_size,
-                            shard=shard.value, out=out))
+                            shard=shard.value, out=out), report=out if report else None)
 
 
 @app.command()
