@@ -97,6 +97,9 @@ def test_demo_trains_once_and_reuses_the_checkpoint(tmp_path):
     probe = json.loads((tmp_path / "result.json").read_text())["probe"]
     assert probe["evidence"]["path"] == "iterative"
     assert probe["spectrum"]["evidence"]["converged"]
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")  # the demo ends with it
+    for kind in ("probe", "surface", "race", "doctor"):
+        assert f'data-kind="{kind}"' in page, kind
 
 
 def test_help_lists_every_option():

@@ -142,6 +142,22 @@ def test_report_option_writes_the_page_after_the_work(tmp_path, one_thread):
     assert 'data-kind="probe"' in page and "report: " in result.output
 
 
+def test_a_partial_probe_shows_its_best_verdict_and_what_stayed_uncertain(tmp_path,
+                                                                          one_thread):
+    factory = tmp_path / "net.py"
+    factory.write_text(FACTORY)
+    result = runner.invoke(app, ["probe", "--model", f"{factory}:model", "--data",
+                                 f"{factory}:data", "--time-budget", "0.01", "--report",
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    anytime = json.loads((tmp_path / "run" / "result.json").read_text())["anytime"]
+    assert anytime["uncertain"]  # a budget this small leaves something open
+    page = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert 'class="verdict partial">partial: ' + html.escape(anytime["statement"]) in page
+    for item in anytime["uncertain"]:
+        assert f"<li>{html.escape(item)}</li>" in page
+
+
 def test_a_directory_without_results_is_refused_with_the_fix(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "is not a directory" in result.output
