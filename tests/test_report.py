@@ -115,6 +115,14 @@ def test_the_numbers_are_the_result_files(run_dir, page):
     assert page.count('class="pass"') == sum(c["passed"] for c in study["checks"])
     doctor = json.loads((run_dir / "training" / "doctor.json").read_text())["diagnosis"]
     assert page.count("data-finding=") == len(doctor["findings"])
+    glance = page[page.index('<section id="glance">'):page.index("</section>")]
+    assert glance.count("<li>") == len(KINDS)
+    assert f"not a critical point · loss {probe['loss']:.4g}" in glance
+    first = doctor["findings"][0] if doctor["findings"] else None
+    assert (f"{first['severity']}: {html.escape(first['title'])}" if first
+            else "healthy: no finding") in glance
+    assert f"{sum(c['passed'] for c in study['checks'])} of {len(study['checks'])} checks" in glance
+    assert "saddle: none of 2 optimisers succeeded" in glance  # 20 steps: too few to escape
 
 
 @pytest.mark.slow

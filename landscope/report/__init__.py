@@ -16,7 +16,7 @@ from pathlib import Path
 from landscope import io
 from landscope.errors import BadInputError
 from landscope.report.page import Html, document, tag
-from landscope.report.sections import BUILDERS, TITLES
+from landscope.report.sections import BUILDERS, TITLES, headline
 
 NAME = "report.html"
 
@@ -45,7 +45,7 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
         raise BadInputError(f"{run_dir} holds no landscope result (result.json, surface.json, "
                             "race.json, escape.json, doctor.json or study-*.json); run a "
                             "landscope command with --out pointing there first")
-    sections, navigation = [], []
+    sections, navigation, glance = [], [], []
     for index, (source, result) in enumerate(found):
         anchor = f"{result['kind']}-{index}"
         try:
@@ -55,8 +55,10 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
                                f"could not be shown: {type(error).__name__}: {error}"))
             continue
         where = source.parent.relative_to(run_dir)
-        navigation.append((anchor, TITLES[result["kind"]]
-                           + ("" if where == Path(".") else f" ({where})")))
+        label = TITLES[result["kind"]] + ("" if where == Path(".") else f" ({where})")
+        navigation.append((anchor, label))
+        glance.append(tag("li", tag("a", label, href=f"#{anchor}"), ": ", headline(result)))
+    sections.insert(0, tag("section", tag("h2", "At a glance"), tag("ul", glance), id="glance"))
     if unreadable:
         sections.append(tag("section", tag("h2", "Files that could not be read"),
                             tag("ul", (tag("li", f"{name}: {why}") for name, why in unreadable)),

@@ -256,6 +256,52 @@ def _pictures(source: Path, pattern: str) -> Html:
                         for path in sorted(source.parent.glob(pattern))))
 
 
+# ---------------------------------------------------------------------- at a glance
+def headline(document: dict) -> str:
+    """One line of a result for the top of the page: what a reader would ask of it first."""
+    kind = document["kind"]
+    if kind == "probe":
+        p = document.get("probe")
+        if p is None:
+            return f"partial: {document['anytime']['verdict']}"
+        return (f"{VERDICTS[p['kind']]} · loss {number(p['loss'])} · ‖∇L‖ "
+                f"{number(p['grad_norm'])} · λ from {number(p['lambda_min'])} to "
+                f"{number(p['lambda_max'])} · index {number(p['index'])}")
+    if kind == "surface":
+        s = document["surface"]
+        path = s.get("trajectory")
+        return (f"loss {number(s['min'])} … {number(s['max'])} on a "
+                f"{' × '.join(map(str, s['shape']))} grid"
+                + (f" · {100 * path['explained']:.1f} % of the path in the plane" if path else ""))
+    if kind == "race":
+        functions = document["settings"]["functions"]
+        return " · ".join(_winner(document["summary"], f) for f in functions)
+    if kind == "escape":
+        best = document["summary"][0]
+        return (f"best: {best['candidate']} (train loss {_plus_minus(best, 'train_loss')}) from "
+                f"{number(document['start'].get('loss'))}")
+    if kind == "doctor":
+        findings = document["diagnosis"]["findings"]
+        if not findings:
+            return "healthy: no finding"
+        return (f"{findings[0]['severity']}: {findings[0]['title']}"
+                + (f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""))
+    checks = document["checks"]
+    return f"{sum(c['passed'] for c in checks)} of {len(checks)} checks pass"
+
+
+def _winner(rows: list[dict], function: str) -> str:
+    """The optimiser that succeeded most often on ``function``, then in the fewest steps."""
+    mine = [r for r in rows if r["function"] == function and r.get("success_rate") is not None]
+    if not mine:
+        return f"{function}: no success rate"
+    best = min(mine, key=lambda r: (-r["success_rate"], r.get("median_steps") or float("inf")))
+    if best["success_rate"] == 0:
+        return f"{function}: none of {len(mine)} optimisers succeeded"
+    return (f"{function}: {best['optimizer']} {100 * best['success_rate']:.0f} % "
+            f"in a median {number(best.get('median_steps'))} steps")
+
+
 BUILDERS = {"probe": probe, "surface": surface, "race": race, "escape": escape,
             "doctor": doctor, "study": study}
 """Section builders by result kind, in the order the report shows them."""
