@@ -18,6 +18,8 @@ not parameters: directions never touch them.
 Every maker returns a :class:`Frame`: a centre (or None for the Objective's θ₀), one or two
 :class:`Direction` s with the facts needed to reproduce them (kind, seed, normalisation, eigenvalue,
 explained variance), a suggested window and named marks (checkpoints) in the frame's coordinates.
+:func:`make` picks a maker by name (random, hessian, pca, gradient), as ``landscope surface
+--directions`` does.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from landscope.objective import Objective
 
 NORMS = ("filter", "layer", "none")
 BIASES = ("zero", "layer")
+KINDS = ("random", "hessian", "pca", "gradient")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,35 @@ class Frame:
     def to_dict(self) -> dict:
         return {"directions": [d.to_dict() for d in self.directions], "window": self.window,
                 "marks": self.marks, **self.info}
+
+
+def make(kind: str, obj: Objective, count: int = 2, *, seed: int = 0, norm: str = "filter",
+         biases: str = "zero", path=None, progress=None) -> Frame:
+    """The frame of a named kind through θ₀, ``count`` (1 or 2) directions:
+
+    random: seeded Gaussians, normalised (:func:`random` with ``seed``, ``norm``, ``biases``);
+    hessian: the eigenvectors of λ_max and λ_min (:func:`hessian`; a line: v_min alone, the
+    direction a saddle escapes along; ``progress`` goes to the eigensolver); pca: the principal
+    directions of the training path ``path`` about its last point (:func:`pca`); gradient: −∇L,
+    a line (:func:`gradient`).
+    """
+    if kind not in KINDS:
+        raise BadInputError(f"kind={kind!r}; use one of {', '.join(KINDS)}")
+    if count not in (1, 2):
+        raise BadInputError(f"count={count}; a frame has 1 (line) or 2 (plane) directions")
+    if kind == "random":
+        return random(obj, count, seed=seed, norm=norm, biases=biases)
+    if kind == "hessian":
+        found = hessian(obj, seed=seed, progress=progress)
+        return found if count == 2 else Frame(found.directions[1:], found.centre)
+    if kind == "pca":
+        if path is None:
+            raise BadInputError("kind='pca' needs a training path: path=, the points θ "
+                                "training passed through (a (T, n) tensor)")
+        return pca(path, count)
+    if count != 1:
+        raise BadInputError("kind='gradient' gives one direction, a line: use count=1")
+    return gradient(obj)
 
 
 def random(obj: Objective, count: int = 2, *, seed: int = 0, norm: str = "filter",

@@ -159,3 +159,33 @@ def test_trajectory_from_state_dicts_modules_and_vectors():
         D.trajectory(obj, torch.zeros(4, 5))
     with pytest.raises(BadInputError, match="does not belong to this model"):
         D.flatten(obj, {"weight": torch.zeros(3)})
+
+
+def test_make_picks_the_maker_by_name():
+    A = torch.tensor([[2.0, 0.5, 0.0], [0.5, -3.0, 0.2], [0.0, 0.2, 1.0]], dtype=torch.float64)
+    b = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
+    x0 = torch.tensor([0.3, 0.1, -0.2], dtype=torch.float64)
+    obj = Objective.from_function(lambda x: 0.5 * x @ A @ x + b @ x, x0)
+    _, vectors = np.linalg.eigh(A.numpy())
+    line = D.make("hessian", obj, 1)  # a line: the direction of λ_min alone
+    assert [d.kind for d in line.directions] == ["hessian_min"]
+    assert abs(line.directions[0].vector.numpy() @ vectors[:, 0]) == pytest.approx(1, rel=1e-12)
+    assert [d.kind for d in D.make("hessian", obj).directions] == ["hessian_max", "hessian_min"]
+    (step,) = D.make("gradient", obj, 1).vectors
+    torch.testing.assert_close(step, -(A @ x0 + b), rtol=1e-12, atol=0)
+    plane = D.make("random", obj, seed=4, norm="none")
+    gen = torch.Generator().manual_seed(4)
+    for direction in plane.vectors:
+        assert torch.equal(direction, torch.randn(3, generator=gen, dtype=torch.float64))
+    path = torch.stack([x0 + t * torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64) + t**2 *
+                        torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+                        for t in torch.linspace(-1, 0, 6, dtype=torch.float64)])
+    pca = D.make("pca", obj, path=path)
+    assert pca.info["explained_total"] == pytest.approx(1, rel=1e-12)  # the path is planar
+    assert torch.equal(pca.centre, x0)
+    with pytest.raises(BadInputError, match="kind='pca' needs a training path"):
+        D.make("pca", obj)
+    with pytest.raises(BadInputError, match="a line: use count=1"):
+        D.make("gradient", obj, 2)
+    with pytest.raises(BadInputError, match="kind='sideways'; use one of random, hessian"):
+        D.make("sideways", obj)
