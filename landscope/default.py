@@ -2,15 +2,19 @@
 
 The digits (1,797 8×8 images, 10 classes) ship inside scikit-learn, so nothing is downloaded. The
 default network, 64-32-10 with tanh (2,410 parameters), trains in a few seconds on two CPU cores
-and is large enough that its Hessian is analysed by the iterative path.
+and is large enough that its Hessian is analysed by the iterative path. :func:`trained` trains it
+once per directory and keeps θ after every epoch, the path a surface's PCA plane is drawn through.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from landscope import io
 
 HIDDEN = 32
 EPOCHS = 40
@@ -74,3 +78,48 @@ def default_model(seed: int = 0) -> nn.Module:
     with torch.random.fork_rng():  # leave the caller's RNG stream alone
         torch.manual_seed(seed)
         return mlp()
+
+
+def path_file(directory: Path, epochs: int = EPOCHS) -> Path:
+    """Where :func:`trained` keeps the training path of the default model in ``directory``."""
+    return Path(directory) / f"{_stem(epochs)}-path.pt"
+
+
+def trained(directory: Path, *, epochs: int = EPOCHS,
+            on_epoch: Callable[[int, float], None] | None = None
+            ) -> tuple[nn.Module, torch.Tensor]:
+    """The default MLP trained on the digits, and its training path θ₀, θ₁, …, θ_E (θ after
+    every epoch, shape (E + 1, n)), in eval mode at θ_E.
+
+    The path (and the weights, as a state dict) are kept in ``directory``; a later call finds
+    them at :func:`path_file` and trains nothing. ``on_epoch(epoch, mean loss)`` follows the
+    training when there is one.
+    """
+    net = default_model()
+    cache = path_file(directory, epochs)
+    if cache.exists():
+        path = torch.load(cache, weights_only=True)
+    else:
+        X, y = digits()
+
+        def flat():
+            return torch.nn.utils.parameters_to_vector(net.parameters()).detach().clone()
+
+        points = [flat()]
+
+        def record(epoch: int, loss: float) -> None:
+            points.append(flat())
+            if on_epoch is not None:
+                on_epoch(epoch, loss)
+
+        train(net, X, y, epochs=epochs, on_epoch=record)
+        path = torch.stack(points)
+        with io.atomic_write(cache) as stream:
+            torch.save(path, stream)
+        io.save_state_dict(net, Path(directory) / f"{_stem(epochs)}.pt")
+    torch.nn.utils.vector_to_parameters(path[-1], net.parameters())
+    return net.eval(), path
+
+
+def _stem(epochs: int) -> str:
+    return f"default-mlp-64-{HIDDEN}-10-tanh-e{epochs}"
