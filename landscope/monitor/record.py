@@ -33,8 +33,9 @@ RECORD_FORMAT = 1
 changes when a column changes meaning or the layout changes; a column added is listed in the
 header and read by name, and reads as NaN from a record made before it (``batch_sharpness``)."""
 HEADER, TABLE = "monitor.json", "monitor.csv"
-BASE_COLUMNS = ("step", "loss", "val_loss", "lr", "non_finite", "grad_norm", "grad_cos",
-                "update_ratio")
+EVERY_STEP = ("step", "loss", "val_loss", "lr", "non_finite")
+"""The columns recorded at every step; the table starts with them (the rest every few steps)."""
+BASE_COLUMNS = (*EVERY_STEP, "grad_norm", "grad_cos", "update_ratio")
 LAYER_STATS = ("grad_norm", "weight_norm", "update_ratio", "row_spread")
 
 
@@ -85,6 +86,32 @@ def column_names(layer_names: list[str], weighted: list[str], sites: list[dict],
         names += [f"{stat}:{name}" for name in pool]
     names += [f"{site['kind']}:{site['name']}" for site in sites]
     return names + list(curvature)
+
+
+class Columns:
+    """A record's columns in table order, addressed by name: ``columns["grad_norm"]`` is the
+    position of a column, ``columns.per_layer("grad_norm")`` those of its per-layer columns.
+
+    Examples
+    --------
+    >>> columns = Columns(column_names(["0", "2"], ["0"], [], ()))
+    >>> columns["loss"], [columns.names[i] for i in columns.per_layer("weight_norm")]
+    (1, ['weight_norm:0', 'weight_norm:2'])
+    """
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.index = {name: i for i, name in enumerate(names)}
+
+    def __getitem__(self, name: str) -> int:
+        return self.index[name]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def per_layer(self, stat: str) -> list[int]:
+        """The columns ``<stat>:<layer>`` of one of LAYER_STATS, layers in depth order."""
+        return [i for i, name in enumerate(self.names) if name.startswith(f"{stat}:")]
 
 
 def write_header(run_dir: str | Path, meta: dict) -> Path:
@@ -154,10 +181,10 @@ def read_record(run_dir: str | Path) -> Record:
 def _lines(rows: np.ndarray) -> list[str]:
     """The CSV lines of ``rows`` (``nan`` for values not measured).
 
-    Most rows hold only the base columns (the other statistics are recorded every few steps):
-    those are written from a template, ten times faster than formatting every ``nan``.
+    Most rows hold only the EVERY_STEP columns (the others are recorded every few steps): those
+    are written from a template, ten times faster than formatting every ``nan``.
     """
-    base = len(BASE_COLUMNS) - 3  # step, loss, val_loss, lr, non_finite
+    base = len(EVERY_STEP)
     thin = ",".join(["%.10g"] * base) + ",nan" * (rows.shape[1] - base)
     full = ",".join(["%.10g"] * rows.shape[1])
     sparse = np.isnan(rows[:, base:]).all(1).tolist()
