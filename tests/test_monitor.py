@@ -797,8 +797,45 @@ def test_record_round_trips_and_is_plain_csv(tmp_path):
     lines = (tmp_path / "monitor.csv").read_text().splitlines()
     assert lines[0].startswith("step,loss,val_loss,lr,non_finite,grad_norm,grad_cos")
     assert len(lines) == 8
+    names = memory.meta["columns"]  # every value formatted (no row template), to ten digits
+    plain = [",".join(names), *(",".join(f"{memory[name][i]:.10g}" for name in names)
+                                for i in range(7))]
+    assert (tmp_path / "monitor.csv").read_bytes() == "".join(f"{row}\n" for row in plain).encode()
     assert disk.meta["finished"] is True and disk.meta["steps"] == 7
     assert [layer["name"] for layer in disk.meta["layers"]] == ["0", "2", "4"]
+
+
+def test_columns_are_filled_by_name_whatever_their_order(monkeypatch):
+    """Base columns in another order plus a new one: every column holds the values it holds in
+    the usual order (the curve read for curvature included), the new one is NaN."""
+    X, y = _data()
+    usual = record_module.EVERY_STEP, record_module.BASE_COLUMNS
+    shuffled = ("step", "non_finite", "lr", "val_loss", "loss")
+    records = []
+    for every_step, base in (usual, (shuffled, (*shuffled, "update_ratio", "extra", "grad_cos",
+                                                "grad_norm"))):
+        monkeypatch.setattr(record_module, "EVERY_STEP", every_step)
+        monkeypatch.setattr(record_module, "BASE_COLUMNS", base)
+        model = _net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: curvature at steps 9, 19
+        with Monitor(model, opt, loss_fn=nn.functional.cross_entropy, held=(X, y), every=2,
+                     check_every=5, window=10, budget=math.inf, max_products=10) as monitor:
+            _train(model, opt, X, y, 20, monitor)
+        records.append(monitor.record)
+    usual_record, shuffled_record = records
+    assert shuffled_record.meta["columns"][:5] == list(shuffled)
+    assert np.isnan(shuffled_record.columns["extra"]).all()
+    assert [(e["step"], e["reason"]) for e in usual_record.meta["events"]] == [
+        (e["step"], e["reason"]) for e in shuffled_record.meta["events"]] == [(9, "slow"),
+                                                                              (19, "stalled")]
+    for name, values in usual_record.columns.items():
+        if name in curvature_module.COLUMNS:  # eigenvalues from a timed engine choice: the rows
+            assert np.isfinite(shuffled_record.columns[name]).tolist() == np.isfinite(
+                values).tolist(), name
+        else:
+            np.testing.assert_array_equal(shuffled_record.columns[name], values, err_msg=name)
+    np.testing.assert_allclose(shuffled_record["held_loss"], usual_record["held_loss"],
+                               rtol=1e-12)
 
 
 def test_a_new_monitor_replaces_the_record_in_its_directory(tmp_path):
