@@ -154,8 +154,9 @@ def draw_figure(result: StudyResult):
     ax.set_xlabel("loss at the critical point (grey: losses of the projected products)")
     ax.set_ylabel("index (fraction of negative eigenvalues)")
     ax.legend(fontsize=8)
-    ax.set_title(f"deep linear network {'-'.join(map(str, WIDTHS))} · Newton-MR and gradient-norm "
-                 f"minimisation from {result.settings['starts']} random starts", fontsize=9)
+    ax.set_title(f"deep linear network {'-'.join(map(str, WIDTHS))}: Newton-MR and gradient-norm "
+                 f"minimisation\nfrom {result.settings['starts']} random starts, each end point "
+                 "certified by probe", fontsize=9)
     fig.tight_layout()
     return fig
 
