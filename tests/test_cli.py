@@ -221,3 +221,23 @@ def test_probe_on_cuda_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     document = json.loads((tmp_path / "result.json").read_text())
     assert document["anytime"]["plan"]["cost"]["device"].startswith("cuda")
+
+
+def test_requests_default_to_what_their_commands_default_to():
+    """The demo fills requests by their defaults: each must be its command's default, and every
+    field of a command's own request must be one of its options (else it is silently dropped)."""
+    import inspect
+    from dataclasses import fields
+
+    from landscope.cli import _common, escape, probe, race, surface
+
+    for command, own in ((probe.probe, probe.ProbeRequest), (surface.surface,
+                         surface.SurfaceRequest), (race.race, race.RaceRequest),
+                         (escape.escape, escape.EscapeRequest)):
+        options = inspect.signature(command).parameters
+        assert {f.name for f in fields(own)} <= set(options), command.__name__
+        for kind in (own, _common.ModelRequest):
+            for field in fields(kind):
+                if field.name in options:
+                    default = _common._plain(options[field.name].default)
+                    assert default == field.default, (command.__name__, field.name)

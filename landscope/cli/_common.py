@@ -1,5 +1,6 @@
-"""What every landscope command shares: the typer app, consoles, loaders, the default model,
-and the error-to-exit-code guard (0 done, 1 the work failed, 2 bad usage or bad input)."""
+"""What every landscope command shares: the typer app, consoles, the options that several
+commands take (declared once, as typed aliases), the model request they fill, loaders, the default
+model, and the error-to-exit-code guard (0 done, 1 the work failed, 2 bad usage or bad input)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import importlib
 import importlib.util
 import sys
 import traceback
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import typer
@@ -46,6 +49,76 @@ class DType(str, Enum):
 class Mode(str, Enum):
     eval = "eval"
     train = "train"
+
+
+OUT = Path("landscope-out")
+"""Where results go unless --out says otherwise."""
+
+ModelOption = Annotated[str | None, typer.Option(
+    help="Your network: 'pkg.module:factory' or 'file.py:factory', a function returning an "
+         "nn.Module. Default: the built-in MLP, trained on the digits here (with its training "
+         "path, reused on the next run).")]
+CheckpointOption = Annotated[Path | None, typer.Option(
+    help="Weights for --model (a state_dict saved with torch.save); loaded with "
+         "weights_only=True.")]
+DataOption = Annotated[str | None, typer.Option(
+    help="'pkg.module:factory' returning (X, y) tensors or a DataLoader (shuffle=False), or "
+         "'digits' (scikit-learn's bundled digits).")]
+HeldOutOption = Annotated[str | None, typer.Option(
+    "--held-out", help="Held-out data, as --data: its loss at the end of every run.")]
+LossOption = Annotated[str, typer.Option(
+    help="cross_entropy, mse, model (its own loss), or 'pkg.module:fn' taking (output, target) "
+         "and returning the batch mean.")]
+DTypeOption = Annotated[DType | None, typer.Option(
+    help="Analyse in this dtype (default: the model's).")]
+ParamsOption = Annotated[str | None, typer.Option(
+    help="Only these parameters, e.g. 'net.2.*' (comma-separated names or patterns); the rest "
+         "stay fixed.")]
+ModeOption = Annotated[Mode, typer.Option(
+    help="eval: BatchNorm running statistics, no dropout. train: batch statistics on fixed "
+         "batches.")]
+ChunkOption = Annotated[int | None, typer.Option(
+    "--batch-size", min=1, help="Evaluate (X, y) data in chunks of this many samples.")]
+SeedOption = Annotated[int, typer.Option(
+    help="Seed of everything random: the same seed gives the same result.")]
+DeviceOption = Annotated[str | None, typer.Option(
+    help="Analyse on this device (cpu, cuda, cuda:1; default: the model's). The data is moved "
+         "there once.")]
+OutOption = Annotated[Path, typer.Option(
+    help="Directory for the results; a rerun finds there what it can reuse.")]
+BudgetOption = Annotated[int, typer.Option(
+    "--steps", help="Budget per run, in gradient evaluations (one mini-batch forward and "
+                    "backward; a Hessian-vector product counts one).")]
+SeedsOption = Annotated[int, typer.Option(
+    help="Runs per candidate, each with its own data order.")]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What the model options ask for: the network (None: the default MLP) at its checkpoint,
+    the data and the loss, and how to analyse them (dtype, parameters, mode, chunk size, seed,
+    device). Values as the options of the same names take them."""
+
+    model: str | None = None
+    checkpoint: Path | None = None
+    data: str | None = None
+    loss: str = "cross_entropy"
+    dtype: str | None = None
+    params: str | None = None
+    mode: str = "eval"
+    batch_size: int | None = None
+    seed: int = 0
+    device: str | None = None
+
+
+def _request(kind, options: dict):
+    """A ``kind`` dataclass from a command's options (its ``locals()``): each field from the
+    option of the same name, a choice as its value."""
+    return kind(**{f.name: _plain(options[f.name]) for f in fields(kind) if f.name in options})
+
+
+def _plain(value):
+    return value.value if isinstance(value, Enum) else value
 
 
 def _load_data(spec: str, dtype):
@@ -111,7 +184,7 @@ def _where(error: Exception, filename: str | None) -> str:
 
 REPORT_HELP = ("Then write OUT/report.html: every landscope result in OUT on one "
                "self-contained page (as landscope report OUT does).")
-REPORT = typer.Option(False, "--report", help=REPORT_HELP)
+ReportOption = Annotated[bool, typer.Option("--report", help=REPORT_HELP)]
 
 
 def _publish_report(directory: Path) -> None:
@@ -168,47 +241,23 @@ def _report(message: str, error: Exception | None = None) -> None:
         errors.print(f"rank {distributed.launch_rank()}: {message}", soft_wrap=True)
 
 
-# ====================================================================== surface and plot (issue 3)
-# A self-contained block: `landscope surface` computes a loss surface (full or budgeted grid) with
-# its pictures; `landscope plot FILE` redraws a saved one without recomputing it.
-
-
 def _default_trained(out: Path):
-    """The default MLP trained on the digits, and θ after every epoch (its training path).
-
-    Both are kept in ``out``, so a rerun (of probe, surface or demo) reuses them.
-    """
-    net = default.default_model()
-    stem = f"default-mlp-64-{default.HIDDEN}-10-tanh-e{default.EPOCHS}"
-    path_file = out / f"{stem}-path.pt"
-    if path_file.exists():
-        console.print(f"reusing the trained default model in {path_file}")
-        path = torch.load(path_file, weights_only=True)
-    else:
-        X, y = default.digits()
-
-        def flat():
-            return torch.nn.utils.parameters_to_vector(net.parameters()).detach().clone()
-
-        points = [flat()]
-        with Progress(TextColumn("training the default MLP on the digits"), BarColumn(),
-                      TextColumn("epoch {task.completed}/{task.total}"), console=console,
-                      transient=True) as bar:
-            task = bar.add_task("train", total=default.EPOCHS)
-
-            def record(epoch, _loss):
-                points.append(flat())
-                bar.update(task, completed=epoch)
-
-            default.train(net, X, y, on_epoch=record)
-        path = torch.stack(points)
-        with io.atomic_write(path_file) as stream:
-            torch.save(path, stream)
-        io.save_state_dict(net, out / f"{stem}.pt")
-        console.print(f"trained the default MLP 64-32-10 (tanh) for {default.EPOCHS} epochs of "
-                      f"Adam; weights and training path in {out}")
-    torch.nn.utils.vector_to_parameters(path[-1], net.parameters())
-    return net.eval(), path
+    """The default MLP trained on the digits, and θ after every epoch (its training path):
+    :func:`landscope.default.trained` in ``out``, with a bar while it trains and a line saying
+    whether it trained or reused them (a rerun of probe, surface or demo reuses them)."""
+    cache = default.path_file(out)
+    if cache.exists():
+        console.print(f"reusing the trained default model in {cache}")
+        return default.trained(out)
+    with Progress(TextColumn("training the default MLP on the digits"), BarColumn(),
+                  TextColumn("epoch {task.completed}/{task.total}"), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("train", total=default.EPOCHS)
+        trained = default.trained(out, on_epoch=lambda epoch, _: bar.update(task,
+                                                                           completed=epoch))
+    console.print(f"trained the default MLP 64-32-10 (tanh) for {default.EPOCHS} epochs of "
+                  f"Adam; weights and training path in {out}")
+    return trained
 
 
 class _ProductsProgress:
@@ -230,45 +279,47 @@ class _ProductsProgress:
         return self.progress.__exit__(*exc)
 
 
-def _objective(model_spec, checkpoint, data_spec, loss_spec, dtype, params, mode, batch_size,
-               seed, out: Path, device: str | None = None, shard: str = "split"):
-    """The Objective the command-line options describe, and the default model's training path.
-
-    No ``--model``: the built-in MLP trained on the digits (path: θ after every epoch). Otherwise
-    the user's factory, checkpoint and data (path None). ``shard``: what each rank keeps under
-    torchrun (:meth:`Objective.from_model`).
-    """
-    torch_dtype = {None: None, DType.float32: torch.float32, DType.float64: torch.float64}[dtype]
-    device = _device(device)  # before any work
+def _objective(request: ModelRequest, out: Path, shard: str = "split"):
+    """The Objective the request describes, and the default model's training path (None for
+    the user's model). ``shard``: what each rank keeps under torchrun
+    (:meth:`Objective.from_model`)."""
+    dtype = {None: None, "float32": torch.float32, "float64": torch.float64}[request.dtype]
+    device = _device(request.device)  # before any work
     if distributed.launched():  # under torchrun: each rank keeps its part of the data
         distributed.start(device)
-    net, data, loss_fn, path = _model_data_loss(model_spec, checkpoint, data_spec, loss_spec, out)
-    obj = Objective.from_model(net, loss_fn, data, params=params, mode=mode.value,
-                               dtype=torch_dtype, batch_size=batch_size, seed=seed,
+    net, data, loss_fn, path = _model_data_loss(request, out)
+    obj = Objective.from_model(net, loss_fn, data, params=request.params, mode=request.mode,
+                               dtype=dtype, batch_size=request.batch_size, seed=request.seed,
                                device=device, shard=shard)
     return obj, path
 
 
-def _model_data_loss(model_spec, checkpoint, data_spec, loss_spec, out: Path):
-    """The network (at its checkpoint), the data and the loss the options name, and the default
-    model's training path. No ``--model``: the built-in MLP trained on the digits (path: θ after
-    every epoch). Otherwise the user's factory, checkpoint and data (path None)."""
-    if model_spec is None:
-        if checkpoint is not None:
+def _model_data_loss(request: ModelRequest, out: Path):
+    """The network (at its checkpoint), the data and the loss the request names, and the
+    default model's training path. No ``--model``: the built-in MLP trained on the digits
+    (path: θ after every epoch). Otherwise the user's factory, checkpoint and data (path None)."""
+    if request.model is None:
+        if request.checkpoint is not None:
             raise BadInputError("--checkpoint needs --model: the checkpoint's architecture")
         net, path = _default_trained(out)
-        data = _load_data(data_spec or "digits", torch.float32)
+        data = _load_data(request.data or "digits", torch.float32)
     else:
-        if data_spec is None:
+        if request.data is None:
             raise BadInputError("--data is required with --model (or use --data digits)")
-        net = _call_factory(model_spec, "--model")
+        net = _call_factory(request.model, "--model")
         if not isinstance(net, torch.nn.Module):
-            raise BadInputError(f"--model {model_spec} returned a {type(net).__name__}, "
+            raise BadInputError(f"--model {request.model} returned a {type(net).__name__}, "
                                 "not a torch.nn.Module")
-        if checkpoint is not None:
-            io.load_into(net, checkpoint)
-        data, path = _load_data(data_spec, next(net.parameters()).dtype), None
-    return net, data, LOSSES.get(loss_spec) or _load_factory(loss_spec, "--loss"), path
+        if request.checkpoint is not None:
+            io.load_into(net, request.checkpoint)
+        data, path = _load_data(request.data, next(net.parameters()).dtype), None
+    loss_fn = LOSSES.get(request.loss) or _load_factory(request.loss, "--loss")
+    return net, data, loss_fn, path
+
+
+def _held_out(spec: str | None, net: torch.nn.Module):
+    """The --held-out data in the network's dtype, or None."""
+    return None if spec is None else _load_data(spec, next(net.parameters()).dtype)
 
 
 def _device(name: str | None) -> torch.device | None:

@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscope import io
-from landscope.cli._common import REPORT, _guard, _load_data, _model_data_loss, app, console
+from landscope.cli._common import (
+    OUT,
+    BudgetOption,
+    CheckpointOption,
+    DataOption,
+    HeldOutOption,
+    LossOption,
+    ModelOption,
+    ModelRequest,
+    OutOption,
+    ReportOption,
+    SeedOption,
+    SeedsOption,
+    _guard,
+    _held_out,
+    _model_data_loss,
+    _request,
+    app,
+    console,
+)
 from landscope.data import is_tensor_pair
 from landscope.errors import BadInputError
 from landscope.escape import DEFAULT_CANDIDATES
@@ -21,74 +42,84 @@ BATCH_SIZE = 64
 with each seed's own data order (full batch would make the seeds the same run)."""
 
 
+@dataclass(frozen=True)
+class EscapeRequest:
+    """The remedy trial asked for: the options of `landscope escape` beyond the model's (whose
+    --batch-size is the mini-batch size and --seed the trials' seed)."""
+
+    held_out: str | None = None
+    optimizer: str = "momentum"
+    lr: float | None = None
+    candidates: str = ",".join(DEFAULT_CANDIDATES)
+    steps: int = 200
+    seeds: int = 3
+    curvature_products: int = 100
+
+
 @app.command()
 def escape(
-    model: str = typer.Option(None, help="Your network: 'pkg.module:factory' or "
-                              "'file.py:factory', a function returning an nn.Module (its "
-                              "weights are the start point). Default: the built-in MLP, "
-                              "trained on the digits here."),
-    checkpoint: Path = typer.Option(None, help="Start from these weights (a state_dict saved "
-                                    "with torch.save); loaded with weights_only=True."),
-    data: str = typer.Option(None, help="Training data: 'pkg.module:factory' returning (X, y) "
-                             "tensors or a DataLoader (shuffle=False), or 'digits'."),
-    held_out: str = typer.Option(None, "--held-out", help="Held-out data, as --data: its loss "
-                                 "at the end of every run."),
-    loss: str = typer.Option("cross_entropy", help="cross_entropy, mse, model (its own "
-                             "loss), or 'pkg.module:fn' taking (output, target)."),
-    optimizer: str = typer.Option("momentum", help="Your optimiser, the baseline that the "
-                                  "rate changes, schedules and the v_min step modify (see "
-                                  "--list)."),
-    lr: float = typer.Option(None, min=0.0, help="Its learning rate (default: its stated "
-                             "one, see --list)."),
-    candidates: str = typer.Option(",".join(DEFAULT_CANDIDATES), help="Comma-separated "
-                                   "candidates (see --list; any torch.optim class name works "
-                                   "too)."),
-    steps: int = typer.Option(200, help="Budget per run, in gradient evaluations (one "
-                              "mini-batch forward and backward; a Hessian-vector product "
-                              "counts one)."),
-    seeds: int = typer.Option(3, help="Runs per candidate, each with its own data order."),
-    seed: int = typer.Option(0, help="Seed of everything random: trials are bit-reproducible."),
-    batch_size: int = typer.Option(None, min=1, help="Mini-batch size for (X, y) data "
-                                   f"(default {BATCH_SIZE}; at least the sample count: full "
-                                   "batch); a DataLoader keeps its own batches."),
-    curvature_products: int = typer.Option(100, min=1, help="Cap on the Hessian-vector "
-                                           "products of each λ_min (at θ₀ and every run's "
-                                           "end)."),
-    list_names: bool = typer.Option(False, "--list", help="List the candidates, then exit."),
-    out: Path = typer.Option(Path("landscope-out"), help="Directory for escape.json, "
-                             "escape-summary.csv, escape-runs.csv, escape-curves.png and the "
-                             "finished runs (a rerun resumes from them)."),
-    report: bool = REPORT,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    data: DataOption = None,
+    held_out: HeldOutOption = None,
+    loss: LossOption = ModelRequest.loss,
+    optimizer: Annotated[str, typer.Option(
+        help="Your optimiser, the baseline that the rate changes, schedules and the v_min step "
+             "modify (see --list).")] = EscapeRequest.optimizer,
+    lr: Annotated[float | None, typer.Option(
+        min=0.0, help="Its learning rate (default: its stated one, see --list).")] = None,
+    candidates: Annotated[str, typer.Option(
+        help="Comma-separated candidates (see --list; any torch.optim class name works "
+             "too).")] = EscapeRequest.candidates,
+    steps: BudgetOption = EscapeRequest.steps,
+    seeds: SeedsOption = EscapeRequest.seeds,
+    seed: SeedOption = ModelRequest.seed,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, help=f"Mini-batch size for (X, y) data (default {BATCH_SIZE}; at least the "
+                    "sample count: full batch); a DataLoader keeps its own batches.")] = None,
+    curvature_products: Annotated[int, typer.Option(
+        min=1, help="Cap on the Hessian-vector products of each λ_min (at θ₀ and every run's "
+                    "end).")] = EscapeRequest.curvature_products,
+    list_names: Annotated[bool, typer.Option(
+        "--list", help="List the candidates, then exit.")] = False,
+    out: OutOption = OUT,
+    report: ReportOption = False,
 ):
     """Which change of training gets your network lower? Every candidate (optimisers,
     learning-rate changes and schedules, saddle escapers, a step along the most negative
     curvature) trains a copy from the same weights, on the same mini-batches in the same
     order, for the same budget; ranked by the training loss reached, with the spread over
-    seeds and whether negative curvature was left behind. Ctrl-C keeps the finished runs."""
-    _guard(lambda: _escape(model, checkpoint, data, held_out, loss, optimizer, lr, candidates,
-                           steps, seeds, seed, batch_size, curvature_products, list_names, out),
-           report=out if report and not list_names else None)
-
-
-def _escape(model_spec, checkpoint, data_spec, held_out_spec, loss_spec, optimizer, lr,
-            candidates, steps, seeds, seed, batch_size, curvature_products, list_names, out):
-    from landscope import escape as trials
-
+    seeds and whether negative curvature was left behind. OUT gets escape.json,
+    escape-summary.csv, escape-runs.csv, escape-curves.png and the finished runs: Ctrl-C keeps
+    them, and a rerun resumes from them."""
+    options = locals()
     if list_names:
-        _list(trials)
+        _guard(_list)
         return
-    names = [n.strip() for n in candidates.split(",") if n.strip()]
+    _guard(lambda: _escape(_request(ModelRequest, options), _request(EscapeRequest, options),
+                           out), report=out if report else None)
+
+
+def _escape(request: ModelRequest, asked: EscapeRequest, out: Path):
+    names = [n.strip() for n in asked.candidates.split(",") if n.strip()]
     if not names:
-        raise BadInputError(f"--candidates {candidates!r} names no candidate; give "
+        raise BadInputError(f"--candidates {asked.candidates!r} names no candidate; give "
                             "comma-separated names (see --list)")
-    net, data, loss_fn, _ = _model_data_loss(model_spec, checkpoint, data_spec, loss_spec, out)
-    if batch_size is None and is_tensor_pair(data):  # seeds then differ in their data order
-        batch_size = BATCH_SIZE
-    held = None if held_out_spec is None else _load_data(held_out_spec,
-                                                         next(net.parameters()).dtype)
-    run_trial(net, loss_fn, data, out, candidates=names, optimizer=optimizer, lr=lr, steps=steps,
-              seeds=seeds, seed=seed, batch_size=batch_size, held_out=held,
-              curvature_products=curvature_products)
+    net, loss_fn, data, held, batch_size = trial_inputs(request, asked.held_out, out)
+    run_trial(net, loss_fn, data, out, candidates=names, optimizer=asked.optimizer, lr=asked.lr,
+              steps=asked.steps, seeds=asked.seeds, seed=request.seed, batch_size=batch_size,
+              held_out=held, curvature_products=asked.curvature_products)
+
+
+def trial_inputs(request: ModelRequest, held_out: str | None, out: Path,
+                 batch_size: int = BATCH_SIZE):
+    """What a remedy trial runs on: the network, the loss, the data, the --held-out data (or
+    None) and the mini-batch size, the request's or else ``batch_size`` for (X, y) data (the
+    seeds then differ in their data order)."""
+    net, data, loss_fn, _ = _model_data_loss(request, out)
+    if request.batch_size is not None or not is_tensor_pair(data):
+        batch_size = request.batch_size
+    return net, loss_fn, data, _held_out(held_out, net), batch_size
 
 
 def run_trial(net, loss_fn, data, out: Path, *, document: dict | None = None, **options):
@@ -118,9 +149,10 @@ def run_trial(net, loss_fn, data, out: Path, *, document: dict | None = None, **
     return trial
 
 
-def _list(trials) -> None:
+def _list() -> None:
     from rich.table import Table
 
+    from landscope import escape as trials
     from landscope import optim
 
     table = Table("candidate", "what it is", title="changes of the baseline (--optimizer)")

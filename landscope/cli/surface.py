@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import sys
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -14,21 +16,28 @@ import typer
 
 from landscope import distributed, io
 from landscope.cli._common import (
-    REPORT_HELP,
-    DType,
+    OUT,
+    CheckpointOption,
+    ChunkOption,
+    DataOption,
+    DTypeOption,
+    LossOption,
     Mode,
+    ModelOption,
+    ModelRequest,
+    ModeOption,
+    OutOption,
+    ParamsOption,
+    ReportOption,
+    SeedOption,
     _guard,
     _objective,
     _ProductsProgress,
+    _request,
     app,
     console,
 )
 from landscope.errors import BadInputError
-
-_SCALE_HELP = ("Colour scale: log or linear. Default: log when the values span more than 1.5 "
-               "decades (max/min; for a loss that is not positive, (max − min)/(median − "
-               "min), drawn as the excess over the minimum), else linear; the colour bar says "
-               "which.")
 
 _SHARDING = {"points": "grid points across {ranks} ranks",
              "data": "data across {ranks} ranks (each rank holds only its part)"}
@@ -57,24 +66,45 @@ class SurfaceBN(str, Enum):
     recompute = "recompute"
 
 
+LogOption = Annotated[bool | None, typer.Option(
+    "--log/--linear", show_default=False,
+    help="Colour scale: log or linear. Default: log when the values span more than 1.5 decades "
+         "(max/min; for a loss that is not positive, (max − min)/(median − min), drawn as the "
+         "excess over the minimum), else linear; the colour bar says which.")]
+FormatOption = Annotated[str, typer.Option("--format", help="png or svg.")]
+
+
+@dataclass(frozen=True)
+class SurfaceRequest:
+    """Which surface to compute and how to draw it: the options of `landscope surface` beyond
+    the model's (its --seed seeds the random directions too)."""
+
+    directions: str = "random"
+    norm: str = "filter"
+    biases: str = "zero"
+    dims: int = 2
+    span: float | None = None
+    steps: int = 41
+    trajectory: str | None = None
+    bn: str = "eval"
+    budget: bool = False
+    budget_fraction: float = 0.25
+    samples: float | None = None
+    spread: int = 0
+    log: bool | None = None
+    image_format: str = "png"
+    shard: str = "points"
+
+
 @app.command()
 def surface(
-    model: Annotated[str, typer.Option(help="Your network: 'pkg.module:factory' or "
-                                       "'file.py:factory'. Default: the built-in MLP trained on "
-                                       "the digits, with its recorded training path.")] = None,
-    checkpoint: Annotated[Path, typer.Option(help="Weights for --model (a state_dict), loaded "
-                                             "with weights_only=True.")] = None,
-    data: Annotated[str, typer.Option(help="'pkg.module:factory' returning (X, y) or a "
-                                      "DataLoader, or 'digits'.")] = None,
-    loss: Annotated[str, typer.Option(
-        help="cross_entropy, mse, model (its own loss), or 'pkg.module:fn'.")] =
-        "cross_entropy",
-    dtype: Annotated[DType, typer.Option(help="Analyse in this dtype (default: the model's).")] =
-        None,
-    params: Annotated[str, typer.Option(help="Only move these parameters ('net.2.*'); the rest "
-                                        "stay fixed.")] = None,
-    mode: Annotated[Mode, typer.Option(help="eval (BatchNorm running statistics, no dropout) or "
-                                       "train (batch statistics on fixed batches).")] = Mode.eval,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    data: DataOption = None,
+    loss: LossOption = ModelRequest.loss,
+    dtype: DTypeOption = None,
+    params: ParamsOption = None,
+    mode: ModeOption = Mode.eval,
     directions: Annotated[SurfaceDirections, typer.Option(
         help="random: seeded Gaussian plane; hessian: eigenvectors of λ_max and λ_min (a saddle "
              "shows as a saddle); pca: principal directions of the training path; gradient: the "
@@ -82,66 +112,61 @@ def surface(
     norm: Annotated[SurfaceNorm, typer.Option(help="Normalisation of random directions: filter "
                                               "(Li et al.), layer, none.")] = SurfaceNorm.filter,
     biases: Annotated[str, typer.Option(help="One-axis parameters (biases, BatchNorm) under "
-                                        "filter/layer normalisation: zero or layer.")] = "zero",
-    dims: Annotated[int, typer.Option(min=1, max=2, help="1 (a line) or 2 (a plane).")] = 2,
-    span: Annotated[float, typer.Option(help="Half-width of the grid in direction units "
-                                        "(default: 1, or fitted to the path for pca, or "
-                                        "(−t*, 2t*) for gradient).")] = None,
-    steps: Annotated[int, typer.Option(min=3, help="Points per axis.")] = 41,
-    seed: Annotated[int, typer.Option(help="Seed of the random directions.")] = 0,
-    trajectory: Annotated[str, typer.Option(help="Training path to draw: a .pt file holding a "
-                                            "(T, n) tensor, or a glob of state-dict checkpoints "
-                                            "('ckpt/*.pt', in natural order: epoch_2 before "
-                                            "epoch_10).")] = None,
+                                        "filter/layer normalisation: zero or layer.")] =
+        SurfaceRequest.biases,
+    dims: Annotated[int, typer.Option(min=1, max=2, help="1 (a line) or 2 (a plane).")] =
+        SurfaceRequest.dims,
+    span: Annotated[float | None, typer.Option(help="Half-width of the grid in direction units "
+                                               "(default: 1, or fitted to the path for pca, or "
+                                               "(−t*, 2t*) for gradient).")] = None,
+    steps: Annotated[int, typer.Option(min=3, help="Points per axis.")] = SurfaceRequest.steps,
+    seed: SeedOption = ModelRequest.seed,
+    trajectory: Annotated[str | None, typer.Option(
+        help="Training path to draw: a .pt file holding a (T, n) tensor, or a glob of state-dict "
+             "checkpoints ('ckpt/*.pt', in natural order: epoch_2 before epoch_10).")] = None,
     bn: Annotated[SurfaceBN, typer.Option(help="BatchNorm at each point: eval (running "
                                           "statistics) or recompute (over the data, per point)."
                                           )] = SurfaceBN.eval,
-    budget: Annotated[bool, typer.Option("--budget/--full", help="Budgeted view: adaptive "
-                                         "refinement (and --samples) for at most --budget-"
-                                         "fraction of the full grid's cost, with the error "
-                                         "shown.")] = False,
+    budget: Annotated[bool, typer.Option(
+        "--budget/--full", help="Budgeted view: adaptive refinement (and --samples) for at most "
+                                "--budget-fraction of the full grid's cost, with the error "
+                                "shown.")] = SurfaceRequest.budget,
     budget_fraction: Annotated[float, typer.Option(help="Cost cap of --budget, as a fraction "
-                                                   "of the full grid.")] = 0.25,
-    samples: Annotated[float, typer.Option(help="With --budget: data per point, a fraction "
-                                           "(0.25) or a count (512); default all.")] = None,
+                                                   "of the full grid.")] =
+        SurfaceRequest.budget_fraction,
+    samples: Annotated[float | None, typer.Option(help="With --budget: data per point, a "
+                                                  "fraction (0.25) or a count (512); default "
+                                                  "all.")] = None,
     spread: Annotated[int, typer.Option(min=0, help="Fidelity check: redo an 11×11 picture "
                                         "with this many other seeds and report the spread "
-                                        "(random directions).")] = 0,
-    log: Annotated[bool, typer.Option("--log/--linear", help=_SCALE_HELP,
-                                      show_default=False)] = None,
-    image_format: Annotated[str, typer.Option("--format", help="png or svg.")] = "png",
-    batch_size: Annotated[int, typer.Option(min=1, help="Evaluate (X, y) data in chunks.")] =
-        None,
+                                        "(random directions).")] = SurfaceRequest.spread,
+    log: LogOption = None,
+    image_format: FormatOption = SurfaceRequest.image_format,
+    batch_size: ChunkOption = None,
     shard: Annotated[SurfaceShard, typer.Option(
         help="Under torchrun: points (every rank holds all the data and evaluates its share of "
              "the grid points) or data (every rank holds only its part of the data and every "
              "point adds up the parts: for data too large for one rank).")] =
         SurfaceShard.points,
-    out: Annotated[Path, typer.Option(help="Directory for surface.npz, surface.json, the "
-                                      "pictures and the resumable partial grid.")] =
-        Path("landscope-out"),
-    report: Annotated[bool, typer.Option("--report", help=REPORT_HELP)] = False,
+    out: OutOption = OUT,
+    report: ReportOption = False,
 ):
     """Compute the loss surface around the point training stopped at, and draw it: contour with
-    the training path and its fidelity, 3-D view, interactive HTML. Ctrl-C keeps what is done;
-    rerunning the same command resumes."""
-    _guard(lambda: _surface(model=model, checkpoint=checkpoint, data_spec=data, loss_spec=loss,
-                            dtype=dtype, params=params, mode=mode, kind=directions.value,
-                            norm=norm.value, biases=biases, dims=dims, span=span, steps=steps,
-                            seed=seed, trajectory=trajectory, bn=bn.value, budget=budget,
-                            budget_fraction=budget_fraction, samples=samples, spread=spread,
-                            log=log, image_format=image_format, batch_size=batch_size,
-                            shard=shard.value, out=out), report=out if report else None)
+    the training path and its fidelity, 3-D view, interactive HTML; OUT gets surface.npz,
+    surface.json and the pictures. Ctrl-C keeps what is done; rerunning the same command
+    resumes from the partial grid."""
+    options = locals()
+    _guard(lambda: _surface(_request(ModelRequest, options), _request(SurfaceRequest, options),
+                            out), report=out if report else None)
 
 
 @app.command()
 def plot(
     file: Annotated[Path, typer.Argument(help="A surface .npz written by `landscope surface`.")],
-    out: Annotated[Path, typer.Option(help="Directory for the pictures (default: the file's)."
-                                      )] = None,
-    log: Annotated[bool, typer.Option("--log/--linear", help=_SCALE_HELP,
-                                      show_default=False)] = None,
-    image_format: Annotated[str, typer.Option("--format", help="png or svg.")] = "png",
+    out: Annotated[Path | None, typer.Option(help="Directory for the pictures (default: the "
+                                             "file's).")] = None,
+    log: LogOption = None,
+    image_format: FormatOption = SurfaceRequest.image_format,
     interactive: Annotated[bool, typer.Option(help="Also write the plotly HTML page.")] = True,
 ):
     """Draw a saved surface again (contour, 3-D, HTML) without recomputing anything."""
@@ -158,12 +183,8 @@ def plot(
     _guard(work)
 
 
-def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_entropy",
-             dtype=None, params=None, mode=Mode.eval, kind="random", norm="filter",
-             biases="zero", dims=2, span=None, steps=41, seed=0, trajectory=None, bn="eval",
-             budget=False, budget_fraction=0.25, samples=None, spread=0, log=None,
-             image_format="png", batch_size=None, shard="points", out=Path("landscope-out")):
-    """The work of `landscope surface`; `landscope demo` calls it with directions="pca"."""
+def _surface(request: ModelRequest, view: SurfaceRequest, out: Path):
+    """The work of `landscope surface` (the demo calls it with the pca plane)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,27 +196,22 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
     from landscope.surface import surface as grid_surface
     from landscope.taylor import taylor
 
-    fmt = _format(image_format)
-    obj, path = _objective(model, checkpoint, data_spec, loss_spec, dtype, params, mode,
-                           batch_size, seed, out,
-                           shard="replicate" if shard == "points" else "split")
-    if trajectory is not None:
-        path = _load_trajectory(trajectory)
+    fmt = _format(view.image_format)
+    kind, dims, span, steps, seed = (view.directions, view.dims, view.span, view.steps,
+                                     request.seed)
+    obj, path = _objective(request, out,
+                           shard="replicate" if view.shard == "points" else "split")
+    if view.trajectory is not None:
+        path = _load_trajectory(view.trajectory)
     path = None if path is None else lsd.trajectory(obj, path)
-    if kind == "random":
-        frame = lsd.random(obj, dims, seed=seed, norm=norm, biases=biases)
-    elif kind == "hessian":
-        with _ProductsProgress("Hessian eigenvectors") as report:
-            frame = lsd.hessian(obj, seed=seed, progress=report)
-        frame = frame if dims == 2 else lsd.Frame(frame.directions[1:], frame.centre)
-    elif kind == "pca":
-        if path is None:
-            raise BadInputError("--directions pca needs a training path: --trajectory")
-        frame = lsd.pca(path, dims)
-    else:
-        if dims != 1:
-            raise BadInputError("--directions gradient draws a line: use --dims 1")
-        frame = lsd.gradient(obj)
+    if kind == "pca" and path is None:
+        raise BadInputError("--directions pca needs a training path: --trajectory")
+    if kind == "gradient" and dims != 1:
+        raise BadInputError("--directions gradient draws a line: use --dims 1")
+    progress = _ProductsProgress("Hessian eigenvectors") if kind == "hessian" else nullcontext()
+    with progress as report:
+        frame = lsd.make(kind, obj, dims, seed=seed, norm=view.norm, biases=view.biases,
+                         path=path, progress=report)
     shared = sharding(obj)
     if shared is not None:
         console.print(f"sharding: {_SHARDING[shared['by']].format(**shared)}")
@@ -206,19 +222,20 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
     if kind == "gradient" and span is None:
         profile = taylor(obj, frame, steps=steps)
         common["span"] = (float(profile.t[0]), float(profile.t[-1]))
-    if budget:
-        if bn != "eval":
+    if view.budget:
+        if view.bn != "eval":
             raise BadInputError("--bn recompute is not available with --budget; use --full")
-        surf = adaptive_surface(obj, frame, budget=budget_fraction, samples=samples, **common)
+        surf = adaptive_surface(obj, frame, budget=view.budget_fraction,
+                                samples=view.samples, **common)
     else:
-        surf = grid_surface(obj, frame, bn=bn, **common)
-    if spread:
+        surf = grid_surface(obj, frame, bn=view.bn, **common)
+    if view.spread:
         if kind != "random":
             raise BadInputError("--spread compares seeds of random directions; use it with "
                                 "--directions random")
         surf.fidelity["seed_spread"] = seed_spread(
-            obj, seeds=tuple(range(seed + 1, seed + 1 + spread)), span=span or 1.0, norm=norm,
-            biases=biases, count=dims, bn=bn)
+            obj, seeds=tuple(range(seed + 1, seed + 1 + view.spread)), span=span or 1.0,
+            norm=view.norm, biases=view.biases, count=dims, bn=view.bn)
     seconds = time.perf_counter() - start
     if dims == 1:  # on every rank: a data-parallel Objective needs them all
         profile = taylor(obj, frame, span=(float(surf.axes[0][0]), float(surf.axes[0][-1])),
@@ -227,7 +244,7 @@ def _surface(*, model=None, checkpoint=None, data_spec=None, loss_spec="cross_en
         return  # every rank holds the same results; rank 0 writes and prints them
     files = [surf.save(out / "surface.npz")]
     partial.unlink(missing_ok=True)
-    files += render(surf, out, formats=(fmt,), log=log)
+    files += render(surf, out, formats=(fmt,), log=view.log)
     if dims == 1:
         files.append(save_figure(taylor_plot(profile), out / f"taylor.{fmt}"))
         surf.fidelity["taylor"] = {k: v for k, v in profile.to_dict().items()
