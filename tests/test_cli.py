@@ -239,5 +239,5 @@ def test_requests_default_to_what_their_commands_default_to():
         for kind in (own, _common.ModelRequest):
             for field in fields(kind):
                 if field.name in options:
-                    default = _common._plain(options[field.name].default)
+                    default = options[field.name].default
                     assert default == field.default, (command.__name__, field.name)

@@ -9,9 +9,8 @@ import importlib.util
 import sys
 import traceback
 from dataclasses import dataclass, fields
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import typer
@@ -21,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscope import default, distributed, io
 from landscope.errors import BadInputError, CheckpointError, LandscopeError
-from landscope.functional import MODEL_LOSS
+from landscope.functional import MODEL_LOSS, MODES
 from landscope.objective import Objective
 
 app = typer.Typer(
@@ -39,16 +38,6 @@ LOSSES = {
     "mse": torch.nn.functional.mse_loss,
     "model": MODEL_LOSS,  # the loss the model returns itself (Hugging Face: .loss)
 }
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    float64 = "float64"
-
-
-class Mode(str, Enum):
-    eval = "eval"
-    train = "train"
 
 
 OUT = Path("landscope-out")
@@ -69,12 +58,14 @@ HeldOutOption = Annotated[str | None, typer.Option(
 LossOption = Annotated[str, typer.Option(
     help="cross_entropy, mse, model (its own loss), or 'pkg.module:fn' taking (output, target) "
          "and returning the batch mean.")]
-DTypeOption = Annotated[DType | None, typer.Option(
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+DTypeOption = Annotated[Literal[tuple(DTYPES)] | None, typer.Option(
     help="Analyse in this dtype (default: the model's).")]
 ParamsOption = Annotated[str | None, typer.Option(
     help="Only these parameters, e.g. 'net.2.*' (comma-separated names or patterns); the rest "
          "stay fixed.")]
-ModeOption = Annotated[Mode, typer.Option(
+ModeOption = Annotated[Literal[MODES], typer.Option(
     help="eval: BatchNorm running statistics, no dropout. train: batch statistics on fixed "
          "batches.")]
 ChunkOption = Annotated[int | None, typer.Option(
@@ -113,12 +104,8 @@ class ModelRequest:
 
 def _request(kind, options: dict):
     """A ``kind`` dataclass from a command's options (its ``locals()``): each field from the
-    option of the same name, a choice as its value."""
-    return kind(**{f.name: _plain(options[f.name]) for f in fields(kind) if f.name in options})
-
-
-def _plain(value):
-    return value.value if isinstance(value, Enum) else value
+    option of the same name."""
+    return kind(**{f.name: options[f.name] for f in fields(kind) if f.name in options})
 
 
 def _load_data(spec: str, dtype):
@@ -283,7 +270,7 @@ def _objective(request: ModelRequest, out: Path, shard: str = "split"):
     """The Objective the request describes, and the default model's training path (None for
     the user's model). ``shard``: what each rank keeps under torchrun
     (:meth:`Objective.from_model`)."""
-    dtype = {None: None, "float32": torch.float32, "float64": torch.float64}[request.dtype]
+    dtype = None if request.dtype is None else DTYPES[request.dtype]
     device = _device(request.device)  # before any work
     if distributed.launched():  # under torchrun: each rank keeps its part of the data
         distributed.start(device)

@@ -21,7 +21,6 @@ from landscope.cli._common import (
     DeviceOption,
     DTypeOption,
     LossOption,
-    Mode,
     ModelOption,
     ModelRequest,
     ModeOption,
@@ -62,7 +61,7 @@ def probe(
     loss: LossOption = ModelRequest.loss,
     dtype: DTypeOption = None,
     params: ParamsOption = None,
-    mode: ModeOption = Mode.eval,
+    mode: ModeOption = ModelRequest.mode,
     k: Annotated[int, typer.Option(
         min=1, help="Eigenpairs computed at each end of the spectrum.")] = ProbeRequest.k,
     exact: Annotated[bool | None, typer.Option(

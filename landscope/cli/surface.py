@@ -7,9 +7,8 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import typer
@@ -22,7 +21,6 @@ from landscope.cli._common import (
     DataOption,
     DTypeOption,
     LossOption,
-    Mode,
     ModelOption,
     ModelRequest,
     ModeOption,
@@ -37,33 +35,12 @@ from landscope.cli._common import (
     app,
     console,
 )
+from landscope.directions import KINDS, NORMS
 from landscope.errors import BadInputError
+from landscope.surface import BN_MODES
 
 _SHARDING = {"points": "grid points across {ranks} ranks",
              "data": "data across {ranks} ranks (each rank holds only its part)"}
-
-
-class SurfaceDirections(str, Enum):
-    random = "random"
-    hessian = "hessian"
-    pca = "pca"
-    gradient = "gradient"
-
-
-class SurfaceNorm(str, Enum):
-    filter = "filter"
-    layer = "layer"
-    none = "none"
-
-
-class SurfaceShard(str, Enum):
-    points = "points"
-    data = "data"
-
-
-class SurfaceBN(str, Enum):
-    eval = "eval"
-    recompute = "recompute"
 
 
 LogOption = Annotated[bool | None, typer.Option(
@@ -104,13 +81,14 @@ def surface(
     loss: LossOption = ModelRequest.loss,
     dtype: DTypeOption = None,
     params: ParamsOption = None,
-    mode: ModeOption = Mode.eval,
-    directions: Annotated[SurfaceDirections, typer.Option(
+    mode: ModeOption = ModelRequest.mode,
+    directions: Annotated[Literal[KINDS], typer.Option(
         help="random: seeded Gaussian plane; hessian: eigenvectors of λ_max and λ_min (a saddle "
              "shows as a saddle); pca: principal directions of the training path; gradient: the "
-             "line along −∇L with Taylor models (1-D).")] = SurfaceDirections.random,
-    norm: Annotated[SurfaceNorm, typer.Option(help="Normalisation of random directions: filter "
-                                              "(Li et al.), layer, none.")] = SurfaceNorm.filter,
+             "line along −∇L with Taylor models (1-D).")] = SurfaceRequest.directions,
+    norm: Annotated[Literal[NORMS], typer.Option(help="Normalisation of random directions: filter "
+                                              "(Li et al.), layer, none.")] =
+        SurfaceRequest.norm,
     biases: Annotated[str, typer.Option(help="One-axis parameters (biases, BatchNorm) under "
                                         "filter/layer normalisation: zero or layer.")] =
         SurfaceRequest.biases,
@@ -124,9 +102,9 @@ def surface(
     trajectory: Annotated[str | None, typer.Option(
         help="Training path to draw: a .pt file holding a (T, n) tensor, or a glob of state-dict "
              "checkpoints ('ckpt/*.pt', in natural order: epoch_2 before epoch_10).")] = None,
-    bn: Annotated[SurfaceBN, typer.Option(help="BatchNorm at each point: eval (running "
+    bn: Annotated[Literal[BN_MODES], typer.Option(help="BatchNorm at each point: eval (running "
                                           "statistics) or recompute (over the data, per point)."
-                                          )] = SurfaceBN.eval,
+                                          )] = SurfaceRequest.bn,
     budget: Annotated[bool, typer.Option(
         "--budget/--full", help="Budgeted view: adaptive refinement (and --samples) for at most "
                                 "--budget-fraction of the full grid's cost, with the error "
@@ -143,11 +121,11 @@ def surface(
     log: LogOption = None,
     image_format: FormatOption = SurfaceRequest.image_format,
     batch_size: ChunkOption = None,
-    shard: Annotated[SurfaceShard, typer.Option(
+    shard: Annotated[Literal["points", "data"], typer.Option(
         help="Under torchrun: points (every rank holds all the data and evaluates its share of "
              "the grid points) or data (every rank holds only its part of the data and every "
              "point adds up the parts: for data too large for one rank).")] =
-        SurfaceShard.points,
+        SurfaceRequest.shard,
     out: OutOption = OUT,
     report: ReportOption = False,
 ):
