@@ -54,7 +54,7 @@ from landscope.finders import find_critical_points
 from landscope.objective import Objective
 from landscope.studies import Check, Study, StudyResult, register, wilson
 
-SETTINGS = {"small": {"inits": 2, "samples": 20}, "full": {"inits": 20, "samples": 20}}
+SETTINGS = {"small": {"inits": 3, "samples": 20}, "full": {"inits": 20, "samples": 20}}
 """``inits``: random initialisations per scale, each giving one training path."""
 INPUTS, HIDDEN, TEACHER_HIDDEN = 2, 3, 6
 NOISE = 0.5
