@@ -221,7 +221,7 @@ def draw_figure(result: StudyResult):
     training.semilogy(epochs, figures["gradient_norm"], color="tab:orange", label="‖∇L‖")
     training.set_xlabel("epoch of SGD (full-batch values)")
     training.legend(fontsize=8)
-    training.set_title(f"SGD, rate {result.settings['learning_rate']:g}, decayed linearly over "
+    training.set_title(f"SGD, rate {result.settings['learning_rate']:g}, decayed linearly\nover "
                        f"the last {result.settings['decay']:.0%} of the epochs", fontsize=9)
     fig.tight_layout()
     return fig
