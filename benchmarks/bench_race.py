@@ -1,7 +1,7 @@
 """Race throughput: many starts stepped together (one (S, n) tensor) against a loop over them.
 
 For each optimiser, S = 256 starts of the 2-D six-hump camel take ``--steps`` steps (no early stop)
-through ``landscope.optim.descend``: once with the starts as the rows of one tensor ("together"),
+through ``landscope.race.descend``: once with the starts as the rows of one tensor ("together"),
 once start by start ("loop", the same bookkeeping per step), and in the plainest training loop
 (one optimiser per start, ``opt.step(closure)`` and nothing else: "bare loop"). Throughput is
 runs × steps per second of wall time (median of ``--repeat`` runs). A loop's throughput per run
@@ -36,7 +36,7 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 from landscope import functions, optim  # noqa: E402
-from landscope.race import race  # noqa: E402
+from landscope.race import descend, race  # noqa: E402
 
 OPTIMIZERS = ("gd", "adam", "newton", "saddle_free_newton", "perturbed_gd")
 TARGET = 10.0
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     timing_hygiene()
     fn = functions.get(args.function)
     starts = fn.sample(args.starts, torch.Generator().manual_seed(0))
-    optim.descend(fn, "gd", starts[:4], steps=3)  # first-call costs (lazy imports) paid here
+    descend(fn, "gd", starts[:4], steps=3)  # first-call costs (lazy imports) paid here
     rows = []
     for name in OPTIMIZERS:
         together = _throughput(fn, name, starts, args.steps, args.repeat, batched=True)
@@ -86,7 +86,7 @@ def _throughput(fn, name, starts, steps, repeat, batched) -> float:
     seconds = []
     for _ in range(repeat):
         begin = time.perf_counter()
-        run = optim.descend(fn, name, starts, steps=steps, batched=batched, gtol=-1.0)
+        run = descend(fn, name, starts, steps=steps, batched=batched, gtol=-1.0)
         seconds.append(time.perf_counter() - begin)
         assert run.points.shape[0] == steps + 1
     return len(starts) * steps / statistics.median(seconds)

@@ -65,7 +65,7 @@ from landscope.doctor import knowledge
 from landscope.errors import BadInputError, NonFiniteLossError
 from landscope.objective import Objective, write_theta
 from landscope.optim._base import PointOptimizer
-from landscope.optim.runner import derive_seed
+from landscope.race.engine import derive_seed
 from landscope.spectrum import spectrum
 
 SCHEMA_VERSION = 2

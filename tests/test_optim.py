@@ -11,7 +11,7 @@ import torch
 
 import landscope as ls
 from landscope import functions as zoo
-from landscope import optim
+from landscope import optim, race
 
 # AdaHessian's closure convention, loss.backward(create_graph=True), is tested on purpose here;
 # torch warns about the reference cycle it makes (the optimisers break it after each step)
@@ -139,7 +139,7 @@ def test_negative_curvature_descent_never_raises_the_loss_on_rosenbrock():
     starts = torch.tensor([[-1.2, 1.0], [0.0, 2.0], [-0.5, 1.5], [0.5, 1.5], [1.5, -0.5],
                            [1.8, 2.0]], dtype=torch.float64)
     assert sum(np.linalg.eigvalsh(_rosenbrock_hessian(*p))[0] < 0 for p in starts.tolist()) == 3
-    run = optim.descend(fn, "negative_curvature", starts, steps=400, gtol=-1)
+    run = race.descend(fn, "negative_curvature", starts, steps=400, gtol=-1)
     assert run.status == ("ran",) * 6
     steps = run.values[1:] - run.values[:-1]
     assert (steps <= 0).all()
@@ -338,9 +338,9 @@ def test_bad_input_is_refused_with_the_fix():
 def test_starts_stepped_together_equal_starts_stepped_alone(name):
     fn = zoo.get("himmelblau")
     starts = fn.sample(5, torch.Generator().manual_seed(3))
-    together = optim.descend(fn, name, starts, steps=40, lr=0.002 if "gd" in name else None)
-    alone = optim.descend(fn, name, starts, steps=40, lr=0.002 if "gd" in name else None,
-                          batched=False)
+    together = race.descend(fn, name, starts, steps=40, lr=0.002 if "gd" in name else None)
+    alone = race.descend(fn, name, starts, steps=40, lr=0.002 if "gd" in name else None,
+                         batched=False)
     assert together.batched and not alone.batched
     torch.testing.assert_close(together.points, alone.points, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(together.evaluations, alone.evaluations)
@@ -349,7 +349,7 @@ def test_starts_stepped_together_equal_starts_stepped_alone(name):
 def test_a_diverging_run_is_reported_not_raised():
     fn = zoo.get("rosenbrock")
     starts = torch.tensor([[-1.5, 2.0], [1.0, 1.0]], dtype=torch.float64)
-    run = optim.descend(fn, "gd", starts, steps=50, lr=0.1)
+    run = race.descend(fn, "gd", starts, steps=50, lr=0.1)
     assert run.status == ("diverged", "ran")
     assert torch.isfinite(run.points).all() and torch.isfinite(run.values).all()
     assert run.values[-1, 1].item() == 0.0  # the other run sat at the minimum all along
@@ -358,14 +358,14 @@ def test_a_diverging_run_is_reported_not_raised():
 @pytest.mark.parametrize("name", ["six_hump_camel", "rastrigin"])
 def test_global_strategies_find_the_global_minimum(name):
     fn = zoo.get(name)
-    for method in optim.STRATEGIES:
-        result = optim.search(method, fn, seed=0)
+    for method in race.STRATEGIES:
+        result = race.search(method, fn, seed=0)
         assert result.gap(fn) <= 1e-6, (method, result.value)
         assert result.evaluations > 0 and result.history[-1][1] == result.value
     # gradient descent from the same 256 starts as multi-start: how often it does not. Its end
     # points are polished onto the critical point they converge to, a global minimiser or not.
     starts = fn.sample(256, torch.Generator().manual_seed(0))
-    run = optim.descend(fn, "gd", starts, steps=300, lr=0.002)
+    run = race.descend(fn, "gd", starts, steps=300, lr=0.002)
     ends = zoo.locate(fn, run.points[-1], radius=0.1)
     assert ends.located.double().mean() > 0.95  # GD did converge, mostly to other minima
     best = torch.tensor([i for i, p in enumerate(fn.critical_points) if p in fn.minimisers])

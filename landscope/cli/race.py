@@ -111,6 +111,7 @@ def _race(asked: RaceRequest, out: Path):
     from rich.table import Table
 
     from landscope import optim
+    from landscope.race import STRATEGIES
     from landscope.race import race as run_race
 
     names = _names(asked.optimizers, "--optimizers", "optimiser")
@@ -121,7 +122,7 @@ def _race(asked: RaceRequest, out: Path):
         result = run_race(_names(asked.functions, "--functions", "function"), chosen,
                           starts=asked.starts, steps=asked.steps, start=asked.start,
                           tune=asked.tune, tune_starts=asked.tune_starts, noise=asked.noise,
-                          tol=asked.tol, strategies=optim.STRATEGIES if asked.strategies else (),
+                          tol=asked.tol, strategies=STRATEGIES if asked.strategies else (),
                           strategy_runs=asked.strategy_runs, seed=asked.seed,
                           progress=lambda message: status.update(f"racing · {message}"))
     if not distributed.is_main():

@@ -16,7 +16,7 @@ saddle's value. Functions without a minimum (x² − y²) start next to their sa
 there, escaping is the goal.
 
 Under ``torch.distributed`` (a process group of more than one rank) the ranks share the race's
-independent pieces of work, each seeded on its own (:func:`~landscope.optim.runner.derive_seed`):
+independent pieces of work, each seeded on its own (:func:`~landscope.race.derive_seed`):
 every (function, optimiser) pair (its tuning, descent and scoring) and every strategy row. Rank r
 does every w-th piece; every rank gathers all of them and assembles the result in the order of one
 process, so the result and its files are those of one process.
@@ -39,7 +39,8 @@ from landscope import distributed, io, optim
 from landscope import functions as zoo
 from landscope.critical import probe
 from landscope.errors import BadInputError
-from landscope.optim.runner import Descent, derive_seed, descend
+from landscope.race.engine import Descent, derive_seed, descend
+from landscope.race.strategies import STRATEGIES, search
 
 DEFAULT_FUNCTIONS = ("saddle", "six_hump_camel", "rosenbrock")
 DEFAULT_OPTIMIZERS = optim.NAMES
@@ -83,7 +84,7 @@ class RaceResult:
 
 def race(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, *, starts: int = 32,
          steps: int = 300, start: str = "auto", tune: int = 3, tune_starts: int = 8,
-         noise: float = 0.0, tol: float = 1e-6, strategies=optim.STRATEGIES,
+         noise: float = 0.0, tol: float = 1e-6, strategies=STRATEGIES,
          strategy_runs: int = 8, seed: int = 0, progress=None) -> RaceResult:
     """Race ``optimizers`` on ``functions`` from ``starts`` seeded starts each.
 
@@ -98,7 +99,7 @@ def race(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, *, starts: 
     tune: learning rates tried per optimiser and function (1: the stated defaults only).
     noise: standard deviation of Gaussian noise added to every gradient.
     tol: f − f* ≤ tol·max(1, |f*|) counts as having reached the global minimum.
-    strategies, strategy_runs: global strategies (``landscope.optim.STRATEGIES``), each run
+    strategies, strategy_runs: global strategies (``landscope.race.STRATEGIES``), each run
         ``strategy_runs`` times with its own seed on functions with a global minimum; multi-start
         (Adam) gets the race's ``starts`` and ``steps``, annealing and the genetic algorithm
         scipy's defaults.
@@ -117,9 +118,9 @@ def race(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, *, starts: 
            strategy_runs=strategy_runs)
     if start not in START_MODES:
         raise BadInputError(f"start={start!r}; use one of {', '.join(START_MODES)}")
-    unknown = [s for s in strategies if s not in optim.STRATEGIES]
+    unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
-        raise BadInputError(f"unknown strategy {unknown[0]!r}; use {', '.join(optim.STRATEGIES)}")
+        raise BadInputError(f"unknown strategy {unknown[0]!r}; use {', '.join(STRATEGIES)}")
     settings = {"functions": [f.name for f in fns], "optimizers": [r.name for r in recipes],
                 "starts": starts, "steps": steps, "start": start, "tune": tune,
                 "tune_starts": tune_starts, "noise": noise, "tol": tol,
@@ -326,7 +327,7 @@ def _strategy_row(fn, method, count, tol, seed, budget) -> dict:
     threshold = tol * max(1.0, abs(fn.global_min))
     reached = []
     for k in range(count):
-        result = optim.search(method, fn, seed=derive_seed(seed, fn.name, method, k), **budget)
+        result = search(method, fn, seed=derive_seed(seed, fn.name, method, k), **budget)
         hits = [row[0] for row in result.history if row[1] - fn.global_min <= threshold]
         reached.append(int(hits[0]) if hits else None)
     successes = [r for r in reached if r is not None]

@@ -2,7 +2,7 @@
 
 The seed notes name four ways out of poor local minima; three are here with one result format.
 Multi-start runs a local optimiser from many uniform starts at once (as the rows of one tensor, see
-:mod:`landscope.optim.runner`) and keeps the best end. Annealing is scipy's ``dual_annealing``
+:mod:`landscope.race.engine`) and keeps the best end. Annealing is scipy's ``dual_annealing``
 (generalised simulated annealing with a local search, whose L-BFGS-B gets autograd gradients);
 the genetic algorithm is scipy's ``differential_evolution`` — population, mutation, crossover,
 selection — evaluated a population at a time through the batched function. Both are well-kept
@@ -20,6 +20,7 @@ from scipy.optimize import differential_evolution, dual_annealing
 from landscope.errors import BadInputError
 from landscope.functions import TestFunction
 from landscope.functions import get as get_function
+from landscope.race.engine import descend
 
 STRATEGIES = ("multistart", "annealing", "genetic")
 
@@ -65,8 +66,6 @@ def multistart(fn: TestFunction | str, *, starts: int = 256, optimizer: str = "a
                steps: int = 300, lr: float | None = None, seed: int = 0) -> SearchResult:
     """Run ``optimizer`` from ``starts`` uniform points of the box together; keep the best point
     any run visited."""
-    from landscope.optim.runner import descend  # the runner imports this package's registry
-
     fn = get_function(fn)
     points = fn.sample(starts, torch.Generator().manual_seed(seed))
     run = descend(fn, optimizer, points, steps=steps, lr=lr, seed=seed)

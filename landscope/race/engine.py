@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from landscope.functions import TestFunction
-from landscope.optim.registry import Recipe, recipe
+from landscope.optim import Recipe, recipe
 
 STATUSES = ("ran", "diverged", "unbounded")
 

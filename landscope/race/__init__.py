@@ -1,0 +1,47 @@
+"""The race: optimisers on the zoo's functions from seeded starts, scored against known answers.
+
+- :func:`race` runs optimisers × functions × starts and scores every run
+  (:mod:`landscope.race.run`).
+- :func:`descend` runs one optimiser from many starts at once, the starts being the rows of one
+  tensor (:mod:`landscope.race.engine`); :func:`derive_seed` gives each piece of work its own seed.
+- :func:`multistart`, :func:`anneal`, :func:`evolve` (or :func:`search` by name) look for the
+  global minimum of a zoo function within its box (:mod:`landscope.race.strategies`).
+"""
+
+from landscope.race.engine import Descent, derive_seed, descend
+from landscope.race.run import (
+    DEFAULT_FUNCTIONS,
+    DEFAULT_OPTIMIZERS,
+    RUN_FIELDS,
+    START_MODES,
+    SUMMARY_FIELDS,
+    RaceResult,
+    race,
+)
+from landscope.race.strategies import (
+    STRATEGIES,
+    SearchResult,
+    anneal,
+    evolve,
+    multistart,
+    search,
+)
+
+__all__ = [
+    "DEFAULT_FUNCTIONS",
+    "DEFAULT_OPTIMIZERS",
+    "RUN_FIELDS",
+    "START_MODES",
+    "STRATEGIES",
+    "SUMMARY_FIELDS",
+    "Descent",
+    "RaceResult",
+    "SearchResult",
+    "anneal",
+    "derive_seed",
+    "descend",
+    "evolve",
+    "multistart",
+    "race",
+    "search",
+]
