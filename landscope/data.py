@@ -10,7 +10,8 @@ analyses
 
 what the loss means on the whole data set at once, whatever the batch sizes (averaging ℓ_b without
 the weights, as some tools do, is off whenever batches differ). Gradients and Hessians inherit the
-weighting.
+weighting. Every evaluator adds up Σ_b w_b ℓ_b and Σ_b w_b (over a process's batches, then over
+the processes) and divides once, by :func:`weighted_mean`.
 
 Every pass must see the same batches: an analysis runs hundreds of passes (one per product), and a
 loss that changes between them is no function of θ. A shuffling DataLoader is refused before it
@@ -238,6 +239,19 @@ class Batches:
             )
         dtype = self.dtype if value.is_floating_point() and self.dtype is not None else None
         return value.to(device=self.device, dtype=dtype)
+
+
+def weighted_mean(total, weight: float):
+    """L = Σ_b w_b ℓ_b / Σ_b w_b from its two sums: ``total`` = Σ_b w_b ℓ_b (a number, or a
+    tensor such as Σ_b w_b ∇ℓ_b or Σ_b w_b H_b V, which average the same way) and ``weight`` =
+    Σ_b w_b. Refused when Σ_b w_b ≤ 0: no batch has anything to average over."""
+    if not weight > 0:
+        raise BadInputError(
+            f"the batches' weights add up to {weight}: no batch has anything to average over "
+            "(every target ignored, or every weight zero); check ignore_index and the labels "
+            "(−100 marks a token to ignore)"
+        )
+    return total / weight
 
 
 def _tensors_of(batch: Batch) -> list[torch.Tensor]:

@@ -302,9 +302,9 @@ def survey(loss, across) -> dict:
             raise _SAME_KIND.get(kind, RankFailure)(f"on rank {r}: {text}")
     surveys = [theirs["survey"] for theirs in everyone if theirs["survey"] is not None]
     if not surveys:
-        from landscope.functional import normaliser
+        from landscope.data import weighted_mean
 
-        normaliser(loss.reduction, 0.0)  # raises: nothing to average over on any rank
+        weighted_mean(0.0, 0.0)  # raises: nothing to average over on any rank
     loss.writes_inputs = any(s["writes_inputs"] for s in surveys)
     return surveys[0]
 

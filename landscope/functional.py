@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from landscope.data import Batch, Batches
+from landscope.data import Batch, Batches, weighted_mean
 from landscope.errors import BadInputError, NonFiniteLossError
 
 MODES = ("eval", "train")
@@ -189,7 +189,7 @@ class ModelLoss:
             index, batch = next(((i, b) for i, b in enumerate(self.batches)
                                  if self.weight(b) > 0), (None, None))
             if batch is None:
-                normaliser(self.reduction, 0.0)  # raises: nothing to average over
+                weighted_mean(0.0, 0.0)  # raises: nothing to average over
             copy = _copied(batch)
             versions = [t._version for t in _tensors(copy)]
             loss = self._forward(views, index, copy)
@@ -235,17 +235,11 @@ class ModelLoss:
         return self.mode == "train"
 
 
-def normaliser(reduction: str, weights: float) -> float:
-    """What the weighted sum Σ_b w_b ℓ_b is divided by: Σ_b w_b for a mean loss (refused when
-    no batch has anything to average over), 1 for a sum."""
-    if reduction == "sum":
-        return 1.0
-    if weights <= 0:
-        raise BadInputError(
-            "no batch has anything to average over (every target ignored, or every weight "
-            "zero); check ignore_index and the labels (−100 marks a token to ignore)"
-        )
-    return weights
+def reduced(reduction: str, total, weight: float):
+    """L (or ∇L, or H·V) from its sums over the batches, ``total`` = Σ_b w_b ℓ_b and ``weight``
+    = Σ_b w_b: their weighted mean (:func:`landscope.data.weighted_mean`) for a mean loss, the sum
+    Σ_b ℓ_b itself for ``reduction="sum"`` (there w_b = 1)."""
+    return total if reduction == "sum" else weighted_mean(total, weight)
 
 
 def select_output(output, spec: int | str | Callable | None = None):

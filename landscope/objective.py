@@ -36,7 +36,7 @@ from landscope.chain import ChainHessian, Unsupported
 from landscope.data import Batches
 from landscope.engines import Columns, KeptGraph, Streaming, Sums
 from landscope.errors import BadInputError
-from landscope.functional import ModelLoss, check_loss, normaliser
+from landscope.functional import ModelLoss, check_loss, reduced
 
 DENSE_LIMIT = 4096
 """Largest n for which :meth:`Objective.hessian` builds the dense n×n matrix without being asked."""
@@ -361,7 +361,7 @@ class Objective:
         sums = self._across.sums(lambda: engines.first_order(self._batch_losses, theta,
                                                              gradient=False), gradient=False)
         self.counts["passes"] += 1
-        return sums.value / self._normaliser_of(sums)
+        return self._mean(sums.value, sums)
 
     def grad(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """∇L(θ), shape (n,)."""
@@ -378,7 +378,7 @@ class Objective:
                                                              gradient=True))
         self.counts["passes"] += 1
         self.counts["gradients"] += 1
-        self._point = _Point.of(theta, sums, self._normaliser_of(sums))
+        self._point = _Point.of(theta, sums, self._mean)
         return self._point.value, self._point.gradient
 
     def hvp(self, v: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
@@ -397,7 +397,7 @@ class Objective:
         columns = V if V.dim() == 2 else V[:, None]
         engine = self._ready(theta)
         calibrations = self._columns.extra_products
-        result = engine.hvp(columns) / self._normaliser_of(None, theta)
+        result = self._mean(engine.hvp(columns), theta=theta)
         self.counts["hvp"] += columns.shape[1] + self._columns.extra_products - calibrations
         return result if V.dim() == 2 else result[:, 0]
 
@@ -452,14 +452,15 @@ class Objective:
             )
         return v.detach().to(self.device, self.dtype)
 
-    def _normaliser_of(self, sums: Sums | None, theta: torch.Tensor | None = None) -> float:
-        """What the sums are divided by (Σ w_b for a mean loss, 1 for a sum), read from ``sums``
-        or from an earlier pass (a value pass at θ if none was made yet)."""
+    def _mean(self, total, sums: Sums | None = None, theta: torch.Tensor | None = None):
+        """L, ∇L or H·V from its sum over all the data (:func:`landscope.functional.reduced`),
+        with Σ w_b read from ``sums``, or from an earlier pass (a value pass at θ if none was made
+        yet)."""
         if sums is not None:
             self._weight = sums.weight
         elif self._weight is None:
             self.value(theta)
-        return normaliser(self._reduction, self._weight)
+        return reduced(self._reduction, total, self._weight)
 
     def _ready(self, theta: torch.Tensor) -> engines.Engine:
         """The engine, with products ready at θ: chosen at the first point (the chain engine's
@@ -483,7 +484,7 @@ class Objective:
             return
         self.counts["passes"] += 1
         self.counts["gradients"] += 1
-        self._point = _Point.of(theta, sums, self._normaliser_of(sums), ready=True)
+        self._point = _Point.of(theta, sums, self._mean, ready=True)
 
     def _choose(self, theta: torch.Tensor) -> engines.Engine:
         """The engine for every product of this Objective (:func:`landscope.engines.choose`)."""
@@ -528,7 +529,6 @@ class Objective:
         floor = record.pop("floor")
         self.info["chain_trial"] = {**record, "passes": outcome.passes}
         self._engine = outcome.engine
-        norm = self._normaliser_of(outcome.sums)
         if outcome.engine is graph:
             self.info["chain_engine"] = f"not used: {record['why']} (see chain_trial)"
             self._chain = None
@@ -538,14 +538,13 @@ class Objective:
         self.info["chain_engine"] = "used"
         # L and ∇L at every later point (see _checked_chain); near ∇L = 0 the rounding of the
         # sum over samples stays that of the first point's gradient
-        gradient = outcome.sums.gradient / norm
-        rounding = math.sqrt(torch.finfo(self.dtype).eps) * float(gradient.norm())
+        self._point = _Point.of(theta, outcome.sums, self._mean, ready=True)
+        rounding = math.sqrt(torch.finfo(self.dtype).eps) * float(self._point.gradient.norm())
         errors = record["relative_errors"]
         self.info["chain_checks"] = {
             "points": 1, "max_relative_errors": {"value": errors["value"],
                                                  "gradient": errors["gradient"]},
             "tolerance": record["tolerance"], "gradient_floor": max(floor, rounding)}
-        self._point = _Point(theta.clone(), outcome.sums.value / norm, gradient, ready=True)
         return self._engine
 
     def _checked_chain(self, theta: torch.Tensor) -> engines.Engine:
@@ -560,9 +559,9 @@ class Objective:
         else:
             self.counts["passes"] += 1
             self.counts["gradients"] += 1
-            norm = self._normaliser_of(sums)
             errors = engines.disagreement(
-                Sums(sums.value / norm, sums.gradient / norm, 1.0, sums.samples),
+                Sums(self._mean(sums.value, sums), self._mean(sums.gradient, sums), 1.0,
+                     sums.samples),
                 Sums(value, gradient, 1.0, sums.samples), checks["gradient_floor"])
             for key, error in errors.items():
                 checks["max_relative_errors"][key] = max(checks["max_relative_errors"][key],
@@ -605,9 +604,10 @@ class _Point:
     ready: bool = False
 
     @classmethod
-    def of(cls, theta, sums: Sums, norm: float, ready: bool = False) -> _Point:
-        return cls(theta.clone(), sums.value / norm,
-                   None if sums.gradient is None else sums.gradient / norm, ready)
+    def of(cls, theta, sums: Sums, mean: Callable, ready: bool = False) -> _Point:
+        """The point θ with L and ∇L from their sums (``mean(total, sums)``: the Objective's)."""
+        return cls(theta.clone(), mean(sums.value, sums),
+                   None if sums.gradient is None else mean(sums.gradient, sums), ready)
 
     def at(self, theta: torch.Tensor) -> bool:
         return self.theta is theta or torch.equal(self.theta, theta)

@@ -39,7 +39,7 @@ from torch import nn
 from landscope.data import Batch
 from landscope.engines import Sums
 from landscope.errors import BadInputError
-from landscope.functional import ModelLoss, check_loss, normaliser
+from landscope.functional import ModelLoss, check_loss, reduced
 from landscope.objective import Objective
 
 
@@ -275,7 +275,7 @@ class Replica:
 
     def _forward(self) -> float:
         sums = self._obj.over_ranks(self._sums)
-        return float(sums.value) / normaliser(self._loss.reduction, sums.weight)
+        return reduced(self._loss.reduction, float(sums.value), sums.weight)
 
     def _sums(self) -> Sums:
         """Σ w_b ℓ_b and Σ w_b over this process's batches, forward only."""
@@ -310,11 +310,12 @@ def _agreement(dtype: torch.dtype) -> float:
 
 
 def _weighted_mean(loss: ModelLoss, theta: torch.Tensor) -> float:
+    """L(θ) without a graph: Σ_b w_b ℓ_b and Σ_b w_b over the batches, then their mean."""
     total, weights = 0.0, 0.0
     with torch.no_grad():
         for _, value, weight, _ in loss(theta.detach()):
             total, weights = total + weight * value.item(), weights + weight
-    return total / normaliser(loss.reduction, weights)
+    return reduced(loss.reduction, total, weights)
 
 
 def _recording(loss_fn, chunks: int, sink: list, per_sample: bool):
