@@ -1,7 +1,7 @@
 """The race: optimisers on the zoo's functions from seeded starts, scored against known answers.
 
-- :func:`race` runs optimisers × functions × starts and scores every run
-  (:mod:`landscope.race.run`).
+- :func:`race` runs optimisers × functions × starts (:mod:`landscope.race.run`) and scores
+  every run against the function's known critical points (:mod:`landscope.race.score`).
 - :func:`descend` runs one optimiser from many starts at once, the starts being the rows of one
   tensor (:mod:`landscope.race.engine`); :func:`derive_seed` gives each piece of work its own seed.
 - :func:`multistart`, :func:`anneal`, :func:`evolve` (or :func:`search` by name) look for the
@@ -9,15 +9,8 @@
 """
 
 from landscope.race.engine import Descent, derive_seed, descend
-from landscope.race.run import (
-    DEFAULT_FUNCTIONS,
-    DEFAULT_OPTIMIZERS,
-    RUN_FIELDS,
-    START_MODES,
-    SUMMARY_FIELDS,
-    RaceResult,
-    race,
-)
+from landscope.race.run import DEFAULT_FUNCTIONS, DEFAULT_OPTIMIZERS, START_MODES, RaceResult, race
+from landscope.race.score import RUN_FIELDS, SUMMARY_FIELDS
 from landscope.race.strategies import (
     STRATEGIES,
     SearchResult,
