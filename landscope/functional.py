@@ -37,7 +37,7 @@ import contextlib
 import copy
 import fnmatch
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -114,11 +114,24 @@ class ModelLoss:
                                                                 batch_weight)
         self._weights: dict[int, float] = {}  # batch index -> w_b, read on the first pass
 
-    def on(self, batches: Batches) -> ModelLoss:
-        """The same model, loss, parameters and mode on other batches (a data subset): every
-        fixed part (θ₀, frozen values, buffers, slots, weighting) is shared, not rebuilt."""
+    def replace(self, *, batches: Iterable[Batch] | None = None,
+                buffers: dict[str, torch.Tensor] | None = None,
+                loss_fn: Callable | None = None) -> ModelLoss:
+        """The same model, parameters and mode with some parts replaced; every other fixed part
+        (θ₀, frozen values, slots, reduction and weighting) is shared, not rebuilt.
+
+        ``batches``: other batches (a data subset; their weights are read afresh).
+        ``buffers``: other buffer values by first name (BatchNorm statistics recomputed at θ).
+        ``loss_fn``: another loss function that averages over the same w_b (one that also
+        records what it computes).
+        """
         other = copy.copy(self)
-        other.batches, other._weights = batches, {}
+        if batches is not None:
+            other.batches, other._weights = batches, {}
+        if buffers is not None:
+            other.buffers = buffers
+        if loss_fn is not None:
+            other.loss_fn = loss_fn
         return other
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -306,7 +306,7 @@ class Objective:
         if isinstance(self._across, distributed.AcrossRanks):
             raise BadInputError("subset() of a data-parallel Objective: the subset's samples "
                                 "would be split again; take subsets in one process")
-        part = loss.on(loss.batches.subset(indices, units=units))
+        part = loss.replace(batches=loss.batches.subset(indices, units=units))
         obj = Objective._of(part, {**self.info, "data": part.batches.description,
                                    "subset": part.batches.description},
                             lower_bound=self.lower_bound,

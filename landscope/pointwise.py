@@ -55,9 +55,7 @@ def bn_value(obj: Objective, theta: torch.Tensor) -> float:
     True
     """
     loss = model_loss(obj, "recomputing BatchNorm statistics")
-    view = copy.copy(loss)
-    view.buffers = bn_buffers(obj, theta)
-    return _weighted_mean(view, theta)
+    return _weighted_mean(loss.replace(buffers=bn_buffers(obj, theta)), theta)
 
 
 def bn_buffers(obj: Objective, theta: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -180,10 +178,10 @@ class SubsetLoss:
     def _run(self, theta, m: int, per_sample: bool) -> tuple[float, list]:
         """The loss over the first m samples, and its per-sample losses (or chunk means)."""
         parts: list = []
-        view = copy.copy(self._loss)
-        view.batches = [Batch(tuple(x[:m] for x in self.inputs), self.target[:m], m,
-                              {key: x[:m] for key, x in self.kwargs.items()})]
-        view.loss_fn = _recording(self._loss.loss_fn, self.chunks, parts, per_sample)
+        view = self._loss.replace(
+            batches=[Batch(tuple(x[:m] for x in self.inputs), self.target[:m], m,
+                           {key: x[:m] for key, x in self.kwargs.items()})],
+            loss_fn=_recording(self._loss.loss_fn, self.chunks, parts, per_sample))
         return _weighted_mean(view, theta), parts
 
     def _splits_per_sample(self) -> bool:

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.functional import cross_entropy, mse_loss
 
 from landscope import BadInputError, NonFiniteLossError, Objective
+from landscope.data import Batch
 from landscope.engines import CALIBRATE_COLUMNS
 
 MODELS = {
@@ -95,6 +96,30 @@ def test_results_do_not_depend_on_batching(tanh_mlp, data):
     unweighted = sum(cross_entropy(tanh_mlp(X[i:i + 8]), y[i:i + 8])
                      for i in range(0, len(X), 8)) / 5
     assert abs(unweighted.item() - whole.value().item()) > 1e-4
+
+
+def test_a_replaced_model_loss_changes_the_copy_only(tanh_mlp, data):
+    """``ModelLoss.replace``: the copy computes with its own batches or loss function and
+    the same weights w_b; the original keeps its own."""
+    X, y = data
+    obj = Objective.from_model(tanh_mlp, cross_entropy, (X, y), batch_size=8)
+    loss, theta = obj.model_loss, obj.theta0 + 0.05
+    with torch.no_grad():
+        output = torch.func.functional_call(tanh_mlp, obj.unflatten(theta), (X,))
+
+    def batch_losses(of):
+        with torch.no_grad():
+            return [(value.item(), weight) for _, value, weight, _ in of(theta)]
+
+    before = batch_losses(loss)
+    part = loss.replace(batches=[Batch((X[:5],), y[:5], 5)])
+    assert batch_losses(part) == [(pytest.approx(cross_entropy(output[:5], y[:5]).item(),
+                                                 rel=1e-12), 5.0)]
+    doubled = loss.replace(loss_fn=lambda out, target: 2 * cross_entropy(out, target))
+    assert batch_losses(doubled) == [(pytest.approx(2 * value, rel=1e-14), weight)
+                                     for value, weight in before]
+    assert batch_losses(loss) == before and len(before) == -(-len(X) // 8)
+    assert obj.value(theta).item() == pytest.approx(cross_entropy(output, y).item(), rel=1e-12)
 
 
 def test_streamed_products_equal_kept_graph(tanh_mlp, data):

@@ -233,6 +233,9 @@ def test_subset_loss_and_its_standard_error_by_hand():
     assert stderr == pytest.approx(losses.std().item() / 80**0.5 * (1 - 80 / 200)**0.5,
                                    rel=1e-10)
     assert subset.value(obj.theta0, 200) == (obj.value().item(), 0.0)
+    with torch.no_grad():  # the subset's loss is a configured copy: the Objective's is its own
+        assert obj.value().item() == pytest.approx(
+            nn.functional.cross_entropy(model(X), y).item(), rel=1e-12)
 
     def not_per_sample(out, target):  # a batch statistic: no per-sample split exists
         return nn.functional.cross_entropy(out, target) + out.var()
