@@ -44,6 +44,7 @@ import torch
 
 from landscope.degenerate import null_direction_test
 from landscope.errors import BadInputError
+from landscope.kinds import KINDS as KINDS  # the verdicts' vocabulary, also landscope.KINDS
 from landscope.linalg import dense_eigh
 from landscope.objective import Objective
 from landscope.spectrum import (
@@ -57,8 +58,6 @@ from landscope.spectrum import (
     restricted_hessian,
     spectrum,
 )
-
-KINDS = ("local_min", "saddle", "local_max", "degenerate", "not_critical")
 
 
 def default_rel_tol(dtype: torch.dtype) -> float:

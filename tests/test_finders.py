@@ -11,6 +11,7 @@ from landscope.critical import probe
 from landscope.errors import BadInputError
 from landscope.finders import find_critical_points, gradient_flatness, newton_mr
 from landscope.objective import Objective
+from landscope.race import as_objective
 
 FINDERS = [("newton_mr", {}), ("gradient_norm", {}), ("gradient_norm", {"solver": "trust-krylov"})]
 
@@ -23,7 +24,7 @@ def dense_hessian(f, x: torch.Tensor) -> torch.Tensor:
 def test_every_end_point_is_a_known_critical_point_classified_right(method, options, one_thread):
     fn = functions.get("himmelblau")  # four minima, four saddles, one maximum
     axis = torch.linspace(-4.5, 4.5, 6, dtype=torch.float64)
-    found = find_critical_points(fn.objective(), torch.cartesian_prod(axis, axis), method=method,
+    found = find_critical_points(as_objective(fn), torch.cartesian_prod(axis, axis), method=method,
                                  **options)
     listed, distance = fn.nearest(torch.stack([f.theta for f in found]))
     assert distance.max() < 1e-6
@@ -79,7 +80,7 @@ def test_gradient_flat_points_are_found_and_told_apart_from_critical_points(meth
 
 def test_gradient_flatness_ratio_matches_the_dense_hessian(one_thread):
     fn = functions.get("himmelblau")
-    obj, theta = fn.objective(), torch.tensor([1.0, -0.5], dtype=torch.float64)
+    obj, theta = as_objective(fn), torch.tensor([1.0, -0.5], dtype=torch.float64)
     certificate = probe(obj, theta)
     flatness = gradient_flatness(obj, certificate, theta)
     H, g = dense_hessian(fn.f, theta), obj.grad(theta)
@@ -89,7 +90,7 @@ def test_gradient_flatness_ratio_matches_the_dense_hessian(one_thread):
 
 
 def test_bad_input_is_refused():
-    obj = functions.get("himmelblau").objective()
+    obj = as_objective(functions.get("himmelblau"))
     with pytest.raises(BadInputError, match=r"starts has shape \(2, 3\).*\(S, 2\)"):
         find_critical_points(obj, torch.zeros(2, 3))
     with pytest.raises(BadInputError, match="method='newton'"):

@@ -11,6 +11,7 @@ import torch
 
 import landscope as ls
 from landscope import functions as zoo
+from landscope.race import as_objective
 
 VARIANTS = [(name, {}) for name in zoo.NAMES] + [
     ("deep_linear", {"depth": 3}),
@@ -39,7 +40,7 @@ def test_listed_points_are_critical_of_the_probed_kind(name, params):
     for p, gi, value in zip(fn.critical_points, g, values, strict=True):
         assert gi.norm() <= 1e-12 * (1 + points.abs().max()) * 100, (name, p)
         assert value.item() == pytest.approx(p.value, abs=1e-12), (name, p)
-        verdict = ls.probe(fn.objective(p.tensor()))
+        verdict = ls.probe(as_objective(fn, p.tensor()))
         assert verdict.kind == p.kind, (name, p.location, verdict.reason)
         if not p.isolated and p.kind == "local_min":  # a set of minima: flat along the set
             assert verdict.strict is False and verdict.flat_directions > 0, verdict.reason

@@ -301,7 +301,7 @@ def _run(factory, steps, start=(1.0, 1e-8), create_graph=True):
 def test_newton_converges_to_the_saddle_of_x2_minus_y2():
     x = _run(optim.Newton, 5)
     assert x.norm().item() < 1e-12
-    probe = ls.probe(zoo.get("saddle").objective(x))
+    probe = ls.probe(race.as_objective(zoo.get("saddle"), x))
     assert probe.kind == "saddle"
 
 

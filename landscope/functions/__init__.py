@@ -20,8 +20,9 @@ import inspect
 
 from landscope.errors import BadInputError
 from landscope.functions import classic, ndim, surfaces
-from landscope.functions.base import CriticalPoint, TestFunction
+from landscope.functions.base import TestFunction
 from landscope.functions.locate import Located, locate
+from landscope.kinds import CriticalPoint
 
 _BUILDERS = {
     "bowl": surfaces.bowl,

@@ -16,32 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from landscope.critical import KINDS
 from landscope.errors import BadInputError
-from landscope.objective import Objective
-
-
-@dataclass(frozen=True)
-class CriticalPoint:
-    """A point where ∇f = 0: its location, its kind (one of ``landscope.KINDS``), f there.
-
-    ``isolated`` is False for a representative of a set of critical points (a symmetry orbit):
-    there the Hessian is singular along the set, and a second-order test cannot see more.
-    """
-
-    location: tuple[float, ...]
-    kind: str
-    value: float
-    note: str = ""
-    isolated: bool = True
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise BadInputError(f"kind={self.kind!r}; use one of {', '.join(KINDS)}")
-
-    def tensor(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """The location as a 1-D tensor."""
-        return torch.tensor(self.location, dtype=dtype)
+from landscope.kinds import CriticalPoint
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,16 +92,6 @@ class TestFunction:
         low, high = self.bounds()
         u = torch.rand(count, self.dim, generator=generator, dtype=torch.float64)
         return low + u * (high - low)
-
-    def objective(self, x0=None) -> Objective:
-        """An :class:`~landscope.Objective` of f at ``x0`` (default: the centre of the box).
-
-        Its lower bound is ``global_min``, so the probe can call a minimum global.
-        """
-        if x0 is None:
-            low, high = self.bounds()
-            x0 = (low + high) / 2
-        return Objective.from_function(self.f, x0, lower_bound=self.global_min, name=self.name)
 
     def identify(self, x: torch.Tensor) -> torch.Tensor:
         """``invariant(x)``: coordinates that identify the critical set of x (x by default)."""

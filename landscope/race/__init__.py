@@ -6,11 +6,13 @@
   tensor (:mod:`landscope.race.engine`); :func:`derive_seed` gives each piece of work its own seed.
 - :func:`multistart`, :func:`anneal`, :func:`evolve` (or :func:`search` by name) look for the
   global minimum of a zoo function within its box (:mod:`landscope.race.strategies`).
+- :func:`as_objective` makes a zoo function an :class:`~landscope.Objective`, for the probe and
+  the finders.
 """
 
 from landscope.race.engine import Descent, derive_seed, descend
 from landscope.race.run import DEFAULT_FUNCTIONS, DEFAULT_OPTIMIZERS, START_MODES, RaceResult, race
-from landscope.race.score import RUN_FIELDS, SUMMARY_FIELDS
+from landscope.race.score import RUN_FIELDS, SUMMARY_FIELDS, as_objective
 from landscope.race.strategies import (
     STRATEGIES,
     SearchResult,
@@ -31,6 +33,7 @@ __all__ = [
     "RaceResult",
     "SearchResult",
     "anneal",
+    "as_objective",
     "derive_seed",
     "descend",
     "evolve",

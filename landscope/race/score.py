@@ -20,6 +20,7 @@ import torch
 
 from landscope import functions as zoo
 from landscope.critical import probe
+from landscope.objective import Objective
 from landscope.race.engine import Descent
 
 SUMMARY_FIELDS = ("function", "optimizer", "goal", "lr", "runs", "success_rate", "median_steps",
@@ -27,6 +28,22 @@ SUMMARY_FIELDS = ("function", "optimizer", "goal", "lr", "runs", "success_rate",
 RUN_FIELDS = ("function", "optimizer", "lr", "start", "x0", "final_x", "final_value", "status",
               "ended_at", "end_kind", "found_global", "escaped", "success", "steps_to_tol",
               "evaluations_to_tol", "escape_steps", "evaluations_to_escape")
+
+
+def as_objective(fn: zoo.TestFunction, x0=None) -> Objective:
+    """An :class:`~landscope.Objective` of the zoo function ``fn`` at ``x0`` (default: the centre
+    of its box). Its lower bound is ``fn.global_min``, so the probe can call a minimum global.
+
+    Examples
+    --------
+    >>> from landscope import probe
+    >>> probe(as_objective(zoo.get("saddle"), [0.0, 0.0])).kind
+    'saddle'
+    """
+    if x0 is None:
+        low, high = fn.bounds()
+        x0 = (low + high) / 2
+    return Objective.from_function(fn.f, x0, lower_bound=fn.global_min, name=fn.name)
 
 
 def score(fn, run: Descent, X0, saddle, tol, classify: bool) -> list[dict]:
@@ -68,7 +85,7 @@ def _kinds(fn, ends) -> list[str]:
             continue
         key = tuple(round(v, 7) for v in point.tolist())
         if key not in cache:
-            cache[key] = probe(fn.objective(point)).kind
+            cache[key] = probe(as_objective(fn, point)).kind
         kinds.append(cache[key])
     return kinds
 
