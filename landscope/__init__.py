@@ -1,7 +1,5 @@
 """landscope: where did training stop, what does the loss landscape look like, what gets you out."""
 
-__version__ = "0.1.0"
-
 import os as _os
 import sys as _sys
 
@@ -13,6 +11,7 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from landscope import doctor, escape, finders, functions, monitor, optim, race  # noqa: E402
+from landscope._version import __version__  # noqa: E402
 from landscope.anytime import AnytimeProbe, anytime_probe, cost_plan  # noqa: E402
 from landscope.critical import KINDS, Probe, probe  # noqa: E402
 from landscope.errors import (  # noqa: E402

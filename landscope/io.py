@@ -25,7 +25,8 @@ from typing import IO
 
 import torch
 
-from landscope import __version__, distributed
+from landscope import distributed
+from landscope._version import __version__
 from landscope.errors import BadInputError, CheckpointError
 
 SCHEMA = "landscope.result"
