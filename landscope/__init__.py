@@ -3,11 +3,13 @@
 import os as _os
 import sys as _sys
 
-# OpenMP threads that spin while waiting starve each other as soon as anything else shares the
-# cores, slowing small forward and backward passes by one to two orders of magnitude (see the
-# timing notes in benchmarks/README.md). It must be set before torch starts its OpenMP runtime,
-# and never overrides a choice the user made.
-if "torch" not in _sys.modules:
+# The landscope command asks OpenMP's threads to sleep rather than spin while they wait: spinning
+# threads starve each other as soon as anything else shares the cores, slowing small forward and
+# backward passes by one to two orders of magnitude (see the timing notes in benchmarks/README.md).
+# OpenMP reads the setting once, when torch loads it, and the imports below load torch before the
+# command's own module runs, so the command's choice is made here. Importing the library sets
+# nothing (the README's performance note says how to set it yourself); a user's value is kept.
+if _os.path.splitext(_os.path.basename(_sys.argv[0] if _sys.argv else ""))[0] == "landscope":
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from landscope import doctor, escape, finders, functions, monitor, optim, race  # noqa: E402
