@@ -13,17 +13,17 @@ from torch import nn
 from typer.testing import CliRunner
 
 import landscope.doctor.doctor as doctor_module
-import landscope.doctor.report as report_module
+import landscope.render.doctor as report_module
 from landscope.cli import app
 from landscope.doctor import Thresholds, diagnose
 from landscope.doctor.findings import EXPLAINS, Finding, _closure, rank
 from landscope.doctor.knowledge import IN_USE, TEXT
-from landscope.doctor.report import loss_line, report_text
 from landscope.doctor.rules import RAISE_TO
 from landscope.errors import BadInputError
 from landscope.monitor import Monitor
 from landscope.monitor.record import Record
 from landscope.monitor.signals import window_status
+from landscope.render.doctor import loss_line, report_text
 
 TH = Thresholds()
 

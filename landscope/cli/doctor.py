@@ -136,8 +136,8 @@ def _doctor(out: Path, *, run_dir: Path | None = None, scenario: str | None = No
             remedy: bool = False, seed: int = 0, trial: _TrialOptions = _TrialOptions()):
     """The work of `landscope doctor` (the demo calls it on a scenario, without a trial)."""
     from landscope.doctor import diagnose
-    from landscope.doctor.report import diagnosis_report
     from landscope.doctor.scenarios import run_scenario
+    from landscope.render import diagnosis_report
 
     if (run_dir is None) == (scenario is None):
         raise BadInputError("give either a RUN_DIR or --scenario NAME (see --list-scenarios)")

@@ -1,4 +1,4 @@
-"""The doctor's report, for the terminal (rich) and as plain text. Reads a Diagnosis only.
+"""The doctor's report of a Diagnosis, for the terminal (rich) and as plain text.
 
 Each finding shows what was found (with its numbers), the evidence and the steps where it was
 seen, why it matters in the landscape picture, and the remedies, most effective first. A finding

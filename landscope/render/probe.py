@@ -1,4 +1,4 @@
-"""Terminal rendering of results (rich). Reads result objects; computes nothing."""
+"""A probe for the terminal (rich): its panel, the anytime stages, and the cost plan before them."""
 
 from __future__ import annotations
 
