@@ -1,4 +1,4 @@
-"""What each finding means and what to do about it, from the seed notes (001, 002, 003).
+"""What each finding means and what to do about it.
 
 Kept apart from the rules: the rules decide *whether* a finding holds, from numbers in the record;
 this module says *why it matters* in the landscape picture (the second-order Taylor model
