@@ -8,7 +8,7 @@ import sys as _sys
 # backward passes by one to two orders of magnitude (see the timing notes in benchmarks/README.md).
 # OpenMP reads the setting once, when torch loads it, and the imports below load torch before the
 # command's own module runs, so the command's choice is made here. Importing the library sets
-# nothing (the README's performance note says how to set it yourself); a user's value is kept.
+# nothing (the README's "Threads on shared cores" says how to set it); a user's value is kept.
 if _os.path.splitext(_os.path.basename(_sys.argv[0] if _sys.argv else ""))[0] == "landscope":
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
