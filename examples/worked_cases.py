@@ -1,4 +1,4 @@
-"""The seed notes' two worked cases, as faulty runs to try remedies on with `landscope escape`.
+"""Two classic stuck networks, as faulty runs to try remedies on with `landscope escape`.
 
 - ``stuck_cnn``: a plain 6-layer ReLU CNN (no normalisation, no skips, PyTorch's default
   initialisation) on the 8×8 digits. Each layer shrinks the signal (default init: Var w =

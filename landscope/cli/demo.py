@@ -21,7 +21,7 @@ from landscope.cli.surface import SurfaceRequest, _surface
 def demo(out: OutOption = OUT):
     """The main job on the built-in default: train the MLP on the digits and probe where training
     stopped; draw the landscape around it with the training path; race optimisers away from a
-    saddle; diagnose the seed's 10-layer sigmoid network; then put all of it on one page,
+    saddle; diagnose a 10-layer sigmoid network; then put all of it on one page,
     OUT/report.html."""
 
     def work():

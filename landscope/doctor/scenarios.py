@@ -2,13 +2,14 @@
 
 Each scenario trains a network for a few hundred steps under a :class:`~landscope.monitor.Monitor`
 and leaves a run directory for :func:`~landscope.doctor.diagnose`. Most have a remedied twin: the
-same run with the remedy the seed notes prescribe. The doctor sees only the record; ``expect``
+same run with the usual remedy. The doctor sees only the record; ``expect``
 is what a reader should find, used by the tests and the listing, never by the rules.
 
-The cases (seed 003): the 10-layer sigmoid MLP that does not learn (vanishing gradients); a
+The cases: the 10-layer sigmoid MLP that does not learn (vanishing gradients); a
 learning rate that diverges; unscaled inputs that make a narrow valley (the diabetes data in raw
 units: condition number ~5·10⁷); all-zero initialisation (symmetry); a deep linear network started
-next to the origin, a strict saddle (seed 002: no poor minima there, only saddles); a wide network
+next to the origin, a strict saddle (a deep linear network has no poor minima, only saddles:
+Kawaguchi 2016); a wide network
 fitting 200 samples with noisy labels (overfitting); and a healthy control run.
 """
 

@@ -1,4 +1,4 @@
-"""The seed notes' surfaces: bowls, saddles, degenerate points, a cubic and an egg crate.
+"""Textbook two-dimensional surfaces: bowls, saddles, degenerate points, a cubic and an egg crate.
 
 Every critical point here is in closed form. What makes some of them hard is degeneracy: at the
 origin x² + y³, x² + y⁴ and the monkey saddle x³ − 3xy² have singular Hessians, so their kinds

@@ -1,6 +1,8 @@
 """Global strategies: multi-start, simulated annealing, a genetic (evolutionary) algorithm.
 
-The seed notes name four ways out of poor local minima; three are here with one result format.
+Four classic ways out of poor local minima (Zhou, Machine Learning, 2016, §5.4) are multi-start
+initialisation, simulated annealing, the noise of SGD and genetic algorithms; all but SGD's noise
+are here, with one result format.
 Multi-start runs a local optimiser from many uniform starts at once (as the rows of one tensor, see
 :mod:`landscope.race.engine`) and keeps the best end. Annealing is scipy's ``dual_annealing``
 (generalised simulated annealing with a local search, whose L-BFGS-B gets autograd gradients);

@@ -3,8 +3,8 @@
 
 Bray & Dean's argument for Gaussian random fields, which Dauphin et al. found in small networks:
 at a critical point the index α (fraction of negative Hessian eigenvalues) rises with the loss ε,
-so the critical points far above the lowest loss are saddles, not poor minima. The seed notes say
-the same with the "minimum ratio" = #positive eigenvalues / #eigenvalues (1 at a minimum, between 0
+so the critical points far above the lowest loss are saddles, not poor minima. In terms of
+the "minimum ratio" = #positive eigenvalues / #eigenvalues (1 at a minimum, between 0
 and 1 at a saddle): where training stalls at a high loss the Hessian still has negative
 eigenvalues, and minima are rare among critical points.
 
@@ -23,7 +23,7 @@ tolerance τ = rel_tol·ρ, the tolerance its verdict uses, so that a saddle's s
 eigenvalues count; the probe's wider 1 % flat band is meant for the bulk of large networks.
 A saturated tanh unit (|W₁x + b₁| large on every sample) gives exactly flat directions (its input
 weights; its output weight merges with b₂), so many minima are non-strict and their minimum ratio
-is below 1: the notes' "ratio 1 at a minimum" holds at strict minima only, and what marks a
+is below 1: "ratio 1 at a minimum" holds at strict minima only, and what marks a
 minimum is index 0 (``strict`` is recorded). Saturation also leaves plateau minima up to L = ½.
 
 The checks, each able to fail on a landscape where the claim is false:
