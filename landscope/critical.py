@@ -38,11 +38,12 @@ whose residuals are reported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 
-from landscope.degenerate import null_direction_test
+from landscope.degenerate import NullTest, null_direction_test
 from landscope.errors import BadInputError
 from landscope.kinds import KINDS as KINDS  # the verdicts' vocabulary, also landscope.KINDS
 from landscope.linalg import dense_eigh
@@ -68,6 +69,31 @@ def default_rel_tol(dtype: torch.dtype) -> float:
 def default_global_tol(dtype: torch.dtype) -> float:
     """How close to its lower bound the loss must be to call a minimum global."""
     return 1e-10 if dtype == torch.float64 else 1e-6
+
+
+@dataclass(frozen=True)
+class Stationarity:
+    """The first-order test: is θ a critical point?
+
+    step: s = ‖g‖/ρ, the length of the descent lemma's safe step. relative_step: s/‖θ‖ (s itself
+    at θ = 0). step_tol: the tolerance on it (never below 10·eps); critical: relative_step ≤
+    step_tol. predicted_decrease: ‖g‖²/(2ρ), what that step would gain; descent_ratio: that gain
+    over the excess L − L_low (None without a known lower bound). explanation: why θ is not
+    critical, in one sentence (used as the reason when it is not).
+    """
+
+    critical: bool
+    grad_norm: float
+    step: float
+    theta_norm: float
+    relative_step: float
+    step_tol: float
+    predicted_decrease: float
+    descent_ratio: float | None
+    explanation: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -97,7 +123,7 @@ class Probe:
     flat_directions: int | None
     n_unused: int
     tolerances: dict
-    stationarity: dict
+    stationarity: Stationarity
     evidence: dict
     info: dict
     spectrum: Spectrum = field(repr=False)
@@ -128,7 +154,7 @@ class Probe:
             "fractions": {name: f.to_dict() for name, f in self.fractions.items()},
             "condition_number": self.condition_number,
             "tolerances": self.tolerances,
-            "stationarity": self.stationarity,
+            "stationarity": self.stationarity.to_dict(),
             "spectrum": self.spectrum.to_dict(),
             "density": self.density.to_dict(),
             "evidence": self.evidence,
@@ -208,20 +234,20 @@ def probe(
     used = theta if coords is None else theta[coords]
     stationarity = _stationarity(grad_norm, rho, used.norm().item(), loss, obj.lower_bound,
                                  step_rtol, torch.finfo(obj.dtype).eps)
-    if not stationarity["critical"]:
-        kind, reason, strict, flat, null_test = ("not_critical", stationarity["explanation"],
-                                                 None, None, None)
+    if stationarity.critical:
+        decision = _Verdict(obj=obj, theta=theta, values=values, vectors=vectors, spec=spec,
+                            fractions=fractions, zero_tol=zero_tol, seed=seed).classify()
     else:
-        verdict = _Verdict(obj, theta, values, vectors, spec, fractions, zero_tol, seed)
-        kind, reason, strict, flat, null_test = verdict.classify()
+        decision = _Decision("not_critical", stationarity.explanation)
+    reason = decision.reason
     global_tol = default_global_tol(obj.dtype) if global_tol is None else global_tol
-    is_global = (kind == "local_min" and obj.lower_bound is not None
+    is_global = (decision.kind == "local_min" and obj.lower_bound is not None
                  and loss - obj.lower_bound <= global_tol)
     if is_global:
         reason += f"; the loss is within {global_tol:g} of its lower bound {obj.lower_bound:g}"
     tolerances = {"rel_tol": rel_tol, "zero_tol": zero_tol, "flat_band": flat_band,
                   "flat_tol": flat_tol, "step_rtol": step_rtol,
-                  "step_tol": stationarity["step_tol"], "global_tol": global_tol,
+                  "step_tol": stationarity.step_tol, "global_tol": global_tol,
                   "eig_tol": spec.evidence.get("tol")}
     note = index_note(lam_min, fractions["negative"].value, tolerances)
     if note:
@@ -232,12 +258,16 @@ def probe(
         "path": "exact" if exact else "iterative",
         "spectrum": spec.evidence,
         "density": dens.to_dict(),
-        "null_direction_test": null_test.to_dict() if null_test else None,
+        "null_direction_test": decision.null_test.to_dict() if decision.null_test else None,
         "counts": {key: obj.counts[key] - before[key] for key in obj.counts},
     }
-    return Probe(kind, reason, loss, grad_norm, lam_max, lam_min, fractions,
-                 _condition_number(values, lam_max, lam_min, zero_tol), is_global, strict, flat,
-                 n_unused, tolerances, stationarity, evidence, dict(obj.info), spec, dens)
+    return Probe(kind=decision.kind, reason=reason, loss=loss, grad_norm=grad_norm,
+                 lambda_max=lam_max, lambda_min=lam_min, fractions=fractions,
+                 condition_number=_condition_number(values, lam_max, lam_min, zero_tol),
+                 is_global_min=is_global, strict=decision.strict,
+                 flat_directions=decision.flat_directions, n_unused=n_unused,
+                 tolerances=tolerances, stationarity=stationarity, evidence=evidence,
+                 info=dict(obj.info), spectrum=spec, density=dens)
 
 
 def index_note(lam_min: float, index: float, tolerances: dict) -> str:
@@ -264,26 +294,44 @@ def used_coordinates(obj: Objective) -> tuple[torch.Tensor | None, int]:
     return mask.nonzero().squeeze(1), int((~mask).sum())
 
 
-class _Verdict:
-    """The second-order decision, and the higher-order test where it is inconclusive.
+class _Decision(NamedTuple):
+    """A verdict on θ: its kind, why, and what the second- or higher-order test found.
 
-    ``classify`` returns (kind, reason, strict, flat directions, the higher-order test or None).
+    strict and flat_directions: for a local minimum or maximum only. null_test: the higher-order
+    test along the null directions, when it ran.
     """
 
-    def __init__(self, obj, theta, values, vectors, spec, fractions, zero_tol, seed):
-        self.obj, self.theta, self.values, self.vectors = obj, theta, values, vectors
-        self.spec, self.fractions, self.zero_tol, self.seed = spec, fractions, zero_tol, seed
+    kind: str
+    reason: str
+    strict: bool | None = None
+    flat_directions: int | None = None
+    null_test: NullTest | None = None
 
-    def classify(self):
+
+@dataclass(frozen=True)
+class _Verdict:
+    """The second-order decision at a critical point, and the higher-order test where it is
+    inconclusive. ``values``/``vectors``: the whole eigendecomposition on the exact path, None on
+    the iterative one (then only ``spec``'s end pairs are known)."""
+
+    obj: Objective
+    theta: torch.Tensor
+    values: torch.Tensor | None
+    vectors: torch.Tensor | None
+    spec: Spectrum
+    fractions: dict[str, FractionEstimate]
+    zero_tol: float
+    seed: int
+
+    def classify(self) -> _Decision:
         lam_max = self.spec.largest.values[0].item()
         lam_min = self.spec.smallest.values[0].item()
         has_neg, has_pos = lam_min <= -self.zero_tol, lam_max > self.zero_tol
         if has_neg and has_pos:
             share = self.fractions["negative"]
-            return "saddle", (
-                f"saddle point: λ_min = {lam_min:.4g} < 0 < λ_max = {lam_max:.4g}; "
-                f"{100 * share.value:.3g}% of the eigenvalues lie below the flat band"), \
-                None, None, None
+            return _Decision("saddle", f"saddle point: λ_min = {lam_min:.4g} < 0 < λ_max = "
+                                       f"{lam_max:.4g}; {100 * share.value:.3g}% of the "
+                                       "eigenvalues lie below the flat band")
         if self.values is not None:
             near_zero = int((self.values.abs() <= self.zero_tol).sum())
         else:
@@ -291,13 +339,15 @@ class _Verdict:
                             + (self.spec.largest.values.abs() <= self.zero_tol).sum())
         if near_zero == 0:
             if has_pos:
-                return "local_min", f"local minimum (strict): every eigenvalue is positive, " \
-                                    f"λ_min = {lam_min:.4g} > {self.zero_tol:.2g}", True, 0, None
-            return "local_max", f"local maximum (strict): every eigenvalue is negative, " \
-                                f"λ_max = {lam_max:.4g} < {-self.zero_tol:.2g}", True, 0, None
+                return _Decision("local_min", "local minimum (strict): every eigenvalue is "
+                                 f"positive, λ_min = {lam_min:.4g} > {self.zero_tol:.2g}",
+                                 strict=True, flat_directions=0)
+            return _Decision("local_max", "local maximum (strict): every eigenvalue is negative, "
+                             f"λ_max = {lam_max:.4g} < {-self.zero_tol:.2g}",
+                             strict=True, flat_directions=0)
         return self._higher_order(has_neg, has_pos, near_zero)
 
-    def _higher_order(self, has_neg, has_pos, near_zero):
+    def _higher_order(self, has_neg: bool, has_pos: bool, near_zero: int) -> _Decision:
         null, rng, rng_values = self._null_and_range()
         rho = max(abs(self.spec.largest.values[0].item()), abs(self.spec.smallest.values[0].item()))
         test = null_direction_test(self.obj, self.theta, null, rng, rng_values, curvature=rho,
@@ -308,11 +358,11 @@ class _Verdict:
         if lowers and raises:
             w = test.witness
             change = "lowers" if w["phi"] < 0 else "raises"
-            return "saddle", (
+            return _Decision("saddle", (
                 f"saddle point (higher order): {where}; at distance {w['t']:.2g} a null direction "
                 f"{change} the loss (less its leftover linear part) by {abs(w['phi']):.3g}, "
                 f"while {'a negative' if has_neg else 'a positive' if has_pos else 'another'} "
-                "direction does the opposite"), None, None, test
+                "direction does the opposite"), null_test=test)
         undecided = []
         if test.outcomes["unsettled"]:
             undecided.append(f"along {test.outcomes['unsettled']} direction(s) the relaxation of "
@@ -324,21 +374,23 @@ class _Verdict:
             undecided.append(f"only {test.basis_examined} of the {test.null_dim} null basis "
                              "vectors were examined")
         if undecided:
-            return "degenerate", f"degenerate critical point, not settled: {where}; " \
-                                 + "; ".join(undecided), None, None, test
+            return _Decision("degenerate", f"degenerate critical point, not settled: {where}; "
+                             + "; ".join(undecided), null_test=test)
         kind, name = ("local_max", "maximum") if lowers else ("local_min", "minimum")
         moves = "falls" if lowers else "rises"
         if not test.outcomes["flat"]:
-            return kind, f"local {name} (strict, higher order): {where}: the loss {moves} in " \
-                         f"every examined direction, down to radius {test.settled_radius:.2g}", \
-                True, 0, test
+            return _Decision(kind, f"local {name} (strict, higher order): {where}: the loss "
+                             f"{moves} in every examined direction, down to radius "
+                             f"{test.settled_radius:.2g}", strict=True, flat_directions=0,
+                             null_test=test)
         flat = test.flat_dimension
         rest = (f"and {moves} in all others" if lowers or raises
                 else "and in every other direction examined: also a non-strict local maximum")
-        return kind, (f"local {name} (non-strict: {flat} flat direction(s)): {where}; along "
-                      f"{flat} direction(s) the loss stays within rounding and ½τt² (τ the zero "
-                      f"tolerance) at every radius t from {test.flat_radius:.2g} down to "
-                      f"{test.radii[-1]:.2g} {rest}"), False, flat, test
+        return _Decision(kind, (f"local {name} (non-strict: {flat} flat direction(s)): {where}; "
+                                f"along {flat} direction(s) the loss stays within rounding and "
+                                f"½τt² (τ the zero tolerance) at every radius t from "
+                                f"{test.flat_radius:.2g} down to {test.radii[-1]:.2g} {rest}"),
+                         strict=False, flat_directions=flat, null_test=test)
 
     def _null_and_range(self):
         if self.values is not None:
@@ -353,7 +405,7 @@ class _Verdict:
         return vectors[:, is_null], None, None
 
 
-def _stationarity(grad_norm, rho, theta_norm, loss, lower_bound, step_rtol, eps) -> dict:
+def _stationarity(grad_norm, rho, theta_norm, loss, lower_bound, step_rtol, eps) -> Stationarity:
     step = _quotient(grad_norm, rho)  # the length of the descent lemma's 1/ρ step
     # at θ = 0 exactly there is no scale to be relative to: the step itself is compared
     relative = _quotient(step, theta_norm) if theta_norm > 0 else step
@@ -369,9 +421,9 @@ def _stationarity(grad_norm, rho, theta_norm, loss, lower_bound, step_rtol, eps)
     if ratio is not None:
         explanation += (f" (that step would lower the loss by ≈ {decrease:.3g}, a fraction "
                         f"{ratio:.3g} of the excess over the lower bound)")
-    return {"critical": critical, "grad_norm": grad_norm, "step": step, "theta_norm": theta_norm,
-            "relative_step": relative, "step_tol": tol, "predicted_decrease": decrease,
-            "descent_ratio": ratio, "explanation": explanation}
+    return Stationarity(critical=critical, grad_norm=grad_norm, step=step, theta_norm=theta_norm,
+                        relative_step=relative, step_tol=tol, predicted_decrease=decrease,
+                        descent_ratio=ratio, explanation=explanation)
 
 
 def _quotient(a: float, b: float) -> float:

@@ -53,7 +53,7 @@ CASES = [
 def test_known_critical_points(name, f, point, kind, index):
     p = probe(Objective.from_function(f, point))
     assert p.kind == kind, p.reason
-    assert p.stationarity["critical"]
+    assert p.stationarity.critical
     assert p.index == pytest.approx(index)
     assert p.kind in KINDS
 
@@ -77,7 +77,7 @@ def test_a_critical_point_at_the_origin_with_a_rounding_level_gradient_is_critic
     """θ = 0 has no scale: a gradient of 1e-20 there (what a finder ends with) must not make
     the relative step infinite."""
     p = probe(Objective.from_function(lambda x: x[0] ** 2 - x[1] ** 2 + 1e-20 * x[0], [0, 0]))
-    assert p.kind == "saddle" and p.stationarity["critical"]
+    assert p.kind == "saddle" and p.stationarity.critical
     moved = probe(Objective.from_function(lambda x: x[0] ** 2 - x[1] ** 2 + 1e-3 * x[0], [0, 0]))
     assert moved.kind == "not_critical"
 
@@ -89,8 +89,8 @@ def test_non_critical_point_reports_its_distance():
     assert p.grad_norm == pytest.approx(8 / 3)
     # H = [[2, 2], [2, −4]]: ρ = 1 + √13; the 1/ρ step moves θ by ‖g‖/ρ, against ‖θ‖ = √8/3
     rho = 1 + math.sqrt(13)
-    assert p.stationarity["step"] == pytest.approx(8 / 3 / rho, rel=1e-12)
-    assert p.stationarity["relative_step"] == pytest.approx(8 / 3 / rho / (math.sqrt(8) / 3),
+    assert p.stationarity.step == pytest.approx(8 / 3 / rho, rel=1e-12)
+    assert p.stationarity.relative_step == pytest.approx(8 / 3 / rho / (math.sqrt(8) / 3),
                                                             rel=1e-12)
     assert "still sliding" in p.reason
 
@@ -182,12 +182,12 @@ def test_first_order_test_is_invariant_to_affine_loss_and_parameter_scale(a, b, 
     p = probe(Objective.from_function(lambda x: a * (x[0] / c) ** 2 + b, [0.01 * c],
                                       lower_bound=bound))
     assert p.kind == "not_critical", p.reason
-    assert p.stationarity["relative_step"] == pytest.approx(1.0, rel=1e-9)
+    assert p.stationarity.relative_step == pytest.approx(1.0, rel=1e-9)
     # near the stationary point of a·((x/c) − 1)² + b, at relative distance 1e-9: critical
     near = probe(Objective.from_function(lambda x: a * (x[0] / c - 1) ** 2 + b,
                                          [c * (1 + 1e-9)], lower_bound=bound))
     assert near.kind == "local_min" and near.strict, near.reason
-    assert near.stationarity["relative_step"] == pytest.approx(1e-9, rel=1e-5)
+    assert near.stationarity.relative_step == pytest.approx(1e-9, rel=1e-5)
 
 
 def test_first_order_rounding_floor_keeps_exact_fits_critical():

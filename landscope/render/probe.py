@@ -29,9 +29,9 @@ def probe_panel(p: Probe, seconds: float | None = None) -> Panel:
     table.add_row("why", p.reason)
     table.add_row("loss", f"{p.loss:.6g}")
     st = p.stationarity
-    table.add_row("‖∇L‖", f"{p.grad_norm:.3g}  (a 1/ρ gradient step moves θ by {st['step']:.2g} "
-                          f"= {st['relative_step']:.2g}·‖θ‖; critical below "
-                          f"{st['step_tol']:.2g}·‖θ‖)")
+    table.add_row("‖∇L‖", f"{p.grad_norm:.3g}  (a 1/ρ gradient step moves θ by {st.step:.2g} "
+                          f"= {st.relative_step:.2g}·‖θ‖; critical below "
+                          f"{st.step_tol:.2g}·‖θ‖)")
     table.add_row("λ_max", _eig(p.spectrum.largest))
     table.add_row("λ_min", _eig(p.spectrum.smallest))
     tol = p.tolerances
