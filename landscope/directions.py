@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from landscope import _checks as checks
 from landscope.errors import BadInputError
 from landscope.objective import Objective
 
@@ -83,8 +84,7 @@ def make(kind: str, obj: Objective, count: int = 2, *, seed: int = 0, norm: str 
     directions of the training path ``path`` about its last point (:func:`pca`); gradient: −∇L,
     a line (:func:`gradient`).
     """
-    if kind not in KINDS:
-        raise BadInputError(f"kind={kind!r}; use one of {', '.join(KINDS)}")
+    checks.choice("kind", kind, KINDS)
     if count not in (1, 2):
         raise BadInputError(f"count={count}; a frame has 1 (line) or 2 (plane) directions")
     if kind == "random":
@@ -147,10 +147,8 @@ def normalise(obj: Objective, vector: torch.Tensor, norm: str = "filter", *,
     A filter of θ with norm 0 gives a zero filter in the result. Raises if nothing is left (every
     parameter is one-axis and ``biases="zero"``, as for an analytic function: use norm="none").
     """
-    if norm not in NORMS:
-        raise BadInputError(f"norm={norm!r}; use one of {', '.join(NORMS)}")
-    if biases not in BIASES:
-        raise BadInputError(f"biases={biases!r}; use one of {', '.join(BIASES)}")
+    checks.choice("norm", norm, NORMS)
+    checks.choice("biases", biases, BIASES)
     vector = _vector(obj, vector, "vector")
     if norm == "none":
         return vector.clone()

@@ -58,6 +58,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from landscope import _checks as checks
 from landscope import io, optim
 from landscope.critical import default_rel_tol
 from landscope.data import Batch, Batches, is_tensor_pair
@@ -324,10 +325,9 @@ def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
         cap).
     progress: ``progress(run, done, total)`` after each run (read back or computed).
     """
-    steps, seeds = _whole(steps, "steps"), _whole(seeds, "seeds")
-    if batch_size is not None and int(batch_size) < 1:
-        raise BadInputError(f"batch_size={batch_size!r}; use a positive number, or None for "
-                            "the data's own batches")
+    steps, seeds = checks.integer("steps", steps), checks.integer("seeds", seeds)
+    if batch_size is not None:
+        checks.integer("batch_size", batch_size)
     chosen = [candidate(n) for n in dict.fromkeys(candidates)]
     if not chosen:
         raise BadInputError("no candidates; name at least one (e.g. baseline, adam)")
@@ -506,7 +506,7 @@ def scheduler(kind: str | None, opt, budget: int):
     warm = max(1, budget // 10)
     if kind is None:
         return None
-    if kind == "warmup":
+    if checks.choice("schedule", kind, SCHEDULES) == "warmup":
         return schedulers.LinearLR(opt, start_factor=0.01, total_iters=warm)
     if kind == "cosine":
         return schedulers.CosineAnnealingLR(opt, T_max=budget)
@@ -514,9 +514,7 @@ def scheduler(kind: str | None, opt, budget: int):
         return schedulers.SequentialLR(opt, [scheduler("warmup", opt, budget),
                                              schedulers.CosineAnnealingLR(opt, budget - warm)],
                                        [warm])
-    if kind == "sgdr":
-        return schedulers.CosineAnnealingWarmRestarts(opt, T_0=max(1, budget // 7), T_mult=2)
-    raise BadInputError(f"schedule {kind!r}; use one of {', '.join(SCHEDULES)}")
+    return schedulers.CosineAnnealingWarmRestarts(opt, T_0=max(1, budget // 7), T_mult=2)  # sgdr
 
 
 # ---------------------------------------------------------------------- θ₀ and curvature
@@ -659,12 +657,6 @@ def _public(start: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- helpers
-def _whole(value, name: str) -> int:
-    if isinstance(value, bool) or not float(value).is_integer() or int(value) < 1:
-        raise BadInputError(f"{name}={value!r}; use a whole number ≥ 1")
-    return int(value)
-
-
 def _data_sha256(batches) -> str:
     return _sha256([t for b in batches for t in (*b.inputs, *b.kwargs.values(), b.target)
                     if t is not None])

@@ -28,6 +28,7 @@ import scipy.optimize
 import torch
 from scipy.sparse.linalg import LinearOperator, minres
 
+from landscope import _checks as checks
 from landscope.critical import Probe, probe
 from landscope.errors import BadInputError
 from landscope.objective import Objective
@@ -103,7 +104,7 @@ def newton_mr(obj: Objective, theta=None, *, tol: float | None = None, max_iter:
     theta = obj.point(theta).clone()
     before = dict(obj.counts)
     loss, g = obj.value_and_grad(theta)
-    tol = default_tol(g) if tol is None else _positive(tol, "tol")
+    tol = default_tol(g) if tol is None else checks.positive("tol", tol)
     iterations = 0
     while g.norm() > tol:
         if iterations == max_iter:
@@ -130,12 +131,11 @@ def gradient_norm_min(obj: Objective, theta=None, *, tol: float | None = None,
     point (g ≠ 0), or at the rounding floor of ‖∇L‖ above ``tol``. Newton-CG is the default: on
     the six-hump camel it took 24–40 products a run against trust-krylov's 50–89.
     """
-    if solver not in ("Newton-CG", "trust-krylov"):
-        raise BadInputError(f"solver={solver!r}; use 'Newton-CG' or 'trust-krylov'")
+    checks.choice("solver", solver, ("Newton-CG", "trust-krylov"))
     start = obj.point(theta).clone()
     before = dict(obj.counts)
     g0 = obj.grad(start)
-    tol = default_tol(g0) if tol is None else _positive(tol, "tol")
+    tol = default_tol(g0) if tol is None else checks.positive("tol", tol)
     hg0 = float(obj.hvp(g0, start).norm())
     to_torch = _to_torch(obj)
 
@@ -194,9 +194,8 @@ def find_critical_points(obj: Objective, starts, *, method: str = "newton_mr",
     ``finder_options`` go to :func:`newton_mr` or :func:`gradient_norm_min`; ``probe_options``
     to :func:`landscope.critical.probe`; ``flat_tol`` is the gradient-flat ratio's tolerance.
     """
-    finder = {"newton_mr": newton_mr, "gradient_norm": gradient_norm_min}.get(method)
-    if finder is None:
-        raise BadInputError(f"method={method!r}; use one of {', '.join(METHODS)}")
+    finder = {"newton_mr": newton_mr, "gradient_norm": gradient_norm_min}[
+        checks.choice("method", method, METHODS)]
     starts = _starts(obj, starts)
     found = []
     for start in starts:
@@ -277,9 +276,3 @@ def _run(obj, theta, loss, g, iterations, before, stop) -> Run:
     return Run(theta, float(loss), float(g.norm()), iterations,
                obj.counts["hvp"] - before["hvp"], obj.counts["gradients"] - before["gradients"],
                stop)
-
-
-def _positive(value, name: str) -> float:
-    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-        raise BadInputError(f"{name}={value!r}; use a positive finite number")
-    return float(value)

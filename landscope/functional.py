@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from landscope import _checks as checks
 from landscope.data import Batch, Batches, weighted_mean
 from landscope.errors import BadInputError, NonFiniteLossError
 
@@ -87,8 +88,7 @@ class ModelLoss:
         reduction: str | None = None,
         batch_weight: Callable[[Batch], float] | None = None,
     ):
-        if mode not in MODES:
-            raise BadInputError(f"mode={mode!r}; use 'eval' (the default) or 'train'")
+        checks.choice("mode", mode, MODES)
         if isinstance(loss_fn, str) and loss_fn != MODEL_LOSS:
             raise BadInputError(f"loss={loss_fn!r}; pass a loss function, or {MODEL_LOSS!r} for "
                                 "the loss the model returns itself")
@@ -311,8 +311,8 @@ def _weighing(loss_fn, model: nn.Module, reduction: str | None,
             f"the loss has reduction={declared!r}; landscope needs a scalar loss per batch. Use "
             "reduction='mean' (the PyTorch default) or 'sum'"
         )
-    if reduction is not None and reduction not in REDUCTIONS:
-        raise BadInputError(f"reduction={reduction!r}; use 'mean' or 'sum'")
+    if reduction is not None:
+        checks.choice("reduction", reduction, REDUCTIONS)
     if declared is not None and reduction is not None and declared != reduction:
         raise BadInputError(f"reduction={reduction!r}, but the loss itself has "
                             f"reduction={declared!r}; leave reduction out or make them agree")

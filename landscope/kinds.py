@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from landscope.errors import BadInputError
+from landscope import _checks as checks
 
 KINDS = ("local_min", "saddle", "local_max", "degenerate", "not_critical")
 
@@ -31,8 +31,7 @@ class CriticalPoint:
     isolated: bool = True
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise BadInputError(f"kind={self.kind!r}; use one of {', '.join(KINDS)}")
+        checks.choice("kind", self.kind, KINDS)
 
     def tensor(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The location as a 1-D tensor."""

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from landscope import _checks as checks
 from landscope.data import Batch
 from landscope.engines import Sums
 from landscope.errors import BadInputError
@@ -140,8 +141,7 @@ class SubsetLoss:
         if self._loss.mode != "eval":
             raise BadInputError("subset losses need mode='eval': in train mode BatchNorm mixes "
                                 "the samples of a batch, so a subset changes every sample's loss")
-        if chunks not in self.T95:
-            raise BadInputError(f"chunks={chunks}; use one of {sorted(self.T95)}")
+        checks.choice("chunks", chunks, sorted(self.T95))
         batches = list(self._loss.batches)
         if self._loss.reduction != "mean" or any(self._loss.weight(b) != b.size
                                                   for b in batches):

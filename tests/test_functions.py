@@ -154,6 +154,6 @@ def test_bad_input_names_the_valid_choices():
         zoo.get("quadratic_saddle", n=3, index=4)
     with pytest.raises(ls.BadInputError, match="shape"):
         zoo.get("bowl")(torch.zeros(3))
-    with pytest.raises(ls.BadInputError, match="positive whole"):
+    with pytest.raises(ls.BadInputError, match="n=0; use a whole number ≥ 1"):
         zoo.get("rastrigin", n=0)
     assert math.isclose(zoo.get("six_hump_camel").global_min, -1.0316284534898774)

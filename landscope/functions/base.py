@@ -115,10 +115,3 @@ class TestFunction:
 def critical(location, kind: str, value: float, note: str = "", isolated: bool = True):
     """Shorthand used by the zoo's modules: ``CriticalPoint`` with a tuple of floats."""
     return CriticalPoint(tuple(float(v) for v in location), kind, float(value), note, isolated)
-
-
-def positive_int(value, name: str) -> int:
-    """``value`` if it is a whole number ≥ 1, else a BadInputError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadInputError(f"{name}={value!r}; use a positive whole number")
-    return value

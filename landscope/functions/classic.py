@@ -16,7 +16,8 @@ import math
 import torch
 from scipy.optimize import brentq
 
-from landscope.functions.base import TestFunction, critical, positive_int
+from landscope import _checks as checks
+from landscope.functions.base import TestFunction, critical
 
 RASTRIGIN_LIST_MAX = 4096
 """Rastrigin lists its 21ⁿ critical points only while there are at most this many (n ≤ 2)."""
@@ -98,7 +99,7 @@ def rastrigin(n: int = 2) -> TestFunction:
     near the half-integers); a point is a minimum when all its coordinates are, a maximum when
     none is, a saddle otherwise.
     """
-    n = positive_int(n, "n")
+    n = checks.integer("n", n)
 
     def f(p):
         return 10 * n + (p**2 - 10 * torch.cos(2 * math.pi * p)).sum(-1)
@@ -120,7 +121,7 @@ def ackley(n: int = 2) -> TestFunction:
     subgradient (a valid one), and the rest is smooth with positive curvature, so the probe calls
     0 a local minimum. Ackley's many other critical points have no closed form and are not listed.
     """
-    n = positive_int(n, "n")
+    n = checks.integer("n", n)
 
     def f(p):
         squares = (p**2).sum(-1)

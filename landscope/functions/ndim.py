@@ -19,15 +19,16 @@ import itertools
 
 import torch
 
+from landscope import _checks as checks
 from landscope.errors import BadInputError
-from landscope.functions.base import TestFunction, critical, positive_int
+from landscope.functions.base import TestFunction, critical
 
 
 def ill_conditioned(kappa: float = 100.0, n: int = 2) -> TestFunction:
     """½ xᵀ A x, A = Q diag(λ) Qᵀ with λ geometrically spaced from 1 to ``kappa``."""
-    n = positive_int(n, "n")
-    if n < 2 or not kappa >= 1:
-        raise BadInputError(f"kappa={kappa!r}, n={n}: use kappa ≥ 1 and n ≥ 2")
+    n = checks.integer("n", n, minimum=2)
+    if not kappa >= 1:
+        raise BadInputError(f"kappa={kappa!r}; use a condition number ≥ 1")
     eigenvalues = torch.logspace(0, torch.log10(torch.tensor(float(kappa))).item(), n,
                                  dtype=torch.float64)
     return _quadratic("ill_conditioned", eigenvalues, {"kappa": kappa, "n": n})
@@ -35,8 +36,8 @@ def ill_conditioned(kappa: float = 100.0, n: int = 2) -> TestFunction:
 
 def quadratic_saddle(n: int = 10, index: int = 3) -> TestFunction:
     """½ xᵀ A x with ``index`` negative eigenvalues among n (magnitudes 1 … 2, rotated)."""
-    n = positive_int(n, "n")
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= n:
+    n = checks.integer("n", n)
+    if checks.integer("index", index, minimum=0) > n:
         raise BadInputError(f"index={index!r}; use a whole number from 0 to n = {n}")
     magnitudes = torch.linspace(1, 2, n, dtype=torch.float64)
     signs = torch.cat([-torch.ones(index), torch.ones(n - index)]).double()
@@ -48,11 +49,11 @@ def deep_linear(depth: int = 2, width: int = 2, singular_values=(3.0, 2.0, 1.0))
 
     θ holds W_1 (width × d), the middle layers (width × width) and W_L (d × width), row-major.
     """
-    depth, width = positive_int(depth, "depth"), positive_int(width, "width")
+    depth, width = checks.integer("depth", depth, minimum=2), checks.integer("width", width)
     s = tuple(float(v) for v in singular_values)
-    if depth < 2 or any(v <= 0 for v in s) or list(s) != sorted(set(s), reverse=True):
-        raise BadInputError(f"depth={depth}, singular_values={singular_values!r}: use depth ≥ 2 "
-                            "and distinct positive singular values in decreasing order")
+    if any(v <= 0 for v in s) or list(s) != sorted(set(s), reverse=True):
+        raise BadInputError(f"singular_values={singular_values!r}; use distinct positive "
+                            "singular values in decreasing order")
     d = len(s)
     shapes = [(width, d)] + [(width, width)] * (depth - 2) + [(d, width)]
     target = torch.diag(torch.tensor(s, dtype=torch.float64))

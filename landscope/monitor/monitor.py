@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscope import _checks as checks
 from landscope.errors import BadInputError
 from landscope.monitor import curvature, makeup, record, signals, stats
 from landscope.monitor.capture import Capture, StepSample
@@ -297,7 +298,6 @@ def _check_inputs(model, optimizer, loss_fn, held, every, check_every, window) -
         raise BadInputError(f"optimizer is a {type(optimizer).__name__}; pass the "
                             "torch.optim.Optimizer that trains the model")
     for name, value in (("every", every), ("check_every", check_every), ("window", window)):
-        if not isinstance(value, int) or value < 1:
-            raise BadInputError(f"{name}={value!r}; use a positive integer")
+        checks.integer(name, value)
     if held is not None:
         curvature.check_held(held, loss_fn)

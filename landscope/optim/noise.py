@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from landscope import _checks as checks
 from landscope.errors import BadInputError
 from landscope.optim._base import PointOptimizer
 
@@ -60,10 +61,8 @@ class PerturbedGD(PointOptimizer):
                  batched: bool = False, generator: torch.Generator | None = None):
         for name, value in {"lr": lr, "radius": radius, "g_thres": g_thres,
                             "f_thres": f_thres}.items():
-            if not value > 0:
-                raise BadInputError(f"{name}={value!r}; use a value > 0")
-        if int(t_thres) < 1:
-            raise BadInputError(f"t_thres={t_thres!r}; use a whole number ≥ 1")
+            checks.positive(name, value)
+        checks.integer("t_thres", t_thres)
         if backoff is not None and not backoff > 1:
             raise BadInputError(f"backoff={backoff!r}; use a factor > 1, or None to stop at the "
                                 "first failed escape test")

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from landscope import _checks as checks
 from landscope import distributed, io, optim
 from landscope import functions as zoo
 from landscope.errors import BadInputError
@@ -99,13 +100,12 @@ def race(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, *, starts: 
     """
     fns = [zoo.get(f) for f in functions]
     recipes = [optim.recipe(o) for o in optimizers]
-    _check(starts=starts, steps=steps, tune=tune, tune_starts=tune_starts,
-           strategy_runs=strategy_runs)
-    if start not in START_MODES:
-        raise BadInputError(f"start={start!r}; use one of {', '.join(START_MODES)}")
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown:
-        raise BadInputError(f"unknown strategy {unknown[0]!r}; use {', '.join(STRATEGIES)}")
+    for name, value in {"starts": starts, "steps": steps, "tune": tune, "tune_starts": tune_starts,
+                        "strategy_runs": strategy_runs}.items():
+        checks.integer(name, value)
+    checks.choice("start", start, START_MODES)
+    for strategy in strategies:
+        checks.choice("strategies", strategy, STRATEGIES)
     settings = {"functions": [f.name for f in fns], "optimizers": [r.name for r in recipes],
                 "starts": starts, "steps": steps, "start": start, "tune": tune,
                 "tune_starts": tune_starts, "noise": noise, "tol": tol,
@@ -233,7 +233,3 @@ def _strategy_row(fn, method, count, tol, seed, budget) -> dict:
             "diverged": 0, "unbounded": 0, "best_of_starts": bool(successes), "ends": ""}
 
 
-def _check(**values) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BadInputError(f"{name}={value!r}; use a whole number ≥ 1")

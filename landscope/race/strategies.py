@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy.optimize import differential_evolution, dual_annealing
 
-from landscope.errors import BadInputError
+from landscope import _checks as checks
 from landscope.functions import TestFunction
 from landscope.functions import get as get_function
 from landscope.race.engine import descend
@@ -59,9 +59,7 @@ def search(method: str, fn: TestFunction | str, *, seed: int = 0, **options) -> 
     -1.0316
     """
     runners = {"multistart": multistart, "annealing": anneal, "genetic": evolve}
-    if method not in runners:
-        raise BadInputError(f"unknown strategy {method!r}; use one of {', '.join(STRATEGIES)}")
-    return runners[method](fn, seed=seed, **options)
+    return runners[checks.choice("method", method, STRATEGIES)](fn, seed=seed, **options)
 
 
 def multistart(fn: TestFunction | str, *, starts: int = 256, optimizer: str = "adam",

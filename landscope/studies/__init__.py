@@ -16,6 +16,7 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from landscope import _checks as checks
 from landscope.errors import BadInputError
 
 SCALES = ("small", "full")
@@ -74,18 +75,13 @@ def register(study: Study) -> Study:
 
 def get(name: str) -> Study:
     """The study called ``name``; an unknown name is refused with the known ones."""
-    if name not in STUDIES:
-        raise BadInputError(f"no study called {name!r}; choose one of {', '.join(STUDIES)} "
-                            "(landscope study --list)")
-    return STUDIES[name]
+    return STUDIES[checks.choice("name", name, STUDIES)]
 
 
 def run(name: str, scale: str = "small", seed: int = 0) -> StudyResult:
     """Run the study called ``name`` at ``scale`` ("small" or "full") from ``seed``."""
     study = get(name)
-    if scale not in SCALES:
-        raise BadInputError(f"scale={scale!r}; use one of {', '.join(SCALES)}")
-    return study.run(scale, seed)
+    return study.run(checks.choice("scale", scale, SCALES), seed)
 
 
 def wilson(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
