@@ -37,6 +37,7 @@ from landscope.data import Batches
 from landscope.engines import Columns, KeptGraph, Streaming, Sums
 from landscope.errors import BadInputError
 from landscope.functional import ModelLoss, check_loss, reduced
+from landscope.linalg.operator import Operator
 
 DENSE_LIMIT = 4096
 """Largest n for which :meth:`Objective.hessian` builds the dense n×n matrix without being asked."""
@@ -400,6 +401,11 @@ class Objective:
         result = self._mean(engine.hvp(columns), theta=theta)
         self.counts["hvp"] += columns.shape[1] + self._columns.extra_products - calibrations
         return result if V.dim() == 2 else result[:, 0]
+
+    def operator(self, theta: torch.Tensor | None = None) -> Operator:
+        """∇²L(θ) as a :class:`~landscope.linalg.Operator` for the linalg routines: its
+        products are :meth:`hvp` at θ (the current point by default)."""
+        return Operator(self.n, self.dtype, self.device, lambda V: self.hvp(V, theta))
 
     def hessian(self, theta: torch.Tensor | None = None, *, max_n: int = DENSE_LIMIT,
                 block: int = 256) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from landscope.errors import BadInputError
 from landscope.linalg import (
     Eigenpairs,
+    Operator,
     SpectralQuadrature,
     dense_eigh,
     extreme_eigenpairs,
@@ -122,13 +123,11 @@ def spectrum(
     if block is not None and coords is not None:
         block = block[coords.to(block.device)]
     before = obj.counts["hvp"]
-    matvec, m = _operator(obj, theta, coords)
+    H = _operator(obj, theta, coords)
     result = extreme_eigenpairs(
-        matvec, m, k_largest=k_largest, k_smallest=k_smallest,
-        tol=default_tol(obj.dtype, m) if tol is None else tol, max_products=max_products,
-        basis_size=basis_size, dtype=obj.dtype, device=obj.device, seed=seed,
-        warm=block,
-        progress=progress,
+        H, k_largest=k_largest, k_smallest=k_smallest,
+        tol=default_tol(obj.dtype, H.n) if tol is None else tol, max_products=max_products,
+        basis_size=basis_size, seed=seed, warm=block, progress=progress,
     )
     evidence = {**result.to_dict(), "hvp_products": obj.counts["hvp"] - before,
                 "warm_start": 0 if block is None else block.shape[1]}
@@ -246,10 +245,9 @@ def density(
         values = dense_eigh(restricted_hessian(obj, theta, coords))[0]
         return Density("exact", values.numel(), eigenvalues=values, products=obj.n)
     before = obj.counts["hvp"]
-    matvec, m = _operator(obj, theta, coords)
-    quadrature = slq(matvec, m, probes=probes, steps=steps,
-                     dtype=obj.dtype, device=obj.device, seed=seed, progress=progress)
-    return Density("slq", m, quadrature=quadrature, products=obj.counts["hvp"] - before)
+    H = _operator(obj, theta, coords)
+    quadrature = slq(H, probes=probes, steps=steps, seed=seed, progress=progress)
+    return Density("slq", H.n, quadrature=quadrature, products=obj.counts["hvp"] - before)
 
 
 @dataclass(frozen=True)
@@ -289,8 +287,8 @@ def trace(
         values = dense_eigh(restricted_hessian(obj, theta, None))[0]
         return Trace(values.sum().item(), 0.0, "exact", 0, obj.n)
     before = obj.counts["hvp"]
-    est = hutchinson(lambda V: obj.hvp(V, theta), obj.n, samples=samples, batch=batch, rtol=rtol,
-                     dtype=obj.dtype, device=obj.device, seed=seed, progress=progress)
+    est = hutchinson(obj.operator(theta), samples=samples, batch=batch, rtol=rtol, seed=seed,
+                     progress=progress)
     return Trace(est.value, est.stderr, "hutchinson", est.samples, obj.counts["hvp"] - before)
 
 
@@ -333,17 +331,17 @@ def restricted_hessian(obj: Objective, theta, coords: torch.Tensor | None) -> to
     return H if coords is None else H[coords][:, coords]
 
 
-def _operator(obj: Objective, theta, coords: torch.Tensor | None):
-    """(matvec, size) of H, or of its block P H Pᵀ on ``coords``."""
+def _operator(obj: Objective, theta, coords: torch.Tensor | None) -> Operator:
+    """H at θ, or its block P H Pᵀ on ``coords``."""
     if coords is None:
-        return (lambda V: obj.hvp(V, theta)), obj.n
+        return obj.operator(theta)
 
-    def matvec(V):
+    def block(V):
         full = V.new_zeros((obj.n, *V.shape[1:]))
         full[coords] = V
         return obj.hvp(full, theta)[coords]
 
-    return matvec, coords.numel()
+    return Operator(coords.numel(), obj.dtype, obj.device, block)
 
 
 def embed(vectors: torch.Tensor, coords: torch.Tensor | None, n: int) -> torch.Tensor:

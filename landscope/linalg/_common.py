@@ -49,7 +49,7 @@ def apply(matmat: MatMat, X: torch.Tensor, *, finite: bool = True) -> torch.Tens
     if Y.dtype != X.dtype or Y.device != X.device:
         raise BadInputError(
             f"matmat returned dtype {Y.dtype} on {Y.device} for input of dtype {X.dtype} on "
-            f"{X.device}; pass the operator's dtype and device to the linalg routine"
+            f"{X.device}; build the Operator with the dtype and device of its products"
         )
     if finite and not bool(torch.isfinite(Y).all()):
         raise not_finite()

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from landscope.errors import BadInputError
-from landscope.linalg._common import MatMat, apply, check_dtype, check_int
+from landscope.linalg._common import check_int
+from landscope.linalg.operator import Operator, as_operator
 
 
 def dense_eigh(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,40 +43,29 @@ def dense_eigh(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(values), torch.from_numpy(vectors)
 
 
-def dense_from_matmat(
-    matmat: MatMat,
-    n: int,
-    *,
-    batch: int = 64,
-    dtype: torch.dtype = torch.float64,
-    device="cpu",
-) -> torch.Tensor:
+def dense_from_matmat(A: Operator | torch.Tensor, *, batch: int = 64) -> torch.Tensor:
     """Build the dense symmetric matrix of an operator from products with identity columns.
 
     Parameters
     ----------
-    matmat:
-        ``V -> A @ V`` for ``V`` of shape ``(n, b)`` in ``dtype`` on ``device``.
-    n:
-        Dimension of the operator.
+    A:
+        The operator (:class:`~landscope.linalg.Operator`, or a dense matrix).
     batch:
-        Identity columns per ``matmat`` call (memory ``n * batch`` per call). Total cost: ``n``
+        Identity columns per product (memory ``n * batch`` per call). Total cost: ``n``
         product columns.
-    dtype, device:
-        The operator's dtype and device; the result lives there.
 
     Returns
     -------
     torch.Tensor
-        ``(A + A^T) / 2`` as an ``(n, n)`` tensor of ``dtype`` on ``device``.
+        ``(A + A^T) / 2`` as an ``(n, n)`` tensor in the operator's dtype on its device.
     """
-    n = check_int("n", n, 1)
+    A = as_operator(A)
     batch = check_int("batch", batch, 1)
-    dtype = check_dtype(dtype)
+    n, dtype, device = A.n, A.dtype, A.device
     H = torch.empty(n, n, dtype=dtype, device=device)
     for start in range(0, n, batch):
         stop = min(n, start + batch)
         E = torch.zeros(n, stop - start, dtype=dtype, device=device)
         E[torch.arange(start, stop), torch.arange(stop - start)] = 1.0
-        H[:, start:stop] = apply(matmat, E)
+        H[:, start:stop] = A @ E
     return (H + H.T) / 2

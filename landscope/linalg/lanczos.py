@@ -17,21 +17,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from landscope.errors import BadInputError
 from landscope.linalg._common import (
-    MatMat,
     apply,
     cgs2,
-    check_dtype,
     check_int,
     gaussian,
     generator,
     noise_level,
     small_eigh,
 )
+from landscope.linalg.operator import Operator, as_operator
 
 OTHER_END = 5  # Ritz vectors kept from the unwanted end at a restart (see _keep)
 COLD_STEPS = 10
@@ -92,16 +92,13 @@ class LanczosResult:
 
 
 def extreme_eigenpairs(
-    matmat: MatMat,
-    n: int,
+    A: Operator | torch.Tensor,
     *,
     k_largest: int = 1,
     k_smallest: int = 0,
     tol: float = 1e-6,
     max_products: int | None = None,
     basis_size: int | None = None,
-    dtype: torch.dtype = torch.float64,
-    device="cpu",
     seed: int = 0,
     v0: torch.Tensor | None = None,
     warm: torch.Tensor | None = None,
@@ -128,10 +125,10 @@ def extreme_eigenpairs(
 
     Parameters
     ----------
-    matmat:
-        ``V -> A @ V`` for ``V`` of shape ``(n, b)`` in ``dtype`` on ``device``; ``A`` symmetric.
-    n:
-        Dimension of the operator.
+    A:
+        The symmetric operator (:class:`~landscope.linalg.Operator`, or a dense matrix) of
+        dimension ``n``. Long vectors live in its dtype on its device, small matrices in float64
+        on the CPU.
     k_largest, k_smallest:
         How many eigenpairs to return from each end. Their sum must not exceed ``n``; when it is
         a sizeable fraction of ``n``, building the dense matrix (``landscope.linalg.exact``) is
@@ -157,8 +154,6 @@ def extreme_eigenpairs(
         smaller basis saves memory and costs products (on a Hessian-like spectrum with a tight
         cluster at the bottom, m = 20 needed 20-150 % more products than m = 40 for the smallest
         pairs).
-    dtype, device:
-        The operator's dtype and device; long vectors live there, small matrices in float64 CPU.
     seed:
         Seed of the random start vector (and of fresh vectors after an invariant subspace).
     v0:
@@ -183,10 +178,10 @@ def extreme_eigenpairs(
     -------
     LanczosResult
     """
-    n = check_int("n", n, 1)
+    A = as_operator(A)
+    n, dtype, device = A.n, A.dtype, A.device
     k_largest = check_int("k_largest", k_largest, 0)
     k_smallest = check_int("k_smallest", k_smallest, 0)
-    dtype = check_dtype(dtype)
     wanted_count = k_largest + k_smallest
     if wanted_count == 0:
         raise BadInputError("ask for at least one eigenpair: k_largest + k_smallest is 0")
@@ -199,10 +194,10 @@ def extreme_eigenpairs(
         raise BadInputError(f"tol must be a positive finite number, got {tol!r}")
     m, budget = _sizes(n, wanted_count, basis_size, max_products)
     gen = generator(seed)
-    state = _Lanczos(matmat, n, m, dtype, device, gen)
+    state = _Lanczos(A.matmat, n, m, dtype, device, gen)
     state.start(_start_vector(v0, warm, min(0.1, math.sqrt(tol)), n, dtype, device, gen))
 
-    check = None  # (values, vectors, residuals, iterations at which it was made)
+    check = None
     cold = v0 is None and warm is None
     factor, next_check = 1.0, min(COLD_STEPS, n - 1) if cold else 0
     while state.products + 1 <= budget:
@@ -220,9 +215,9 @@ def extreme_eigenpairs(
             if state.exhausted or (
                 state.iterations >= next_check and bool((estimates <= factor * limit).all())
             ):
-                check = (*state.explicit(Y, wanted), state.iterations)
+                check = _Check(*state.explicit(Y, wanted), state.iterations)
                 _report(progress, state, estimates)
-                if state.exhausted or bool((check[2] <= tol * state.norm).all()):
+                if state.exhausted or bool((check.residuals <= tol * state.norm).all()):
                     break
                 factor *= 0.3  # the estimate was optimistic: demand more of it next time
                 next_check = state.iterations + max(2, m // 4)
@@ -230,10 +225,11 @@ def extreme_eigenpairs(
             state.restart(theta, Y, _keep(j, m, k_largest, k_smallest))
             _report(progress, state, estimates)
 
-    if check is None or check[3] != state.iterations:
+    if check is None or check.iterations != state.iterations:
         theta, Y = state.ritz()
-        check = (*state.explicit(Y, _wanted(state.j, k_largest, k_smallest)), state.iterations)
-    values, vectors, residuals, _ = check
+        check = _Check(*state.explicit(Y, _wanted(state.j, k_largest, k_smallest)),
+                       state.iterations)
+    values, vectors, residuals = check.values, check.vectors, check.residuals
     converged = bool((residuals <= tol * state.norm).all())
     smallest = largest = None
     if k_smallest:
@@ -250,6 +246,17 @@ def extreme_eigenpairs(
         tol=float(tol),
         norm_estimate=state.norm,
     )
+
+
+class _Check(NamedTuple):
+    """An explicit residual check: the wanted Ritz pairs (values ascending-then-descending as
+    :func:`_wanted` orders them, unit vectors, residuals ‖Ax − θx‖) and the iteration it was made
+    at."""
+
+    values: torch.Tensor
+    vectors: torch.Tensor
+    residuals: torch.Tensor
+    iterations: int
 
 
 def _sizes(n: int, wanted: int, basis_size, max_products) -> tuple[int, int]:

@@ -22,9 +22,7 @@ import torch
 
 from landscope.errors import BadInputError
 from landscope.linalg._common import (
-    MatMat,
     apply,
-    check_dtype,
     check_int,
     generator,
     noise_level,
@@ -32,6 +30,7 @@ from landscope.linalg._common import (
     rademacher,
     small_eigh,
 )
+from landscope.linalg.operator import Operator, as_operator
 
 
 @dataclass(frozen=True)
@@ -154,13 +153,10 @@ class SpectralQuadrature:
 
 
 def slq(
-    matmat: MatMat,
-    n: int,
+    A: Operator | torch.Tensor,
     *,
     probes: int = 8,
     steps: int = 80,
-    dtype: torch.dtype = torch.float64,
-    device="cpu",
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
 ) -> SpectralQuadrature:
@@ -168,17 +164,14 @@ def slq(
 
     Parameters
     ----------
-    matmat:
-        ``V -> A @ V`` for ``V`` of shape ``(n, b)`` in ``dtype`` on ``device``; ``A`` symmetric.
-    n:
-        Dimension of the operator.
+    A:
+        The symmetric operator (:class:`~landscope.linalg.Operator`, or a dense matrix) of
+        dimension ``n``.
     probes:
-        Number of normalised Rademacher probes; their Lanczos runs share every ``matmat`` call.
+        Number of normalised Rademacher probes; their Lanczos runs share every product.
     steps:
         Lanczos steps per probe (capped at ``n``). Memory: ``probes * steps * n`` numbers of
-        ``dtype`` for the bases (each probe is reorthogonalised against its own basis).
-    dtype, device:
-        The operator's dtype and device.
+        the operator's dtype for the bases (each probe is reorthogonalised against its own basis).
     seed:
         Seed of the probes.
     progress:
@@ -190,13 +183,13 @@ def slq(
         ``products`` counts the columns pushed through ``matmat`` (at most ``probes * steps``;
         fewer when some probes stop early at an invariant subspace).
     """
-    n = check_int("n", n, 1)
+    A = as_operator(A)
+    n = A.n
     probes = check_int("probes", probes, 1)
     steps = min(check_int("steps", steps, 1), n)
-    dtype = check_dtype(dtype)
     gen = generator(seed)
     alpha, beta, sizes, products = _batched_lanczos(
-        matmat, rademacher(gen, n, probes, dtype, device) / math.sqrt(n), steps, progress
+        A.matmat, rademacher(gen, n, probes, A.dtype, A.device) / math.sqrt(n), steps, progress
     )
     nodes = torch.zeros(probes, steps, dtype=torch.float64)
     weights = torch.zeros(probes, steps, dtype=torch.float64)

@@ -24,14 +24,13 @@ import torch
 
 from landscope.errors import BadInputError
 from landscope.linalg._common import (
-    MatMat,
     apply,
-    check_dtype,
     check_int,
     generator,
     not_finite,
     rademacher,
 )
+from landscope.linalg.operator import Operator, as_operator
 
 
 @dataclass(frozen=True)
@@ -60,14 +59,11 @@ class TraceEstimate:
 
 
 def hutchinson(
-    matmat: MatMat,
-    n: int,
+    A: Operator | torch.Tensor,
     *,
     samples: int = 100,
     batch: int = 10,
     rtol: float | None = None,
-    dtype: torch.dtype = torch.float64,
-    device="cpu",
     seed: int = 0,
     deflate: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: Callable[[int, float], None] | None = None,
@@ -76,20 +72,17 @@ def hutchinson(
 
     Parameters
     ----------
-    matmat:
-        ``V -> A @ V`` for ``V`` of shape ``(n, b)`` in ``dtype`` on ``device``; ``A`` symmetric.
-    n:
-        Dimension of the operator.
+    A:
+        The symmetric operator (:class:`~landscope.linalg.Operator`, or a dense matrix) of
+        dimension ``n``.
     samples:
         Number of probes (at least 2, so that a standard error exists). With ``rtol`` it is the
         maximum.
     batch:
-        Probes per ``matmat`` call.
+        Probes per product.
     rtol:
         Optional relative target: after at least two batches, stop as soon as
         ``stderr <= rtol * |value|``.
-    dtype, device:
-        The operator's dtype and device.
     seed:
         Seed of the probes.
     deflate:
@@ -99,7 +92,7 @@ def hutchinson(
     progress:
         Optional ``progress(products, relative_stderr)`` called after every batch.
 
-    Each batch of probes costs one ``matmat`` call and one device-to-host copy (its quadratic
+    Each batch of probes costs one product and one device-to-host copy (its quadratic
     forms and the check that the product is finite); the probes are drawn on the CPU.
 
     Returns
@@ -108,10 +101,10 @@ def hutchinson(
         ``value = sum(values) + mean(z^T P A P z)``, ``stderr = std(z^T P A P z) / sqrt(samples)``
         (sample standard deviation; the deflated part contributes no random error).
     """
-    n = check_int("n", n, 1)
+    A = as_operator(A)
+    n, dtype, device = A.n, A.dtype, A.device
     samples = check_int("samples", samples, 2)
     batch = check_int("batch", batch, 1)
-    dtype = check_dtype(dtype)
     if rtol is not None and not (isinstance(rtol, (int, float)) and rtol > 0):
         raise BadInputError(f"rtol must be a positive number or None, got {rtol!r}")
     offset, Q = _deflation(deflate, n, dtype, device)
@@ -124,7 +117,7 @@ def hutchinson(
         Z = rademacher(gen, n, size, dtype, device)
         if Q is not None:
             Z = Z - Q @ (Q.T @ Z)
-        AZ = apply(matmat, Z, finite=False)
+        AZ = apply(A.matmat, Z, finite=False)
         products += size
         drawn += size
         batches += 1

@@ -262,10 +262,10 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
     if stab.preconditioner is not None:
         budget = allowed(1)
         if budget >= MIN_PRODUCTS:
-            scale = stab.preconditioner.to(obj.device, obj.dtype).rsqrt()[:, None]
-            result = extreme_eigenpairs(lambda V: scale * obj.hvp(scale * V), obj.n,
-                                        k_largest=1, tol=EIG_TOL, max_products=budget,
-                                        dtype=obj.dtype, device=obj.device, seed=seed,
+            preconditioned = obj.operator().scaled(
+                stab.preconditioner.to(obj.device, obj.dtype).reciprocal())
+            result = extreme_eigenpairs(preconditioned, k_largest=1, tol=EIG_TOL,
+                                        max_products=budget, seed=seed,
                                         warm=vectors.preconditioned)
             out["sharpness"] = result.largest.values[0].item()
             vectors = replace(vectors, preconditioned=result.largest.vectors[:, 0])

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from landscope.errors import BadInputError
-from landscope.linalg import extreme_eigenpairs
+from landscope.linalg import Operator, extreme_eigenpairs
 from landscope.optim._base import (
     PointOptimizer,
     conjugate_gradient,
@@ -205,8 +205,8 @@ def _smallest_pairs(point, options) -> tuple[torch.Tensor, torch.Tensor, torch.T
                 rows[s] = column
                 columns.append(point.hvp(rows)[s])
             return torch.stack(columns, 1)
-        pairs = extreme_eigenpairs(matmat, point.n, k_largest=0, k_smallest=1,
-                                   dtype=point.x.dtype, device=point.x.device).smallest
+        H = Operator(point.n, point.x.dtype, point.x.device, matmat)
+        pairs = extreme_eigenpairs(H, k_largest=0, k_smallest=1).smallest
         lams.append(pairs.values[0].to(point.x.device, point.x.dtype))
         vecs.append(pairs.vectors[:, 0])
     return torch.stack(lams), torch.stack(vecs), None

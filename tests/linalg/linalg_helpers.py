@@ -10,6 +10,8 @@ import numpy as np
 import scipy.fft
 import torch
 
+from landscope.linalg import Operator
+
 
 def random_orthogonal(n: int, seed: int) -> np.ndarray:
     """A Haar-distributed orthogonal matrix (QR of a Gaussian matrix with sign fix)."""
@@ -60,17 +62,19 @@ def trained_like_spectrum(n: int = 2000, seed: int = 0) -> np.ndarray:
     return lam
 
 
-class Counting:
-    """``matmat`` for a dense matrix that counts the columns it multiplies and keeps its inputs."""
+class Counting(Operator):
+    """The operator of a dense matrix that counts the columns it multiplies and keeps its
+    inputs."""
 
     def __init__(self, A: np.ndarray, dtype=torch.float64, keep_inputs: bool = False):
+        super().__init__(A.shape[0], dtype, "cpu", self._multiply)
         self.A = torch.from_numpy(np.ascontiguousarray(A)).to(dtype)
         self.columns = 0
         self.calls = 0
         self.inputs: list[torch.Tensor] = []
         self.keep_inputs = keep_inputs
 
-    def __call__(self, V: torch.Tensor) -> torch.Tensor:
+    def _multiply(self, V: torch.Tensor) -> torch.Tensor:
         assert V.ndim == 2 and V.shape[0] == self.A.shape[0]
         self.columns += V.shape[1]
         self.calls += 1

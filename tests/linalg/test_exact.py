@@ -8,7 +8,7 @@ import torch
 from linalg_helpers import Counting, with_spectrum
 
 from landscope.errors import BadInputError, NonFiniteLossError
-from landscope.linalg import dense_eigh, dense_from_matmat, extreme_eigenpairs
+from landscope.linalg import Operator, dense_eigh, dense_from_matmat, extreme_eigenpairs
 
 
 @pytest.mark.parametrize(("n", "batch"), [(1, 64), (7, 3), (50, 64), (130, 64)])
@@ -16,7 +16,7 @@ def test_dense_from_matmat_rebuilds_the_matrix(n, batch):
     lam = np.linspace(-2.0, 3.0, n)
     A, _ = with_spectrum(lam, seed=n)
     op = Counting(A)
-    H = dense_from_matmat(op, n, batch=batch)
+    H = dense_from_matmat(op, batch=batch)
     assert op.columns == n and op.calls == -(-n // batch)
     np.testing.assert_allclose(H.numpy(), A, atol=1e-14)
 
@@ -24,7 +24,7 @@ def test_dense_from_matmat_rebuilds_the_matrix(n, batch):
 def test_dense_from_matmat_symmetrises_and_keeps_dtype():
     rng = np.random.default_rng(0)
     B = rng.standard_normal((9, 9))
-    H = dense_from_matmat(Counting(B, dtype=torch.float32), 9, batch=4, dtype=torch.float32)
+    H = dense_from_matmat(Counting(B, dtype=torch.float32), batch=4)
     assert H.dtype == torch.float32
     np.testing.assert_allclose(H.numpy(), (B + B.T) / 2, atol=1e-6)
 
@@ -54,8 +54,8 @@ def test_errors():
     with pytest.raises(BadInputError):
         dense_eigh(torch.tensor([[float("nan")]]))
     with pytest.raises(NonFiniteLossError):
-        dense_from_matmat(lambda V: V * float("inf"), 3)
+        dense_from_matmat(Operator(3, torch.float64, "cpu", lambda V: V * float("inf")))
     with pytest.raises(NonFiniteLossError):
-        extreme_eigenpairs(lambda V: V * float("nan"), 3)
+        extreme_eigenpairs(Operator(3, torch.float64, "cpu", lambda V: V * float("nan")))
     with pytest.raises(BadInputError, match="dtype"):
-        dense_from_matmat(lambda V: V.float(), 3)
+        dense_from_matmat(Operator(3, torch.float64, "cpu", lambda V: V.float()))

@@ -10,7 +10,7 @@ import torch
 from linalg_helpers import Counting, with_spectrum
 
 from landscope.errors import BadInputError
-from landscope.linalg import extreme_eigenpairs
+from landscope.linalg import Operator, extreme_eigenpairs
 
 
 def numpy_residuals(A: np.ndarray, values, vectors) -> np.ndarray:
@@ -41,7 +41,7 @@ def test_trained_like_float64(trained2000, k, end):
     kwargs = {"k_largest": k, "k_smallest": 0} if end == "largest" else {"k_largest": 0}
     if end == "smallest":
         kwargs["k_smallest"] = k
-    result = extreme_eigenpairs(op, A.shape[0], tol=1e-6, **kwargs)
+    result = extreme_eigenpairs(op, tol=1e-6, **kwargs)
     assert result.converged
     assert result.products == op.columns
     norm = np.abs(lam).max()
@@ -55,7 +55,7 @@ def test_trained_like_float64(trained2000, k, end):
 def test_both_ends_in_one_run(trained2000):
     A, lam, _, _ = trained2000
     op = Counting(A)
-    result = extreme_eigenpairs(op, A.shape[0], k_largest=3, k_smallest=3)
+    result = extreme_eigenpairs(op, k_largest=3, k_smallest=3)
     assert result.converged and result.products == op.columns
     limit = 1e-6 * np.abs(lam).max() * (1 + 1e-6)
     check_pairs(A, result.largest, lam[::-1][:3], 1e-6, limit)
@@ -70,7 +70,7 @@ def test_trained_like_float32(trained2000):
     rounding = np.linalg.norm(A32.astype(np.float64) - A)  # moves eigenvalues by at most this
     op = Counting(A32, dtype=torch.float32)
     result = extreme_eigenpairs(
-        op, A.shape[0], k_largest=2, k_smallest=2, tol=1e-5, dtype=torch.float32
+        op, k_largest=2, k_smallest=2, tol=1e-5
     )
     assert result.converged and result.products == op.columns
     assert result.largest.vectors.dtype == torch.float32
@@ -84,7 +84,7 @@ def test_float32_unattainable_tolerance_is_not_reported_converged(trained2000):
     op = Counting(A, dtype=torch.float32)
     tol = 1e-10  # far below float32's floor (about 1e-7 relative)
     result = extreme_eigenpairs(
-        op, A.shape[0], k_smallest=1, k_largest=0, tol=tol, dtype=torch.float32, max_products=150
+        op, k_smallest=1, k_largest=0, tol=tol, max_products=150
     )
     assert not result.converged
     assert op.columns == result.products <= 150
@@ -96,7 +96,7 @@ def test_float32_unattainable_tolerance_is_not_reported_converged(trained2000):
 def test_budget_too_small_returns_unconverged_with_residuals(trained2000):
     A, lam, _, _ = trained2000
     op = Counting(A)
-    result = extreme_eigenpairs(op, A.shape[0], k_largest=0, k_smallest=2, max_products=12)
+    result = extreme_eigenpairs(op, k_largest=0, k_smallest=2, max_products=12)
     assert not result.converged
     assert op.columns == result.products <= 12
     pairs = result.smallest
@@ -111,7 +111,7 @@ def test_budget_too_small_returns_unconverged_with_residuals(trained2000):
 def test_converged_flag_is_never_optimistic(trained2000, budget):
     A, lam, _, _ = trained2000
     op = Counting(A)
-    result = extreme_eigenpairs(op, A.shape[0], k_largest=0, k_smallest=1, max_products=budget)
+    result = extreme_eigenpairs(op, k_largest=0, k_smallest=1, max_products=budget)
     assert op.columns == result.products <= budget
     independent = numpy_residuals(A, result.smallest.values, result.smallest.vectors)[0]
     truth_ok = independent <= 1e-6 * np.abs(lam).max() * (1 + 1e-6)
@@ -127,7 +127,7 @@ def test_start_vector_in_an_invariant_subspace(trained2000):
     A, lam_sorted, Q, lam = trained2000
     middle = int(np.argmin(np.abs(lam - 0.5)))
     v0 = torch.from_numpy(Q[:, middle].copy())
-    result = extreme_eigenpairs(Counting(A), A.shape[0], k_largest=1, v0=v0)
+    result = extreme_eigenpairs(Counting(A), k_largest=1, v0=v0)
     assert result.converged
     assert abs(result.largest.values[0].item() - 12.0) < 1e-9
 
@@ -149,7 +149,7 @@ def test_start_vector_in_an_invariant_subspace(trained2000):
 def test_tiny_operators_are_exact(lam, k_largest, k_smallest):
     A, _ = with_spectrum(lam, seed=3)
     op = Counting(A)
-    result = extreme_eigenpairs(op, len(lam), k_largest=k_largest, k_smallest=k_smallest)
+    result = extreme_eigenpairs(op, k_largest=k_largest, k_smallest=k_smallest)
     assert result.converged and result.products == op.columns
     exact = np.sort(lam)
     if k_largest:
@@ -167,7 +167,7 @@ def test_repeated_eigenvalues_small_n():
     lam = np.repeat([5.0, 2.0, 0.5, -3.0], [3, 10, 15, 2])
     A, _ = with_spectrum(lam, seed=4)
     op = Counting(A)
-    result = extreme_eigenpairs(op, lam.size, k_largest=3, k_smallest=2)
+    result = extreme_eigenpairs(op, k_largest=3, k_smallest=2)
     assert result.converged and result.products == op.columns
     np.testing.assert_allclose(result.largest.values.numpy(), [5.0, 5.0, 5.0], atol=1e-10)
     np.testing.assert_allclose(result.smallest.values.numpy(), [-3.0, -3.0], atol=1e-10)
@@ -182,7 +182,7 @@ def test_repeated_bulk_and_restarts():
     A, _ = with_spectrum(lam, seed=6)
     op = Counting(A)
     result = extreme_eigenpairs(
-        op, lam.size, k_largest=2, k_smallest=1, basis_size=12, max_products=2000
+        op, k_largest=2, k_smallest=1, basis_size=12, max_products=2000
     )
     assert result.converged and result.restarts > 0 and result.products == op.columns
     np.testing.assert_allclose(result.largest.values.numpy(), [4.0, 3.5], rtol=1e-6)
@@ -194,13 +194,12 @@ def test_seed_reproducible_and_progress_reports(trained2000):
     seen = []
     first = extreme_eigenpairs(
         Counting(A),
-        2000,
         k_smallest=1,
         k_largest=1,
         seed=7,
         progress=lambda p, r: seen.append((p, r)),
     )
-    second = extreme_eigenpairs(Counting(A), 2000, k_smallest=1, k_largest=1, seed=7)
+    second = extreme_eigenpairs(Counting(A), k_smallest=1, k_largest=1, seed=7)
     assert torch.equal(first.smallest.values, second.smallest.values)
     assert first.products == second.products
     assert seen and all(isinstance(p, int) and r >= 0 for p, r in seen)
@@ -216,12 +215,12 @@ def test_bad_arguments_are_named():
     A, _ = with_spectrum([1.0, 2.0, 3.0], seed=0)
     op = Counting(A)
     with pytest.raises(BadInputError, match="exceeds n = 3"):
-        extreme_eigenpairs(op, 3, k_largest=2, k_smallest=2)
+        extreme_eigenpairs(op, k_largest=2, k_smallest=2)
     with pytest.raises(ValueError, match="at least one"):
-        extreme_eigenpairs(op, 3, k_largest=0, k_smallest=0)
+        extreme_eigenpairs(op, k_largest=0, k_smallest=0)
     with pytest.raises(ValueError, match="max_products"):
-        extreme_eigenpairs(op, 3, k_largest=2, max_products=3)
+        extreme_eigenpairs(op, k_largest=2, max_products=3)
     with pytest.raises(ValueError, match="tol"):
-        extreme_eigenpairs(op, 3, tol=0.0)
+        extreme_eigenpairs(op, tol=0.0)
     with pytest.raises(ValueError, match="shape"):
-        extreme_eigenpairs(lambda V: V[:2], 3)
+        extreme_eigenpairs(Operator(3, torch.float64, "cpu", lambda V: V[:2]))
