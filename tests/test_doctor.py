@@ -488,10 +488,13 @@ def test_an_activation_finding_reports_when_its_fraction_first_passed_the_thresh
 
 
 # ---------------------------------------------------------------------- ranking and report
-def test_a_cause_ranks_before_what_it_explains_and_severity_first():
-    def finding(name, severity, strength=1.0):
-        return Finding(name, severity, "", {}, [], strength)
+def finding(name, severity="critical", strength=1.0, **more):
+    """A finding with no summary, evidence or steps: what ``rank`` orders by, and nothing else."""
+    return Finding(name=name, severity=severity, summary="", evidence={}, steps=[],
+                   strength=strength, **more)
 
+
+def test_a_cause_ranks_before_what_it_explains_and_severity_first():
     ranked = rank([finding("saddle", "warning", 9.0), finding("symmetric_init", "critical"),
                    finding("overfitting", "warning", 2.0)])
     assert [f.name for f in ranked] == ["symmetric_init", "overfitting", "saddle"]
@@ -507,9 +510,6 @@ def test_a_cause_ranks_before_what_it_explains_and_severity_first():
 
 
 def test_an_observed_cause_outranks_its_critical_consequence():
-    def finding(name, severity, strength=1.0, produces=()):
-        return Finding(name, severity, "", {}, [], strength, produces=produces)
-
     ranked = rank([finding("overfitting", "warning", 9.0), finding("dead_relus", "warning"),
                    finding("vanishing_gradients", "critical", 1e6)])
     assert [(f.name, f.explained_by) for f in ranked] == [
@@ -536,9 +536,9 @@ def test_an_observed_cause_outranks_its_critical_consequence():
     (None, 280, "lr_too_large"),  # no onset: the table and the severities decide
 ])
 def test_onset_order_a_cause_cannot_start_after_its_effect(saturated, blew_up, primary):
-    ranked = rank([Finding("lr_too_large", "critical", "", {}, [], 3.0, onset=blew_up),
-                   Finding("saturation", "warning", "", {}, [], 1.5, onset=saturated),
-                   Finding("narrow_valley", "warning", "", {}, [], 9.0)])
+    ranked = rank([finding("lr_too_large", "critical", 3.0, onset=blew_up),
+                   finding("saturation", "warning", 1.5, onset=saturated),
+                   finding("narrow_valley", "warning", 9.0)])
     assert ranked[0].name == primary and ranked[0].explained_by is None
     explained = {f.name: f.explained_by for f in ranked}
     assert explained["saturation"] == (None if primary == "saturation" else "lr_too_large")
@@ -556,9 +556,6 @@ def test_the_causality_table_is_closed_and_acyclic():
 
 
 def test_an_explained_finding_names_the_root_of_its_chain():
-    def finding(name, severity="critical", strength=1.0):
-        return Finding(name, severity, "", {}, [], strength)
-
     ranked = rank([finding("vanishing_gradients", strength=1e6), finding("dead_relus", "warning"),
                    finding("lr_too_large")])
     assert [(f.name, f.explained_by) for f in ranked] == [

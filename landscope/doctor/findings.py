@@ -78,9 +78,9 @@ EXPLAINS = _closure(CAUSES)
 """cause → every finding it accounts for when both are present."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Finding:
-    """One thing wrong with a run, with the numbers that show it.
+    """One thing wrong with a run, with the numbers that show it (built by keyword).
 
     name: a key of ``knowledge.TEXT``. severity: "critical" or "warning". summary: one sentence
     with the decisive numbers. evidence: the numbers, thresholds included. steps: where they were

@@ -44,7 +44,7 @@ The verdict comes from the record alone. Each rule has a unit test at the edge o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -94,6 +94,38 @@ class Thresholds:
     dead: float = 0.5
     overfit_rise: float = 0.1
     min_val_points: int = 5
+
+
+@dataclass(frozen=True)
+class CurvatureNumbers:
+    """One curvature measurement of a run (a row of its record), with the descent ratio.
+
+    descent_ratio: r = ‖g‖²/(2ρ(L − L_low)) on the held batch, ρ = max|λ| (inf when ρ or the
+    excess is 0). stability_limit: the optimiser's limit for the sharpness; the rest as recorded.
+    """
+
+    step: int
+    held_loss: float
+    held_grad_norm: float
+    lambda_max: float
+    lambda_max_residual: float
+    lambda_min: float
+    lambda_min_residual: float
+    descent_ratio: float
+    sharpness: float
+    batch_sharpness: float
+    stability_limit: float
+    lr: float
+    effective_lr: float
+    noise_scale: float
+
+    @property
+    def rho(self) -> float:
+        """ρ = max(|λ_max|, |λ_min|)."""
+        return max(abs(self.lambda_max), abs(self.lambda_min))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def run_rules(record: Record, thresholds: Thresholds | None = None) -> list[Finding]:
@@ -175,7 +207,7 @@ class Run:
         """Final excess loss as a share of the initial excess loss."""
         return (self.median("loss") - self.lower) / max(self.initial - self.lower, 1e-300)
 
-    def curvature_numbers(self, i: int | None = None) -> dict:
+    def curvature_numbers(self, i: int | None = None) -> CurvatureNumbers:
         """λ_max, λ_min, descent ratio r, sharpness and limit at row i (default: the stall's)."""
         i, r = self.curvature if i is None else i, self.record
         lam_max, lam_min = r["lambda_max"][i], r["lambda_min"][i]
@@ -183,14 +215,14 @@ class Run:
         excess = r["held_loss"][i] - self.lower
         ratio = r["held_grad_norm"][i] ** 2 / (2 * rho * excess) if rho > 0 and excess > 0 \
             else math.inf
-        return {"step": int(self.steps[i]), "held_loss": r["held_loss"][i],
-                "held_grad_norm": r["held_grad_norm"][i], "lambda_max": lam_max,
-                "lambda_max_residual": r["lambda_max_residual"][i], "lambda_min": lam_min,
-                "lambda_min_residual": r["lambda_min_residual"][i],
-                "descent_ratio": ratio, "sharpness": r["sharpness"][i],
-                "batch_sharpness": r["batch_sharpness"][i],
-                "stability_limit": r["stability_threshold"][i], "lr": r["lr"][i],
-                "effective_lr": r["effective_lr"][i], "noise_scale": r["noise_scale"][i]}
+        return CurvatureNumbers(
+            step=int(self.steps[i]), held_loss=r["held_loss"][i],
+            held_grad_norm=r["held_grad_norm"][i], lambda_max=lam_max,
+            lambda_max_residual=r["lambda_max_residual"][i], lambda_min=lam_min,
+            lambda_min_residual=r["lambda_min_residual"][i], descent_ratio=ratio,
+            sharpness=r["sharpness"][i], batch_sharpness=r["batch_sharpness"][i],
+            stability_limit=r["stability_threshold"][i], lr=r["lr"][i],
+            effective_lr=r["effective_lr"][i], noise_scale=r["noise_scale"][i])
 
 
 # ---------------------------------------------------------------------- the loss curve
@@ -200,17 +232,18 @@ def narrow_valley(run: Run) -> Finding | None:
     crawling = run.status == "falling" and run.progress < th.curve.slow_progress
     if not (run.status == "stalled" or crawling):
         return None
-    numbers = run.curvature_numbers() if run.curvature is not None else {}
+    numbers = run.curvature_numbers() if run.curvature is not None else None
     used = run.rate_share(run.curvature) if numbers else math.nan
     bouncing = bool(cos <= limit)
     capped = bool(used >= th.valley_share and run.excess_share() >= th.curve.slow_excess)
     if not (bouncing or capped):
         return None
-    if numbers and numbers["descent_ratio"] < th.critical_ratio:
+    if numbers and numbers.descent_ratio < th.critical_ratio:
         return None  # near a critical point: the bouncing is noise, not a slide
     evidence = {"progress": run.progress, "median_grad_cos": cos,
                 "oscillation_cos": limit, "grad_norm": run.median("grad_norm"),
-                "grad_norm_early": run.early("grad_norm"), **numbers}
+                "grad_norm_early": run.early("grad_norm"),
+                **(numbers.to_dict() if numbers else {})}
     if numbers:
         evidence.update(critical_ratio=th.critical_ratio, rate_share=used,
                         valley_share=th.valley_share, excess_share=run.excess_share())
@@ -221,34 +254,37 @@ def narrow_valley(run: Run) -> Finding | None:
         why.append(f"the rate already stands at {used:.0%} of the 2/λ_max limit the sharpest "
                    f"direction sets, with {run.excess_share():.0%} of the initial excess loss "
                    "left")
-    return Finding("narrow_valley", "warning",
-                   f"the loss {'crawls' if crawling else 'stalled'} (progress "
+    return Finding(name="narrow_valley", severity="warning",
+                   summary=f"the loss {'crawls' if crawling else 'stalled'} (progress "
                    f"{run.progress:.1%} over the final window) while " + " and ".join(why)
                    + f"; the gradient norm stays at {evidence['grad_norm']:.3g}",
-                   evidence, run.window_steps(),
-                   max(cos / limit if bouncing else 0.0, used / th.valley_share if capped else 0.0))
+                   evidence=evidence, steps=run.window_steps(),
+                   strength=max(cos / limit if bouncing else 0.0,
+                                used / th.valley_share if capped else 0.0))
 
 
 def saddle(run: Run) -> Finding | None:
     if run.status != "stalled" or run.curvature is None:
         return None
     th, numbers = run.th, run.curvature_numbers()
-    rho = max(abs(numbers["lambda_max"]), abs(numbers["lambda_min"]))
-    if not (numbers["lambda_min"] <= -th.negative_curvature * rho
-            and numbers["descent_ratio"] <= th.critical_ratio):
+    rho = numbers.rho
+    if not (numbers.lambda_min <= -th.negative_curvature * rho
+            and numbers.descent_ratio <= th.critical_ratio):
         return None
     gain = run.start_gain()
     origin = bool(gain <= th.origin_gain)  # started next to the origin: the saddle came first
-    return Finding("saddle", "warning",  # at the origin the way out is not to start there
-                   f"a gradient step would gain only {numbers['descent_ratio']:.2g} of the excess "
-                   f"loss, but λ_min = {numbers['lambda_min']:.3g} < 0 "
-                   f"({abs(numbers['lambda_min']) / rho:.0%} of ρ = {rho:.3g})"
+    return Finding(name="saddle", severity="warning",  # at the origin: not to start there
+                   summary=f"a gradient step would gain only {numbers.descent_ratio:.2g} of the "
+                   f"excess loss, but λ_min = {numbers.lambda_min:.3g} < 0 "
+                   f"({abs(numbers.lambda_min) / rho:.0%} of ρ = {rho:.3g})"
                    + (f"; the run started next to the origin (weight scale {gain:.2g})"
                       if origin else ""),
-                   {**numbers, "rho": rho, "negative_curvature": th.negative_curvature,
-                    "critical_ratio": th.critical_ratio, "progress": run.progress,
-                    "start_gain": gain, "origin_gain": th.origin_gain},
-                   [numbers["step"]], abs(numbers["lambda_min"]) / (th.negative_curvature * rho),
+                   evidence={**numbers.to_dict(), "rho": rho,
+                             "negative_curvature": th.negative_curvature,
+                             "critical_ratio": th.critical_ratio, "progress": run.progress,
+                             "start_gain": gain, "origin_gain": th.origin_gain},
+                   steps=[numbers.step],
+                   strength=abs(numbers.lambda_min) / (th.negative_curvature * rho),
                    produces=("vanishing_gradients",) if origin else (),
                    first=("reinit",) if origin else ())
 
@@ -269,18 +305,17 @@ def poor_minimum(run: Run) -> Finding | None:
         what = f"the gradient norm fell from {early:.3g} to {late:.3g}"
     else:
         numbers = run.curvature_numbers()
-        rho = max(abs(numbers["lambda_max"]), abs(numbers["lambda_min"]))
-        if numbers["descent_ratio"] > th.critical_ratio or (
-                numbers["lambda_min"] <= -th.negative_curvature * rho):
+        if numbers.descent_ratio > th.critical_ratio or (
+                numbers.lambda_min <= -th.negative_curvature * numbers.rho):
             return None
-        flat = bool(numbers["lr"] * numbers["lambda_max"] < th.flat_sharpness)
-        evidence.update(numbers, flat=flat, flat_sharpness=th.flat_sharpness)
+        flat = bool(numbers.lr * numbers.lambda_max < th.flat_sharpness)
+        evidence.update(numbers.to_dict(), flat=flat, flat_sharpness=th.flat_sharpness)
         what = (f"{'a flat region' if flat else 'a minimum'}: descent ratio "
-                f"{numbers['descent_ratio']:.2g}, λ_min = {numbers['lambda_min']:.3g}, "
-                f"η·λ_max = {numbers['lr'] * numbers['lambda_max']:.3g}")
-    return Finding("poor_minimum", "warning",
-                   f"the loss stalled at {share:.0%} of its initial excess; {what}",
-                   evidence, run.window_steps(), share / th.poor_fraction)
+                f"{numbers.descent_ratio:.2g}, λ_min = {numbers.lambda_min:.3g}, "
+                f"η·λ_max = {numbers.lr * numbers.lambda_max:.3g}")
+    return Finding(name="poor_minimum", severity="warning",
+                   summary=f"the loss stalled at {share:.0%} of its initial excess; {what}",
+                   evidence=evidence, steps=run.window_steps(), strength=share / th.poor_fraction)
 
 
 def lr_too_large(run: Run) -> Finding | None:
@@ -375,8 +410,9 @@ def lr_too_large(run: Run) -> Finding | None:
                  else f"the sharpness {sharpness[j]:.4g}")
         what += (f"; {gauge} is {evidence['sharpness_over_limit']:.5g}× the optimiser's "
                  f"stability limit {evidence['stability_limit']:.4g}")
-    return Finding("lr_too_large", "critical" if blew_up else "warning", what, evidence,
-                   sorted(steps), strength, onset=min(steps, default=None))
+    return Finding(name="lr_too_large", severity="critical" if blew_up else "warning",
+                   summary=what, evidence=evidence, steps=sorted(steps), strength=strength,
+                   onset=min(steps, default=None))
 
 
 def lr_too_small(run: Run) -> Finding | None:
@@ -400,10 +436,10 @@ def lr_too_small(run: Run) -> Finding | None:
         if not used <= th.small_sharpness:
             return None
         raise_factor = RAISE_TO / used  # to η_eff·λ/2 = RAISE_TO
-        evidence.update(numbers, rate_share=used, small_sharpness=th.small_sharpness,
+        evidence.update(numbers.to_dict(), rate_share=used, small_sharpness=th.small_sharpness,
                         loss_noise=noise, raise_factor=raise_factor)
         what = (f"a step removes {2 * used:.2g} of the error along the sharpest direction "
-                f"(η_eff·λ = {rate:.3g} × {numbers['sharpness']:.3g}): the learning rate is "
+                f"(η_eff·λ = {rate:.3g} × {numbers.sharpness:.3g}): the learning rate is "
                 f"{used:.2g} of the 2/λ the local curvature allows; {raise_factor:.3g}× it "
                 f"would be {RAISE_TO:g} of it")
         strength = th.small_sharpness / max(used, 1e-300)
@@ -415,11 +451,12 @@ def lr_too_small(run: Run) -> Finding | None:
             return None
         what = f"no layer's weights change by more than {largest:.2g} of their norm per step"
         strength, stops = th.small_update / max(largest, 1e-300), ()
-    return Finding("lr_too_small", "warning",
-                   f"the loss is still at {share:.0%} of its initial excess and "
+    return Finding(name="lr_too_small", severity="warning",
+                   summary=f"the loss is still at {share:.0%} of its initial excess and "
                    + ("creeping down" if run.progress > 0 else "flat within its noise")
                    + f" in a steady direction (median cos {cos:.2f}); {what}",
-                   evidence, run.window_steps(), strength, produces=stops)
+                   evidence=evidence, steps=run.window_steps(), strength=strength,
+                   produces=stops)
 
 
 def overfitting(run: Run) -> Finding | None:
@@ -433,16 +470,16 @@ def overfitting(run: Run) -> Finding | None:
     if not (best < points[-3] and late >= (1 + th.overfit_rise) * val[best]
             and smooth[-1] < smooth[best]):
         return None
-    return Finding("overfitting", "warning",
-                   f"the validation loss was lowest ({val[best]:.3g}) at step "
+    return Finding(name="overfitting", severity="warning",
+                   summary=f"the validation loss was lowest ({val[best]:.3g}) at step "
                    f"{int(run.steps[best])} and is now {late:.3g} "
                    f"(+{late / val[best] - 1:.0%}), while the training loss fell from "
                    f"{smooth[best]:.3g} to {smooth[-1]:.3g}",
-                   {"best_step": int(run.steps[best]), "best_val_loss": val[best],
-                    "val_loss": late, "train_loss_at_best": smooth[best],
-                    "train_loss": smooth[-1], "overfit_rise": th.overfit_rise},
-                   [int(run.steps[best]), int(run.steps[points[-1]])],
-                   (late / val[best] - 1) / th.overfit_rise)
+                   evidence={"best_step": int(run.steps[best]), "best_val_loss": val[best],
+                             "val_loss": late, "train_loss_at_best": smooth[best],
+                             "train_loss": smooth[-1], "overfit_rise": th.overfit_rise},
+                   steps=[int(run.steps[best]), int(run.steps[points[-1]])],
+                   strength=(late / val[best] - 1) / th.overfit_rise)
 
 
 # ---------------------------------------------------------------------- the network
@@ -464,16 +501,17 @@ def vanishing_gradients(run: Run) -> Finding | None:
     last = layers[-1]["name"]
     share = ("no gradient at all" if ratios[worst] == 0 else
              f"{ratios[worst]:.2g}× the gradient (per parameter) of the last layer ({last})")
-    return Finding("vanishing_gradients", "critical" if frozen else "warning",
-                   f"layer {name} receives {share}"
+    return Finding(name="vanishing_gradients", severity="critical" if frozen else "warning",
+                   summary=f"layer {name} receives {share}"
                    + ("; its weights barely move" if frozen else
                       "; the optimiser rescales its steps, but the signal is tiny"),
-                   {"layer": name, "gradient_ratio": ratios[worst],
-                    "update_ratio_ratio": updates[worst] / updates[-1],
-                    "vanishing_ratio": run.th.vanishing_ratio,
-                    "grad_rms": dict(zip([layer["name"] for layer in layers], rms.tolist(),
-                                         strict=True))},
-                   run.window_steps(), run.th.vanishing_ratio / max(ratios[worst], 1e-300))
+                   evidence={"layer": name, "gradient_ratio": ratios[worst],
+                             "update_ratio_ratio": updates[worst] / updates[-1],
+                             "vanishing_ratio": run.th.vanishing_ratio,
+                             "grad_rms": dict(zip([layer["name"] for layer in layers],
+                                                  rms.tolist(), strict=True))},
+                   steps=run.window_steps(),
+                   strength=run.th.vanishing_ratio / max(ratios[worst], 1e-300))
 
 
 def exploding_gradients(run: Run) -> Finding | None:
@@ -519,8 +557,9 @@ def exploding_gradients(run: Run) -> Finding | None:
     if from_start:
         parts.append(f"within {th.early_steps} steps of a start whose layers amplify their input "
                      f"(weight scale {gain:.2g} ≥ {th.large_gain:.2g}): the initialisation")
-    return Finding("exploding_gradients", "critical", "; ".join(parts), evidence,
-                   sorted(steps), strength, produces=("lr_too_large",) if from_start else (),
+    return Finding(name="exploding_gradients", severity="critical", summary="; ".join(parts),
+                   evidence=evidence, steps=sorted(steps), strength=strength,
+                   produces=("lr_too_large",) if from_start else (),
                    first=("reinit",) if from_start else ())
 
 
@@ -533,11 +572,11 @@ def symmetric_init(run: Run) -> Finding | None:
             found[layer["name"]] = float(spread[-1])
     if not found:
         return None
-    return Finding("symmetric_init", "critical",
-                   f"every unit of layer(s) {', '.join(found)} has the same incoming weights "
-                   f"(row spread {max(found.values()):.2g}) at the end of the run",
-                   {"row_spread": found, "symmetric_spread": th.symmetric_spread},
-                   [int(run.steps[-1])], 1.0)
+    return Finding(name="symmetric_init", severity="critical",
+                   summary=f"every unit of layer(s) {', '.join(found)} has the same incoming "
+                   f"weights (row spread {max(found.values()):.2g}) at the end of the run",
+                   evidence={"row_spread": found, "symmetric_spread": th.symmetric_spread},
+                   steps=[int(run.steps[-1])], strength=1.0)
 
 
 def saturation(run: Run) -> Finding | None:
@@ -559,14 +598,14 @@ def _activation(run: Run, kind: str, threshold: float, words: str) -> Finding | 
     onset = min(int(run.steps[np.argmax(columns[site] >= threshold)]) for site in found)
     gain = run.start_gain()
     inputs = name == "saturation" and gain < run.th.large_gain  # weights at a normal scale:
-    return Finding(name, "warning",  # the inputs drive the units into their tails
-                   f"at site {worst}, {found[worst]:.0%} {words} (median over the final window; "
-                   f"first past {threshold:.0%} at step {onset})"
+    return Finding(name=name, severity="warning",  # the inputs drive them into their tails
+                   summary=f"at site {worst}, {found[worst]:.0%} {words} (median over the final "
+                   f"window; first past {threshold:.0%} at step {onset})"
                    + (f"; the weights started at a normal scale ({gain:.2g}): the inputs drive "
                       "the units into their tails" if inputs else ""),
-                   {"sites": found, "threshold": threshold, "onset_step": onset,
-                    "start_gain": gain, "large_gain": run.th.large_gain},
-                   run.window_steps(), found[worst] / threshold, onset=onset,
+                   evidence={"sites": found, "threshold": threshold, "onset_step": onset,
+                             "start_gain": gain, "large_gain": run.th.large_gain},
+                   steps=run.window_steps(), strength=found[worst] / threshold, onset=onset,
                    first=("normalisation",) if inputs else ())
 
 
