@@ -11,6 +11,10 @@ import torch
 from helpers import make_mlp
 
 from landscope import BadInputError, CheckpointError, io
+from landscope.monitor import record
+from landscope.plot._files import save_figure, save_page
+from landscope.report import write_report
+from landscope.surface import Surface
 
 
 class NotWeights:
@@ -136,3 +140,82 @@ def test_a_directory_is_called_a_directory_with_the_files_inside(tmp_path):
     torch.save({"model": NotWeights()}, tmp_path / "pickled.pt")
     with pytest.raises(CheckpointError, match=r"pickled Python object \(test_io.NotWeights\)"):
         io.load_state_dict(tmp_path / "pickled.pt")
+
+
+class DiskFullStream:
+    """A stream that writes half of its first write and then fails, as on a full disk."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, data):
+        self._stream.write(data[:max(1, len(data) // 2)])
+        raise OSError(28, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stream.close()
+
+
+class Page:
+    """A plotly-like figure: ``write_html`` writes the page to the stream it is given."""
+
+    def write_html(self, stream, **options):
+        stream.write("<html>" + "x" * 1000 + "</html>")
+
+
+def _picture(path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig = plt.figure()
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _surface(path):
+    axis = np.linspace(-1, 1, 3)
+    return Surface((axis, axis), np.zeros((3, 3)), np.zeros((2, 4)), {"note": "test"}).save(path)
+
+
+def _report(path):
+    io.write_result(path.parent, "probe", {"probe": {"loss": 0.5}})
+    return write_report(path.parent, path)
+
+
+WRITERS = {
+    "result": ("result.json", lambda path: io.write_result(path.parent, "probe", {"x": 1})),
+    "csv": ("table.csv", lambda path: io.write_csv(path, [{"a": 1, "b": 2}], ["a", "b"])),
+    "checkpoint": ("w.pt", lambda path: io.save_state_dict(make_mlp(), path)),
+    "surface": ("surface.npz", _surface),
+    "picture": ("surface.png", _picture),
+    "page": ("surface.html", lambda path: save_page(Page(), path)),
+    "report": ("report.html", _report),
+    "monitor table": (record.TABLE, lambda path: record.append_rows(
+        path.parent, list(record.EVERY_STEP), np.ones((2, len(record.EVERY_STEP))), new=True)),
+}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_every_writer_keeps_the_old_file_and_leaves_no_temporary_when_a_write_fails(
+        writer, tmp_path, monkeypatch):
+    name, write = WRITERS[writer]
+    target = tmp_path / name
+    write(target)  # the writer works, and writes this file
+    assert target.stat().st_size > 0
+    target.write_bytes(b"the old, complete file")
+    fdopen = os.fdopen
+    monkeypatch.setattr(io.os, "fdopen", lambda *args, **kw: DiskFullStream(fdopen(*args, **kw)))
+    with pytest.raises(Exception):  # noqa: B017 — writers wrap the disk's error their own way
+        write(target)
+    assert target.read_bytes() == b"the old, complete file"
+    assert not list(tmp_path.glob(".*"))

@@ -121,12 +121,14 @@ def write_header(run_dir: str | Path, meta: dict) -> Path:
 
 
 def append_rows(run_dir: str | Path, names: list[str], rows: np.ndarray, *, new: bool) -> int:
-    """Append rows to ``monitor.csv``; ``new`` starts the file afresh with the column names.
+    """Append rows to ``monitor.csv``; ``new`` starts the file afresh with the column names
+    (written atomically, so an interrupt leaves the old table whole).
 
     Returns the byte offset at which the last row starts, for :func:`rewrite_last_row`.
     """
     lines = _lines(rows)
-    with (Path(run_dir) / TABLE).open("wb" if new else "ab") as stream:
+    path = Path(run_dir) / TABLE
+    with io.atomic_write(path) if new else path.open("ab") as stream:
         if new:
             stream.write((",".join(names) + "\n").encode())
         stream.write("".join(line + "\n" for line in lines[:-1]).encode())
