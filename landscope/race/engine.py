@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -50,6 +51,17 @@ class Descent:
     stop_step: torch.Tensor
     batched: bool
     seconds: float
+
+
+class _Rows(NamedTuple):
+    """What one runner recorded for its rows: the per-run fields of :class:`Descent`."""
+
+    points: torch.Tensor
+    values: torch.Tensor
+    grad_norms: torch.Tensor
+    evaluations: torch.Tensor
+    status: list[str]
+    stop_step: torch.Tensor
 
 
 def descend(fn: TestFunction, optimizer: str | Recipe, starts: torch.Tensor, *,
@@ -87,11 +99,15 @@ def descend(fn: TestFunction, optimizer: str | Recipe, starts: torch.Tensor, *,
     else:
         parts = [_Runner(fn, rec, starts[s:s + 1], lr, noise, derive_seed(seed, s), False,
                          box_factor).run(steps, gtol) for s in range(len(starts))]
-    merged = [torch.cat([p[i] for p in parts], 1) for i in range(4)]
-    status = tuple(s for p in parts for s in p[4])
-    stop = torch.cat([p[5] for p in parts])
-    return Descent(rec.name, rec.lr if lr is None else lr, *merged, status, stop, batched,
-                   time.perf_counter() - begin)
+    def stacked(name: str) -> torch.Tensor:  # (T+1, S) or (T+1, S, n): runs along dim 1
+        return torch.cat([getattr(p, name) for p in parts], 1)
+
+    return Descent(optimizer=rec.name, lr=rec.lr if lr is None else lr,
+                   points=stacked("points"), values=stacked("values"),
+                   grad_norms=stacked("grad_norms"), evaluations=stacked("evaluations"),
+                   status=tuple(s for p in parts for s in p.status),
+                   stop_step=torch.cat([p.stop_step for p in parts]), batched=batched,
+                   seconds=time.perf_counter() - begin)
 
 
 def derive_seed(seed: int, *labels) -> int:
@@ -129,7 +145,7 @@ class _Runner:
             self.x.grad = self.x.grad + self.noise * shock
         return values.detach() if self.rec.row_aware else values.sum()
 
-    def run(self, steps: int, gtol: float):
+    def run(self, steps: int, gtol: float) -> _Rows:
         S = self.x.shape[0]
         points, values, norms, evals = [], [], [], []
         spent = torch.zeros(S, dtype=torch.long)
@@ -165,8 +181,9 @@ class _Runner:
             values.append(values[-1])
             norms.append(norms[-1])
             evals.append(spent.clone())
-        return (torch.stack(points), torch.stack(values), torch.stack(norms), torch.stack(evals),
-                status, stop)
+        return _Rows(points=torch.stack(points), values=torch.stack(values),
+                     grad_norms=torch.stack(norms), evaluations=torch.stack(evals), status=status,
+                     stop_step=stop)
 
     def _freeze(self, before, start_values, frozen, status, stop, t):
         """Freeze the rows whose new point is not finite or left the sentinel box."""
