@@ -47,12 +47,15 @@ class TaylorProfile:
     real_decrease: float | None
     direction: dict
 
+    def summary(self) -> dict:
+        """The numbers without the curves: what a surface's fidelity records."""
+        return {"value": self.value, "slope": self.slope, "curvature": self.curvature,
+                "step": self.step, "predicted_decrease": self.predicted_decrease,
+                "real_decrease": self.real_decrease, "direction": self.direction}
+
     def to_dict(self) -> dict:
         return {"t": self.t.tolist(), "real": self.real.tolist(), "first": self.first.tolist(),
-                "second": self.second.tolist(), "value": self.value, "slope": self.slope,
-                "curvature": self.curvature, "step": self.step,
-                "predicted_decrease": self.predicted_decrease,
-                "real_decrease": self.real_decrease, "direction": self.direction}
+                "second": self.second.tolist(), **self.summary()}
 
 
 def taylor(
@@ -105,5 +108,6 @@ def taylor(
     if step is not None:
         predicted = slope**2 / (2 * curvature)
         real = value - obj.value(theta + step * d).item()
-    return TaylorProfile(t, profile.values, first, second, value, slope, curvature, step,
-                         predicted, real, frame.directions[0].to_dict())
+    return TaylorProfile(t=t, real=profile.values, first=first, second=second, value=value,
+                         slope=slope, curvature=curvature, step=step, predicted_decrease=predicted,
+                         real_decrease=real, direction=frame.directions[0].to_dict())

@@ -8,7 +8,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
 import typer
@@ -38,6 +38,9 @@ from landscope.cli._common import (
 from landscope.directions import KINDS, NORMS
 from landscope.errors import BadInputError
 from landscope.surface import BN_MODES
+
+if TYPE_CHECKING:  # imported where the command runs, to keep the CLI's start fast
+    from landscope.taylor import TaylorProfile
 
 _SHARDING = {"points": "grid points across {ranks} ranks",
              "data": "data across {ranks} ranks (each rank holds only its part)"}
@@ -225,14 +228,13 @@ def _surface(request: ModelRequest, view: SurfaceRequest, out: Path):
     files += render(surf, out, formats=(fmt,), log=view.log)
     if dims == 1:
         files.append(save_figure(taylor_plot(profile), out / f"taylor.{fmt}"))
-        surf.fidelity["taylor"] = {k: v for k, v in profile.to_dict().items()
-                                   if k not in ("t", "real", "first", "second")}
+        surf.fidelity["taylor"] = profile.summary()
     summary = surf.summary()
     result = io.write_result(out, "surface", {"surface": summary, "meta": surf.meta,
                                               "files": [str(f) for f in files],
                                               "seconds": seconds, "command": " ".join(sys.argv)},
                              name="surface.json")  # before any printing
-    _surface_table(summary, surf, seconds)
+    _surface_table(summary, surf, seconds, profile if dims == 1 else None)
     for f in [*files, result]:
         console.print(f"written: {f}")
 
@@ -269,7 +271,7 @@ def _format(image_format: str) -> str:
     return image_format
 
 
-def _surface_table(summary: dict, surf, seconds: float) -> None:
+def _surface_table(summary: dict, surf, seconds: float, profile: TaylorProfile | None) -> None:
     from rich.table import Table
 
     table = Table(title="loss surface", show_header=False)
@@ -291,9 +293,8 @@ def _surface_table(summary: dict, surf, seconds: float) -> None:
         table.add_row("seed spread", f"median {s['relative_spread_median']:.1%}, max "
                                      f"{s['relative_spread_max']:.1%} of the value range "
                                      f"({len(s['seeds'])} other seeds)")
-    if "taylor" in surf.fidelity and surf.fidelity["taylor"]["step"] is not None:
-        t = surf.fidelity["taylor"]
-        table.add_row("Taylor step", f"t* = {t['step']:.3g}: predicted decrease "
-                                     f"{t['predicted_decrease']:.3g}, real "
-                                     f"{t['real_decrease']:.3g}")
+    if profile is not None and profile.step is not None:
+        table.add_row("Taylor step", f"t* = {profile.step:.3g}: predicted decrease "
+                                     f"{profile.predicted_decrease:.3g}, real "
+                                     f"{profile.real_decrease:.3g}")
     console.print(table)
