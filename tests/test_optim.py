@@ -88,6 +88,34 @@ def test_saddle_free_newton_first_step_uses_absolute_curvature():
     np.testing.assert_allclose(x1, X0 - g * (g @ g) / abs(g @ A_INDEFINITE @ g), rtol=1e-12)
 
 
+def test_saddle_free_newton_steps_each_row_with_its_own_hessian():
+    """Batched rows are separate points: with krylov_dim = n each row takes the exact step
+    −lr (|H_s| + δI)⁻¹ g_s, a row at its critical point (g = 0) stays, and a row whose Krylov
+    space is exhausted early (H_s = c I) still gets its exact step."""
+    rng = np.random.default_rng(0)
+    n = 6
+    M = rng.standard_normal((3, n, n))
+    H = (M + M.transpose(0, 2, 1)) / 2
+    H[2] = 2.5 * np.eye(n)
+    b = rng.standard_normal((3, n))
+    x0 = rng.standard_normal((3, n))
+    x0[1] = np.linalg.solve(H[1], b[1])  # the critical point of row 1
+    Ht, bt = torch.tensor(H), torch.tensor(b)
+    x = torch.tensor(x0, requires_grad=True)
+    opt = optim.SaddleFreeNewton([x], lr=0.5, damping=0.1, krylov_dim=n, batched=True)
+
+    def closure():
+        opt.zero_grad()
+        return 0.5 * ((Ht @ x[..., None])[..., 0] * x).sum(1) - (bt * x).sum(1)
+
+    opt.step(closure)
+    for s in range(3):
+        values, vectors = np.linalg.eigh(H[s])
+        absolute = vectors @ np.diag(np.abs(values) + 0.1) @ vectors.T
+        expected = x0[s] - 0.5 * np.linalg.solve(absolute, H[s] @ x0[s] - b[s])
+        np.testing.assert_allclose(x.detach()[s].numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("dense_max", [256, 1])  # dense eigh, then thick-restart Lanczos
 def test_negative_curvature_first_step(dense_max):
     g = _gradient(A_INDEFINITE)

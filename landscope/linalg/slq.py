@@ -9,7 +9,8 @@ polynomials of degree ``< 2m``. The Chebyshev–Markov–Stieltjes inequalities 
 rigorous per-probe bracket of ``mu_v((-inf, t])``; the probe average adds Monte Carlo error,
 reported as a standard error.
 
-All probes run together: each step is one ``matmat`` call with one column per active probe.
+All probes run together (:mod:`landscope.linalg.recurrence`): each step is one product with one
+column per active probe.
 """
 
 from __future__ import annotations
@@ -21,16 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from landscope.errors import BadInputError
-from landscope.linalg._common import (
-    apply,
-    check_int,
-    generator,
-    noise_level,
-    not_finite,
-    rademacher,
-    small_eigh,
-)
+from landscope.linalg._common import check_int, generator, noise_level, rademacher, small_eigh
 from landscope.linalg.operator import Operator, as_operator
+from landscope.linalg.recurrence import batched_lanczos, columns
 
 
 @dataclass(frozen=True)
@@ -188,19 +182,18 @@ def slq(
     probes = check_int("probes", probes, 1)
     steps = min(check_int("steps", steps, 1), n)
     gen = generator(seed)
-    alpha, beta, sizes, products = _batched_lanczos(
-        A.matmat, rademacher(gen, n, probes, A.dtype, A.device) / math.sqrt(n), steps, progress
-    )
+    starts = rademacher(gen, n, probes, A.dtype, A.device).T / math.sqrt(n)
+    # A probe stops once beta_j <= tiny * ||A v||: below sqrt(eps) relative, what is dropped changes
+    # its quadrature by far less than the Monte Carlo error, and exact repeats resolved only by
+    # rounding would otherwise be explored as noise.
+    tiny = max(noise_level(A.dtype, n), math.sqrt(torch.finfo(A.dtype).eps))
+    run = batched_lanczos(columns(A.matmat), starts, steps, progress=progress, breakdown=tiny)
+    sizes, T = run.sizes, run.tridiagonal()
     nodes = torch.zeros(probes, steps, dtype=torch.float64)
     weights = torch.zeros(probes, steps, dtype=torch.float64)
     for p in range(probes):
         s = int(sizes[p])
-        T = (
-            torch.diag(alpha[p, :s])
-            + torch.diag(beta[p, : s - 1], 1)
-            + torch.diag(beta[p, : s - 1], -1)
-        )
-        theta, Y = small_eigh(T)
+        theta, Y = small_eigh(T[p, :s, :s].contiguous())
         nodes[p, :s] = theta
         nodes[p, s:] = theta[-1]
         weights[p, :s] = Y[0, :] ** 2
@@ -209,99 +202,10 @@ def slq(
         nodes=nodes,
         weights=weights,
         n=n,
-        products=products,
+        products=run.products,
         steps=steps,
         sizes=None if full else sizes,
     )
-
-
-def _batched_lanczos(matmat, V0: torch.Tensor, steps: int, progress):
-    """Lanczos recurrences of all columns of ``V0`` at once; CGS2 against each probe's own basis.
-
-    Returns ``(alpha, beta, sizes, products)``: diagonals ``(probes, steps)`` and off-diagonals
-    ``(probes, steps)`` (``beta[:, i]`` couples steps ``i`` and ``i + 1``) in float64 CPU, the
-    number of valid steps per probe, and the number of columns multiplied.
-
-    Host synchronisation: one device-to-host copy per step carries every probe's scalars (norms,
-    alpha, the product's finiteness); a step that needs the second Gram-Schmidt pass reads its
-    two numbers per probe in one more copy. The vectors never leave the device, and the recurrence
-    divides by the norms held there (the host's float64 copies are the same numbers).
-    """
-    n, probes = V0.shape
-    device = V0.device
-    # A probe stops once beta_j <= tiny * ||A v||: below sqrt(eps) relative, what is dropped changes
-    # its quadrature by far less than the Monte Carlo error, and exact repeats resolved only by
-    # rounding would otherwise be explored as noise.
-    tiny = max(noise_level(V0.dtype, n), math.sqrt(torch.finfo(V0.dtype).eps))
-    Q = torch.zeros(probes, steps, n, dtype=V0.dtype, device=device)
-    Q[:, 0, :] = V0.T
-    alpha = torch.zeros(probes, steps, dtype=torch.float64)
-    beta = torch.zeros(probes, steps, dtype=torch.float64)
-    sizes = torch.full((probes,), steps, dtype=torch.int64)
-    active = torch.ones(probes, dtype=torch.bool)
-    active_on_device, rows = active.to(device), None  # rows: the active probes' indices there
-    scale = torch.zeros(probes, dtype=torch.float64)
-    products, running = 0, probes
-    beta_prev = torch.zeros(probes, dtype=V0.dtype, device=device)
-    for i in range(steps):
-        if running == 0:
-            break
-        if running == probes:  # the common case: no indexing
-            W = apply(matmat, Q[:, i, :].T.contiguous(), finite=False).T
-        else:
-            W = torch.zeros(probes, n, dtype=V0.dtype, device=device)
-            W[rows] = apply(matmat, Q[rows, i, :].T.contiguous(), finite=False).T
-        products += running
-        finite = torch.isfinite(W).all()
-        # Three-term recurrence first, then one classical Gram-Schmidt pass against the whole
-        # basis: the coefficients left after the recurrence are tiny, so one pass (two reads of
-        # the basis) keeps orthogonality to rounding; a second pass runs only when the first
-        # removed a large share (Daniel-Gragg-Kaufman-Stewart criterion, 1/√2).
-        norm0 = torch.linalg.vector_norm(W, dim=1)
-        q = Q[:, i, :]
-        a0 = (W * q).sum(1)
-        W = W - a0[:, None] * q
-        if i:
-            W -= beta_prev[:, None] * Q[:, i - 1, :]
-        nb = torch.linalg.vector_norm(W, dim=1)
-        B = Q[:, : i + 1, :]
-        h = torch.bmm(B, W.unsqueeze(2))
-        W = W - torch.bmm(B.transpose(1, 2), h).squeeze(2)
-        norm = torch.linalg.vector_norm(W, dim=1)
-        # the one device-to-host copy of the step
-        numbers = torch.stack([norm0, nb, norm, a0 + h[:, i, 0], finite.expand(probes)])
-        norm0, nb, n1, a, ok = numbers.double().cpu()
-        if not bool(ok.all()):
-            raise not_finite()
-        n2, repeated = n1, bool((active & (n1 < nb / math.sqrt(2))).any())
-        if repeated:
-            h2 = torch.bmm(B, W.unsqueeze(2))
-            W = W - torch.bmm(B.transpose(1, 2), h2).squeeze(2)
-            norm = torch.linalg.vector_norm(W, dim=1)
-            n2, extra = torch.stack([norm, h2[:, i, 0]]).double().cpu()
-            a = a + extra
-        scale = torch.maximum(scale, norm0)
-        every = running == probes  # boolean-mask indexing costs more than the arithmetic here
-        alpha[:, i] = torch.where(active, a, alpha[:, i]) if not every else a
-        if progress is not None:
-            progress(products, (i + 1) / steps)
-        if i + 1 == steps:
-            break
-        broke = active & ((n2 <= tiny * scale) | (repeated & (n2 < 0.5 * n1)))
-        if broke.any():  # rare: the masks go to the device only when they change
-            sizes[broke] = i + 1
-            active &= ~broke
-            running = int(active.sum())
-            active_on_device, rows = active.to(device), torch.nonzero(active).flatten().to(device)
-        if running == probes:
-            Q[:, i + 1, :] = W / norm[:, None]
-            beta[:, i] = n2
-            beta_prev = norm
-        else:
-            Q[rows, i + 1, :] = W[rows] / norm[rows, None]
-            beta[active, i] = n2[active]
-            beta_prev = torch.where(active_on_device, norm, 0.0)
-    return alpha, beta, sizes, products
 
 
 def _summarise(est: torch.Tensor, low: torch.Tensor, up: torch.Tensor):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from landscope.errors import BadInputError
+from landscope.linalg.recurrence import batched_lanczos, rowwise
 
 
 class PointOptimizer(torch.optim.Optimizer):
@@ -162,31 +163,22 @@ def pseudo_reciprocal(values: torch.Tensor) -> torch.Tensor:
 
 
 def lanczos(hvp, start: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise Lanczos with full reorthogonalisation: orthonormal bases Q (S, n, k) of the Krylov
-    spaces K_k(H_s, start_s) and the projections T = QᵀHQ (S, k, k).
+    """Row-wise Lanczos (:func:`landscope.linalg.recurrence.batched_lanczos`, row s through its
+    own H_s): orthonormal bases Q (S, n, k) of the Krylov spaces K_k(H_s, start_s) and the
+    projections T = QᵀHQ (S, k, k), in the dtype of ``start`` on its device.
 
     A row whose space is exhausted early (an invariant subspace) gets zero columns; its T is
-    block-diagonal with a zero block, which carries no weight for vectors in the first block.
+    block-diagonal with a zero block, which carries no weight for vectors in the first block. A
+    zero start (the gradient at a critical point) runs from e₁ instead: start's projection is
+    zero whatever the space. A non-finite product leaves NaN in its own row.
     """
-    rows, n = start.shape
-    Q = torch.zeros(rows, n, steps, dtype=start.dtype, device=start.device)
-    T = torch.zeros(rows, steps, steps, dtype=start.dtype, device=start.device)
+    rows = start.shape[0]
     norm = start.norm(dim=1, keepdim=True)
-    q = torch.where(norm > 0, start / torch.where(norm > 0, norm, 1.0), 0.0)
-    scale = torch.zeros(rows, 1, dtype=start.dtype, device=start.device)
-    for j in range(steps):
-        Q[:, :, j] = q
-        w = hvp(q)
-        T[:, j, j] = (q * w).sum(1)
-        for _ in range(2):  # classical Gram–Schmidt, twice
-            w = w - (Q @ (Q.transpose(1, 2) @ w[..., None]))[..., 0]
-        scale = torch.maximum(scale, T[:, j, j].abs()[:, None])
-        beta = w.norm(dim=1, keepdim=True)
-        alive = beta > 1e-10 * torch.clamp(scale, min=torch.finfo(start.dtype).tiny)
-        q = torch.where(alive, w / torch.where(alive, beta, 1.0), 0.0)
-        if j + 1 < steps:
-            T[:, j, j + 1] = T[:, j + 1, j] = torch.where(alive, beta, 0.0)[:, 0]
-    return Q, T
+    first = torch.zeros_like(start)
+    first[:, 0] = 1.0
+    unit = torch.where(norm > 0, start / torch.where(norm > 0, norm, 1.0), first)
+    run = batched_lanczos(rowwise(hvp, rows), unit, steps, check_finite=False)
+    return run.basis.transpose(1, 2), run.tridiagonal().to(start)
 
 
 def conjugate_gradient(hvp, b: torch.Tensor, damping: float, iterations: int,

@@ -185,27 +185,3 @@ def test_progress_summary_and_arguments(bulk_spectrum):
         quad.density([0.0], 0.0)
     with pytest.raises(BadInputError):
         slq(Counting(A), probes=0)
-
-
-def test_probes_that_stop_early_leave_the_others_unchanged():
-    """A probe inside a 3-dimensional invariant subspace stops at step 3; the probes still running
-    beside it (masked bookkeeping) get the very recurrence they get when run alone."""
-    from landscope.linalg.slq import _batched_lanczos
-
-    lam = np.linspace(-1.0, 2.0, 40)
-    A, Q = with_spectrum(lam, seed=3)
-    At = torch.from_numpy(A)
-    rng = np.random.default_rng(0)
-    short = Q[:, [0, 7, 20]] @ rng.standard_normal(3)
-    V0 = np.stack([short, rng.standard_normal(40), rng.standard_normal(40)], 1)
-    V0 = torch.from_numpy(V0 / np.linalg.norm(V0, axis=0))
-    alpha, beta, sizes, products = _batched_lanczos(lambda V: At @ V, V0, 12, None)
-    assert sizes.tolist() == [3, 12, 12]
-    assert products == 3 + 12 + 12
-    for j in (1, 2):
-        a1, b1, s1, _ = _batched_lanczos(lambda V: At @ V, V0[:, j:j + 1], 12, None)
-        assert s1.tolist() == [12]
-        torch.testing.assert_close(alpha[j], a1[0], rtol=0, atol=1e-12)
-        torch.testing.assert_close(beta[j, :11], b1[0, :11], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(np.sort(alpha[0, :3].numpy()).sum(), lam[[0, 7, 20]].sum(),
-                               atol=1e-10)  # the trace of T equals that of A on the subspace
