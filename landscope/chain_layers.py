@@ -6,9 +6,10 @@ R-gradients.
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 
@@ -17,13 +18,35 @@ class Unsupported(Exception):
 
 
 # ============================================================================ layers
-# Every layer maps its input u to its output o. ``saved`` is what the forward pass keeps.
-#   backward(d_o, saved, p, want, need_input)            -> d_u or None, [∂L/∂p_i or None]
-#   rforward(r_u, saved, p, vp)                          -> R{o} (None when it is zero)
-#   rbackward(rd_o, d_o, r_u, saved, p, vp, need_input)  -> R{d_u} or None, [(H v)_p_i or None]
-# p: the layer's parameter values; vp: their tangents (None for a fixed parameter); want: which
-# parameters need their gradient. ``keeps_grad_out``: whether rbackward reads d_o (else it is not
-# kept, which saves one activation-sized tensor per such layer).
+class Layer(Protocol):
+    """A step of the chain engine: it maps its input u to its output o = f(u; p).
+
+    ``names``: the model's name of each parameter slot (None for an absent one, such as a missing
+    bias). p: the layer's parameter values in that order (for a :class:`_Reshape`, the shapes of
+    the model's input and of every output so far); vp: their tangents (None for a fixed
+    parameter); want: which parameters need their gradient; ``saved``: what ``forward`` keeps.
+    ``keeps_grad_out``: whether ``rbackward`` reads d_o (else it is not kept, which saves one
+    activation-sized tensor per such layer).
+    """
+
+    names: list[str | None]
+    keeps_grad_out: bool
+
+    def forward(self, u: Tensor, p: list) -> tuple[Tensor, Any]:
+        """(o, saved)."""
+
+    def backward(self, d_o: Tensor, saved: Any, p: list, want: list[bool],
+                 need_input: bool) -> tuple[Tensor | None, list[Tensor | None]]:
+        """(∂L/∂u or None when not needed, [∂L/∂p_i or None])."""
+
+    def rforward(self, r_u: Tensor | None, saved: Any, p: list,
+                 vp: list[Tensor | None]) -> Tensor | None:
+        """R{o} (None when it is zero)."""
+
+    def rbackward(self, rd_o: Tensor, d_o: Tensor | None, r_u: Tensor | None, saved: Any,
+                  p: list, vp: list[Tensor | None],
+                  need_input: bool) -> tuple[Tensor | None, list[Tensor | None]]:
+        """(R{∂L/∂u} or None when not needed, [(H v)_p_i or None])."""
 
 
 def _add(a, b):

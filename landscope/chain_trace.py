@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from landscope.chain_layers import (
+    Layer,
     Unsupported,
     _Activation,
     _AvgPool2d,
@@ -46,6 +47,36 @@ _ACTIVATION_MODULES = {  # module type -> (derivatives, options read from the mo
     nn.LeakyReLU: (_leaky_relu, lambda m: {"slope": m.negative_slope}),
     nn.Softplus: (_softplus, lambda m: {"beta": m.beta, "threshold": m.threshold}),
     nn.ELU: (_elu, lambda m: {"alpha": m.alpha}),
+}
+
+
+def _always(module: nn.Module, mode: str) -> bool:
+    return True
+
+
+def _in_eval(module: nn.Module, mode: str) -> bool:
+    return mode == "eval"
+
+
+def _activation_entry(derivatives, options):
+    return _always, lambda m, prefix, buffers: _Activation(derivatives, **options(m))
+
+
+_MODULE_LAYERS = {  # module type -> (whether this module in this mode is handled, its layer)
+    nn.Linear: (_always, lambda m, prefix, buffers: _Linear(m, prefix)),
+    nn.Conv2d: (_always, lambda m, prefix, buffers: _Conv2d(m, prefix)),
+    **{kind: (_in_eval, _BatchNormEval) for kind in (nn.BatchNorm1d, nn.BatchNorm2d)},
+    **{kind: _activation_entry(*entry) for kind, entry in _ACTIVATION_MODULES.items()},
+    nn.GELU: (lambda m, mode: m.approximate == "none",
+              lambda m, prefix, buffers: _Activation(_gelu)),
+    nn.MaxPool2d: (lambda m, mode: not m.return_indices,
+                   lambda m, prefix, buffers: _MaxPool2d(m)),
+    **{kind: (_always, lambda m, prefix, buffers: _AvgPool2d(m))
+       for kind in (nn.AvgPool2d, nn.AdaptiveAvgPool2d)},
+    nn.Flatten: (_always, lambda m, prefix, buffers: _Reshape(
+        lambda t, shapes: t.flatten(m.start_dim, m.end_dim))),
+    nn.Identity: (_always, lambda m, prefix, buffers: _Reshape()),
+    nn.Dropout: (_in_eval, lambda m, prefix, buffers: _Reshape()),
 }
 _ACTIVATION_FUNCTIONS = {torch.relu: _relu, F.relu: _relu, torch.relu_: _relu,
                          torch.tanh: _tanh, F.tanh: _tanh, torch.tanh_: _tanh,
@@ -84,7 +115,7 @@ class _Tracer(torch.fx.Tracer):
         return _Proxy(node, self)
 
 
-def _trace(model: nn.Module, buffers: dict, mode: str) -> list:
+def _trace(model: nn.Module, buffers: dict, mode: str) -> list[tuple[Layer | None, list[int]]]:
     """The model as steps ``(layer, inputs)`` in execution order; output 0 is the model's input,
     output j the result of step j; ``layer`` is None for a sum of two outputs (a skip
     connection).
@@ -138,7 +169,7 @@ def _trace(model: nn.Module, buffers: dict, mode: str) -> list:
     return steps
 
 
-def _layer_for(node, model: nn.Module, buffers: dict, mode: str, sizes: dict):
+def _layer_for(node, model: nn.Module, buffers: dict, mode: str, sizes: dict) -> Layer:
     """The chain layer computing fx ``node`` (whose first argument is the previous output);
     ``sizes`` maps the graph's size nodes (``x.shape[0]``) to functions of the outputs' shapes."""
     rest, kwargs = node.args[1:], dict(node.kwargs)
@@ -150,60 +181,55 @@ def _layer_for(node, model: nn.Module, buffers: dict, mode: str, sizes: dict):
     shape_step = ((node.op == "call_function" and node.target in _SHAPE_FUNCTIONS)
                   or (node.op == "call_method" and node.target in _SHAPE_METHODS))
     if shape_step:
-        def arguments(shapes):
-            return torch.fx.node.map_arg((rest, kwargs), lambda a: sizes[a](shapes))
-
-        if node.op == "call_function":
-            def fn(t, shapes, f=node.target):
-                args, kw = arguments(shapes)
-                return f(t, *args, **kw)
-        else:
-            def fn(t, shapes, m=node.target):
-                args, kw = arguments(shapes)
-                return getattr(t, m)(*args, **kw)
-        return _Reshape(fn)
+        return _shape_layer(node, rest, kwargs, sizes)
     if nodes:
         raise Unsupported(f"step {node.name!r} ({node.target!r}) reads tensor sizes (the chain "
                           "engine knows them only in reshapes)")
     if node.op == "call_module":
         module, prefix = model.get_submodule(node.target), node.target + "."
         kind = type(module)
-        if kind is nn.Linear:
-            return _Linear(module, prefix)
-        if kind is nn.Conv2d:
-            return _Conv2d(module, prefix)
-        if kind in (nn.BatchNorm1d, nn.BatchNorm2d) and mode == "eval":
-            return _BatchNormEval(module, prefix, buffers)
-        if kind in _ACTIVATION_MODULES:
-            derivatives, options = _ACTIVATION_MODULES[kind]
-            return _Activation(derivatives, **options(module))
-        if kind is nn.GELU and module.approximate == "none":
-            return _Activation(_gelu)
-        if kind is nn.MaxPool2d and not module.return_indices:
-            return _MaxPool2d(module)
-        if kind in (nn.AvgPool2d, nn.AdaptiveAvgPool2d):
-            return _AvgPool2d(module)
-        if kind is nn.Flatten:
-            return _Reshape(lambda t, shapes, m=module: t.flatten(m.start_dim, m.end_dim))
-        if kind is nn.Identity or (kind is nn.Dropout and mode == "eval"):
-            return _Reshape()
-        raise Unsupported(f"module {node.target!r} ({kind.__name__}) in {mode} mode")
+        handled, layer = _MODULE_LAYERS.get(kind, (None, None))
+        if handled is None or not handled(module, mode):
+            raise Unsupported(f"module {node.target!r} ({kind.__name__}) in {mode} mode")
+        return layer(module, prefix, buffers)
     if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
-        fn = _ACTIVATION_FUNCTIONS[node.target]
-        options = {}
-        kwargs.pop("inplace", None)  # whether that is safe is _check_overwrite's question
-        if fn is _leaky_relu:
-            options["slope"] = rest[0] if rest else kwargs.pop("negative_slope", 0.01)
-            rest = rest[1:]
-        if node.target in (F.relu, F.leaky_relu, F.silu):
-            rest = rest[1:]  # the positional ``inplace``
-        if kwargs.pop("approximate", "none") != "none" or rest or kwargs:
-            raise Unsupported(f"{node.target.__name__} with options {rest or kwargs} at "
-                              f"{node.name!r} (approximate)")
-        return _Activation(fn, **options)
+        return _activation_function_layer(node, rest, kwargs)
     if node.op == "call_method" and node.target in _ACTIVATION_METHODS and not rest:
         return _Activation(_ACTIVATION_METHODS[node.target])
     raise Unsupported(f"operation {node.target!r} at step {node.name!r}")
+
+
+def _shape_layer(node, rest: tuple, kwargs: dict, sizes: dict) -> _Reshape:
+    """A reshaping function or method call, its size arguments read from each batch's shapes."""
+    def arguments(shapes):
+        return torch.fx.node.map_arg((rest, kwargs), lambda a: sizes[a](shapes))
+
+    if node.op == "call_function":
+        def fn(t, shapes, f=node.target):
+            args, kw = arguments(shapes)
+            return f(t, *args, **kw)
+    else:
+        def fn(t, shapes, m=node.target):
+            args, kw = arguments(shapes)
+            return getattr(t, m)(*args, **kw)
+    return _Reshape(fn)
+
+
+def _activation_function_layer(node, rest: tuple, kwargs: dict) -> _Activation:
+    """An activation called as a function (``F.relu(x)``, ``F.leaky_relu(x, 0.2)``); options
+    other than the slope and ``inplace`` are refused."""
+    fn = _ACTIVATION_FUNCTIONS[node.target]
+    options = {}
+    kwargs.pop("inplace", None)  # whether that is safe is _check_overwrite's question
+    if fn is _leaky_relu:
+        options["slope"] = rest[0] if rest else kwargs.pop("negative_slope", 0.01)
+        rest = rest[1:]
+    if node.target in (F.relu, F.leaky_relu, F.silu):
+        rest = rest[1:]  # the positional ``inplace``
+    if kwargs.pop("approximate", "none") != "none" or rest or kwargs:
+        raise Unsupported(f"{node.target.__name__} with options {rest or kwargs} at "
+                          f"{node.name!r} (approximate)")
+    return _Activation(fn, **options)
 
 
 def _is_add(node) -> bool:
