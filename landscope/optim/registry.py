@@ -127,7 +127,7 @@ def recipe(name: str | Recipe) -> Recipe:
             and cls is not torch.optim.Optimizer:
         return Recipe(name, cls, None, batchable=name in _ELEMENTWISE,
                       description=f"torch.optim.{name} with torch's defaults")
-    raise BadInputError(f"unknown optimiser {name!r}; use one of {', '.join(NAMES)}, or a "
+    raise BadInputError(f"optimizer={name!r}; use one of {', '.join(NAMES)}, or a "
                         "torch.optim class name such as NAdam or Rprop")
 
 

@@ -37,9 +37,9 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise BadInputError(f"{run_dir} is not a directory; give the --out directory of a "
-                            "landscope command (landscope probe --out DIR, then landscope report "
-                            "DIR)")
+        raise BadInputError(f"run_dir={str(run_dir)!r} is not a directory; give the --out "
+                            "directory of a landscope command (landscope probe --out DIR, then "
+                            "landscope report DIR)")
     found, unreadable = collect(run_dir)
     if not found:
         raise BadInputError(f"{run_dir} holds no landscope result (result.json, surface.json, "
