@@ -22,6 +22,17 @@ def network():
     return obj, np.linalg.eigvalsh(obj.hessian().numpy())
 
 
+def test_objective_operator_is_the_hessian_at_its_point(network):
+    obj, _ = network
+    H, theta = obj.hessian(), obj.theta0 + 0.01
+    op = obj.operator()
+    assert (op.n, op.dtype, op.device) == (obj.n, obj.dtype, obj.device)
+    V = torch.randn(obj.n, 3, generator=torch.Generator().manual_seed(0), dtype=obj.dtype)
+    torch.testing.assert_close(op @ V, H @ V, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(obj.operator(theta) @ V[:, 0], obj.hessian(theta) @ V[:, 0],
+                               rtol=1e-10, atol=1e-12)
+
+
 def test_extreme_eigenpairs_match_eigh_to_1e_6(network):
     obj, eig = network
     spec = spectrum(obj, k=5, which="both", exact=False)
