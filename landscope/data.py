@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
+from landscope import _checks as checks
 from landscope.errors import BadInputError
 
 TARGET_KEYS = ("labels", "label", "target", "targets", "y")
@@ -310,8 +311,7 @@ def _normalise(data, batch_size: int | None) -> tuple[Iterable, str]:
             raise BadInputError("the data set is empty (0 samples)")
         if batch_size is None:
             return [(X, y)], f"{X.shape[0]} samples in one batch"
-        if batch_size < 1:
-            raise BadInputError(f"batch_size={batch_size}; use a positive number or None")
+        batch_size = checks.integer("batch_size", batch_size)
         chunks = list(zip(X.split(batch_size), y.split(batch_size), strict=True))
         batches = f"{len(chunks)} batch" + ("es" if len(chunks) != 1 else "")
         return chunks, f"{X.shape[0]} samples in {batches} of at most {batch_size}"

@@ -80,6 +80,7 @@ CASES = [  # (call on the shared problem, the parameter, the bad value as repr()
     (lambda p: _from_model(p, engine="fast"), "engine", "'fast'"),
     (lambda p: _from_model(p, reduction="none"), "reduction", "'none'"),
     (lambda p: _from_model(p, batch_size=0), "batch_size", "0"),
+    (lambda p: _from_model(p, batch_size=2.5), "batch_size", "2.5"),
     (lambda p: race.race(starts=0), "starts", "0"),
     (lambda p: race.race(steps=2.5), "steps", "2.5"),
     (lambda p: race.race(start="middle"), "start", "'middle'"),
