@@ -1,10 +1,12 @@
 """The run directory: schema-versioned ``result.json`` files and weights-only checkpoints.
 
-Every file landscope writes (results, checkpoints, surfaces, pictures) goes through
+Every file landscope writes (results, checkpoints, surfaces, pictures, reports) goes through
 :func:`atomic_write`: a temporary file beside the target, renamed onto it once complete, so a file
-that exists is complete and an interrupt leaves no partial file. Checkpoints are read with
-``torch.load(weights_only=True)``: a file that would need to unpickle arbitrary Python objects is
-refused, never executed.
+that exists is complete and an interrupt leaves no partial file. The one exception is the
+Monitor's table, which grows by appended rows once it has been started (atomically).
+
+Checkpoints are read with ``torch.load(weights_only=True)``: a file that would need to unpickle
+arbitrary Python objects is refused, never executed.
 """
 
 from __future__ import annotations
