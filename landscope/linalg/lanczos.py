@@ -65,7 +65,7 @@ class LanczosResult:
     """Outcome of :func:`extreme_eigenpairs`, with its convergence evidence.
 
     ``converged`` is True when every requested pair has ``residual <= tol * norm_estimate``;
-    ``products`` counts every column pushed through ``matmat``.
+    ``products`` counts every column multiplied by the operator.
     """
 
     largest: Eigenpairs | None
@@ -141,7 +141,7 @@ def extreme_eigenpairs(
         products); 1e-5 is a safe float32 choice. Asking for less than the floor makes the run
         spend its budget and end with ``converged=False``.
     max_products:
-        Budget of ``matmat`` columns; never exceeded; at least
+        Budget of product columns; never exceeded; at least
         ``2 * (k_largest + k_smallest)``. Default
         ``max(500, 50 * (k_largest + k_smallest))``. When that budget would cover a full Krylov
         space (``n + 2 * (k_largest + k_smallest)``), the default becomes that amount and the

@@ -174,7 +174,7 @@ def slq(
     Returns
     -------
     SpectralQuadrature
-        ``products`` counts the columns pushed through ``matmat`` (at most ``probes * steps``;
+        ``products`` counts the columns multiplied by the operator (at most ``probes * steps``;
         fewer when some probes stop early at an invariant subspace).
     """
     A = as_operator(A)

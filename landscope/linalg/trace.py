@@ -37,7 +37,7 @@ from landscope.linalg.operator import Operator, as_operator
 class TraceEstimate:
     """A trace estimate, its standard error, and what it cost.
 
-    ``samples``: probes averaged; ``products``: ``matmat`` columns used; ``deflated``: number of
+    ``samples``: probes averaged; ``products``: product columns used; ``deflated``: number of
     eigen-directions removed and accounted for exactly.
     """
 
