@@ -18,7 +18,7 @@ from torch.nn.functional import cross_entropy
 import landscope as ls
 from landscope.data import Batches
 from landscope.functional import ModelLoss
-from landscope.linalg import hutchinson, slq
+from landscope.linalg import Operator, hutchinson, slq
 from landscope.surface import surface
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -48,15 +48,19 @@ def _symmetric(n=300, seed=0):
     return (U * torch.linspace(-2.0, 5.0, n, dtype=torch.float64)) @ U.T
 
 
+def _counted(A: torch.Tensor) -> Operator:
+    """A as an operator whose products count their reads back to the host."""
+    return Operator(A.shape[0], A.dtype, A.device, lambda V: (A @ V).as_subclass(_OnDevice))
+
+
 def test_slq_reads_the_device_once_per_step_for_all_probes():
     A = _symmetric()
     steps = 20
     for probes in (2, 8):
         _OnDevice.reads = 0
-        on_device = slq(lambda V: (A @ V).as_subclass(_OnDevice), A.shape[0], probes=probes,
-                        steps=steps)
+        on_device = slq(_counted(A), probes=probes, steps=steps)
         assert _OnDevice.reads == steps  # not per probe, not per entry
-        plain = slq(lambda V: A @ V, A.shape[0], probes=probes, steps=steps)
+        plain = slq(A, probes=probes, steps=steps)
         assert torch.equal(on_device.nodes, plain.nodes)
         assert torch.equal(on_device.weights, plain.weights)
 
@@ -64,10 +68,9 @@ def test_slq_reads_the_device_once_per_step_for_all_probes():
 def test_hutchinson_reads_the_device_once_per_batch_of_probes():
     A = _symmetric()
     _OnDevice.reads = 0
-    est = hutchinson(lambda V: (A @ V).as_subclass(_OnDevice), A.shape[0], samples=30, batch=10)
+    est = hutchinson(_counted(A), samples=30, batch=10)
     assert _OnDevice.reads == 3
-    assert est.to_dict() == hutchinson(lambda V: A @ V, A.shape[0], samples=30,
-                                       batch=10).to_dict()
+    assert est.to_dict() == hutchinson(A, samples=30, batch=10).to_dict()
 
 
 def test_data_in_memory_is_moved_once_and_read_back_once_per_pass():
