@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from landscope._checks import choice, integer, positive
 from landscope.errors import BadInputError
 from landscope.linalg import (
     Eigenpairs,
@@ -110,10 +111,10 @@ def spectrum(
     >>> spectrum(obj, k=1).smallest.values.tolist()
     [-6.0]
     """
-    if which not in WHICH:
-        raise BadInputError(f"which={which!r}; use one of {', '.join(WHICH)}")
-    if k < 1:
-        raise BadInputError(f"k={k}; ask for at least one eigenpair")
+    choice("which", which, WHICH)
+    integer("k", k)
+    if tol is not None:  # checked on every path: the dense one does not read it
+        positive("tol", tol)
     k_largest = k if which in ("largest", "both") else 0
     k_smallest = k if which in ("smallest", "both") else 0
     if _use_exact(obj, exact, k_largest + k_smallest):
@@ -239,8 +240,8 @@ def density(
     All probes advance together: each step is one batched product of ``probes`` vectors.
     ``coords`` restricts H to those coordinates (see :func:`spectrum`); then n = len(coords).
     """
-    if probes < 1 or steps < 1:
-        raise BadInputError(f"probes={probes}, steps={steps}; both must be at least 1")
+    integer("probes", probes)
+    integer("steps", steps)
     if _use_exact(obj, exact, 0):
         values = dense_eigh(restricted_hessian(obj, theta, coords))[0]
         return Density("exact", values.numel(), eigenvalues=values, products=obj.n)
@@ -281,8 +282,10 @@ def trace(
     ``samples`` probe vectors in batches of ``batch`` products; with ``rtol`` sampling stops
     early once the standard error is below rtol·|estimate| (``samples`` is then the maximum).
     """
-    if samples < 2:
-        raise BadInputError(f"samples={samples}; a standard error needs at least 2 samples")
+    integer("samples", samples, minimum=2)  # a standard error needs two
+    integer("batch", batch)
+    if rtol is not None:
+        positive("rtol", rtol)
     if _use_exact(obj, exact, 0):
         values = dense_eigh(restricted_hessian(obj, theta, None))[0]
         return Trace(values.sum().item(), 0.0, "exact", 0, obj.n)
