@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from scipy import stats
 
+from landscope._checks import integer
 from landscope.critical import (
     Probe,
     default_rel_tol,
@@ -305,6 +306,8 @@ def anytime_probe(
     if time_budget is not None and not time_budget > 0:
         raise BadInputError(f"time_budget={time_budget}; give a positive number of seconds "
                             "(or None for no budget)")
+    for name, count in (("k", k), ("probes", probes), ("steps", steps)):
+        integer(name, count)  # before any stage: a bad one would fail only at the last
     theta = obj.point(theta)
     total = sample_count(obj)
     clock = _Clock(time_budget, progress, agree=obj.agree)

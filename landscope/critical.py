@@ -43,8 +43,8 @@ from typing import NamedTuple
 
 import torch
 
+from landscope._checks import integer
 from landscope.degenerate import NullTest, null_direction_test
-from landscope.errors import BadInputError
 from landscope.kinds import KINDS as KINDS  # the verdicts' vocabulary, also landscope.KINDS
 from landscope.linalg import dense_eigh
 from landscope.objective import Objective
@@ -204,8 +204,9 @@ def probe(
     >>> p.kind, p.strict, p.flat_directions
     ('local_min', False, 1)
     """
-    if k < 1:
-        raise BadInputError(f"k={k}; probe needs at least one eigenpair at each end")
+    integer("k", k)  # at least one eigenpair at each end
+    integer("probes", probes)  # checked on every path: the dense one does not read them
+    integer("steps", steps)
     theta = obj.point(theta)
     before = dict(obj.counts)
     exact = obj.n <= EXACT_MAX_N if exact is None else exact

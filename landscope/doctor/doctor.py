@@ -48,8 +48,8 @@ def diagnose(source: Record | Monitor | str | Path,
     elif isinstance(source, (str, Path)):
         record = read_record(source)
     else:
-        raise BadInputError(f"cannot diagnose a {type(source).__name__}; pass a run directory, "
-                            "a Monitor or a Record")
+        raise BadInputError(f"source={source!r}; pass a run directory, a Monitor or a Record, "
+                            f"not a {type(source).__name__}")
     if len(record) == 0:
         raise BadInputError("the record holds no steps; call monitor.step(loss) in the loop "
                             "and close the Monitor (or use it as a context manager)")
