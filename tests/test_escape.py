@@ -3,6 +3,7 @@ the caller's model untouched; the v_min step at a saddle; resume after an interr
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 from landscope import escape as trials
 from landscope.cli import app
 from landscope.errors import BadInputError
+from landscope.escape import runs
 
 FIXTURE = str(Path(__file__).parent / "fixtures" / "user_net.py")
 cross_entropy = nn.functional.cross_entropy
@@ -163,13 +165,13 @@ def test_resume_reruns_only_the_missing_runs(one_thread, tmp_path, monkeypatch):
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
     options = dict(candidates=["baseline", "adam"], steps=6, seeds=2, batch_size=10)
     computed = []
-    run = trials._Work.run
+    run = runs.Work.run
 
     def counted(self, c, s):
         computed.append((c.name, s))
         return run(self, c, s)
 
-    monkeypatch.setattr(trials._Work, "run", counted)
+    monkeypatch.setattr(runs.Work, "run", counted)
 
     def interrupt_after_three(_run, done, _total):
         if done == 3:
@@ -203,7 +205,7 @@ def test_bad_input_names_the_value(options, message):
 
 
 def test_optional_extras_are_skipped_with_a_note_when_missing(monkeypatch):
-    monkeypatch.setattr(trials.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert "pip install pytorch-optimizer" in trials.available(trials.CHANGES["adahessian"])
     assert trials.available(trials.CHANGES["baseline"]) is None
 

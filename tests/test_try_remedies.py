@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from landscope import escape as trials
 from landscope.cli import app
 from landscope.doctor.knowledge import TEXT
+from landscope.errors import BadInputError
 from landscope.monitor import Monitor
 
 FIXTURE = Path(__file__).parent / "fixtures" / "user_net.py"
@@ -74,7 +75,7 @@ def test_the_recorded_optimiser_is_rebuilt_with_its_settings():
     group = opt.param_groups[0]
     assert type(opt) is torch.optim.AdamW and group["lr"] == 3e-4
     assert group["betas"] == (0.8, 0.99) and group["weight_decay"] == 0.05
-    with pytest.raises(trials.BadInputError, match="--optimizer NAME --lr RATE"):
+    with pytest.raises(BadInputError, match="--optimizer NAME --lr RATE"):
         trials.recorded_baseline({"name": "MyOwnOptimizer", "lr": 0.1})
 
 
