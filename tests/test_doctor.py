@@ -794,7 +794,8 @@ def test_diagnose_refuses_what_it_cannot_read(tmp_path):
         diagnose(tmp_path)
     with pytest.raises(BadInputError, match="holds no steps"):
         diagnose(Record({}, {"step": np.zeros(0)}))
-    with pytest.raises(BadInputError, match="source=42; pass a run directory, a Monitor or a Record, not a int"):
+    with pytest.raises(BadInputError, match="source=42; pass a run directory, a Monitor or a "
+                                            "Record, not a int"):
         diagnose(42)
 
 
