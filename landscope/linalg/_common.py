@@ -64,13 +64,6 @@ def not_finite() -> NonFiniteLossError:
     )
 
 
-def check_int(name: str, value, minimum: int) -> int:
-    """Return ``value`` as an int, or raise :class:`BadInputError` naming it if too small."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BadInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def check_dtype(dtype: torch.dtype) -> torch.dtype:
     """Return ``dtype`` if it is a real floating dtype, else raise :class:`BadInputError`."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:

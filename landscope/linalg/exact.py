@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from landscope._checks import integer
 from landscope.errors import BadInputError
-from landscope.linalg._common import check_int
 from landscope.linalg.operator import Operator, as_operator
 
 
@@ -60,7 +60,7 @@ def dense_from_matmat(A: Operator | torch.Tensor, *, batch: int = 64) -> torch.T
         ``(A + A^T) / 2`` as an ``(n, n)`` tensor in the operator's dtype on its device.
     """
     A = as_operator(A)
-    batch = check_int("batch", batch, 1)
+    batch = integer("batch", batch, 1)
     n, dtype, device = A.n, A.dtype, A.device
     H = torch.empty(n, n, dtype=dtype, device=device)
     for start in range(0, n, batch):

@@ -21,11 +21,11 @@ from typing import NamedTuple
 
 import torch
 
+from landscope._checks import integer
 from landscope.errors import BadInputError
 from landscope.linalg._common import (
     apply,
     cgs2,
-    check_int,
     gaussian,
     generator,
     noise_level,
@@ -180,8 +180,8 @@ def extreme_eigenpairs(
     """
     A = as_operator(A)
     n, dtype, device = A.n, A.dtype, A.device
-    k_largest = check_int("k_largest", k_largest, 0)
-    k_smallest = check_int("k_smallest", k_smallest, 0)
+    k_largest = integer("k_largest", k_largest, 0)
+    k_smallest = integer("k_smallest", k_smallest, 0)
     wanted_count = k_largest + k_smallest
     if wanted_count == 0:
         raise BadInputError("ask for at least one eigenpair: k_largest + k_smallest is 0")
@@ -266,7 +266,7 @@ def _sizes(n: int, wanted: int, basis_size, max_products) -> tuple[int, int]:
     if basis_size is None:
         m = n if exact_cost <= default_budget else min(n, max(40, 3 * wanted + 20))
     else:
-        m = check_int("basis_size", basis_size, 1)
+        m = integer("basis_size", basis_size, 1)
         if m > n:
             m = n
         if m < n and m < wanted + 2:
@@ -277,7 +277,7 @@ def _sizes(n: int, wanted: int, basis_size, max_products) -> tuple[int, int]:
     if max_products is None:
         budget = exact_cost if m == n else default_budget
     else:
-        budget = check_int("max_products", max_products, 2 * wanted)
+        budget = integer("max_products", max_products, 2 * wanted)
     return m, budget
 
 

@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import torch
 
+from landscope._checks import integer
 from landscope.errors import BadInputError
-from landscope.linalg._common import apply, check_dtype, check_int
+from landscope.linalg._common import apply, check_dtype
 
 
 class Operator:
@@ -25,7 +26,7 @@ class Operator:
         if not callable(matmat):
             raise BadInputError(f"matmat must be callable (V -> A @ V), got "
                                 f"{type(matmat).__name__}")
-        self.n = check_int("n", n, 1)
+        self.n = integer("n", n, 1)
         self.dtype = check_dtype(dtype)
         self.device = torch.device(device)
         self.matmat = matmat

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+from landscope._checks import integer
 from landscope.errors import BadInputError
-from landscope.linalg._common import check_int, generator, noise_level, rademacher, small_eigh
+from landscope.linalg._common import generator, noise_level, rademacher, small_eigh
 from landscope.linalg.operator import Operator, as_operator
 from landscope.linalg.recurrence import batched_lanczos, columns
 
@@ -179,8 +180,8 @@ def slq(
     """
     A = as_operator(A)
     n = A.n
-    probes = check_int("probes", probes, 1)
-    steps = min(check_int("steps", steps, 1), n)
+    probes = integer("probes", probes, 1)
+    steps = min(integer("steps", steps, 1), n)
     gen = generator(seed)
     starts = rademacher(gen, n, probes, A.dtype, A.device).T / math.sqrt(n)
     # A probe stops once beta_j <= tiny * ||A v||: below sqrt(eps) relative, what is dropped changes

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
+from landscope._checks import integer
 from landscope.errors import BadInputError
 from landscope.linalg._common import (
     apply,
-    check_int,
     generator,
     not_finite,
     rademacher,
@@ -103,8 +103,8 @@ def hutchinson(
     """
     A = as_operator(A)
     n, dtype, device = A.n, A.dtype, A.device
-    samples = check_int("samples", samples, 2)
-    batch = check_int("batch", batch, 1)
+    samples = integer("samples", samples, 2)
+    batch = integer("batch", batch, 1)
     if rtol is not None and not (isinstance(rtol, (int, float)) and rtol > 0):
         raise BadInputError(f"rtol must be a positive number or None, got {rtol!r}")
     offset, Q = _deflation(deflate, n, dtype, device)

@@ -56,5 +56,5 @@ def test_bad_operators_are_named(matrix):
         Operator.dense(matrix) @ torch.ones(5)
     with pytest.raises(BadInputError, match="Operator"):
         extreme_eigenpairs(lambda V: V)
-    with pytest.raises(BadInputError, match="n must be"):
+    with pytest.raises(BadInputError, match="n=0; use a whole number ≥ 1"):
         Operator(0, torch.float64, "cpu", lambda V: V)
