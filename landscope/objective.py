@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from landscope import distributed, engines
+from landscope._checks import choice
 from landscope.chain import ChainHessian, Unsupported
 from landscope.data import Batches
 from landscope.engines import Columns, KeptGraph, Streaming, Sums
@@ -88,8 +89,7 @@ class Objective:
         engine: str = "auto",
         reduction: str = "mean",
     ):
-        if engine not in ENGINES:
-            raise BadInputError(f"engine={engine!r}; use one of {', '.join(ENGINES)}")
+        choice("engine", engine, ENGINES)
         self._batch_losses = batch_losses
         self._reduction = reduction
         self.theta0 = theta0.detach().clone()

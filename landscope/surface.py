@@ -47,6 +47,7 @@ import torch
 import torch.distributed as dist
 
 from landscope import directions, distributed, io, pointwise
+from landscope._checks import choice
 from landscope.distributed import RankFailure
 from landscope.errors import BadInputError
 from landscope.objective import Objective
@@ -208,8 +209,7 @@ def surface(
     [[0.0, 1.0, 0.0], [-1.0, 0.0, -1.0], [0.0, 1.0, 0.0]]
     """
     frame = as_frame(obj, frame, centre)
-    if bn not in BN_MODES:
-        raise BadInputError(f"bn={bn!r}; use one of {', '.join(BN_MODES)}")
+    choice("bn", bn, BN_MODES)
     grid = Grid(obj, frame, axes(frame, span, steps), {"bn": bn, "view": "full"}, checkpoint)
     evaluate = _evaluator(obj, bn, grid)
     grid.run(np.ndindex(grid.shape), lambda index: (evaluate(index), 0.0, 1.0), progress)

@@ -855,7 +855,7 @@ def test_cli_diagnoses_a_run_directory_and_writes_doctor_json(tmp_path):
 @pytest.mark.parametrize("args, message", [
     ([], "either a RUN_DIR or --scenario"),
     (["--remedy", "somewhere"], "--scenario runs only"),
-    (["--scenario", "no_such_scenario"], "no scenario 'no_such_scenario'"),
+    (["--scenario", "no_such_scenario"], "scenario='no_such_scenario'; use one of"),
     (["nowhere"], "no monitor record"),
 ])
 def test_cli_bad_usage_exits_2(args, message):

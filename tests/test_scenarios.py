@@ -51,7 +51,7 @@ def test_scenarios_leave_the_callers_rng_and_threads_alone(tmp_path):
 
 
 def test_scenario_errors():
-    with pytest.raises(BadInputError, match="no scenario"):
+    with pytest.raises(BadInputError, match="scenario=.*; use one of"):
         run_scenario("nope", "unused")
     with pytest.raises(BadInputError, match="no remedy"):
         run_scenario("healthy", "unused", remedy=True)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from landscope import default, io
+from landscope._checks import choice
 from landscope.errors import BadInputError
 from landscope.monitor import Monitor
 from landscope.objective import Objective, write_theta
@@ -74,8 +75,7 @@ def run_scenario(name: str, run_dir: str | Path, *, remedy: bool = False, seed: 
     >>> diagnose(path).primary.name
     'symmetric_init'
     """
-    if name not in SCENARIOS:
-        raise BadInputError(f"no scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
+    choice("scenario", name, SCENARIOS)
     scenario = SCENARIOS[name]
     if remedy and scenario.remedy is None:
         raise BadInputError(f"scenario {name!r} has no remedy to apply")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from landscope._checks import choice, integer, positive
 from landscope.errors import BadInputError
 from landscope.linalg import Operator, extreme_eigenpairs
 from landscope.optim._base import (
@@ -64,8 +65,7 @@ class Newton(PointOptimizer):
                  dense_max: int = 256, cg_iterations: int = 100, cg_rtol: float = 1e-10, *,
                  batched: bool = False):
         _check(lr=lr, damping=damping)
-        if solver not in SOLVERS:
-            raise BadInputError(f"solver={solver!r}; use one of {', '.join(SOLVERS)}")
+        choice("solver", solver, SOLVERS)
         super().__init__(params, {"lr": lr, "damping": damping, "solver": solver,
                                   "dense_max": dense_max, "cg_iterations": cg_iterations,
                                   "cg_rtol": cg_rtol}, batched=batched)
@@ -91,8 +91,7 @@ class SaddleFreeNewton(PointOptimizer):
     def __init__(self, params, lr: float = 1.0, damping: float = 0.0, krylov_dim: int = 20, *,
                  batched: bool = False):
         _check(lr=lr, damping=damping)
-        if krylov_dim < 1:
-            raise BadInputError(f"krylov_dim={krylov_dim}; use at least 1")
+        integer("krylov_dim", krylov_dim)
         super().__init__(params, {"lr": lr, "damping": damping, "krylov_dim": krylov_dim},
                          batched=batched)
 
@@ -129,12 +128,10 @@ class NegativeCurvatureDescent(PointOptimizer):
                  eps: float = 1e-6, dense_max: int = 256, accept: float = 0.1,
                  max_trials: int = 30, *, batched: bool = False):
         _check(lr=lr, eps=eps)
-        if not hessian_lipschitz > 0:
-            raise BadInputError(f"hessian_lipschitz={hessian_lipschitz!r}; use a value > 0")
+        positive("hessian_lipschitz", hessian_lipschitz)
         if not 0 < accept < 1:
             raise BadInputError(f"accept={accept!r}; use a fraction in (0, 1)")
-        if int(max_trials) < 1:
-            raise BadInputError(f"max_trials={max_trials!r}; use a whole number ≥ 1")
+        integer("max_trials", max_trials)
         super().__init__(params, {"lr": lr, "hessian_lipschitz": hessian_lipschitz, "eps": eps,
                                   "dense_max": dense_max, "accept": accept,
                                   "max_trials": int(max_trials)}, batched=batched)
