@@ -64,13 +64,10 @@ class Spectrum:
     eigenvalues: torch.Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        def pairs(p):
-            if p is None:
-                return None
-            return {"values": p.values.tolist(), "residuals": p.residuals.tolist()}
-
-        return {"method": self.method, "largest": pairs(self.largest),
-                "smallest": pairs(self.smallest), "evidence": self.evidence}
+        return {"method": self.method,
+                "largest": None if self.largest is None else self.largest.to_dict(),
+                "smallest": None if self.smallest is None else self.smallest.to_dict(),
+                "evidence": self.evidence}
 
 
 def spectrum(

@@ -53,17 +53,15 @@ def diagnose(source: Record | Monitor | str | Path,
     if len(record) == 0:
         raise BadInputError("the record holds no steps; call monitor.step(loss) in the loop "
                             "and close the Monitor (or use it as a context manager)")
-    thresholds = thresholds or Thresholds()
-    findings = [replace(f, in_use=in_use(f.name, record.meta))
-                for f in run_rules(record, thresholds)]
-    return Diagnosis(rank(findings), _summary(record, thresholds))
+    run = Run(record, thresholds or Thresholds())  # once: the rules and the summary share it
+    findings = [replace(f, in_use=in_use(f.name, record.meta)) for f in run_rules(run)]
+    return Diagnosis(rank(findings), _summary(record, run))
 
 
-def _summary(record: Record, thresholds: Thresholds) -> dict:
+def _summary(record: Record, run: Run) -> dict:
     """The run at a glance. Its losses are the recorded ones: ``first_loss`` is that of the
     initial weights (step 0, or the first finite one), not an average over early steps that a
     fast divergence would already inflate; ``peak_loss`` the largest finite one."""
-    run = Run(record, thresholds)
     loss = record["loss"]
     finite = np.flatnonzero(np.isfinite(loss))
     peak = finite[np.argmax(loss[finite])] if finite.size else None

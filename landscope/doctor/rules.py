@@ -128,9 +128,8 @@ class CurvatureNumbers:
         return asdict(self)
 
 
-def run_rules(record: Record, thresholds: Thresholds | None = None) -> list[Finding]:
-    """Every rule over ``record``; the findings that hold, unranked."""
-    run = Run(record, thresholds or Thresholds())
+def run_rules(run: Run) -> list[Finding]:
+    """Every rule over the run; the findings that hold, unranked."""
     return [f for rule in RULES if (f := rule(run)) is not None]
 
 
