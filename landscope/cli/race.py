@@ -108,11 +108,10 @@ def _list() -> None:
 
 def _race(asked: RaceRequest, out: Path):
     """The work of `landscope race` (the demo calls it with a small race)."""
-    from rich.table import Table
-
     from landscope import optim
     from landscope.race import STRATEGIES
     from landscope.race import race as run_race
+    from landscope.render.race import race_tables
 
     names = _names(asked.optimizers, "--optimizers", "optimiser")
     chosen = optim.NAMES if names == ["all"] else names
@@ -131,20 +130,7 @@ def _race(asked: RaceRequest, out: Path):
         out, "race", {**result.to_dict(), "command": " ".join(sys.argv)}, name="race.json")]
     console.print(f"landscope race · {asked.starts} starts · {asked.steps} steps · tune "
                   f"{asked.tune} · noise {asked.noise:g} · seed {asked.seed}")
-    short = {"local_min": "min", "local_max": "max", "not_critical": "none",
-             "degenerate": "degen"}
-    for name in result.functions:
-        rows = [row for row in result.summary if row["function"] == name]
-        table = Table("optimiser", "lr", "success", "steps", "evals", "diverged", "ended at",
-                      title=f"{name} — goal: {rows[0]['goal']} (medians over successes)")
-        for row in rows:
-            ends = row["ends"]
-            for long, brief in short.items():
-                ends = ends.replace(long, brief)
-            table.add_row(row["optimizer"], "—" if row["lr"] is None else f"{row['lr']:.3g}",
-                          "—" if row["success_rate"] is None else
-                          f"{100 * row['success_rate']:.0f}%", _number(row["median_steps"]),
-                          _number(row["median_evaluations"]), str(row["diverged"]), ends)
+    for table in race_tables(result.summary, result.functions):
         console.print(table)
     if asked.pictures:
         import matplotlib
@@ -169,5 +155,3 @@ def _names(text: str, option: str, what: str) -> list[str]:
     return names
 
 
-def _number(value) -> str:
-    return "—" if value is None else f"{value:g}"

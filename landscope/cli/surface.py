@@ -8,7 +8,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 import torch
 import typer
@@ -38,9 +38,6 @@ from landscope.cli._common import (
 from landscope.directions import KINDS, NORMS
 from landscope.errors import BadInputError
 from landscope.surface import BN_MODES
-
-if TYPE_CHECKING:  # imported where the command runs, to keep the CLI's start fast
-    from landscope.taylor import TaylorProfile
 
 _SHARDING = {"points": "grid points across {ranks} ranks",
              "data": "data across {ranks} ranks (each rank holds only its part)"}
@@ -173,6 +170,7 @@ def _surface(request: ModelRequest, view: SurfaceRequest, out: Path):
     from landscope.adaptive import adaptive_surface
     from landscope.plot import render, taylor_plot
     from landscope.plot._files import save_figure
+    from landscope.render.surface import surface_table
     from landscope.surface import seed_spread, sharding
     from landscope.surface import surface as grid_surface
     from landscope.taylor import taylor
@@ -234,7 +232,7 @@ def _surface(request: ModelRequest, view: SurfaceRequest, out: Path):
                                               "files": [str(f) for f in files],
                                               "seconds": seconds, "command": " ".join(sys.argv)},
                              name="surface.json")  # before any printing
-    _surface_table(summary, surf, seconds, profile if dims == 1 else None)
+    console.print(surface_table(summary, surf, seconds, profile if dims == 1 else None))
     for f in [*files, result]:
         console.print(f"written: {f}")
 
@@ -269,32 +267,3 @@ def _format(image_format: str) -> str:
     if image_format not in ("png", "svg"):
         raise BadInputError(f"--format {image_format!r}; use png or svg")
     return image_format
-
-
-def _surface_table(summary: dict, surf, seconds: float, profile: TaylorProfile | None) -> None:
-    from rich.table import Table
-
-    table = Table(title="loss surface", show_header=False)
-    table.add_row("grid", " × ".join(map(str, summary["shape"])) +
-                  f", {surf.meta['points_evaluated']} points evaluated in {seconds:.1f} s")
-    table.add_row("loss range", f"{summary['min']:.5g} … {summary['max']:.5g}" + (
-        f" (centre {summary['centre_value']:.5g})" if "centre_value" in summary else ""))
-    table.add_row("lowest at", ", ".join(f"{x:.3g}" for x in summary["argmin"]))
-    if "max_error" in summary:
-        table.add_row("budgeted", f"cost {surf.meta['cost_ratio']:.1%} of the full grid, stated "
-                                  f"error ≤ {summary['max_error']:.3g}")
-    if "trajectory" in summary:
-        t = summary["trajectory"]
-        table.add_row("path fidelity", f"{t['explained']:.1%} of the path's variance in the "
-                                       f"plane; median distance off it "
-                                       f"{t['median_relative_distance']:.0%} of the radius")
-    if "seed_spread" in surf.fidelity:
-        s = surf.fidelity["seed_spread"]
-        table.add_row("seed spread", f"median {s['relative_spread_median']:.1%}, max "
-                                     f"{s['relative_spread_max']:.1%} of the value range "
-                                     f"({len(s['seeds'])} other seeds)")
-    if profile is not None and profile.step is not None:
-        table.add_row("Taylor step", f"t* = {profile.step:.3g}: predicted decrease "
-                                     f"{profile.predicted_decrease:.3g}, real "
-                                     f"{profile.real_decrease:.3g}")
-    console.print(table)
