@@ -56,6 +56,24 @@ def integer(name: str, value, minimum: int = 1) -> int:
     return whole
 
 
+def non_negative(name: str, value) -> float:
+    """``value`` as a ``float`` if it is a finite real number ≥ 0.
+
+    Examples
+    --------
+    >>> non_negative("damping", 0)
+    0.0
+    >>> non_negative("damping", -1e-3)
+    Traceback (most recent call last):
+    ...
+    landscope.errors.BadInputError: damping=-0.001; use a finite number ≥ 0
+    """
+    number = _real(value)
+    if number is None or not (math.isfinite(number) and number >= 0):
+        raise BadInputError(f"{name}={value!r}; use a finite number ≥ 0")
+    return number
+
+
 def positive(name: str, value) -> float:
     """``value`` as a ``float`` if it is a finite real number > 0.
 
@@ -68,10 +86,15 @@ def positive(name: str, value) -> float:
     ...
     landscope.errors.BadInputError: lr=-1; use a finite number > 0
     """
-    try:
-        number = None if isinstance(value, (bool, str, bytes)) else float(value)
-    except (TypeError, ValueError):
-        number = None
+    number = _real(value)
     if number is None or not (math.isfinite(number) and number > 0):
         raise BadInputError(f"{name}={value!r}; use a finite number > 0")
     return number
+
+
+def _real(value) -> float | None:
+    """``value`` as a float, or None for what is not a real number (bools and strings too)."""
+    try:
+        return None if isinstance(value, (bool, str, bytes)) else float(value)
+    except (TypeError, ValueError):
+        return None

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from landscope._checks import choice, integer, positive
+from landscope._checks import choice, integer, non_negative, positive
 from landscope.errors import BadInputError
 from landscope.linalg import Operator, extreme_eigenpairs
 from landscope.optim._base import (
@@ -64,7 +64,8 @@ class Newton(PointOptimizer):
     def __init__(self, params, lr: float = 1.0, damping: float = 0.0, solver: str = "auto",
                  dense_max: int = 256, cg_iterations: int = 100, cg_rtol: float = 1e-10, *,
                  batched: bool = False):
-        _check(lr=lr, damping=damping)
+        for name, value in (("lr", lr), ("damping", damping)):
+            non_negative(name, value)
         choice("solver", solver, SOLVERS)
         super().__init__(params, {"lr": lr, "damping": damping, "solver": solver,
                                   "dense_max": dense_max, "cg_iterations": cg_iterations,
@@ -90,7 +91,8 @@ class SaddleFreeNewton(PointOptimizer):
 
     def __init__(self, params, lr: float = 1.0, damping: float = 0.0, krylov_dim: int = 20, *,
                  batched: bool = False):
-        _check(lr=lr, damping=damping)
+        for name, value in (("lr", lr), ("damping", damping)):
+            non_negative(name, value)
         integer("krylov_dim", krylov_dim)
         super().__init__(params, {"lr": lr, "damping": damping, "krylov_dim": krylov_dim},
                          batched=batched)
@@ -127,7 +129,8 @@ class NegativeCurvatureDescent(PointOptimizer):
     def __init__(self, params, lr: float = 0.01, hessian_lipschitz: float = 1.0,
                  eps: float = 1e-6, dense_max: int = 256, accept: float = 0.1,
                  max_trials: int = 30, *, batched: bool = False):
-        _check(lr=lr, eps=eps)
+        for name, value in (("lr", lr), ("eps", eps)):
+            non_negative(name, value)
         positive("hessian_lipschitz", hessian_lipschitz)
         if not 0 < accept < 1:
             raise BadInputError(f"accept={accept!r}; use a fraction in (0, 1)")
@@ -175,12 +178,6 @@ class NegativeCurvatureDescent(PointOptimizer):
 
 
 # ---------------------------------------------------------------------- helpers
-def _check(**values) -> None:
-    for name, value in values.items():
-        if not value >= 0:
-            raise BadInputError(f"{name}={value!r}; use a value ≥ 0")
-
-
 def _dense(options: dict, point) -> bool:
     solver = options["solver"]
     return solver == "dense" or (solver == "auto" and point.n <= options["dense_max"])
