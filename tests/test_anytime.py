@@ -209,16 +209,16 @@ def test_a_plan_timed_at_two_sizes_separates_the_fixed_cost(mlp_objective):
 
 
 def test_the_lanczos_basis_shrinks_to_fit_the_free_memory(mlp_objective):
-    from landscope.anytime import _basis_size
+    from landscope.anytime.budget import basis_size
     _, obj = mlp_objective
     plan = cost_plan(obj)
-    assert _basis_size(plan, 10, 1200, dense=False) is None        # the solver's default fits
+    assert basis_size(plan, 10, 1200, dense=False) is None        # the solver's default fits
     room = plan.peak_bytes(0, 1200) + 40 * plan.parameter_bytes    # 20 basis vectors + products
     tight = dataclasses.replace(plan, available_bytes=room)
-    assert _basis_size(tight, 10, 1200, dense=False) == 20
+    assert basis_size(tight, 10, 1200, dense=False) == 20
     tighter = dataclasses.replace(plan, available_bytes=plan.peak_bytes(0, 1200))
     with pytest.raises(BadInputError, match="free"):
-        _basis_size(tighter, 10, 1200, dense=False)
+        basis_size(tighter, 10, 1200, dense=False)
 
 
 @pytest.mark.slow
