@@ -149,9 +149,11 @@ def test_network_iterative_path_agrees_with_exact():
     fresh = Objective.from_model(model, cross_entropy, (X, y))
     probe(fresh, exact=False, probes=4, steps=10)
     # one pass over the data, kept for every product (the chain engine's first-point trial spends
-    # its own passes, that one included, and records them)
+    # its own passes, that one included, and records them; where autograd won the timing, its
+    # graph was released before the chain engine ran, so building it again costs one more)
     trial = fresh.info.get("chain_trial")
-    assert fresh.counts["passes"] == (trial["passes"] if trial else 1)
+    rebuilt = trial is not None and "why" in trial
+    assert fresh.counts["passes"] == (trial["passes"] + rebuilt if trial else 1)
     for key in ("negative", "positive"):
         low, high = iterative.fractions[key].interval
         assert low <= exact.fractions[key].value <= high, key
