@@ -68,10 +68,7 @@ def non_negative(name: str, value) -> float:
     ...
     landscope.errors.BadInputError: damping=-0.001; use a finite number ≥ 0
     """
-    number = _real(value)
-    if number is None or not (math.isfinite(number) and number >= 0):
-        raise BadInputError(f"{name}={value!r}; use a finite number ≥ 0")
-    return number
+    return _real(name, value, strict=False)
 
 
 def positive(name: str, value) -> float:
@@ -86,15 +83,16 @@ def positive(name: str, value) -> float:
     ...
     landscope.errors.BadInputError: lr=-1; use a finite number > 0
     """
-    number = _real(value)
-    if number is None or not (math.isfinite(number) and number > 0):
-        raise BadInputError(f"{name}={value!r}; use a finite number > 0")
-    return number
+    return _real(name, value, strict=True)
 
 
-def _real(value) -> float | None:
-    """``value`` as a float, or None for what is not a real number (bools and strings too)."""
+def _real(name: str, value, *, strict: bool) -> float:
+    """``value`` as a float if it is a finite real number above 0 (``strict``) or at least 0;
+    bools and strings are not numbers here."""
     try:
-        return None if isinstance(value, (bool, str, bytes)) else float(value)
+        number = None if isinstance(value, (bool, str, bytes)) else float(value)
     except (TypeError, ValueError):
-        return None
+        number = None
+    if number is None or not math.isfinite(number) or number < 0 or (strict and number == 0):
+        raise BadInputError(f"{name}={value!r}; use a finite number {'>' if strict else '≥'} 0")
+    return number
