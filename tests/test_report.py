@@ -247,3 +247,36 @@ def test_the_page_in_a_real_browser(run_dir):
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         Path(keep, "report.png").write_bytes(screenshot)
+
+
+TIED = '''
+from helpers import TiedDictLM, dict_batches, token_loss
+
+def model():
+    return TiedDictLM()
+
+def data():
+    return dict_batches()
+
+def loss(logits, labels):
+    return token_loss(logits, labels)
+'''
+
+
+@pytest.mark.slow
+def test_the_report_of_a_tied_transformer_on_dict_batches(tmp_path, one_thread):
+    """Attention, a head tied to the embedding, a module used twice, {input_ids, labels}
+    batches: probed and reported through the command line, the page shows its tie and its
+    numbers are those of result.json."""
+    factory = tmp_path / "tied.py"
+    factory.write_text(TIED)
+    result = runner.invoke(app, ["probe", "--model", f"{factory}:model", "--data",
+                                 f"{factory}:data", "--loss", f"{factory}:loss", "--dtype",
+                                 "float64", "--report", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    probe = json.loads((tmp_path / "run" / "result.json").read_text())["probe"]
+    assert probe["objective"]["tied_parameters"]  # the head and the embedding: one block
+    page = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert "TiedDictLM" in page and 'data-kind="probe"' in page
+    assert f"<td>{probe['spectrum']['largest']['values'][0]:.4g}</td>" in page
+    assert f"<td>{probe['loss']:.6g}</td>" in page
