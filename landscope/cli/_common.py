@@ -16,12 +16,14 @@ import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn
 
 from landscope import default, distributed, io
+from landscope._deprecated import REMOVED_IN
 from landscope.errors import BadInputError, CheckpointError, LandscopeError
 from landscope.functional import MODEL_LOSS, MODES
 from landscope.objective import Objective
+from landscope.render.progress import bar
 
 app = typer.Typer(
     help="landscope: where did training stop, what does the loss landscape look like around "
@@ -247,23 +249,19 @@ def _default_trained(out: Path):
     return trained
 
 
-class _ProductsProgress:
-    """A spinner line that counts Hessian-vector products and shows the best residual."""
+def products_bar(label: str):
+    """A transient line counting Hessian-vector products (:func:`landscope.render.progress.bar`)."""
+    return bar(label, "products", console)
 
-    def __init__(self, label: str):
-        self.progress = Progress(TextColumn(label), TextColumn("{task.fields[status]}"),
-                                 TimeElapsedColumn(), console=console, transient=True)
 
-    def __enter__(self):
-        self.progress.__enter__()
-        self.task = self.progress.add_task("work", total=None, status="")
-        return self.report
-
-    def report(self, products: int, residual: float) -> None:
-        self.progress.update(self.task, status=f"{products} products, residual {residual:.1e}")
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+def old_option(old_value, old: str, new_value, new: str):
+    """The value of an option given under its old name (kept for one release, with a warning on
+    stderr), else the new option's value."""
+    if old_value is None:
+        return new_value
+    errors.print(f"[yellow]warning:[/] {old} is renamed {new}; the old name goes in landscope "
+                 f"{REMOVED_IN}")
+    return old_value
 
 
 def _objective(request: ModelRequest, out: Path, shard: str = "split"):

@@ -30,10 +30,10 @@ from landscope.cli._common import (
     SeedOption,
     _guard,
     _objective,
-    _ProductsProgress,
     _request,
     app,
     console,
+    products_bar,
 )
 from landscope.critical import probe as run_probe
 from landscope.render import plan_text, probe_panel, stage_panel
@@ -105,7 +105,7 @@ def _probe(request: ModelRequest, asked: ProbeRequest, out: Path):
     obj, _ = _objective(request, out)
     start = time.perf_counter()
     if asked.exact:   # the dense Hessian on all the data: one stage, as asked
-        with _ProductsProgress("probing the Hessian") as report:
+        with products_bar("probing the Hessian") as report:
             result = run_probe(obj, k=asked.k, exact=True, seed=request.seed, progress=report)
         seconds = time.perf_counter() - start
         path = io.write_result(out, "probe", {"probe": result.to_dict(), "seconds": seconds,

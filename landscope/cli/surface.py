@@ -30,10 +30,10 @@ from landscope.cli._common import (
     SeedOption,
     _guard,
     _objective,
-    _ProductsProgress,
     _request,
     app,
     console,
+    products_bar,
 )
 from landscope.directions import KINDS, NORMS
 from landscope.errors import BadInputError
@@ -187,7 +187,7 @@ def _surface(request: ModelRequest, view: SurfaceRequest, out: Path):
         raise BadInputError("--directions pca needs a training path: --trajectory")
     if kind == "gradient" and dims != 1:
         raise BadInputError("--directions gradient draws a line: use --dims 1")
-    progress = _ProductsProgress("Hessian eigenvectors") if kind == "hessian" else nullcontext()
+    progress = products_bar("Hessian eigenvectors") if kind == "hessian" else nullcontext()
     with progress as report:
         frame = lsd.make(kind, obj, dims, seed=seed, norm=view.norm, biases=view.biases,
                          path=path, progress=report)
