@@ -11,6 +11,7 @@ import torch
 
 import landscope as ls
 from landscope import functions as zoo
+from landscope._deprecated import LandscopeDeprecationWarning
 from landscope.race import as_objective
 
 VARIANTS = [(name, {}) for name in zoo.NAMES] + [
@@ -157,3 +158,18 @@ def test_bad_input_names_the_valid_choices():
     with pytest.raises(ls.BadInputError, match="n=0; use a whole number ≥ 1"):
         zoo.get("rastrigin", n=0)
     assert math.isclose(zoo.get("six_hump_camel").global_min, -1.0316284534898774)
+
+
+def test_the_old_keywords_of_locate_and_sample_warn_and_give_the_same_result():
+    fn = zoo.get("himmelblau")
+    with pytest.warns(LandscopeDeprecationWarning, match="points="):
+        old = fn.sample(count=3, generator=torch.Generator().manual_seed(2))
+    new = fn.sample(points=3, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(old, new) and new.shape == (3, 2)
+    near = torch.tensor([[3.0 + 1e-3, 2.0]], dtype=torch.float64)
+    for match_atol in (1e-6, -1.0):  # a negative distance matches nothing
+        with pytest.warns(LandscopeDeprecationWarning, match="match_atol="):
+            old = zoo.locate(fn, near, match_tol=match_atol)
+        assert old.listed.tolist() == zoo.locate(fn, near, match_atol=match_atol).listed.tolist()
+    assert zoo.locate(fn, near, match_atol=-1.0).listed.tolist() == [-1]
+    assert fn.critical_points[int(zoo.locate(fn, near).listed)].value == 0.0  # (3, 2)

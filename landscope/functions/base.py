@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from landscope._deprecated import renamed
 from landscope.errors import BadInputError
 from landscope.kinds import CriticalPoint
 
@@ -87,10 +88,11 @@ class TestFunction:
         box = torch.tensor(self.domain, dtype=dtype)
         return box[:, 0], box[:, 1]
 
-    def sample(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        """``count`` points drawn uniformly from the box, shape (count, n), float64."""
+    @renamed(count="points")
+    def sample(self, points: int, generator: torch.Generator) -> torch.Tensor:
+        """That many points drawn uniformly from the box: shape (points, n), float64."""
         low, high = self.bounds()
-        u = torch.rand(count, self.dim, generator=generator, dtype=torch.float64)
+        u = torch.rand(points, self.dim, generator=generator, dtype=torch.float64)
         return low + u * (high - low)
 
     def identify(self, x: torch.Tensor) -> torch.Tensor:

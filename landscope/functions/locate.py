@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from landscope._deprecated import renamed
 from landscope.functions.base import TestFunction
 
 
@@ -24,7 +25,7 @@ class Located:
     """Per point: the polished point, whether it converged nearby, the listed point it matches.
 
     points (S, n); located (S,) bool; grad_norms (S,) at the polished points; listed (S,) the
-    index of the listed critical point within ``match_tol`` of it (in ``invariant``
+    index of the listed critical point within ``match_atol`` of it (in ``invariant``
     coordinates), or −1.
     """
 
@@ -34,8 +35,9 @@ class Located:
     listed: torch.Tensor
 
 
+@renamed(match_tol="match_atol")
 def locate(fn: TestFunction, points: torch.Tensor, *, radius: float = math.inf,
-           iterations: int = 60, match_tol: float = 1e-6) -> Located:
+           iterations: int = 60, match_atol: float = 1e-6) -> Located:
     """Polish ``points`` (S, n) onto nearby critical points of ``fn`` by Newton's method.
 
     Parameters
@@ -43,7 +45,8 @@ def locate(fn: TestFunction, points: torch.Tensor, *, radius: float = math.inf,
     radius: a polished point farther than this from its start does not count as located.
     iterations: Newton iterations (quadratic convergence needs few; degenerate points, where
         convergence is linear, need more).
-    match_tol: distance to a listed critical point below which the two are the same.
+    match_atol: distance to a listed critical point (in ``invariant`` coordinates) up to which
+        the two are the same.
 
     Examples
     --------
@@ -66,7 +69,7 @@ def locate(fn: TestFunction, points: torch.Tensor, *, radius: float = math.inf,
     located = ((g.norm(dim=1) <= 1e-9 * scale) & ((x - start).norm(dim=1) <= radius)
                & torch.isfinite(x).all(1))
     index, distance = fn.nearest(x)
-    listed = torch.where(located & (distance <= match_tol), index, -1)
+    listed = torch.where(located & (distance <= match_atol), index, -1)
     return Located(x, located, g.norm(dim=1), listed)
 
 

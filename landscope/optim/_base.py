@@ -162,10 +162,11 @@ def pseudo_reciprocal(values: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, 1 / torch.where(keep, values, 1.0), 0.0)
 
 
-def lanczos(hvp, start: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def lanczos(hvp, start: torch.Tensor, lanczos_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-wise Lanczos (:func:`landscope.linalg.recurrence.batched_lanczos`, row s through its
-    own H_s): orthonormal bases Q (S, n, k) of the Krylov spaces K_k(H_s, start_s) and the
-    projections T = QᵀHQ (S, k, k), in the dtype of ``start`` on its device.
+    own H_s): orthonormal bases Q (S, n, k) of the Krylov spaces K_k(H_s, start_s), k =
+    ``lanczos_steps``, and the projections T = QᵀHQ (S, k, k), in the dtype of ``start`` on its
+    device.
 
     A row whose space is exhausted early (an invariant subspace) gets zero columns; its T is
     block-diagonal with a zero block, which carries no weight for vectors in the first block. A
@@ -177,7 +178,7 @@ def lanczos(hvp, start: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.T
     first = torch.zeros_like(start)
     first[:, 0] = 1.0
     unit = torch.where(norm > 0, start / torch.where(norm > 0, norm, 1.0), first)
-    run = batched_lanczos(rowwise(hvp, rows), unit, steps, check_finite=False)
+    run = batched_lanczos(rowwise(hvp, rows), unit, lanczos_steps, check_finite=False)
     return run.basis.transpose(1, 2), run.tridiagonal().to(start)
 
 

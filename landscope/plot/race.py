@@ -152,8 +152,8 @@ def _grid(fn, size: int):
     return X.numpy(), Y.numpy(), Z.numpy()
 
 
-def _palette(count: int) -> list[str]:
+def _palette(colours: int) -> list[str]:
     from matplotlib import colormaps
 
     cmap = colormaps["tab20"]
-    return ["#" + "".join(f"{int(255 * c):02x}" for c in cmap(i % 20)[:3]) for i in range(count)]
+    return ["#" + "".join(f"{int(255 * c):02x}" for c in cmap(i % 20)[:3]) for i in range(colours)]
