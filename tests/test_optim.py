@@ -12,6 +12,7 @@ import torch
 import landscope as ls
 from landscope import functions as zoo
 from landscope import optim, race
+from landscope._deprecated import LandscopeDeprecationWarning
 
 # AdaHessian's closure convention, loss.backward(create_graph=True), is tested on purpose here;
 # torch warns about the reference cycle it makes (the optimisers break it after each step)
@@ -167,7 +168,7 @@ def test_negative_curvature_descent_never_raises_the_loss_on_rosenbrock():
     starts = torch.tensor([[-1.2, 1.0], [0.0, 2.0], [-0.5, 1.5], [0.5, 1.5], [1.5, -0.5],
                            [1.8, 2.0]], dtype=torch.float64)
     assert sum(np.linalg.eigvalsh(_rosenbrock_hessian(*p))[0] < 0 for p in starts.tolist()) == 3
-    run = race.descend(fn, "negative_curvature", starts, steps=400, gtol=-1)
+    run = race.descend(fn, "negative_curvature", starts, steps=400, grad_atol=-1)
     assert run.status == ("ran",) * 6
     steps = run.values[1:] - run.values[:-1]
     assert (steps <= 0).all()
@@ -374,6 +375,17 @@ def test_starts_stepped_together_equal_starts_stepped_alone(name):
     torch.testing.assert_close(together.evaluations, alone.evaluations)
 
 
+def test_the_old_gradient_tolerance_keyword_warns_and_stops_the_same_rows():
+    fn = zoo.get("bowl")
+    starts = torch.tensor([[1.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    new = race.descend(fn, "gd", starts, steps=60, lr=0.1, grad_atol=1e-3)
+    with pytest.warns(LandscopeDeprecationWarning, match="grad_atol="):
+        old = race.descend(fn, "gd", starts, steps=60, lr=0.1, gtol=1e-3)
+    assert torch.equal(old.evaluations, new.evaluations) and torch.equal(old.points, new.points)
+    assert new.evaluations[-1].tolist()[1] == 0  # the row at the minimum stopped at once
+    assert 0 < new.evaluations[-1, 0] < 60  # the other once ‖∇f‖ ≤ 1e-3
+
+
 def test_a_diverging_run_is_reported_not_raised():
     fn = zoo.get("rosenbrock")
     starts = torch.tensor([[-1.5, 2.0], [1.0, 1.0]], dtype=torch.float64)
@@ -390,6 +402,8 @@ def test_global_strategies_find_the_global_minimum(name):
         result = race.search(method, fn, seed=0)
         assert result.gap(fn) <= 1e-6, (method, result.value)
         assert result.evaluations > 0 and result.history[-1][1] == result.value
+    with pytest.warns(LandscopeDeprecationWarning, match="SearchResult is renamed"):
+        assert race.SearchResult is race.Search is type(result)
     # gradient descent from the same 256 starts as multi-start: how often it does not. Its end
     # points are polished onto the critical point they converge to, a global minimiser or not.
     starts = fn.sample(256, torch.Generator().manual_seed(0))

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 import landscope as ls
 from landscope import functions as zoo
 from landscope import io
+from landscope import race as races
+from landscope._deprecated import LandscopeDeprecationWarning
 from landscope.cli import app
 from landscope.optim import Recipe
 from landscope.race import RUN_FIELDS, SUMMARY_FIELDS, race
@@ -118,6 +120,27 @@ def test_bad_names_list_the_valid_ones():
         race(["bowl"], ["gd"], starts=0)
 
 
+def test_the_old_tolerance_keyword_warns_and_gives_the_same_race():
+    options = dict(starts=3, steps=40, tune=1, strategies=("genetic",), strategy_runs=1)
+    new = race(["six_hump_camel"], ["gd"], global_rtol=0.5, **options)
+    with pytest.warns(LandscopeDeprecationWarning, match="global_rtol="):
+        old = race(["six_hump_camel"], ["gd"], tol=0.5, **options)
+    assert old.runs == new.runs and old.summary == new.summary
+    assert new.settings["tol"] == 0.5  # race.json's key, as in the files written before
+    strict = race(["six_hump_camel"], ["gd"], global_rtol=1e-300, **options)
+    assert [r["steps_to_tol"] for r in strict.runs] != [r["steps_to_tol"] for r in new.runs]
+    with pytest.warns(LandscopeDeprecationWarning, match="RaceResult is renamed"):
+        assert races.RaceResult is races.Race is type(new)
+
+
+def test_progress_counts_the_pairs_and_names_the_one_running():
+    calls = []
+    race(["bowl", "saddle"], ["gd", "adam"], starts=2, steps=5, tune=1, strategies=("genetic",),
+         strategy_runs=1, progress=lambda done, total, note="": calls.append((done, total, note)))
+    assert calls == [(0, 5, "bowl: gd"), (1, 5, "bowl: adam"), (2, 5, "bowl: genetic"),
+                     (3, 5, "saddle: gd"), (4, 5, "saddle: adam"), (5, 5, "")]
+
+
 def test_files_and_pictures(saddle_race, tmp_path):
     from landscope.plot.race import race_figure, race_page
 
@@ -150,5 +173,10 @@ def test_the_race_command(tmp_path):
     assert json.loads((tmp_path / "race.json").read_text())["settings"]["seed"] == 0
     bad = runner.invoke(app, ["race", "--functions", "camel", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "six_hump_camel" in bad.output
+    old = runner.invoke(app, ["race", "--functions", "bowl", "--optimizers", "gd", "--starts",
+                              "1", "--steps", "5", "--tune", "1", "--no-strategies",
+                              "--no-pictures", "--tol", "0.25", "--out", str(tmp_path)])
+    assert old.exit_code == 0 and "--tol is renamed --global-rtol" in old.output
+    assert io.read_result(tmp_path / "race.json")["settings"]["tol"] == 0.25
     listing = runner.invoke(app, ["race", "--list"])
     assert listing.exit_code == 0 and "deep_linear" in listing.output

@@ -19,6 +19,7 @@ from landscope.cli._common import (
     _request,
     app,
     console,
+    old_option,
 )
 from landscope.errors import BadInputError
 
@@ -35,7 +36,7 @@ class RaceRequest:
     tune: int = 3
     tune_starts: int = 8
     noise: float = 0.0
-    tol: float = 1e-6
+    global_rtol: float = 1e-6
     strategies: bool = True
     strategy_runs: int = 8
     pictures: bool = True
@@ -63,8 +64,10 @@ def race(
     noise: Annotated[float, typer.Option(
         min=0.0, help="Std of zero-mean Gaussian noise added to every gradient (mimics "
                       "mini-batches).")] = RaceRequest.noise,
-    tol: Annotated[float, typer.Option(
-        help="f − f* ≤ tol·max(1, |f*|) counts as the global minimum.")] = RaceRequest.tol,
+    global_rtol: Annotated[float, typer.Option(
+        help="f − f* ≤ GLOBAL_RTOL·max(1, |f*|) counts as the global "
+             "minimum.")] = RaceRequest.global_rtol,
+    tol: Annotated[float | None, typer.Option("--tol", hidden=True)] = None,
     strategies: Annotated[bool, typer.Option(
         "--strategies/--no-strategies", help="Also run multi-start, annealing and the genetic "
                                              "algorithm.")] = RaceRequest.strategies,
@@ -83,7 +86,7 @@ def race(
     to the global minimum (or to escape a saddle), where each run ended and what kind of point
     that is, divergences — with the same starts and tuning budget for every optimiser. OUT
     gets race.json, race-summary.csv, race-runs.csv and the pictures."""
-    options = locals()
+    options = {**locals(), "global_rtol": old_option(tol, "--tol", global_rtol, "--global-rtol")}
     if list_names:
         _guard(_list)
         return
@@ -111,19 +114,20 @@ def _race(asked: RaceRequest, out: Path):
     from landscope import optim
     from landscope.race import STRATEGIES
     from landscope.race import race as run_race
+    from landscope.render.progress import bar
     from landscope.render.race import race_tables
 
     names = _names(asked.optimizers, "--optimizers", "optimiser")
     chosen = optim.NAMES if names == ["all"] else names
     if distributed.launched():  # under torchrun the ranks share the race's pieces of work
         distributed.start()
-    with console.status("racing") as status:
+    with bar("racing", "pairs", console) as progress:
         result = run_race(_names(asked.functions, "--functions", "function"), chosen,
                           starts=asked.starts, steps=asked.steps, start=asked.start,
                           tune=asked.tune, tune_starts=asked.tune_starts, noise=asked.noise,
-                          tol=asked.tol, strategies=STRATEGIES if asked.strategies else (),
-                          strategy_runs=asked.strategy_runs, seed=asked.seed,
-                          progress=lambda message: status.update(f"racing · {message}"))
+                          global_rtol=asked.global_rtol,
+                          strategies=STRATEGIES if asked.strategies else (),
+                          strategy_runs=asked.strategy_runs, seed=asked.seed, progress=progress)
     if not distributed.is_main():
         return  # every rank holds the whole result; rank 0 writes and prints it
     written = [*result.write_csv(out), io.write_result(

@@ -10,12 +10,13 @@
   the finders.
 """
 
+from landscope._deprecated import old_names
 from landscope.race.engine import Descent, derive_seed, descend
-from landscope.race.run import DEFAULT_FUNCTIONS, DEFAULT_OPTIMIZERS, START_MODES, RaceResult, race
+from landscope.race.run import DEFAULT_FUNCTIONS, DEFAULT_OPTIMIZERS, START_MODES, Race, race
 from landscope.race.score import RUN_FIELDS, SUMMARY_FIELDS, as_objective
 from landscope.race.strategies import (
     STRATEGIES,
-    SearchResult,
+    Search,
     anneal,
     evolve,
     multistart,
@@ -30,8 +31,8 @@ __all__ = [
     "STRATEGIES",
     "SUMMARY_FIELDS",
     "Descent",
-    "RaceResult",
-    "SearchResult",
+    "Race",
+    "Search",
     "anneal",
     "as_objective",
     "derive_seed",
@@ -41,3 +42,5 @@ __all__ = [
     "race",
     "search",
 ]
+
+__getattr__ = old_names(__name__, {"RaceResult": "Race", "SearchResult": "Search"})

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import torch
 
+from landscope._deprecated import renamed
 from landscope.functions import TestFunction
 from landscope.optim import Recipe, recipe
 
@@ -64,9 +65,10 @@ class _Rows(NamedTuple):
     stop_step: torch.Tensor
 
 
+@renamed(gtol="grad_atol")
 def descend(fn: TestFunction, optimizer: str | Recipe, starts: torch.Tensor, *,
             steps: int = 300, lr: float | None = None, noise: float = 0.0, seed: int = 0,
-            batched: bool | None = None, gtol: float = 1e-12,
+            batched: bool | None = None, grad_atol: float = 1e-12,
             box_factor: float = 10.0) -> Descent:
     """Run ``optimizer`` from every row of ``starts`` (S, n) for ``steps`` steps on ``fn``.
 
@@ -76,9 +78,10 @@ def descend(fn: TestFunction, optimizer: str | Recipe, starts: torch.Tensor, *,
         (a stand-in for mini-batch noise); 0 for exact gradients.
     seed: seeds the noise and the optimiser's own random numbers (bit-reproducible).
     batched: step all rows together (default: whenever the optimiser allows it).
-    gtol: in a deterministic run a row with ‖∇f‖ ≤ gtol has converged, and one whose step did
-        not move it has stalled (L-BFGS stops itself that way): either spends no more
-        evaluations, and the run stops once every row has. A negative gtol runs every step.
+    grad_atol: in a deterministic run a row with ‖∇f‖ ≤ grad_atol has converged, and one whose
+        step did not move it has stalled (L-BFGS stops itself that way): either spends no more
+        evaluations, and the run stops once every row has. A negative grad_atol runs every
+        step.
     box_factor: the sentinel box is the function's box scaled by this about its centre.
 
     Examples
@@ -95,10 +98,10 @@ def descend(fn: TestFunction, optimizer: str | Recipe, starts: torch.Tensor, *,
     starts = torch.as_tensor(starts, dtype=torch.float64).reshape(-1, fn.dim)
     begin = time.perf_counter()
     if batched:
-        parts = [_Runner(fn, rec, starts, lr, noise, seed, True, box_factor).run(steps, gtol)]
+        parts = [_Runner(fn, rec, starts, lr, noise, seed, True, box_factor).run(steps, grad_atol)]
     else:
         parts = [_Runner(fn, rec, starts[s:s + 1], lr, noise, derive_seed(seed, s), False,
-                         box_factor).run(steps, gtol) for s in range(len(starts))]
+                         box_factor).run(steps, grad_atol) for s in range(len(starts))]
     def stacked(name: str) -> torch.Tensor:  # (T+1, S) or (T+1, S, n): runs along dim 1
         return torch.cat([getattr(p, name) for p in parts], 1)
 
@@ -145,13 +148,13 @@ class _Runner:
             self.x.grad = self.x.grad + self.noise * shock
         return values.detach() if self.rec.row_aware else values.sum()
 
-    def run(self, steps: int, gtol: float) -> _Rows:
+    def run(self, steps: int, grad_atol: float) -> _Rows:
         S = self.x.shape[0]
         points, values, norms, evals = [], [], [], []
         spent = torch.zeros(S, dtype=torch.long)
         frozen = torch.zeros(S, dtype=torch.bool)
         status, stop = ["ran"] * S, torch.full((S,), -1, dtype=torch.long)
-        deterministic = not self.rec.stochastic and not self.noise and gtol >= 0
+        deterministic = not self.rec.stochastic and not self.noise and grad_atol >= 0
         for t in range(steps + 1):
             before = self.x.detach().clone()
             self.seen, calls, hvps = None, self.calls, self._hvps()
@@ -167,7 +170,7 @@ class _Runner:
                 break
             done = frozen.clone()
             if deterministic:  # converged, or stalled: a deterministic run that did not move
-                done |= (norms[-1] <= gtol) | (self.x.detach() == before).all(1)
+                done |= (norms[-1] <= grad_atol) | (self.x.detach() == before).all(1)
             used = self.calls - calls + self._hvps() - hvps
             trials = self._trials()
             if trials is not None:  # a line search: each row counts the trial calls it needed

@@ -29,7 +29,9 @@ import torch.distributed as dist
 from landscope import _checks as checks
 from landscope import distributed, io, optim
 from landscope import functions as zoo
+from landscope._deprecated import old_names, renamed
 from landscope.errors import BadInputError
+from landscope.progress import Progress
 from landscope.race.engine import Descent, derive_seed, descend
 from landscope.race.score import RUN_FIELDS, SUMMARY_FIELDS, rate_and_steps, score, summarise
 from landscope.race.strategies import STRATEGIES, search
@@ -38,8 +40,9 @@ DEFAULT_FUNCTIONS = ("saddle", "six_hump_camel", "rosenbrock")
 DEFAULT_OPTIMIZERS = optim.NAMES
 START_MODES = ("auto", "uniform", "saddle")
 
+
 @dataclass(frozen=True)
-class RaceResult:
+class Race:
     """Everything a race measured.
 
     settings: the race's arguments. runs: one record per (function, optimiser, start) with the
@@ -68,10 +71,11 @@ class RaceResult:
                 io.write_csv(paths[1], self.runs, RUN_FIELDS))
 
 
+@renamed(tol="global_rtol")
 def race(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, *, starts: int = 32,
          steps: int = 300, start: str = "auto", tune: int = 3, tune_starts: int = 8,
-         noise: float = 0.0, tol: float = 1e-6, strategies=STRATEGIES,
-         strategy_runs: int = 8, seed: int = 0, progress=None) -> RaceResult:
+         noise: float = 0.0, global_rtol: float = 1e-6, strategies=STRATEGIES,
+         strategy_runs: int = 8, seed: int = 0, progress: Progress | None = None) -> Race:
     """Race ``optimizers`` on ``functions`` from ``starts`` seeded starts each.
 
     Parameters
@@ -84,12 +88,16 @@ def race(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, *, starts: 
         the others), or "auto" (saddle for functions without a global minimum).
     tune: learning rates tried per optimiser and function (1: the stated defaults only).
     noise: standard deviation of Gaussian noise added to every gradient.
-    tol: f − f* ≤ tol·max(1, |f*|) counts as having reached the global minimum.
+    global_rtol: f − f* ≤ global_rtol·max(1, |f*|) counts as having reached the global
+        minimum.
     strategies, strategy_runs: global strategies (``landscope.race.STRATEGIES``), each run
         ``strategy_runs`` times with its own seed on functions with a global minimum; multi-start
         (Adam) gets the race's ``starts`` and ``steps``, annealing and the genetic algorithm
         scipy's defaults.
-    progress: called with a short message before each piece of work.
+    progress: ``progress(done, total, note)`` (:class:`~landscope.progress.Progress`) before
+        each piece of work and once at the end: ``done`` (function, optimiser or strategy)
+        pairs of ``total`` (this process's share under a process group), ``note`` the pair now
+        running, e.g. "saddle: adam".
 
     Examples
     --------
@@ -106,12 +114,13 @@ def race(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, *, starts: 
     checks.choice("start", start, START_MODES)
     for strategy in strategies:
         checks.choice("strategies", strategy, STRATEGIES)
+    # the settings are race.json's "settings": their keys stay those of files already written
+    # ("tol" is global_rtol)
     settings = {"functions": [f.name for f in fns], "optimizers": [r.name for r in recipes],
                 "starts": starts, "steps": steps, "start": start, "tune": tune,
-                "tune_starts": tune_starts, "noise": noise, "tol": tol,
+                "tune_starts": tune_starts, "noise": noise, "tol": global_rtol,
                 "strategies": list(strategies), "strategy_runs": strategy_runs, "seed": seed,
                 "default_lr": {r.name: _base_lr(r) for r in recipes}}
-    say = progress or (lambda message: None)
     starts_of, saddles = {}, {}
     for fn in fns:
         X0, saddle = _starts(fn, start, starts, derive_seed(seed, fn.name, "starts"))
@@ -121,15 +130,15 @@ def race(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, *, starts: 
 
     def pair(fn, rec):
         X0, X_tune, saddle = starts_of[fn.name]
-        lr = _tune(fn, rec, X_tune, saddle, steps, tune, noise, tol, seed)
+        lr = _tune(fn, rec, X_tune, saddle, steps, tune, noise, global_rtol, seed)
         run = descend(fn, rec, X0, steps=steps, lr=lr, noise=noise,
                       seed=derive_seed(seed, fn.name, rec.name))
-        records = score(fn, run, X0, saddle, tol, classify=True)
+        records = score(fn, run, X0, saddle, global_rtol, classify=True)
         return run, records, summarise(fn, rec.name, lr, records, saddle)
 
     def strategy(fn, method):
         budget = {"starts": starts, "steps": steps} if method == "multistart" else {}
-        return None, [], _strategy_row(fn, method, strategy_runs, tol, seed, budget)
+        return None, [], _strategy_row(fn, method, strategy_runs, global_rtol, seed, budget)
 
     pieces = []  # (function, optimiser or strategy, work) in the order of the result
     for fn in fns:
@@ -137,26 +146,30 @@ def race(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, *, starts: 
         if fn.global_min is not None:
             pieces += [(fn, method, partial(strategy, fn, method)) for method in strategies]
     runs, summary, descents = [], [], {}
-    for (fn, name, _), (run, records, row) in zip(pieces, _shared(pieces, say), strict=True):
+    for (fn, name, _), (run, records, row) in zip(pieces, _shared(pieces, progress), strict=True):
         if run is not None:
             descents[fn.name, name] = run
         runs += records
         summary.append(row)
-    return RaceResult(settings, runs, summary, descents, {f.name: f for f in fns}, saddles)
+    return Race(settings, runs, summary, descents, {f.name: f for f in fns}, saddles)
 
 
-def _shared(pieces, say) -> list:
-    """Each piece's result, in order. Under a process group rank r does every w-th piece and
-    every rank gathers them all. The pieces are whole (function, optimiser) pairs rather than
-    some of a pair's starts: a pair's starts run as the rows of one tensor with one noise stream
-    and share one tuning, which every rank would repeat (about the cost of the descent itself);
-    splitting the starts would change the noise each start sees and save little."""
+def _shared(pieces, progress: Progress | None) -> list:
+    """Each piece's result, in order (``progress`` counts this process's pieces). Under a
+    process group rank r does every w-th piece and every rank gathers them all. The pieces are
+    whole (function, optimiser) pairs rather than some of a pair's starts: a pair's starts run as
+    the rows of one tensor with one noise stream and share one tuning, which every rank would
+    repeat (about the cost of the descent itself); splitting the starts would change the noise
+    each start sees and save little."""
     ranks, me = distributed.world(), distributed.rank()
-    mine = {}
-    for index in range(me, len(pieces), ranks):
+    mine, share = {}, range(me, len(pieces), ranks)
+    for done, index in enumerate(share):
         fn, name, work = pieces[index]
-        say(f"{fn.name}: {name}")
+        if progress is not None:
+            progress(done, len(share), f"{fn.name}: {name}")
         mine[index] = work()
+    if progress is not None:
+        progress(len(share), len(share))
     if ranks == 1:
         return [mine[index] for index in range(len(pieces))]
     everyone = [None] * ranks
@@ -166,13 +179,13 @@ def _shared(pieces, say) -> list:
 
 
 # ---------------------------------------------------------------------- starts and tuning
-def _starts(fn, mode, count, seed) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _starts(fn, mode, starts, seed) -> tuple[torch.Tensor, torch.Tensor | None]:
     generator = torch.Generator().manual_seed(seed)
     listed = [p for p in fn.critical_points if p.kind == "saddle"]
     if mode == "auto":
         mode = "saddle" if fn.global_min is None and listed else "uniform"
     if mode == "uniform":
-        return fn.sample(count, generator), None
+        return fn.sample(starts, generator), None
     if not listed:
         raise BadInputError(f"{fn.name} has no listed saddle to start next to; use "
                             "start='uniform'")
@@ -182,19 +195,19 @@ def _starts(fn, mode, count, seed) -> tuple[torch.Tensor, torch.Tensor | None]:
     low, high = fn.bounds()
     offset = 0.25 * (high - low).min().item()
     up, rest = vectors[:, values > tiny], vectors[:, values <= tiny]
-    return saddle + offset * _unit(up, count, generator) + 1e-8 * _unit(rest, count,
-                                                                        generator), saddle
+    return saddle + offset * _unit(up, starts, generator) + 1e-8 * _unit(rest, starts,
+                                                                         generator), saddle
 
 
-def _unit(basis, count, generator) -> torch.Tensor:
-    """``count`` random unit vectors in the span of ``basis`` (zeros if it is empty)."""
+def _unit(basis, vectors, generator) -> torch.Tensor:
+    """``vectors`` random unit vectors in the span of ``basis`` (zeros if it is empty)."""
     if basis.shape[1] == 0:
-        return torch.zeros(count, basis.shape[0], dtype=torch.float64)
-    v = torch.randn(count, basis.shape[1], generator=generator, dtype=torch.float64) @ basis.T
+        return torch.zeros(vectors, basis.shape[0], dtype=torch.float64)
+    v = torch.randn(vectors, basis.shape[1], generator=generator, dtype=torch.float64) @ basis.T
     return v / v.norm(dim=1, keepdim=True)
 
 
-def _tune(fn, rec, X_tune, saddle, steps, tune, noise, tol, seed) -> float | None:
+def _tune(fn, rec, X_tune, saddle, steps, tune, noise, global_rtol, seed) -> float | None:
     base = _base_lr(rec)
     if tune == 1 or base is None:
         return rec.lr
@@ -202,7 +215,7 @@ def _tune(fn, rec, X_tune, saddle, steps, tune, noise, tol, seed) -> float | Non
     for lr in (base * 10 ** torch.linspace(-1, 1, tune, dtype=torch.float64)).tolist():
         run = descend(fn, rec, X_tune, steps=steps, lr=lr, noise=noise,
                       seed=derive_seed(seed, fn.name, rec.name, "tune"))
-        records = score(fn, run, X_tune, saddle, tol, classify=False)
+        records = score(fn, run, X_tune, saddle, global_rtol, classify=False)
         rate, steps_needed = rate_and_steps(records, saddle)
         finals = [r["final_value"] for r in records if r["status"] != "diverged"]
         key = (rate or 0.0, -(steps_needed if steps_needed is not None else math.inf),
@@ -219,17 +232,18 @@ def _base_lr(rec) -> float | None:
     return default.default if default is not None and isinstance(default.default, float) else None
 
 
-def _strategy_row(fn, method, count, tol, seed, budget) -> dict:
-    threshold = tol * max(1.0, abs(fn.global_min))
+def _strategy_row(fn, method, runs, global_rtol, seed, budget) -> dict:
+    threshold = global_rtol * max(1.0, abs(fn.global_min))
     reached = []
-    for k in range(count):
+    for k in range(runs):
         result = search(method, fn, seed=derive_seed(seed, fn.name, method, k), **budget)
         hits = [row[0] for row in result.history if row[1] - fn.global_min <= threshold]
         reached.append(int(hits[0]) if hits else None)
     successes = [r for r in reached if r is not None]
     return {"function": fn.name, "optimizer": method, "goal": "global minimum", "lr": None,
-            "runs": count, "success_rate": len(successes) / count, "median_steps": None,
+            "runs": runs, "success_rate": len(successes) / runs, "median_steps": None,
             "median_evaluations": statistics.median(successes) if successes else None,
             "diverged": 0, "unbounded": 0, "best_of_starts": bool(successes), "ends": ""}
 
 
+__getattr__ = old_names(__name__, {"RaceResult": "Race"})

@@ -1,13 +1,13 @@
 """A race's runs scored against the function's ground truth.
 
-Each run is scored by where it ended (its last point polished
-by Newton onto a critical point within 1 % of the box's diagonal, see
-:func:`landscope.functions.locate`, whose kind the probe assigns; "not_critical" when no critical
-point is that close), whether that is a global minimum (to ``tol``), the steps and evaluations
-(gradients plus Hessian-vector products) until f − f* ≤ tol·max(1, |f*|), and — from a start next
-to a saddle — the steps until it escaped: farther from the saddle than it started and below the
-saddle's value. Functions without a minimum (x² − y²) start next to their saddle by default:
-there, escaping is the goal.
+Each run is scored by where it ended (its last point polished by Newton onto a critical point
+within 1 % of the box's diagonal, see :func:`landscope.functions.locate`, whose kind the probe
+assigns; "not_critical" when no critical point is that close), whether that is a global minimum
+(to ``global_rtol``), the steps and evaluations (gradients plus Hessian-vector products) until
+f − f* ≤ global_rtol·max(1, |f*|) (the records' ``steps_to_tol`` and ``evaluations_to_tol``: keys
+kept for the files already written), and — from a start next to a saddle — the steps until it
+escaped: farther from the saddle than it started and below the saddle's value. Functions without a
+minimum (x² − y²) start next to their saddle by default: there, escaping is the goal.
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ def as_objective(fn: zoo.TestFunction, x0=None) -> Objective:
     return Objective.from_function(fn.f, x0, lower_bound=fn.global_min, name=fn.name)
 
 
-def score(fn, run: Descent, X0, saddle, tol, classify: bool) -> list[dict]:
+def score(fn, run: Descent, X0, saddle, global_rtol: float, classify: bool) -> list[dict]:
     """One record (RUN_FIELDS) per start of ``run``; ``classify`` probes the kind of each end."""
     S = X0.shape[0]
     final = run.points[-1]
     low, high = fn.bounds()
     ends = zoo.locate(fn, final, radius=0.01 * (high - low).norm().item())
     kinds = _kinds(fn, ends) if classify else ["?"] * S
-    threshold = tol * max(1.0, abs(fn.global_min or 0.0))
+    threshold = global_rtol * max(1.0, abs(fn.global_min or 0.0))
     gap = None if fn.global_min is None else run.values - fn.global_min
     escaped_at = _escapes(fn, run, saddle)
     records = []

@@ -20,6 +20,7 @@ import torch
 from scipy.optimize import differential_evolution, dual_annealing
 
 from landscope import _checks as checks
+from landscope._deprecated import old_names
 from landscope.functions import TestFunction
 from landscope.functions import get as get_function
 from landscope.race.engine import descend
@@ -28,7 +29,7 @@ STRATEGIES = ("multistart", "annealing", "genetic")
 
 
 @dataclass(frozen=True)
-class SearchResult:
+class Search:
     """The best point a global strategy found, and the way there.
 
     method, seed; x (n,) and value: the best point; evaluations: function evaluations spent
@@ -49,7 +50,7 @@ class SearchResult:
         return None if fn.global_min is None else self.value - fn.global_min
 
 
-def search(method: str, fn: TestFunction | str, *, seed: int = 0, **options) -> SearchResult:
+def search(method: str, fn: TestFunction | str, *, seed: int = 0, **options) -> Search:
     """Run the strategy called ``method`` (one of STRATEGIES) on ``fn`` within its box.
 
     Examples
@@ -63,7 +64,7 @@ def search(method: str, fn: TestFunction | str, *, seed: int = 0, **options) -> 
 
 
 def multistart(fn: TestFunction | str, *, starts: int = 256, optimizer: str = "adam",
-               steps: int = 300, lr: float | None = None, seed: int = 0) -> SearchResult:
+               steps: int = 300, lr: float | None = None, seed: int = 0) -> Search:
     """Run ``optimizer`` from ``starts`` uniform points of the box together; keep the best point
     any run visited."""
     fn = get_function(fn)
@@ -79,12 +80,12 @@ def multistart(fn: TestFunction | str, *, starts: int = 256, optimizer: str = "a
             x = run.points[t, best_so_far.indices[t]]
             history.append([run.evaluations[t].sum().item(), value, *x.tolist()])
     t, row = divmod(int(finite.argmin()), finite.shape[1])  # the best point any run visited
-    return SearchResult("multistart", seed, run.points[t, row], finite[t, row].item(),
+    return Search("multistart", seed, run.points[t, row], finite[t, row].item(),
                         int(run.evaluations[-1].sum()), steps, np.array(history))
 
 
 def anneal(fn: TestFunction | str, *, seed: int = 0, maxiter: int = 1000,
-           local_search: bool = True) -> SearchResult:
+           local_search: bool = True) -> Search:
     """scipy's ``dual_annealing`` on the box (with ``local_search``: L-BFGS-B with autograd)."""
     fn = get_function(fn)
     counter = _Counter(fn)
@@ -96,7 +97,7 @@ def anneal(fn: TestFunction | str, *, seed: int = 0, maxiter: int = 1000,
 
 
 def evolve(fn: TestFunction | str, *, seed: int = 0, popsize: int = 15,
-           maxiter: int = 1000) -> SearchResult:
+           maxiter: int = 1000) -> Search:
     """scipy's ``differential_evolution`` on the box, a whole population per call."""
     fn = get_function(fn)
     counter = _Counter(fn)
@@ -146,7 +147,10 @@ class _Counter:
             self.best = (finite[i].item(), points[i].clone())
             self.history.append([self.count, finite[i].item(), *points[i].tolist()])
 
-    def result(self, method: str, seed: int, iterations: int) -> SearchResult:
+    def result(self, method: str, seed: int, iterations: int) -> Search:
         value, x = self.best
-        return SearchResult(method, seed, x, value, self.count, int(iterations),
+        return Search(method, seed, x, value, self.count, int(iterations),
                             np.array(self.history))
+
+
+__getattr__ = old_names(__name__, {"SearchResult": "Search"})
