@@ -15,6 +15,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from landscope import escape as trials
+from landscope._deprecated import LandscopeDeprecationWarning
 from landscope.cli import app
 from landscope.errors import BadInputError
 from landscope.escape import runs
@@ -64,16 +65,19 @@ def test_every_candidate_starts_at_theta0_and_reads_the_same_batches(one_thread)
     model = Recorder()
     theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     Recorder.log.clear()
-    marks, order = [], []
+    marks, notes = [], []
 
-    def progress(run, done, total):
+    def progress(done, total, note):
         marks.append(len(Recorder.log))
-        order.append((run["candidate"], run["seed"]))
+        notes.append((done, total, note))
 
     names = ["baseline", "adam", "cosine", "lbfgs", "saddle_free_newton", "perturbed_gd",
              "vmin_step"]
     trial = trials.escape(model, cross_entropy, (X, y), candidates=names, steps=12, seeds=2,
                           batch_size=16, progress=progress)
+    order = [(run["candidate"], run["seed"]) for run in trial.runs]
+    assert notes == [(done, len(order), f"{name} seed {seed}")
+                     for done, (name, seed) in enumerate(order, 1)]
     runs = dict(zip(order, _runs(marks), strict=True))
     assert all(run for run in runs.values())
     for (name, seed), records in runs.items():
@@ -173,7 +177,7 @@ def test_resume_reruns_only_the_missing_runs(one_thread, tmp_path, monkeypatch):
 
     monkeypatch.setattr(runs.Work, "run", counted)
 
-    def interrupt_after_three(_run, done, _total):
+    def interrupt_after_three(done, _total, _note):
         if done == 3:
             raise KeyboardInterrupt
 
@@ -188,6 +192,21 @@ def test_resume_reruns_only_the_missing_runs(one_thread, tmp_path, monkeypatch):
     assert [r["train_loss"] for r in resumed.runs] == [r["train_loss"] for r in fresh.runs]
     with pytest.raises(BadInputError, match="runs of other settings"):
         trials.escape(model, cross_entropy, (X, y), out=tmp_path, **{**options, "steps": 7})
+
+
+def test_the_old_curvature_keyword_warns_and_gives_the_same_trial(one_thread):
+    X, y = classification_data(n=12)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3)).double()
+    options = dict(candidates=["baseline"], steps=2, seeds=1, curvature_products=3)
+    new = trials.escape(model, cross_entropy, (X, y), curvature_rtol=0.5, **options)
+    with pytest.warns(LandscopeDeprecationWarning, match="curvature_rtol="):
+        old = trials.escape(model, cross_entropy, (X, y), curvature_tol=0.5, **options)
+    assert [(r["train_loss"], r["lambda_min"]) for r in old.runs] == [
+        (r["train_loss"], r["lambda_min"]) for r in new.runs]
+    # the settings keep the key of the files already written, so that their runs still resume
+    assert new.settings["curvature_tol"] == 0.5 and new.settings["key"] == old.settings["key"]
+    assert "curvature_rtol" not in new.settings
 
 
 @pytest.mark.parametrize("options, message", [

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscope import io
 from landscope.cli._common import (
@@ -36,6 +35,7 @@ from landscope.errors import BadInputError
 from landscope.escape import DEFAULT_CANDIDATES
 from landscope.plot._files import save_figure
 from landscope.plot.escape import curves_figure
+from landscope.render.progress import bar
 
 BATCH_SIZE = 64
 """Mini-batch size of (X, y) data unless --batch-size says otherwise: training as users train,
@@ -127,16 +127,8 @@ def run_trial(net, loss_fn, data, out: Path, *, document: dict | None = None, **
     bar, write its files into ``out`` (``document`` joins escape.json) and print its table."""
     from landscope import escape as trials
 
-    with Progress(TextColumn("trying remedies"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} runs · {task.fields[last]}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("runs", total=None, last="")
-
-        def report(run, done, total):
-            bar.update(task, completed=done, total=total,
-                       last=f"{run['candidate']} seed {run['seed']}")
-
-        trial = trials.escape(net, loss_fn, data, out=out, progress=report, **options)
+    with bar("trying remedies", "runs", console) as progress:
+        trial = trials.escape(net, loss_fn, data, out=out, progress=progress, **options)
     written = [*trial.write_csv(out), io.write_result(
         out, "escape", {**trial.to_dict(), **(document or {}), "command": " ".join(sys.argv)},
         name="escape.json")]

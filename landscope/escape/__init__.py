@@ -21,11 +21,11 @@ any other data (a DataLoader with ``shuffle=False``, a list of batches), its own
 epoch in a seeded order. A run whose candidate takes several evaluations per step (L-BFGS's line
 search, saddle-free Newton's Lanczos) reads fewer batches of the same order.
 
-The v_min candidate: with λ_min < −τ at θ₀ (τ = ``rel_tol``·ρ, ρ = max|λ|), φ(α) = L(θ₀ + α s v)
-with s = −sign(gᵀv) falls at first (φ ≈ L − α|gᵀv| − ½|λ_min|α², a model unbounded below that
-cannot say where φ turns up again), so α comes from a line search on the full training loss: the
-doubling grid α₀·2ʲ, α₀ = 10⁻³·max(1, ‖θ₀‖), until φ rises; the best α is kept. Then the baseline
-optimiser continues from there with what is left of the budget.
+The v_min candidate: with λ_min < −τ at θ₀ (τ = ``zero_rtol``·ρ, the probe's default, ρ =
+max|λ|), φ(α) = L(θ₀ + α s v) with s = −sign(gᵀv) falls at first (φ ≈ L − α|gᵀv| − ½|λ_min|α², a
+model unbounded below that cannot say where φ turns up again), so α comes from a line search on
+the full training loss: the doubling grid α₀·2ʲ, α₀ = 10⁻³·max(1, ‖θ₀‖), until φ rises; the best
+α is kept. Then the baseline optimiser continues from there with what is left of the budget.
 
 At the end of each run: the training loss on all the data in eval mode (and the held-out loss),
 and λ_min there (Lanczos with a loose tolerance and a product cap: its Ritz value is a Rayleigh

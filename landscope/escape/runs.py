@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from landscope import optim
-from landscope.critical import default_rel_tol
+from landscope.critical import default_zero_rtol
 from landscope.data import Batch, Batches, is_tensor_pair
 from landscope.errors import BadInputError, NonFiniteLossError
 from landscope.escape.candidates import Candidate, scheduler
@@ -175,7 +175,7 @@ def diagnose_start(obj: Objective, settings: dict, seed: int) -> dict:
     spec = spectrum(obj, k=1, which="both", max_products=DIAGNOSIS_PRODUCTS * settings[
         "curvature_products"], seed=seed)
     lam_min, lam_max = float(spec.smallest.values[0]), float(spec.largest.values[0])
-    tau = default_rel_tol(obj.dtype) * max(abs(lam_min), abs(lam_max))
+    tau = default_zero_rtol(obj.dtype) * max(abs(lam_min), abs(lam_max))
     loss, grad = obj.value_and_grad()
     start = {"loss": float(loss), "lambda_min": lam_min, "lambda_max": lam_max, "tau": tau,
              "products": spec.evidence.get("hvp_products", obj.n), "vmin": None}
@@ -206,7 +206,9 @@ def _line_search(obj: Objective, loss: float, grad: torch.Tensor, v: torch.Tenso
 
 
 def _smallest(obj: Objective, settings: dict) -> tuple[float, float]:
-    spec = spectrum(obj, k=1, which="smallest", tol=settings["curvature_tol"],
+    """λ_min and its residual to the trial's curvature_rtol (its settings' key "curvature_tol",
+    kept for the files already written) within its cap of products."""
+    spec = spectrum(obj, k=1, which="smallest", eig_rtol=settings["curvature_tol"],
                     max_products=settings["curvature_products"], seed=settings["seed"])
     return float(spec.smallest.values[0]), float(spec.smallest.residuals[0])
 

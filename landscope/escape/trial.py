@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torch import nn
 
 from landscope import _checks as checks
 from landscope import io, optim
+from landscope._deprecated import renamed
 from landscope.data import Batches
 from landscope.errors import BadInputError
 from landscope.escape.candidates import (
@@ -27,6 +27,7 @@ from landscope.escape.candidates import (
 )
 from landscope.escape.runs import ENGINE, BatchOrder, Work, diagnose_start
 from landscope.objective import Objective
+from landscope.progress import Progress
 
 SCHEMA_VERSION = 2
 
@@ -67,12 +68,12 @@ SUMMARY_FIELDS = ("rank", "candidate", "train_loss_mean", "train_loss_std", "hel
                   "seconds", "description")
 
 
+@renamed(curvature_tol="curvature_rtol")
 def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
            optimizer: str | optim.Recipe = "momentum", lr: float | None = None, steps: int = 200,
            seeds: int = 3, seed: int = 0, batch_size: int | None = None, held_out=None,
            out: str | Path | None = None, curvature_products: int = 100,
-           curvature_tol: float = 1e-2, progress: Callable[[dict, int, int], None] | None = None
-           ) -> Trial:
+           curvature_rtol: float = 1e-2, progress: Progress | None = None) -> Trial:
     """Run every candidate × seed from the model's current weights θ₀ and rank them.
 
     Parameters
@@ -89,10 +90,12 @@ def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
         other data keeps its own batches.
     held_out: optional held-out data, evaluated at each run's end.
     out: directory for one file per finished run (resume) — None keeps nothing.
-    curvature_products, curvature_tol: the cap and relative tolerance of λ_min at each run's end
-        (the diagnosis at θ₀ has spectrum's default tolerance and ``DIAGNOSIS_PRODUCTS`` × the
-        cap).
-    progress: ``progress(run, done, total)`` after each run (read back or computed).
+    curvature_products, curvature_rtol: the cap and relative tolerance of λ_min at each run's
+        end (the diagnosis at θ₀ has spectrum's default tolerance and ``DIAGNOSIS_PRODUCTS`` ×
+        the cap).
+    progress: ``progress(done, total, note)`` (:class:`~landscope.progress.Progress`) after each
+        run, read back or computed: ``done`` runs of ``total`` (candidates × seeds), ``note`` the
+        run's label, e.g. "adam seed 2".
     """
     steps, seeds = checks.integer("steps", steps), checks.integer("seeds", seeds)
     if batch_size is not None:
@@ -112,7 +115,7 @@ def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
         obj = Objective.from_model(model, loss_fn, data, engine=ENGINE)
         schedule = BatchOrder(data, batch_size, model, own_loss=isinstance(loss_fn, str))
         settings = _settings(model, obj, schedule, held_out, baseline, lr, steps, seed,
-                             curvature_products, curvature_tol)
+                             curvature_products, curvature_rtol)
         store = _Store(out, settings["key"])
         start = diagnose_start(obj, settings, seed)
         work = Work(model, loss_fn, data, obj, schedule, baseline, settings, start, held_out)
@@ -124,14 +127,17 @@ def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
                     run = store.write(work.run(c, s))
                 runs.append(run)
                 if progress is not None:
-                    progress(run, len(runs), total)
+                    progress(len(runs), total, f"{c.name} seed {s}")
     settings = {**settings, "candidates": [c.name for c in chosen], "seeds": seeds}
     return Trial(settings, _public(start), runs, _summary(chosen, runs), skipped)
 
 
 # ---------------------------------------------------------------------- settings and resume
-def _settings(model, obj, schedule, held_out, baseline, lr, steps, seed, products, tol) -> dict:
-    """What a run's result depends on; ``key`` is its hash (a resumed trial must match it)."""
+def _settings(model, obj, schedule, held_out, baseline, lr, steps, seed, products,
+              curvature_rtol) -> dict:
+    """What a run's result depends on; ``key`` is its hash (a resumed trial must match it).
+    The keys are those of the files already written (``curvature_tol`` is ``curvature_rtol``):
+    renaming one would change every key, and a rerun would no longer resume their runs."""
     identity = {
         "theta0_sha256": _sha256([t for _, t in sorted(model.state_dict().items())]),
         "data_sha256": _data_sha256(schedule.batches),
@@ -140,7 +146,8 @@ def _settings(model, obj, schedule, held_out, baseline, lr, steps, seed, product
         "dtype": obj.info["dtype"], "data": schedule.describe(), "batch_size": schedule.size,
         "optimizer": baseline.name, "optimizer_options": baseline.options,
         "lr": baseline.lr if lr is None else float(lr),
-        "steps": steps, "seed": seed, "curvature_products": products, "curvature_tol": tol,
+        "steps": steps, "seed": seed, "curvature_products": products,
+        "curvature_tol": curvature_rtol,
         "schema_version": SCHEMA_VERSION,
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
