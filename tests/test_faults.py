@@ -11,22 +11,24 @@ import pytest
 import torch
 from torch import nn
 
+from landscope._deprecated import LandscopeDeprecationWarning
+from landscope.doctor import faults as fault_suite
 from landscope.doctor.faults import (
-    ARCHITECTURES,
     FAULTS,
     HEALTHY,
     Case,
-    Result,
+    FaultRun,
     cases,
     run_suite,
     score,
 )
+from landscope.doctor.recipes import ARCHITECTURES
 from landscope.errors import BadInputError
 from landscope.monitor import read_record
 
 
-def _result(fault: str, *findings: str) -> Result:
-    return Result(Case(fault, "mlp"), tuple(findings))
+def _result(fault: str, *findings: str) -> FaultRun:
+    return FaultRun(Case(fault, "mlp"), tuple(findings))
 
 
 def test_score_counts_like_a_confusion_matrix():
@@ -48,6 +50,11 @@ def test_score_counts_like_a_confusion_matrix():
     assert (s.faulty, s.detected, s.healthy, s.alarms) == (4, 1, 3, 1)
     assert s.detection_rate == 0.25 and s.false_alarm_rate == pytest.approx(1 / 3)
     assert math.isnan(score([]).detection_rate) and math.isnan(score([]).false_alarm_rate)
+
+
+def test_the_old_name_of_a_fault_run_warns_and_is_the_new_class():
+    with pytest.warns(LandscopeDeprecationWarning, match="FaultRun"):
+        assert fault_suite.Result is FaultRun
 
 
 def test_cases_cross_faults_architectures_seeds_and_reject_unknown_names():
@@ -105,8 +112,10 @@ def test_a_small_suite_runs_and_scores(one_thread, tmp_path):
     faults = ["vanishing", "saturation", "symmetric", "dead_relus", "saddle", "exploding",
               "lr_too_large", "lr_too_small", HEALTHY]
     suite = cases(faults, ["mlp"], seeds=(0,))
-    results = run_suite(suite, tmp_path)
+    reports = []
+    results = run_suite(iter(suite), tmp_path, progress=lambda *report: reports.append(report))
     assert [r.case for r in results] == suite
+    assert reports == [(i + 1, len(suite), case.name) for i, case in enumerate(suite)]
     s = score(results)
     assert (s.faulty, s.healthy) == (8, 1)
     assert sum(s.confusion.values()) == 9

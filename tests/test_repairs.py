@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from landscope.doctor import repairs
-from landscope.doctor.faults import ARCHITECTURES, FAULTS, Case, Recipe, Result, run_case
+from landscope.doctor.faults import FAULTS, HEALTHY, Case, FaultRun, run_case
 from landscope.doctor.knowledge import TEXT
+from landscope.doctor.recipes import ARCHITECTURES, Recipe
 from landscope.doctor.scenarios import Setup, steps
 from landscope.errors import BadInputError
 
@@ -44,6 +45,15 @@ def test_a_win_needs_a_lower_loss_by_the_margin():
     assert replace(plateau, prescribed_loss=0.5).wins
     assert not replace(plateau, prescribed=None, prescribed_loss=0.0).wins
     assert not replace(plateau, prescribed_loss=math.inf, drawn_loss=math.inf).wins
+
+
+def test_the_suite_repairs_each_faulty_run_and_reports_each_one(monkeypatch):
+    runs = [FaultRun(Case(fault, "mlp"), ()) for fault in ("saddle", HEALTHY, "vanishing")]
+    monkeypatch.setattr(repairs, "repair", lambda run: run.case)  # no training here
+    reports = []
+    assert repairs.repair_suite(runs, progress=lambda *report: reports.append(report)) == [
+        runs[0].case, runs[2].case]  # a healthy run has nothing to repair
+    assert reports == [(1, 2, "saddle-mlp-0"), (2, 2, "vanishing-mlp-0")]
 
 
 def _setup(recipe: Recipe, arch: str = "mlp") -> Setup:
@@ -102,8 +112,8 @@ def test_a_trial_retrains_the_run_the_suite_diagnosed(one_thread, tmp_path):
     case = Case("vanishing", "mlp", 0)
     stuck = run_case(case, tmp_path / case.name)
     assert repairs.trial(case, None) == stuck  # the Monitor never changes the training
-    result = Result(case, ("vanishing_gradients",), remedies=("he_relu", "adam"),
-                    final_loss=stuck)
+    result = FaultRun(case, ("vanishing_gradients",), remedies=("he_relu", "adam"),
+                      final_loss=stuck)
     repair = repairs.repair(result)
     assert repair.prescribed == "he_relu" and repair.drawn != "he_relu"
     assert repair.prescribed_loss < 0.5 * stuck  # ReLU with He initialisation learns

@@ -28,18 +28,12 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from landscope.doctor.faults import (
-    ARCHITECTURES,
-    FAULTS,
-    HEALTHY,
-    Case,
-    Recipe,
-    Result,
-    final_loss,
-)
+from landscope.doctor.faults import FAULTS, HEALTHY, Case, FaultRun, final_loss
 from landscope.doctor.knowledge import TEXT
+from landscope.doctor.recipes import ARCHITECTURES, Recipe
 from landscope.doctor.scenarios import quiet_machine, steps
 from landscope.errors import BadInputError
+from landscope.progress import Progress
 
 Edit = Callable[[Recipe, Mapping], Recipe]
 
@@ -145,7 +139,7 @@ def trial(case: Case, remedy: str | None, evidence: Mapping | None = None) -> fl
         return final_loss(setup)
 
 
-def repair(result: Result) -> Repair:
+def repair(result: FaultRun) -> Repair:
     """The remedy trial of one faulty run's diagnosis."""
     prescribed = prescription(result.remedies) if result.primary != HEALTHY else None
     drawn = draw(result.case, prescribed)
@@ -155,15 +149,15 @@ def repair(result: Result) -> Repair:
                   trial(result.case, drawn))  # a random remedy comes without a diagnosis
 
 
-def repair_suite(results: Iterable[Result],
-                 progress: Callable[[Repair], None] | None = None) -> list[Repair]:
+def repair_suite(results: Iterable[FaultRun], progress: Progress | None = None) -> list[Repair]:
     """The remedy trial of every faulty run of ``results`` (healthy runs have nothing to
-    repair)."""
-    repairs = []
-    for result in results:
-        if result.expect == HEALTHY:
-            continue
+    repair).
+
+    ``progress(done, total, note)`` after each trial: ``done`` faulty runs repaired of
+    ``total``, the note the run's name."""
+    faulty, repairs = [r for r in results if r.expect != HEALTHY], []
+    for result in faulty:
         repairs.append(repair(result))
         if progress is not None:
-            progress(repairs[-1])
+            progress(len(repairs), len(faulty), result.case.name)
     return repairs
