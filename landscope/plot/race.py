@@ -25,10 +25,10 @@ _MARK = {"local_min": "o", "saddle": "X", "local_max": "^"}
 
 
 def race_figure(result, function: str, *, max_paths: int = 8, columns: int = 5,
-                grid: int = 160) -> Figure:
+                resolution: int = 160) -> Figure:
     """One panel per optimiser: contours of f, up to ``max_paths`` paths, the listed critical
-    points (● minimum, ✕ saddle, ▲ maximum). Green: the run succeeded; grey: it did not; red: it
-    diverged.
+    points (● minimum, ✕ saddle, ▲ maximum), on a contour grid of ``resolution`` points per axis.
+    Green: the run succeeded; grey: it did not; red: it diverged.
 
     Examples
     --------
@@ -38,7 +38,7 @@ def race_figure(result, function: str, *, max_paths: int = 8, columns: int = 5,
     2
     """
     fn, names = _function(result, function)
-    X, Y, Z = _grid(fn, grid)
+    X, Y, Z = _grid(fn, resolution)
     levels = np.unique(np.quantile(Z, np.linspace(0, 1, 24)))
     rows = math.ceil(len(names) / columns)
     cols = min(columns, len(names))
@@ -142,10 +142,10 @@ def _function(result, function: str):
     return fn, [name for (f, name) in result.descents if f == function]
 
 
-def _grid(fn, size: int):
+def _grid(fn, resolution: int):
     (x0, x1), (y0, y1) = fn.domain
-    xs = torch.linspace(x0, x1, size, dtype=torch.float64)
-    ys = torch.linspace(y0, y1, size, dtype=torch.float64)
+    xs = torch.linspace(x0, x1, resolution, dtype=torch.float64)
+    ys = torch.linspace(y0, y1, resolution, dtype=torch.float64)
     Y, X = torch.meshgrid(ys, xs, indexing="ij")
     with torch.no_grad():
         Z = fn.f(torch.stack([X, Y], -1))
