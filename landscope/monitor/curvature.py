@@ -58,7 +58,7 @@ COLUMNS = ("held_loss", "held_grad_norm", "lambda_max", "lambda_max_residual", "
            "noise_scale", "curvature_products", "batch_sharpness")
 """The record columns a curvature measurement fills (NaN where not measured)."""
 
-EIG_TOL = 1e-3
+EIG_RTOL = 1e-3
 """Relative residual tolerance of the eigenvalues: a verdict needs two digits, not eight."""
 MIN_PRODUCTS = 10
 """Fewer Hessian-vector products than this per eigenvalue are not worth spending."""
@@ -247,7 +247,7 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
             f"the time budget ({seconds:.3g} s) leaves {budget} Hessian-vector products per "
             "eigenvalue; not measured")]))
     start_from = [v for v in (vectors.top, vectors.bottom if smallest else None) if v is not None]
-    spec = spectrum(obj, k=1, which="both" if smallest else "largest", tol=EIG_TOL,
+    spec = spectrum(obj, k=1, which="both" if smallest else "largest", eig_rtol=EIG_RTOL,
                     max_products=budget, exact=None if obj.n <= budget else False, seed=seed,
                     warm=torch.stack(start_from, dim=1) if start_from else None)
     out["lambda_max"] = spec.largest.values[0].item()
@@ -264,7 +264,7 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
         if budget >= MIN_PRODUCTS:
             preconditioned = obj.operator().scaled(
                 stab.preconditioner.to(obj.device, obj.dtype).reciprocal())
-            result = extreme_eigenpairs(preconditioned, k_largest=1, tol=EIG_TOL,
+            result = extreme_eigenpairs(preconditioned, k_largest=1, rtol=EIG_RTOL,
                                         max_products=budget, seed=seed,
                                         warm=vectors.preconditioned)
             out["sharpness"] = result.largest.values[0].item()
