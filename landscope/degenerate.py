@@ -98,7 +98,7 @@ def null_direction_test(
     range_values: torch.Tensor | None = None,
     *,
     curvature: float = 0.0,
-    zero_tol: float = 0.0,
+    zero_atol: float = 0.0,
     max_basis: int = 32,
     random_directions: int = 16,
     seed: int = 0,
@@ -107,9 +107,10 @@ def null_direction_test(
 
     ``null``: (n, d) orthonormal basis of the (near-)null space. ``range_vectors``/``range_values``:
     the other eigenpairs, used for the relaxation (their eigenvalues all of one sign); None skips
-    it (a drop is still a certificate). ``curvature``: ρ = max|λ|. ``zero_tol``: τ, below which
-    the eigenvalues count as zero. ``max_basis``: at most this many basis vectors are examined
-    (both signs); ``random_directions`` unit combinations of all of them are added when d ≥ 2.
+    it (a drop is still a certificate). ``curvature``: ρ = max|λ|. ``zero_atol``: τ, the
+    eigenvalues with |λ| ≤ τ count as zero. ``max_basis``: at most this many basis vectors are
+    examined (both signs); ``random_directions`` unit combinations of all of them are added when
+    d ≥ 2.
     """
     d = null.shape[1]
     basis = min(d, max_basis)
@@ -118,7 +119,8 @@ def null_direction_test(
     base_t, g0 = obj.value_and_grad(theta)
     base, eps = base_t.item(), torch.finfo(obj.dtype).eps
     radii = _radii(scale, curvature, 100 * eps * abs(base), math.sqrt(eps) * scale)
-    relax = _Relaxation(obj, theta, base, g0, range_vectors, range_values, curvature, zero_tol)
+    relax = _Relaxation(obj, theta, base, g0, range_vectors, range_values, curvature,
+                        zero_atol)
     relax.floor = relax.rounding(directions, radii[-1] * 1e-3)
     outcomes = dict.fromkeys(OUTCOMES, 0)
     flat, flat_radius, witness, settled_radius = [], None, None, None
@@ -166,11 +168,11 @@ def _read(relax, theta, u, radii):
 class _Relaxation:
     """φ(u, t) at one point: Newton-relax the range directions, read L̃, decide its sign."""
 
-    def __init__(self, obj, theta, base, g0, vectors, values, curvature, zero_tol):
+    def __init__(self, obj, theta, base, g0, vectors, values, curvature, zero_atol):
         self.obj, self.theta, self.base, self.g0 = obj, theta, base, g0
         # at a point whose gradient is not exactly 0, curvature within the zero tolerance τ is
         # not known to hold at the critical point nearby: ½τt² is then no evidence either way
-        self.curvature, self.zero_tol = curvature, zero_tol if bool(g0.any()) else 0.0
+        self.curvature, self.zero_atol = curvature, zero_atol if bool(g0.any()) else 0.0
         self.eps = torch.finfo(obj.dtype).eps
         self.vectors = vectors if vectors is not None and vectors.shape[1] > 0 else None
         if self.vectors is not None:
@@ -178,10 +180,10 @@ class _Relaxation:
             self.min_type = bool((self.values > 0).all())
         self.evaluations, self.floor = 0, 0.0
 
-    def rounding(self, directions: torch.Tensor, t: float, count: int = 8) -> float:
+    def rounding(self, directions: torch.Tensor, t: float, points: int = 8) -> float:
         """10·max|L̃| at a few points at distance t, where L̃ itself is far below rounding."""
         worst = 0.0
-        for u in directions.T[:count]:
+        for u in directions.T[:points]:
             point = self.theta + t * u
             worst = max(worst, abs(self.obj.value(point).item() - self.base
                                    - (self.g0 @ (point - self.theta)).item()))
@@ -198,7 +200,7 @@ class _Relaxation:
             noise = 100 * self.eps * (abs(self.base) + abs(value.item()) + self.curvature
                                       * offset.pow(2).sum().item()
                                       + self.g0.norm().item() * offset.norm().item()) \
-                + 0.5 * self.zero_tol * t * t + self.floor
+                + 0.5 * self.zero_atol * t * t + self.floor
             left = 0.0
             if self.vectors is not None:
                 c = self.vectors.T @ (g - self.g0)

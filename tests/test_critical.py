@@ -129,7 +129,7 @@ def test_network_exact_path_matches_numpy_eigh():
     eig = np.linalg.eigvalsh(H)
     assert p.lambda_max == pytest.approx(eig[-1], rel=1e-10)
     assert p.lambda_min == pytest.approx(eig[0], rel=1e-10)
-    tol = p.tolerances["flat_tol"]
+    tol = p.tolerances.flat_atol
     assert p.fractions["negative"].value == pytest.approx(np.mean(eig <= -tol))
     assert p.fractions["positive"].value == pytest.approx(np.mean(eig > tol))
     assert p.minimum_ratio + p.index + p.fractions["zero"].value == pytest.approx(1.0)
@@ -140,14 +140,14 @@ def test_network_iterative_path_agrees_with_exact():
     X, y = classification_data(n=200, features=8, classes=4)
     obj = Objective.from_model(model, cross_entropy, (X, y))
     exact = probe(obj, exact=True)
-    iterative = probe(obj, exact=False, probes=16, steps=40)
+    iterative = probe(obj, exact=False, probes=16, lanczos_steps=40)
     assert iterative.evidence["path"] == "iterative"
     assert iterative.spectrum.evidence["converged"]
     assert iterative.lambda_max == pytest.approx(exact.lambda_max, rel=1e-6)
     assert iterative.lambda_min == pytest.approx(exact.lambda_min, rel=1e-6)
     assert iterative.kind == exact.kind == "not_critical"  # an untrained network
     fresh = Objective.from_model(model, cross_entropy, (X, y))
-    probe(fresh, exact=False, probes=4, steps=10)
+    probe(fresh, exact=False, probes=4, lanczos_steps=10)
     # one pass over the data, kept for every product (the chain engine's first-point trial spends
     # its own passes, that one included, and records them; where autograd won the timing, its
     # graph was released before the chain engine ran, so building it again costs one more)
@@ -197,7 +197,7 @@ def test_first_order_rounding_floor_keeps_exact_fits_critical():
     # does not make it "still sliding"
     f = lambda x: (x[0] - 0.1) ** 2 + (x[1] - 0.3) ** 2  # noqa: E731
     p = probe(Objective.from_function(f, [0.1, 0.3]), step_rtol=0.0)
-    assert p.tolerances["step_tol"] == 10 * torch.finfo(torch.float64).eps
+    assert p.tolerances.step_rtol_applied == 10 * torch.finfo(torch.float64).eps
     assert p.kind == "local_min", p.reason
 
 
@@ -222,7 +222,7 @@ def test_unused_parameters_are_left_out_of_fractions_and_verdict(exact):
         model.body.weight.copy_(torch.linalg.lstsq(X, target).solution.T)
     obj = Objective.from_model(model, mse_loss, (X, target))
     assert obj.n == 9
-    p = probe(obj, exact=exact, k=2, probes=4, steps=3)
+    p = probe(obj, exact=exact, k=2, probes=4, lanczos_steps=3)
     assert p.n_unused == 6 and p.to_dict()["n_unused"] == 6
     assert p.kind == "local_min" and p.strict is True, p.reason
     used = (2 / 30) * X.T @ X  # the Hessian of the mean squared error in the used weights
@@ -265,3 +265,42 @@ def test_panel_says_strictness_flat_directions_and_why_index_is_zero():
     text = _panel_text(bowl)
     assert "SADDLE POINT" in text and "(index 0: λ_min = -0.0002 lies inside the ±1 % flat" in text
     assert "critical below 1e-06·‖θ‖" in text
+
+
+def test_tolerances_are_a_record_with_the_result_files_keys():
+    # λ = (2, −2e-4): ρ = 2, so each absolute tolerance is its relative one times 2
+    p = probe(Objective.from_function(lambda x: x[0] ** 2 - 1e-4 * x[1] ** 2, [0.0, 0.0]),
+              zero_rtol=1e-5, flat_rtol=0.05, global_atol=1e-8)
+    t = p.tolerances
+    assert (t.zero_atol, t.flat_atol) == (pytest.approx(2e-5), pytest.approx(0.1))
+    assert p.to_dict()["tolerances"] == {
+        "rel_tol": 1e-5, "zero_tol": t.zero_atol, "flat_band": 0.05, "flat_tol": t.flat_atol,
+        "step_rtol": 1e-6, "step_tol": 1e-6, "global_tol": 1e-8, "eig_tol": None}
+    from landscope._deprecated import LandscopeDeprecationWarning
+
+    with pytest.warns(LandscopeDeprecationWarning, match=r"tolerances\.zero_atol"):
+        assert t["zero_tol"] == t.zero_atol  # read as the dict of 0.1
+    with pytest.raises(KeyError):
+        t["nothing"]
+
+
+def test_old_keywords_of_probe_warn_and_give_the_same_result():
+    from landscope._deprecated import LandscopeDeprecationWarning
+    from landscope.critical import default_zero_rtol
+
+    f = Objective.from_function(lambda x: x[0] ** 2 - 1e-3 * x[1] ** 2 + 0.5 * x[2] ** 2,
+                                [0.0, 0.0, 0.0])
+    new = {"zero_rtol": 1e-5, "flat_rtol": 0.02, "global_atol": 1e-9, "eig_rtol": 1e-8,
+           "lanczos_steps": 3}
+    old = {"rel_tol": 1e-5, "flat_band": 0.02, "global_tol": 1e-9, "eig_tol": 1e-8, "steps": 3}
+    common = {"exact": False, "k": 1, "probes": 2}
+    with pytest.warns(LandscopeDeprecationWarning) as caught:
+        before = probe(f, **common, **old)
+    assert len(caught) == len(old)
+    after = probe(f, **common, **new)
+    assert before.tolerances == after.tolerances and before.kind == after.kind == "saddle"
+    assert before.density.to_dict() == after.density.to_dict()
+    import landscope.critical
+
+    with pytest.warns(LandscopeDeprecationWarning, match="default_zero_rtol"):
+        assert landscope.critical.default_rel_tol is default_zero_rtol

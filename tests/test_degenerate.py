@@ -128,7 +128,7 @@ def test_lbfgs_converged_network_is_not_called_a_saddle_by_its_leftover_gradient
     assert p.stationarity.critical and p.grad_norm > 0
     # ground truth: the Newton gain of the leftover gradient in the stiff directions is real
     values, vectors = torch.linalg.eigh(obj.hessian())
-    stiff = values.abs() > p.tolerances["zero_tol"]
+    stiff = values.abs() > p.tolerances.zero_atol
     g = obj.grad()
     gain = 0.5 * ((vectors[:, stiff].T @ g) ** 2 / values[stiff]).sum().item()
     assert gain > 1e-12
@@ -145,6 +145,6 @@ def test_leftover_gradient_alone_is_not_a_descent():
     null = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
     stiff = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
     test = null_direction_test(obj, theta, null, stiff, torch.tensor([2.0], dtype=torch.float64),
-                               curvature=2.0, zero_tol=2e-6)
+                               curvature=2.0, zero_atol=2e-6)
     assert test.outcomes == {"descent": 0, "ascent": 0, "flat": 2, "unsettled": 0}
     assert test.leftover_gradient == pytest.approx(tilt)

@@ -38,8 +38,8 @@ def probe_panel(p: Probe, seconds: float | None = None) -> Panel:
     table.add_row("eigenvalues", "  ".join(
         f"{name} {_fraction(p.fractions[key])}" for name, key in
         (("negative", "negative"), ("flat", "zero"), ("positive", "positive"))))
-    table.add_row("", f"(flat: |λ| ≤ {tol['flat_tol']:.2g} = {tol['flat_band']:g}·ρ; the verdict "
-                      f"treats |λ| ≤ {tol['zero_tol']:.2g} = {tol['rel_tol']:g}·ρ as zero)")
+    table.add_row("", f"(flat: |λ| ≤ {tol.flat_atol:.2g} = {tol.flat_rtol:g}·ρ; the verdict "
+                      f"treats |λ| ≤ {tol.zero_atol:.2g} = {tol.zero_rtol:g}·ρ as zero)")
     note = index_note(p.lambda_min, p.index, tol)
     table.add_row("index", f"{p.index:.4g}   minimum ratio {p.minimum_ratio:.4g}"
                            + (f"   ({note})" if note else ""))

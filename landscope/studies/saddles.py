@@ -19,7 +19,7 @@ Counted: end points certified local_min, saddle or local_max, merged into distin
 when loss (to 6 significant digits), kind and index agree (several starts reach the same point).
 End points that are not critical, gradient-flat or degenerate are reported, not counted. The
 index and the minimum ratio are read from the exact spectrum (13 eigenvalues) at the probe's zero
-tolerance τ = rel_tol·ρ, the tolerance its verdict uses, so that a saddle's small negative
+tolerance τ = zero_rtol·ρ, the tolerance its verdict uses, so that a saddle's small negative
 eigenvalues count; the probe's wider 1 % flat band is meant for the bulk of large networks.
 A saturated tanh unit (|W₁x + b₁| large on every sample) gives exactly flat directions (its input
 weights; its output weight merges with b₂), so many minima are non-strict and their minimum ratio
@@ -116,7 +116,7 @@ def training_path(loss, theta: torch.Tensor) -> list[torch.Tensor]:
 
 def spectrum_fractions(found) -> tuple[float, float]:
     """(index, minimum ratio): the fractions of the exact eigenvalues below −τ and above τ."""
-    values, tau = found.probe.density.eigenvalues, found.probe.tolerances["zero_tol"]
+    values, tau = found.probe.density.eigenvalues, found.probe.tolerances.zero_atol
     return float((values < -tau).double().mean()), float((values > tau).double().mean())
 
 
