@@ -39,8 +39,10 @@ from dataclasses import dataclass, field
 import torch
 from scipy import stats
 
+from landscope._deprecated import renamed
 from landscope.errors import BadInputError
 from landscope.objective import Objective
+from landscope.progress import Progress
 from landscope.spectrum import spectrum, trace
 
 CONFIDENCE = 0.95
@@ -73,8 +75,9 @@ def exact_interval(value: float, error: float, evidence: str) -> Interval:
     return Interval(value, value - error, value + error, evidence, subsampled=False)
 
 
-def draw_subsets(total: int, samples: int, count: int, seed: int) -> list[torch.Tensor]:
-    """``count`` disjoint sets of ``samples`` indices out of ``range(total)``, seeded.
+@renamed(count="subsets")
+def draw_subsets(total: int, samples: int, subsets: int, seed: int) -> list[torch.Tensor]:
+    """``subsets`` disjoint sets of ``samples`` indices out of ``range(total)``, seeded.
 
     Examples
     --------
@@ -82,14 +85,15 @@ def draw_subsets(total: int, samples: int, count: int, seed: int) -> list[torch.
     >>> sorted(len(set(p.tolist())) for p in parts), len(set(torch.cat(parts).tolist()))
     ([3, 3, 3], 9)
     """
-    if count < 2:
-        raise BadInputError(f"subsets={count}; an interval needs at least 2 independent subsets")
-    if samples < 1 or samples * count > total:
+    if subsets < 2:
+        raise BadInputError(f"subsets={subsets}; an interval needs at least 2 independent "
+                            "subsets")
+    if samples < 1 or samples * subsets > total:
         raise BadInputError(
-            f"samples={samples} × subsets={count} = {samples * count} > {total}, the samples in "
-            f"the data; use samples ≤ {total // count} (or fewer subsets)")
+            f"samples={samples} × subsets={subsets} = {samples * subsets} > {total}, the samples "
+            f"in the data; use samples ≤ {total // subsets} (or fewer subsets)")
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
-    return [order[k * samples:(k + 1) * samples].sort().values for k in range(count)]
+    return [order[k * samples:(k + 1) * samples].sort().values for k in range(subsets)]
 
 
 @dataclass
@@ -115,27 +119,30 @@ class SubsetReadings:
     converged: list[bool] = field(default_factory=list)
 
     @property
-    def count(self) -> int:
+    def subsets(self) -> int:
         return self.losses.numel()
 
 
+@renamed(tol="eig_rtol")
 def read_subsets(objectives: Sequence[Objective], theta: torch.Tensor, *, total: int,
-                 tol: float, max_products: int | Callable[[int], int] | None = None,
+                 eig_rtol: float, max_products: int | Callable[[int], int] | None = None,
                  seed: int = 0, coords: torch.Tensor | None = None, warm=None,
                  trace_probes: int = TRACE_PROBES,
-                 progress: Callable | None = None) -> SubsetReadings:
+                 progress: Progress | None = None) -> SubsetReadings:
     """L_k, ∇L_k and both extreme eigenpairs of every subset objective at θ, then the held-out
     Rayleigh quotients: each subset's extreme vectors read on every other subset (one product of
     2(K − 1) columns per subset), and a Hutchinson trace of ``trace_probes`` Rademacher probes
     in one product per subset. ``max_products``: per subset, or ``max_products(k)`` decided
-    when subset k starts (a time budget)."""
+    when subset k starts (a time budget). ``eig_rtol``: the eigen-solver's residual tolerance,
+    relative to the subset's ρ. ``progress``: ``progress(done, total, note)`` in Hessian-vector
+    products, from each subset's eigen-solver (each counts its own)."""
     K = len(objectives)
     losses, gradients, tops, bottoms, converged, traces = [], [], [], [], [], []
     products = 0
     for k, sub in enumerate(objectives):
         before = sub.counts["hvp"]
         cap = max_products(k) if callable(max_products) else max_products
-        spec = spectrum(sub, 1, "both", theta=theta, tol=tol, max_products=cap,
+        spec = spectrum(sub, 1, "both", theta=theta, eig_rtol=eig_rtol, max_products=cap,
                         exact=None if cap is None else sub.n <= cap,
                         coords=coords, seed=seed + k, progress=progress, warm=warm)
         value, grad = sub.value_and_grad(theta)
@@ -177,7 +184,7 @@ def read_subsets(objectives: Sequence[Objective], theta: torch.Tensor, *, total:
 def intervals(r: SubsetReadings) -> dict[str, Interval]:
     """95 % intervals for the full-data loss, ‖∇L‖, λ_max, λ_min and trace (see the module's
     text)."""
-    K, shrink = r.count, math.sqrt(max(0.0, 1.0 - r.fraction))
+    K, shrink = r.subsets, math.sqrt(max(0.0, 1.0 - r.fraction))
     t = _t(K)
     where = f"{K} subsets of {r.samples} samples"
     mean, se = _mean_se(r.losses)
@@ -286,6 +293,7 @@ def _mean_se(values: torch.Tensor) -> tuple[float, float]:
     return mean, values.std(unbiased=True).item() / math.sqrt(K)
 
 
-def _t(count: int) -> float:
-    """Two-sided 95 % Student-t quantile with count − 1 degrees of freedom."""
-    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, count - 1))
+def _t(values: int) -> float:
+    """Two-sided 95 % Student-t quantile for the mean of ``values`` values (values − 1 degrees of
+    freedom)."""
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, values - 1))

@@ -4,6 +4,7 @@ to today's probe."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 
 import pytest
@@ -120,8 +121,8 @@ def test_a_time_budget_is_kept_and_says_what_stayed_uncertain():
 def test_ctrl_c_returns_the_best_answer_so_far(mlp_objective):
     _, obj = mlp_objective
 
-    def interrupt(stage, *_):
-        if stage == "extremes":
+    def interrupt(done, total, note=""):
+        if " extremes" in note:
             raise KeyboardInterrupt
 
     result = anytime_probe(obj, samples=100, progress=interrupt)
@@ -134,11 +135,13 @@ def test_ctrl_c_returns_the_best_answer_so_far(mlp_objective):
 def test_progress_reports_stage_products_and_eta(mlp_objective):
     _, obj = mlp_objective
     calls = []
-    anytime_probe(obj, samples=100, density=False, progress=lambda *a: calls.append(a))
-    stages = {c[0] for c in calls}
-    assert stages == {"subsample", "extremes"}
-    assert all(c[2] == 3 for c in calls)                  # of three stages
-    assert any(c[5] is not None and c[5] > 0 for c in calls if c[3] < c[4])   # an ETA
+    anytime_probe(obj, samples=100, density=False,
+                  progress=lambda done, total, note="": calls.append((done, total, note)))
+    notes = [re.fullmatch(r"stage (\d)/3 (\w+)( · ETA (\d+) s)?", note) for *_, note in calls]
+    assert all(notes), calls                              # of three stages
+    assert {m[2] for m in notes} == {"subsample", "extremes"}
+    assert all(done <= total for done, total, _ in calls)
+    assert any(m[4] is not None for m in notes)           # an ETA
 
 
 @pytest.mark.slow
@@ -164,6 +167,23 @@ def test_an_analytic_function_goes_straight_to_the_exact_stages():
     assert result.verdict == "saddle"
 
 
+def test_old_keywords_warn_and_give_the_same_result():
+    from landscope import anytime
+    from landscope._deprecated import LandscopeDeprecationWarning
+
+    obj = ls.Objective.from_function(lambda x: x[0] ** 2 - 1e-3 * x[1] ** 2, [0.0, 0.0])
+    with pytest.warns(LandscopeDeprecationWarning) as caught:
+        old = anytime_probe(obj, steps=5, rel_tol=1e-2)
+    assert {str(w.message).split(" is")[0] for w in caught} == {
+        "anytime_probe(steps=…)", "anytime_probe(rel_tol=…)"}
+    new = anytime_probe(obj, lanczos_steps=5, zero_rtol=1e-2)
+    assert old.probe.tolerances == new.probe.tolerances and new.probe.tolerances.zero_rtol == 1e-2
+    assert old.verdict == new.verdict == "saddle"   # λ = −2e-3 is zero at 1 % of ρ: higher order
+    assert old.probe.stationarity == new.probe.stationarity
+    with pytest.warns(LandscopeDeprecationWarning, match="SUBSET_EIG_RTOL"):
+        assert anytime.SUBSET_TOL == anytime.SUBSET_EIG_RTOL
+
+
 def test_bad_input_is_refused_before_any_work(mlp_objective, monkeypatch):
     _, obj = mlp_objective
     with pytest.raises(BadInputError, match="time_budget=0"):
@@ -181,14 +201,14 @@ def test_the_schedule_picks_the_subset_size_from_the_budget(mlp_objective):
     _, obj = mlp_objective
     plan = dataclasses.replace(cost_plan(obj), fixed_product_seconds=0.002,
                                seconds_per_sample_product=1e-4)
-    free = schedule(obj, plan, samples=None, subsets=5, k=5, probes=8, steps=60,
+    free = schedule(obj, plan, samples=None, subsets=5, k=5, probes=8, lanczos_steps=60,
                     density=True, time_budget=None)
     assert [s.name for s in free] == ["subsample", "extremes", "density"]
     assert free[0].samples == 240                          # 1200 / 5 subsets, ≤ 512
     products = free[0].products
     assert free[0].seconds == pytest.approx(products * (0.002 + 240e-4))
     budget = 8.0                                           # a quarter: 2 s for the first stage
-    tight = schedule(obj, plan, samples=None, subsets=5, k=5, probes=8, steps=60,
+    tight = schedule(obj, plan, samples=None, subsets=5, k=5, probes=8, lanczos_steps=60,
                      density=True, time_budget=budget)
     assert tight[0].samples == int((2.0 / products - 0.002) / 1e-4) < 240
     assert tight[0].seconds <= 2.0
@@ -245,8 +265,8 @@ def test_first_stage_brackets_a_resnets_extremes():
         assert iv.low <= pairs.values[0].item() <= iv.high, (name, iv, pairs.values)
 
 
-def _stop_after_first_stage(stage, *_):
-    if stage != "subsample":
+def _stop_after_first_stage(done, total, note=""):
+    if " subsample" not in note:
         raise KeyboardInterrupt
 
 

@@ -62,10 +62,10 @@ def quadratic():
                  "grad_norm": g.norm().item(), "trace": values.sum()}
 
 
-def _estimate(obj, samples, seed, count=5, max_products=None):
+def _estimate(obj, samples, seed, subsets=5, max_products=None):
     total = sum(b.size for b in obj.model_loss.batches)
-    parts = [obj.subset(ix) for ix in draw_subsets(total, samples, count, seed)]
-    return intervals(read_subsets(parts, obj.theta0, total=total, tol=1e-6, seed=seed,
+    parts = [obj.subset(ix) for ix in draw_subsets(total, samples, subsets, seed)]
+    return intervals(read_subsets(parts, obj.theta0, total=total, eig_rtol=1e-6, seed=seed,
                                   max_products=max_products))
 
 
@@ -88,7 +88,7 @@ def test_a_bootstrap_style_interval_centred_on_subset_extremes_would_miss(quadra
     obj, truth = quadratic
     total = sum(b.size for b in obj.model_loss.batches)
     parts = [obj.subset(ix) for ix in draw_subsets(total, 60, 5, 0)]
-    r = read_subsets(parts, obj.theta0, total=total, tol=1e-6)
+    r = read_subsets(parts, obj.theta0, total=total, eig_rtol=1e-6)
     values = r.top[0]
     assert values.min().item() > truth["lambda_max"]          # every subset overshoots
     naive_low = values.mean() - 2.776 * values.std() / 5 ** 0.5   # t-interval of the extremes
@@ -149,6 +149,22 @@ def test_draw_subsets_refuses_more_than_the_data_and_names_the_fix():
         draw_subsets(100, 10, 1, 0)
     a, b = draw_subsets(1000, 50, 5, 7), draw_subsets(1000, 50, 5, 7)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))   # reproducible
+
+
+def test_old_keywords_of_the_subsets_warn_and_give_the_same_result(quadratic):
+    from landscope._deprecated import LandscopeDeprecationWarning
+
+    obj, _ = quadratic
+    total = sum(b.size for b in obj.model_loss.batches)
+    with pytest.warns(LandscopeDeprecationWarning, match=r"draw_subsets\(count=…\)"):
+        old = draw_subsets(total, 10, count=2, seed=3)
+    new = draw_subsets(total, 10, subsets=2, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(old, new, strict=True))
+    parts = [obj.subset(ix) for ix in new]
+    with pytest.warns(LandscopeDeprecationWarning, match=r"read_subsets\(tol=…\)"):
+        before = read_subsets(parts, obj.theta0, total=total, tol=1e-3)
+    after = read_subsets(parts, obj.theta0, total=total, eig_rtol=1e-3)
+    assert torch.equal(before.top[0], after.top[0]) and torch.equal(before.losses, after.losses)
 
 
 def test_samples_needed_follows_the_square_root_law():

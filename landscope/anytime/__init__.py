@@ -21,6 +21,7 @@ budget), ``stages`` (each stage and the decision its intervals allow), ``probe``
 in order, and the best verdict).
 """
 
+from landscope._deprecated import old_names
 from landscope.anytime.budget import (
     CALIBRATION_SAMPLES,
     FIRST_STAGE_SHARE,
@@ -35,14 +36,16 @@ from landscope.anytime.budget import (
 )
 from landscope.anytime.probe import AnytimeProbe, anytime_probe
 from landscope.anytime.stages import (
+    SUBSET_EIG_RTOL,
     SUBSET_PRODUCTS,
-    SUBSET_TOL,
     UNDECIDED,
     Stage,
     subset_objectives,
 )
 
 __all__ = ["CALIBRATION_SAMPLES", "FIRST_STAGE_SHARE", "MAX_SAMPLES", "MIN_SAMPLES", "STAGES",
-           "SUBSETS", "SUBSET_PRODUCTS", "SUBSET_TOL", "UNDECIDED", "AnytimeProbe", "Stage",
+           "SUBSETS", "SUBSET_EIG_RTOL", "SUBSET_PRODUCTS", "UNDECIDED", "AnytimeProbe", "Stage",
            "StagePlan", "anytime_probe", "cost_plan", "sample_count", "schedule",
            "subset_objectives"]
+
+__getattr__ = old_names(__name__, {"SUBSET_TOL": "SUBSET_EIG_RTOL"})

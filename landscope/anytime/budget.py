@@ -12,12 +12,13 @@ import torch
 
 from landscope.objective import Objective
 from landscope.plan import PRODUCT_PER_GRADIENT, CostPlan, estimate, scaled
+from landscope.progress import Progress
 
 STAGES = ("subsample", "extremes", "density")
 SUBSETS = 5
 """Independent subsets of the first stage (Student t with 4 degrees of freedom: 2.78)."""
 SUBSET_PLANNED = 30
-"""Products per subset the plan expects (at SUBSET_TOL most subsets need 15-30)."""
+"""Products per subset the plan expects (at SUBSET_EIG_RTOL most subsets need 15-30)."""
 FIRST_STAGE_SHARE = 0.25
 """Share of a time budget the first stage may spend; the rest goes to the full data."""
 MAX_SAMPLES = 512
@@ -36,9 +37,11 @@ class OutOfTime(Exception):
 
 
 class Clock:
-    """The time budget, the measured cost of a product per data size, and the progress feed."""
+    """The time budget, the measured cost of a product per data size, and the progress feed:
+    ``progress(done, total, note)``, products done of those the stage planned, the note naming the
+    stage and its ETA ("stage 2/3 extremes · ETA 12 s")."""
 
-    def __init__(self, budget: float | None, progress: Callable | None,
+    def __init__(self, budget: float | None, progress: Progress | None,
                  agree: Callable[[float], float] = float):
         self.start = time.perf_counter()
         self.agree = agree  # every rank reads the slowest rank's clock, so all decide alike
@@ -88,9 +91,11 @@ class Clock:
         self.stage_index = STAGES.index(name) + 1
         self._report()
 
-    def callback(self, offset: int = 0) -> Callable[[int, float], None]:
-        def report(products: int, _residual: float) -> None:
-            self.done = offset + products
+    def callback(self, offset: int = 0) -> Progress:
+        """The progress callback for a solver inside the stage: its products, after ``offset``
+        done before it, count towards the stage's plan (its own total and note are not shown)."""
+        def report(done: int, total: int | None = None, note: str = "") -> None:
+            self.done = offset + done
             self._report()
             if self.left < -0.1 * self.budget:
                 raise OutOfTime
@@ -98,8 +103,10 @@ class Clock:
 
     def _report(self) -> None:
         if self.progress is not None:
-            self.progress(self.stage, self.stage_index, len(STAGES), self.done, self.planned,
-                          self.elapsed, self.eta())
+            eta = self.eta()
+            note = f"stage {self.stage_index}/{len(STAGES)} {self.stage}" + (
+                "" if eta is None else f" · ETA {eta:.0f} s")
+            self.progress(self.done, max(self.planned, self.done), note)
 
     def eta(self) -> float | None:
         """Seconds left in the stage at the measured cost of a product (None: not known)."""
@@ -143,7 +150,7 @@ class StagePlan:
 
 
 def schedule(obj: Objective, plan: CostPlan, *, samples: int | None, subsets: int, k: int,
-             probes: int, steps: int, density: bool, time_budget: float | None
+             probes: int, lanczos_steps: int, density: bool, time_budget: float | None
              ) -> list[StagePlan]:
     """The stages and their estimated cost; without ``samples`` the subset size is the largest
     (up to :data:`MAX_SAMPLES` and the data) whose stage takes at most a quarter of the budget.
@@ -169,7 +176,7 @@ def schedule(obj: Objective, plan: CostPlan, *, samples: int | None, subsets: in
     extremes = EXTREME_PRODUCTS + EXTREME_PRODUCTS_PER_PAIR * k
     out.append(StagePlan("extremes", where, full, extremes, plan.product_time(full, extremes)))
     if density:
-        last = probes * steps + 2 * k
+        last = probes * lanczos_steps + 2 * k
         out.append(StagePlan("density", where, full, last, plan.product_time(full, last)))
     return out
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from landscope._checks import integer
+from landscope._deprecated import renamed
 from landscope.anytime.budget import (
     SUBSETS,
     Clock,
@@ -28,18 +29,12 @@ from landscope.anytime.stages import (
     larger_subsets,
     subsample_stage,
 )
-from landscope.critical import (
-    Probe,
-    default_rel_tol,
-    probe,
-    used_coordinates,
-)
+from landscope.critical import Probe, default_zero_rtol, probe, used_coordinates
 from landscope.errors import BadInputError
 from landscope.objective import Objective
 from landscope.plan import CostPlan
-from landscope.sampling import (
-    Interval,
-)
+from landscope.progress import Progress
+from landscope.sampling import Interval
 from landscope.spectrum import EXACT_MAX_N
 
 
@@ -71,6 +66,7 @@ class AnytimeProbe:
                 "plan": self.plan, "probe": None if self.probe is None else self.probe.to_dict()}
 
 
+@renamed(steps="lanczos_steps", rel_tol="zero_rtol")
 def anytime_probe(
     obj: Objective,
     theta: torch.Tensor | None = None,
@@ -81,13 +77,13 @@ def anytime_probe(
     seed: int = 0,
     k: int = 5,
     probes: int = 8,
-    steps: int = 60,
+    lanczos_steps: int = 60,
     density: bool = True,
     exact: bool | None = None,
-    rel_tol: float | None = None,
+    zero_rtol: float | None = None,
     step_rtol: float = 1e-6,
     plan: CostPlan | None = None,
-    progress: Callable | None = None,
+    progress: Progress | None = None,
     on_stage: Callable[[Stage], None] | None = None,
 ) -> AnytimeProbe:
     """Classify θ in stages, each sharper than the last (see the module's text).
@@ -98,31 +94,34 @@ def anytime_probe(
     samples: samples per subset in the first stage (default: chosen from the budget, at most
         :data:`MAX_SAMPLES`, and so that the subsets fit in the data). subsets: how many.
     seed: of the subsets and of every random start vector.
-    k, probes, steps, exact, rel_tol, step_rtol: as in :func:`landscope.probe` (``exact`` for
-        the full-data stages); ``density=False`` stops after stage 2.
+    k, probes, lanczos_steps, exact, zero_rtol, step_rtol: as in :func:`landscope.probe`
+        (``exact`` for the full-data stages); ``density=False`` stops after stage 2.
     plan: the :func:`cost_plan` (default: made here, from gradients timed on two subset sizes);
         what would not fit in memory is refused before any work, with the fix.
-    progress: ``progress(stage, index, stages, products, planned, elapsed, eta)``.
+    progress: ``progress(done, total, note)``: Hessian-vector products done in the current
+        stage of those it planned, the note naming the stage and its ETA ("stage 2/3 extremes ·
+        ETA 12 s").
     on_stage: called with each :class:`Stage` as it completes (the CLI prints it).
     """
     if time_budget is not None and not time_budget > 0:
         raise BadInputError(f"time_budget={time_budget}; give a positive number of seconds "
                             "(or None for no budget)")
-    for name, count in (("k", k), ("probes", probes), ("steps", steps)):
-        integer(name, count)  # before any stage: a bad one would fail only at the last
+    for name, value in (("k", k), ("probes", probes), ("lanczos_steps", lanczos_steps)):
+        integer(name, value)  # before any stage: a bad one would fail only at the last
     theta = obj.point(theta)
     total = sample_count(obj)
     clock = Clock(time_budget, progress, agree=obj.agree)
     plan = plan or cost_plan(obj, theta)
     clock.plan = plan
     stages_planned = schedule(obj, plan, samples=samples, subsets=subsets, k=k, probes=probes,
-                              steps=steps, density=density, time_budget=time_budget)
+                              lanczos_steps=lanczos_steps, density=density,
+                              time_budget=time_budget)
     dense = obj.n <= EXACT_MAX_N if exact is None else exact
     basis = basis_size(plan, 2 * k, total, dense)   # refuses what would not fit, with the fix
-    rel_tol = default_rel_tol(obj.dtype) if rel_tol is None else rel_tol
+    zero_rtol = default_zero_rtol(obj.dtype) if zero_rtol is None else zero_rtol
     coords, _ = used_coordinates(obj)
     used = theta if coords is None else theta[coords]
-    decide = Decision(used.norm().item(), rel_tol, step_rtol, torch.finfo(obj.dtype).eps,
+    decide = Decision(used.norm().item(), zero_rtol, step_rtol, torch.finfo(obj.dtype).eps,
                        total // subsets)
     stages: list[Stage] = []
     partial, final, warm = False, None, None
@@ -150,15 +149,15 @@ def anytime_probe(
                                       decide, full_samples, basis, exact)
         finish(stage)
         if density:
-            needed = probes * steps + 2 * k
+            needed = probes * lanczos_steps + 2 * k
             budget = clock.products_within(clock.left, full_samples)
             if budget is not None and budget < needed:
                 raise OutOfTime
             clock.begin("density", needed, full_samples)
             start = time.perf_counter()
             before = obj.counts["hvp"]
-            final = probe(obj, theta, k=k, rel_tol=rel_tol, step_rtol=step_rtol, probes=probes,
-                          steps=steps, exact=exact, seed=seed,
+            final = probe(obj, theta, k=k, zero_rtol=zero_rtol, step_rtol=step_rtol,
+                          probes=probes, lanczos_steps=lanczos_steps, exact=exact, seed=seed,
                           extremes=spec if pairs == k else None,
                           progress=clock.callback())
             finish(density_stage(final, time.perf_counter() - start,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from scipy import stats
 
+from landscope._deprecated import old_names
 from landscope.anytime.budget import (
     EXTREME_PRODUCTS,
     EXTREME_PRODUCTS_PER_PAIR,
@@ -17,9 +18,7 @@ from landscope.anytime.budget import (
     OutOfTime,
     sample_count,
 )
-from landscope.critical import (
-    Probe,
-)
+from landscope.critical import Probe
 from landscope.objective import Objective
 from landscope.plan import PRODUCT_PER_GRADIENT
 from landscope.sampling import (
@@ -32,7 +31,7 @@ from landscope.sampling import (
 )
 from landscope.spectrum import spectrum
 
-SUBSET_TOL = 1e-3
+SUBSET_EIG_RTOL = 1e-3
 """Residual tolerance of the first stage's eigenpairs (relative to ρ); the residual is added to
 the interval. Not looser: the bottom end sits beside the bulk near zero, far below ρ in size, and
 at 1e-2 a ResNet's subsets accepted λ_min ≈ −0.01 after 6 products (residual 1.3 < 1e-2·ρ) where
@@ -42,6 +41,8 @@ SUBSET_PRODUCTS = 60
 MIN_SUBSET_PRODUCTS = 8
 """Fewest: under a tight budget the first stage's solves are cut down to this."""
 UNDECIDED = "undecided"
+
+__getattr__ = old_names(__name__, {"SUBSET_TOL": "SUBSET_EIG_RTOL"})
 
 
 @dataclass(frozen=True)
@@ -67,43 +68,45 @@ class Stage:
                 "estimates": {k: v.to_dict() for k, v in self.estimates.items()}}
 
 
-def larger_subsets(obj, theta, total, last, count, seed, coords, clock, decide, warm):
+def larger_subsets(obj, theta, total, last, subsets, seed, coords, clock, decide, warm):
     """The subsample stage again on larger subsets (what the last one said would settle it, at
     least twice its size), warm-started from its vectors, if its measured cost scaled to the new
     size fits the time left."""
     if last is None or last.name != "subsample":
         raise OutOfTime
     m = last.samples
-    larger = min(total // count, max(2 * m, int(min(last.samples_needed or 0, total))))
+    larger = min(total // subsets, max(2 * m, int(min(last.samples_needed or 0, total))))
     if larger <= m or last.seconds * larger / m > clock.left:
         raise OutOfTime
-    return subsample_stage(obj, theta, total, larger, count, seed, coords, clock, decide, warm)
+    return subsample_stage(obj, theta, total, larger, subsets, seed, coords, clock, decide,
+                           warm)
 
 
-def subset_objectives(obj: Objective, theta: torch.Tensor, samples: int, count: int,
+def subset_objectives(obj: Objective, theta: torch.Tensor, samples: int, subsets: int,
                       seed: int) -> list[Objective]:
-    """``count`` disjoint seeded subsets of ``samples`` samples each (in train mode, whole
+    """``subsets`` disjoint seeded subsets of ``samples`` samples each (in train mode, whole
     batches holding about as many: BatchNorm mixes a batch's samples), as Objectives. The
     first settles the product engine (one product); the others use it without a trial."""
     total = sample_count(obj)
     units = "batches" if obj.model_loss.mode == "train" else "samples"
     if units == "batches":
         batches = len(obj.model_loss.batches.sizes)
-        chosen = draw_subsets(batches, max(1, min(batches // count,
-                                                  round(samples * batches / total))), count, seed)
+        chosen = draw_subsets(batches, max(1, min(batches // subsets,
+                                                  round(samples * batches / total))),
+                              subsets, seed)
     else:
-        chosen = draw_subsets(total, samples, count, seed)
+        chosen = draw_subsets(total, samples, subsets, seed)
     parts = [obj.subset(chosen[0], units=units)]
     parts[0].hvp(torch.zeros_like(theta), theta)
     engine = parts[0].info["hvp_engine"]
     return parts + [obj.subset(ix, units=units, engine=engine) for ix in chosen[1:]]
 
 
-def subsample_stage(obj, theta, total, samples, count, seed, coords, clock, decide,
-                     warm=None):
+def subsample_stage(obj, theta, total, samples, subsets, seed, coords, clock, decide,
+                    warm=None):
     start = time.perf_counter()
-    parts = subset_objectives(obj, theta, samples, count, seed)
-    clock.begin("subsample", count * (SUBSET_PRODUCTS + 2 * (count - 1)), samples)
+    parts = subset_objectives(obj, theta, samples, subsets, seed)
+    clock.begin("subsample", subsets * (SUBSET_PRODUCTS + 2 * (subsets - 1)), samples)
     started = time.perf_counter()
     allowance = FIRST_STAGE_SHARE * clock.budget
 
@@ -115,18 +118,19 @@ def subsample_stage(obj, theta, total, samples, count, seed, coords, clock, deci
         per_product = spent / done if done else clock.product_seconds(samples)
         if math.isinf(allowance) or not per_product:
             return SUBSET_PRODUCTS
-        share = (allowance - spent) / (count - k) - 2 * (count - 1) * per_product
+        share = (allowance - spent) / (subsets - k) - 2 * (subsets - 1) * per_product
         return max(MIN_SUBSET_PRODUCTS, min(SUBSET_PRODUCTS, int(share / per_product)))
 
-    readings = read_subsets(parts, theta, total=total, tol=SUBSET_TOL,
+    readings = read_subsets(parts, theta, total=total, eig_rtol=SUBSET_EIG_RTOL,
                             max_products=cap, seed=seed, coords=coords, warm=warm,
                             progress=clock.callback())
     samples = readings.samples
     work = sum(p.counts["hvp"] + p.counts["gradients"] / PRODUCT_PER_GRADIENT for p in parts)
     clock.learn(work, time.perf_counter() - started, samples)
     est = intervals(readings)
-    verdict, statement, needed = decide(est, f"{count} subsets of {samples:,} samples", samples)
-    stage = Stage("subsample", f"{count} subsets of {samples:,} of {total:,} samples",
+    verdict, statement, needed = decide(est, f"{subsets} subsets of {samples:,} samples",
+                                        samples)
+    stage = Stage("subsample", f"{subsets} subsets of {samples:,} of {total:,} samples",
                   time.perf_counter() - start, readings.products, True, verdict, statement, est,
                   needed, samples)
     warm = torch.cat([readings.top[2], readings.bottom[2]], 1)
@@ -156,11 +160,11 @@ def extremes_stage(obj, theta, k, seed, coords, warm, budget, clock, decide, sam
     top, bottom = spec.largest, spec.smallest
     where = f"all {samples:,} samples"
     rho = max(abs(top.values[0].item()), abs(bottom.values[0].item()))
-    tol = spec.evidence.get("tol") or 0.0
+    eig_rtol = spec.evidence.get("tol") or 0.0
 
     def end(pairs, sign):   # each extreme is judged by its own residual
         residual = pairs.residuals[0].item()
-        return _ritz(pairs.values[0].item(), residual, sign, where, residual <= tol * rho)
+        return _ritz(pairs.values[0].item(), residual, sign, where, residual <= eig_rtol * rho)
 
     est = {"loss": exact_interval(loss.item(), 0.0, f"{where}, exact"),
            "grad_norm": exact_interval(grad.norm().item(), 0.0, f"{where}, exact"),
@@ -203,9 +207,9 @@ class Decision:
     undecided says how many samples per subset would settle it (``available``: the most the
     data allows)."""
 
-    def __init__(self, theta_norm: float, rel_tol: float, step_rtol: float, eps: float,
+    def __init__(self, theta_norm: float, zero_rtol: float, step_rtol: float, eps: float,
                  available: int):
-        self.theta_norm, self.rel_tol, self.available = theta_norm, rel_tol, available
+        self.theta_norm, self.zero_rtol, self.available = theta_norm, zero_rtol, available
         self.step_tol = max(step_rtol, 10 * eps)
 
     def __call__(self, est: dict[str, Interval], where: str, samples: int):
@@ -213,7 +217,7 @@ class Decision:
         g, top, bottom = est["grad_norm"], est["lambda_max"], est["lambda_min"]
         rho_high = max(abs(top.high), abs(bottom.low), abs(top.low), abs(bottom.high))
         rho_low = max(top.low, -bottom.high, 0.0)
-        zero = self.rel_tol * max(rho_low, 1e-300)
+        zero = self.zero_rtol * max(rho_low, 1e-300)
         sliding = g.low > self.step_tol * self.theta_norm * rho_high
         critical = rho_low > 0 and g.high <= self.step_tol * self.theta_norm * rho_low
         negative, positive = bottom.high < -zero, top.low > zero
@@ -273,9 +277,9 @@ def trace_interval(dens) -> Interval:
         return exact_interval(dens.eigenvalues.sum().item(), 0.0, "exact eigenvalues")
     q = dens.quadrature
     forms = q.n * (q.weights * q.nodes).sum(1)
-    count = forms.numel()
-    se = forms.std(unbiased=True).item() / math.sqrt(count) if count > 1 else math.inf
-    t = float(stats.t.ppf(0.975, max(count - 1, 1)))
+    probes = forms.numel()
+    se = forms.std(unbiased=True).item() / math.sqrt(probes) if probes > 1 else math.inf
+    t = float(stats.t.ppf(0.975, max(probes - 1, 1)))
     mean = forms.mean().item()
-    return Interval(mean, mean - t * se, mean + t * se, f"Hutchinson over the {count} SLQ "
+    return Interval(mean, mean - t * se, mean + t * se, f"Hutchinson over the {probes} SLQ "
                     "probes on all samples (probe error only)", subsampled=False)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscope import io
 from landscope.anytime import anytime_probe, cost_plan, schedule
@@ -33,6 +32,7 @@ from landscope.cli._common import (
     _request,
     app,
     console,
+    old_option,
     products_bar,
 )
 from landscope.critical import probe as run_probe
@@ -49,7 +49,7 @@ class ProbeRequest:
     samples: int | None = None
     subsets: int = 5
     probes: int = 8
-    steps: int = 60
+    lanczos_steps: int = 60
     density: bool = True
 
 
@@ -80,8 +80,10 @@ def probe(
                     "freedom + 1).")] = ProbeRequest.subsets,
     probes: Annotated[int, typer.Option(
         min=1, help="Random probes of the density (last stage).")] = ProbeRequest.probes,
-    steps: Annotated[int, typer.Option(
-        min=1, help="Lanczos steps per density probe.")] = ProbeRequest.steps,
+    lanczos_steps: Annotated[int, typer.Option(
+        "--lanczos-steps", min=1, help="Lanczos steps per density probe.")
+    ] = ProbeRequest.lanczos_steps,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, hidden=True)] = None,
     density: Annotated[bool, typer.Option(
         "--density/--no-density", help="Run the last stage (density, sign fractions, trace, "
                                        "higher-order test).")] = ProbeRequest.density,
@@ -95,7 +97,8 @@ def probe(
     The answer comes in stages: a first verdict with 95 % intervals from data subsets, then the
     extreme eigenvalues on all the data, then the density. Ctrl-C or the time budget ends it
     with the best answer so far (marked partial in OUT/result.json)."""
-    options = locals()
+    options = {**locals(), "lanczos_steps": old_option(steps, "--steps", lanczos_steps,
+                                                       "--lanczos-steps")}
     _guard(lambda: _probe(_request(ModelRequest, options), _request(ProbeRequest, options), out),
            report=out if report else None)
 
@@ -115,7 +118,8 @@ def _probe(request: ModelRequest, asked: ProbeRequest, out: Path):
         return
     plan = cost_plan(obj)
     stages = {"samples": asked.samples, "subsets": asked.subsets, "k": asked.k,
-              "probes": asked.probes, "steps": asked.steps, "density": asked.density}
+              "probes": asked.probes, "lanczos_steps": asked.lanczos_steps,
+              "density": asked.density}
     planned = schedule(obj, plan, time_budget=asked.time_budget, **stages)
     _say(plan_text(plan, planned, asked.time_budget))
     count = len(planned)
@@ -124,7 +128,7 @@ def _probe(request: ModelRequest, asked: ProbeRequest, out: Path):
         if stage.name != "density":   # the full panel below shows it, with more evidence
             _say(stage_panel(stage, [p.name for p in planned].index(stage.name) + 1, count))
 
-    with _StageProgress() as report:
+    with products_bar("probing") as report:
         result = anytime_probe(obj, time_budget=asked.time_budget, seed=request.seed,
                                exact=asked.exact, plan=plan, progress=report, on_stage=show,
                                **stages)
@@ -154,25 +158,3 @@ def _say(renderable) -> None:
     console.print(renderable)
     console.file.flush()
 
-
-class _StageProgress:
-    """A bar per stage: products done of those planned, elapsed time and the ETA."""
-
-    def __init__(self):
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 TextColumn("{task.completed:.0f}/{task.total:.0f} products"),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
-                                 console=console, transient=True)
-
-    def __enter__(self):
-        self.progress.__enter__()
-        self.task = self.progress.add_task("", total=1, eta="")
-        return self.report
-
-    def report(self, stage, index, stages, done, planned, elapsed, eta) -> None:
-        left = "" if eta is None else f"ETA {eta:.0f} s"
-        self.progress.update(self.task, description=f"stage {index}/{stages} {stage}",
-                             completed=min(done, planned), total=max(planned, 1), eta=left)
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
