@@ -29,18 +29,20 @@ import torch
 from scipy.sparse.linalg import LinearOperator, minres
 
 from landscope import _checks as checks
+from landscope._deprecated import old_names, renamed
 from landscope.critical import Probe, probe
 from landscope.errors import BadInputError
 from landscope.objective import Objective
 
 METHODS = ("newton_mr", "gradient_norm")
+__getattr__ = old_names(__name__, {"default_tol": "default_grad_atol"})
 
 
 @dataclass(frozen=True)
 class Run:
     """Where one finder run ended: θ, L and ‖∇L‖ there, iterations, Hessian-vector products and
-    gradients spent, and why it stopped (``converged``: ‖∇L‖ ≤ tol; ``stalled``: ‖∇L‖² could not
-    be lowered; ``max_iter``)."""
+    gradients spent, and why it stopped (``converged``: ‖∇L‖ ≤ grad_atol; ``stalled``: ‖∇L‖²
+    could not be lowered; ``max_iter``)."""
 
     theta: torch.Tensor
     loss: float
@@ -54,7 +56,8 @@ class Run:
 @dataclass(frozen=True)
 class GradientFlatness:
     """How far g lies in the Hessian's near-kernel: ratio = ‖Hg‖ / (ρ‖g‖) ∈ [0, 1], with
-    ρ = max|λ(H)|; ``flat`` when the point is not critical and ratio ≤ tol."""
+    ρ = max|λ(H)|; ``flat`` when the point is not critical and ratio ≤ ``tol`` (the ``hg_rtol``
+    it was compared with; the field keeps its name)."""
 
     ratio: float
     hg_norm: float
@@ -82,17 +85,18 @@ class Found:
         return self.run.theta
 
 
-def newton_mr(obj: Objective, theta=None, *, tol: float | None = None, max_iter: int = 100,
+@renamed(tol="grad_atol")
+def newton_mr(obj: Objective, theta=None, *, grad_atol: float | None = None, max_iter: int = 100,
               minres_rtol: float = 1e-10, minres_maxiter: int | None = None,
               armijo: float = 1e-4, backtracks: int = 40) -> Run:
     """Newton-MR from θ (default ``theta0``): p = MINRES(H, −g), then backtracking on ‖∇L‖².
 
-    It converges to critical points of any index. ``tol``: stop at ‖∇L‖ ≤ tol (default
-    :func:`default_tol` of the start); ``minres_rtol``, ``minres_maxiter``: of each MINRES solve
-    (default at most 5n iterations), stopped at the first iterate with ‖Hr‖ ≤ ``minres_rtol``·‖Hg‖
-    (r = −g − Hp, the inexactness condition of Newton-MR); ``armijo``: c of the sufficient
-    decrease; ``backtracks``: halvings of α from 1 before the run counts as stalled (no α lowers
-    ‖∇L‖², or p = 0 because Hg = 0: a gradient-flat point).
+    It converges to critical points of any index. ``grad_atol``: stop at ‖∇L‖ ≤ grad_atol
+    (default :func:`default_grad_atol` of the start); ``minres_rtol``, ``minres_maxiter``: of each
+    MINRES solve (default at most 5n iterations), stopped at the first iterate with
+    ‖Hr‖ ≤ ``minres_rtol``·‖Hg‖ (r = −g − Hp, the inexactness condition of Newton-MR);
+    ``armijo``: c of the sufficient decrease; ``backtracks``: halvings of α from 1 before the
+    run counts as stalled (no α lowers ‖∇L‖², or p = 0 because Hg = 0: a gradient-flat point).
 
     Examples
     --------
@@ -104,9 +108,10 @@ def newton_mr(obj: Objective, theta=None, *, tol: float | None = None, max_iter:
     theta = obj.point(theta).clone()
     before = dict(obj.counts)
     loss, g = obj.value_and_grad(theta)
-    tol = default_tol(g) if tol is None else checks.positive("tol", tol)
+    grad_atol = default_grad_atol(g) if grad_atol is None else \
+        checks.positive("grad_atol", grad_atol)
     iterations = 0
-    while g.norm() > tol:
+    while g.norm() > grad_atol:
         if iterations == max_iter:
             return _run(obj, theta, loss, g, iterations, before, "max_iter")
         p, hg = _newton_mr_step(obj, theta, g, minres_rtol, minres_maxiter)
@@ -119,23 +124,25 @@ def newton_mr(obj: Objective, theta=None, *, tol: float | None = None, max_iter:
     return _run(obj, theta, loss, g, iterations, before, "converged")
 
 
-def gradient_norm_min(obj: Objective, theta=None, *, tol: float | None = None,
+@renamed(tol="grad_atol")
+def gradient_norm_min(obj: Objective, theta=None, *, grad_atol: float | None = None,
                       max_iter: int = 200, solver: str = "Newton-CG") -> Run:
     """Minimise φ = ½‖∇L‖² from θ by ``scipy.optimize.minimize`` (``solver``: ``Newton-CG`` or
     ``trust-krylov``): ∇φ = Hg exactly (one product), and the Hessian of φ by its Gauss–Newton part,
     (H²)v = H(Hv) (two products), exact where g = 0.
 
-    ``tol``: convergence when ‖∇L‖ ≤ tol (default :func:`default_tol` of the start). Otherwise
-    Newton-CG stops where its steps fall to 10·eps relative to θ (trust-krylov: where
-    ‖∇φ‖ = ‖Hg‖ falls to 10·eps·‖Hg₀‖), and the run counts as ``stalled``: at a gradient-flat
-    point (g ≠ 0), or at the rounding floor of ‖∇L‖ above ``tol``. Newton-CG is the default: on
-    the six-hump camel it took 24–40 products a run against trust-krylov's 50–89.
+    ``grad_atol``: convergence when ‖∇L‖ ≤ grad_atol (default :func:`default_grad_atol` of the
+    start). Otherwise Newton-CG stops where its steps fall to 10·eps relative to θ (trust-krylov:
+    where ‖∇φ‖ = ‖Hg‖ falls to 10·eps·‖Hg₀‖), and the run counts as ``stalled``: at a gradient-flat
+    point (g ≠ 0), or at the rounding floor of ‖∇L‖ above ``grad_atol``. Newton-CG is the
+    default: on the six-hump camel it took 24–40 products a run against trust-krylov's 50–89.
     """
     checks.choice("solver", solver, ("Newton-CG", "trust-krylov"))
     start = obj.point(theta).clone()
     before = dict(obj.counts)
     g0 = obj.grad(start)
-    tol = default_tol(g0) if tol is None else checks.positive("tol", tol)
+    grad_atol = default_grad_atol(g0) if grad_atol is None else \
+        checks.positive("grad_atol", grad_atol)
     hg0 = float(obj.hvp(g0, start).norm())
     to_torch = _to_torch(obj)
 
@@ -149,7 +156,7 @@ def gradient_norm_min(obj: Objective, theta=None, *, tol: float | None = None,
         return obj.hvp(obj.hvp(to_torch(v), at), at).cpu().numpy()
 
     def converged(intermediate_result):
-        if obj.grad(to_torch(intermediate_result.x)).norm() <= tol:
+        if obj.grad(to_torch(intermediate_result.x)).norm() <= grad_atol:
             raise StopIteration
 
     eps = 10 * torch.finfo(obj.dtype).eps
@@ -160,39 +167,43 @@ def gradient_norm_min(obj: Objective, theta=None, *, tol: float | None = None,
                                      callback=converged)
     end = to_torch(result.x)
     loss, g = obj.value_and_grad(end)
-    stop = "converged" if g.norm() <= tol else "max_iter" if result.nit >= max_iter else "stalled"
+    stop = ("converged" if g.norm() <= grad_atol else
+            "max_iter" if result.nit >= max_iter else "stalled")
     return _run(obj, end, loss, g, int(result.nit), before, stop)
 
 
-def default_tol(g0: torch.Tensor) -> float:
+def default_grad_atol(g0: torch.Tensor) -> float:
     """Default stop ‖∇L‖ ≤ 1e-12·‖∇L(start)‖ (1e-5 in float32), never below the smallest
     normal number: relative to the start, so invariant to L → aL and θ → cθ."""
     rtol = 1e-12 if g0.dtype == torch.float64 else 1e-5
     return max(rtol * float(g0.norm()), torch.finfo(g0.dtype).tiny)
 
 
-def gradient_flatness(obj: Objective, certificate: Probe, theta, *, tol: float = 1e-3
+@renamed(tol="hg_rtol")
+def gradient_flatness(obj: Objective, certificate: Probe, theta, *, hg_rtol: float = 1e-3
                       ) -> GradientFlatness:
     """‖Hg‖ / (ρ‖g‖) at θ (ρ from the probe's extreme eigenvalues; 0/0 counts as 0) and whether
-    θ is gradient-flat: not critical by the probe, with the ratio ≤ ``tol``."""
+    θ is gradient-flat: not critical by the probe, with ‖Hg‖ ≤ ``hg_rtol``·ρ‖g‖."""
     theta = obj.point(theta)
     g = obj.grad(theta)
     hg_norm, grad_norm = float(obj.hvp(g, theta).norm()), float(g.norm())
     rho = max(abs(certificate.lambda_max), abs(certificate.lambda_min))
     scale = rho * grad_norm
     ratio = 0.0 if hg_norm == 0 else hg_norm / scale if scale > 0 else math.inf
-    flat = certificate.kind == "not_critical" and ratio <= tol
-    return GradientFlatness(ratio, hg_norm, grad_norm, rho, tol, flat)
+    flat = certificate.kind == "not_critical" and ratio <= hg_rtol
+    return GradientFlatness(ratio, hg_norm, grad_norm, rho, hg_rtol, flat)
 
 
+@renamed(flat_tol="hg_rtol")
 def find_critical_points(obj: Objective, starts, *, method: str = "newton_mr",
-                         flat_tol: float = 1e-3, probe_options: dict | None = None,
+                         hg_rtol: float = 1e-3, probe_options: dict | None = None,
                          **finder_options) -> list[Found]:
     """Run a finder (``newton_mr`` or ``gradient_norm``) from each start (rows of ``starts``,
     shape (S, n)) and certify each end point with ``probe`` and :func:`gradient_flatness`.
 
     ``finder_options`` go to :func:`newton_mr` or :func:`gradient_norm_min`; ``probe_options``
-    to :func:`landscope.critical.probe`; ``flat_tol`` is the gradient-flat ratio's tolerance.
+    to :func:`landscope.critical.probe`; an end point is gradient-flat where ‖Hg‖ ≤
+    ``hg_rtol``·ρ‖g‖.
     """
     finder = {"newton_mr": newton_mr, "gradient_norm": gradient_norm_min}[
         checks.choice("method", method, METHODS)]
@@ -201,7 +212,7 @@ def find_critical_points(obj: Objective, starts, *, method: str = "newton_mr",
     for start in starts:
         run = finder(obj, start, **finder_options)
         certificate = probe(obj, run.theta, **(probe_options or {}))
-        flatness = gradient_flatness(obj, certificate, run.theta, tol=flat_tol)
+        flatness = gradient_flatness(obj, certificate, run.theta, hg_rtol=hg_rtol)
         kind = "gradient_flat" if flatness.flat else certificate.kind
         found.append(Found(start, run, kind, certificate.index, flatness, certificate))
     return found

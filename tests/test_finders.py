@@ -9,7 +9,12 @@ import torch
 from landscope import functions
 from landscope.critical import probe
 from landscope.errors import BadInputError
-from landscope.finders import find_critical_points, gradient_flatness, newton_mr
+from landscope.finders import (
+    find_critical_points,
+    gradient_flatness,
+    gradient_norm_min,
+    newton_mr,
+)
 from landscope.objective import Objective
 from landscope.race import as_objective
 
@@ -95,10 +100,30 @@ def test_bad_input_is_refused():
         find_critical_points(obj, torch.zeros(2, 3))
     with pytest.raises(BadInputError, match="method='newton'"):
         find_critical_points(obj, torch.zeros(1, 2), method="newton")
-    with pytest.raises(BadInputError, match="tol=-1"):
-        newton_mr(obj, tol=-1)
+    with pytest.raises(BadInputError, match="grad_atol=-1"):
+        newton_mr(obj, grad_atol=-1)
     with pytest.raises(BadInputError, match="solver='BFGS'"):
         find_critical_points(obj, torch.zeros(1, 2), method="gradient_norm", solver="BFGS")
+
+
+def test_old_keywords_of_the_finders_warn_and_give_the_same_result(one_thread):
+    from landscope._deprecated import LandscopeDeprecationWarning
+
+    obj = Objective.from_function(lambda x: (x[0] - 1) ** 2 - 3 * (x[1] - 2) ** 2
+                                  + 0.1 * (x[1] - 2) ** 3, [4.0, 1.0])
+    for finder in (newton_mr, gradient_norm_min):
+        with pytest.warns(LandscopeDeprecationWarning, match=r"\(tol=…\) is renamed grad_atol="):
+            old = finder(obj, tol=1e-3)
+        new = finder(obj, grad_atol=1e-3)
+        assert torch.equal(old.theta, new.theta) and old.stop == new.stop == "converged"
+    certificate = probe(obj, new.theta)
+    with pytest.warns(LandscopeDeprecationWarning, match="hg_rtol="):
+        old = gradient_flatness(obj, certificate, new.theta, tol=0.5)
+    assert old == gradient_flatness(obj, certificate, new.theta, hg_rtol=0.5)
+    with pytest.warns(LandscopeDeprecationWarning, match=r"flat_tol=…\) is renamed hg_rtol="):
+        (old,) = find_critical_points(obj, obj.theta0, flat_tol=0.5)
+    (new,) = find_critical_points(obj, obj.theta0, hg_rtol=0.5)
+    assert old.gradient_flat == new.gradient_flat and old.kind == new.kind
 
 
 def test_newton_mr_solves_least_squares_on_a_model_in_one_step(one_thread):
