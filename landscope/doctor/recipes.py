@@ -26,7 +26,9 @@ from landscope.objective import Objective
 from landscope.spectrum import spectrum
 
 STEPS = 300
-HELD = 256  # the held batch of ``train``: the first 256 training samples
+"""Optimiser steps of every run of the suite."""
+HELD = 256
+"""The held batch of ``train`` (curvature): the first 256 training samples."""
 
 
 # ---------------------------------------------------------------------- architectures
