@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 import torch
 
 from landscope import _checks as checks
+from landscope._deprecated import renamed
 from landscope.errors import BadInputError
 from landscope.objective import Objective
+from landscope.progress import Progress
 
 NORMS = ("filter", "layer", "none")
 BIASES = ("zero", "layer")
@@ -74,42 +76,44 @@ class Frame:
                 "marks": self.marks, **self.info}
 
 
-def make(kind: str, obj: Objective, count: int = 2, *, seed: int = 0, norm: str = "filter",
-         biases: str = "zero", path=None, progress=None) -> Frame:
-    """The frame of a named kind through θ₀, ``count`` (1 or 2) directions:
+@renamed(count="dims")
+def make(kind: str, obj: Objective, dims: int = 2, *, seed: int = 0, norm: str = "filter",
+         biases: str = "zero", path=None, progress: Progress | None = None) -> Frame:
+    """The frame of a named kind through θ₀, ``dims`` (1 or 2) directions:
 
     random: seeded Gaussians, normalised (:func:`random` with ``seed``, ``norm``, ``biases``);
     hessian: the eigenvectors of λ_max and λ_min (:func:`hessian`; a line: v_min alone, the
-    direction a saddle escapes along; ``progress`` goes to the eigensolver); pca: the principal
-    directions of the training path ``path`` about its last point (:func:`pca`); gradient: −∇L,
-    a line (:func:`gradient`).
+    direction a saddle escapes along; ``progress``, a :class:`~landscope.progress.Progress` of
+    Hessian-vector products, goes to the eigen-solver); pca: the principal directions of the
+    training path ``path`` about its last point (:func:`pca`); gradient: −∇L, a line
+    (:func:`gradient`).
     """
     checks.choice("kind", kind, KINDS)
-    if count not in (1, 2):
-        raise BadInputError(f"count={count}; a frame has 1 (line) or 2 (plane) directions")
+    _check_dims(dims)
     if kind == "random":
-        return random(obj, count, seed=seed, norm=norm, biases=biases)
+        return random(obj, dims, seed=seed, norm=norm, biases=biases)
     if kind == "hessian":
         found = hessian(obj, seed=seed, progress=progress)
-        return found if count == 2 else Frame(found.directions[1:], found.centre)
+        return found if dims == 2 else Frame(found.directions[1:], found.centre)
     if kind == "pca":
         if path is None:
             raise BadInputError("kind='pca' needs a training path: path=, the points θ "
                                 "training passed through (a (T, n) tensor)")
-        return pca(path, count)
-    if count != 1:
-        raise BadInputError("kind='gradient' gives one direction, a line: use count=1")
+        return pca(path, dims)
+    if dims != 1:
+        raise BadInputError("kind='gradient' gives one direction, a line: use dims=1")
     return gradient(obj)
 
 
-def random(obj: Objective, count: int = 2, *, seed: int = 0, norm: str = "filter",
+@renamed(count="dims")
+def random(obj: Objective, dims: int = 2, *, seed: int = 0, norm: str = "filter",
            biases: str = "zero", centre: torch.Tensor | None = None) -> Frame:
-    """``count`` seeded Gaussian directions, normalised to the parameters at the centre.
+    """``dims`` seeded Gaussian directions, normalised to the parameters at the centre.
 
     Parameters
     ----------
     obj: the Objective (its parameter layout defines filters and layers).
-    count: 1 (a line) or 2 (a plane).
+    dims: 1 (a line) or 2 (a plane).
     seed: the Gaussians are drawn on the CPU from ``torch.Generator().manual_seed(seed)``, so the
         same seed gives the same directions on every device.
     norm: "filter" (Li et al.), "layer" (each parameter tensor to the norm of θ's), or "none".
@@ -126,12 +130,11 @@ def random(obj: Objective, count: int = 2, *, seed: int = 0, norm: str = "filter
     >>> [d.kind for d in frame.directions], frame.directions[0].vector[-2:].tolist()
     (['random', 'random'], [0.0, 0.0])
     """
-    if count not in (1, 2):
-        raise BadInputError(f"count={count}; a frame has 1 (line) or 2 (plane) directions")
+    _check_dims(dims)
     theta = _centre(obj, centre)
     generator = torch.Generator().manual_seed(seed)
     found = []
-    for index in range(count):
+    for index in range(dims):
         raw = torch.randn(obj.n, generator=generator, dtype=torch.float64)
         vector = normalise(obj, raw.to(obj.device, obj.dtype), norm, biases=biases, centre=theta)
         found.append(Direction(vector, "random", {"distribution": "gaussian", "seed": seed,
@@ -210,8 +213,10 @@ def gradient(obj: Objective, *, centre: torch.Tensor | None = None, unit: bool =
     return Frame((Direction(d, "gradient", {"unit": unit, "grad_norm": float(size)}),), centre)
 
 
-def pca(trajectory, count: int = 2, *, centre: torch.Tensor | None = None) -> Frame:
-    """Principal directions of a training path about a centre (default: its last point).
+@renamed(count="dims")
+def pca(trajectory, dims: int = 2, *, centre: torch.Tensor | None = None) -> Frame:
+    """``dims`` principal directions of a training path about a centre (default: its last
+    point).
 
     The directions are the top right singular vectors of the matrix of θₜ − c (rows), and
     ``explained_variance`` the fraction of Σ‖θₜ − c‖² each keeps. Li et al. centre the rows on their
@@ -225,14 +230,15 @@ def pca(trajectory, count: int = 2, *, centre: torch.Tensor | None = None) -> Fr
         raise BadInputError(f"centre has shape {tuple(c.shape)}; the trajectory points have "
                             f"{path.shape[1]} parameters")
     M = (path - c).to(torch.float64)
-    if count not in (1, 2) or count > min(M.shape):
-        raise BadInputError(f"count={count}; use 1 or 2, and at most the number of points")
+    _check_dims(dims)
+    if dims > min(M.shape):
+        raise BadInputError(f"dims={dims}; use at most the number of points")
     _, S, Vh = torch.linalg.svd(M, full_matrices=False)
-    if S[count - 1] == 0:
-        raise BadInputError(f"the trajectory spans fewer than {count} directions about the centre")
+    if S[dims - 1] == 0:
+        raise BadInputError(f"the trajectory spans fewer than {dims} directions about the centre")
     explained = (S**2 / (S**2).sum()).tolist()
     found, coords = [], []
-    for i in range(count):
+    for i in range(dims):
         v = Vh[i]
         v = -v if float(M[0] @ v) > 0 else v
         coords.append(M @ v)
@@ -240,8 +246,8 @@ def pca(trajectory, count: int = 2, *, centre: torch.Tensor | None = None) -> Fr
                                                          "explained_variance": explained[i]}))
     window = tuple(_padded(float(x.min()), float(x.max())) for x in coords)
     return Frame(tuple(found), c, window, {},
-                 {"explained_variance": explained[:count],
-                  "explained_total": sum(explained[:count])})
+                 {"explained_variance": explained[:dims],
+                  "explained_total": sum(explained[:dims])})
 
 
 def line(a: torch.Tensor, b: torch.Tensor, *, names: Sequence[str] = ("a", "b")) -> Frame:
@@ -318,6 +324,11 @@ def trajectory(obj: Objective, points) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- helpers
+def _check_dims(dims) -> None:
+    if dims not in (1, 2):
+        raise BadInputError(f"dims={dims}; a frame has 1 (line) or 2 (plane) directions")
+
+
 def _centre(obj: Objective, centre) -> torch.Tensor:
     return obj.theta0 if centre is None else _vector(obj, centre, "centre")
 

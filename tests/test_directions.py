@@ -10,6 +10,7 @@ from torch import nn
 
 from landscope import BadInputError, Objective
 from landscope import directions as D
+from landscope._deprecated import LandscopeDeprecationWarning
 
 
 def _cnn_objective():
@@ -185,7 +186,19 @@ def test_make_picks_the_maker_by_name():
     assert torch.equal(pca.centre, x0)
     with pytest.raises(BadInputError, match="kind='pca' needs a training path"):
         D.make("pca", obj)
-    with pytest.raises(BadInputError, match="a line: use count=1"):
+    with pytest.raises(BadInputError, match="a line: use dims=1"):
         D.make("gradient", obj, 2)
     with pytest.raises(BadInputError, match="kind='sideways'; use one of random, hessian"):
         D.make("sideways", obj)
+
+
+def test_old_count_keyword_warns_and_gives_the_same_frames():
+    obj = Objective.from_function(lambda x: (x**2).sum() + x[0] * x[1], [0.5, -1.0, 2.0])
+    path = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.5, 0.5], [2.0, 0.0, 3.0]], dtype=torch.float64)
+    for make, kwargs in ((D.random, {"obj": obj, "norm": "none"}),
+                         (lambda **k: D.make("random", **k), {"obj": obj, "norm": "none"}),
+                         (D.pca, {"trajectory": path})):
+        with pytest.warns(LandscopeDeprecationWarning, match=r"count=…\) is renamed dims="):
+            old = make(count=1, **kwargs)
+        new = make(dims=1, **kwargs)
+        assert len(old.vectors) == 1 and torch.equal(old.vectors[0], new.vectors[0])
