@@ -5,15 +5,15 @@ each with a stated error against the full-data, full-resolution grid:
 
 1. Subsets: a point may be evaluated on the first m of N samples of a seeded permutation
    (:class:`landscope.pointwise.SubsetLoss`); its error is 1.96·SE, SE = σ/√m·√(1 − m/N). Where
-   that exceeds tol/2 the points are re-evaluated on twice the data (up to all of it). Every
+   that exceeds error_atol/2 the points are re-evaluated on twice the data (up to all of it). Every
    point sees the same subset, so the picture stays smooth but its subset errors are correlated:
    in about one run in twenty the whole picture sits outside the bound at many points at once
    (try another ``seed``). With ``samples=None`` (the default) only the error of step 2 remains.
 2. Refinement where the surface bends: a coarse grid is split into cells; for each cell the points
    halfway between its corners are evaluated, and the *surplus* s = max |L(p) − Lᵢₙₜ(p)| over them
    (Lᵢₙₜ = multilinear interpolation from the corners) measures how far the cell is from flat.
-   The cell with the largest surplus is split next, until every surplus is ≤ tol or the budget is
-   spent. The leaves of this quadtree cover the grid; a point that was never evaluated is
+   The cell with the largest surplus is split next, until every surplus is ≤ error_atol or the
+   budget is spent. The leaves of this quadtree cover the grid; a point that was never evaluated is
    interpolated inside its leaf, with error s (for a twice-differentiable L the error at the finer
    scale is about s/4, so s is a conservative statement) plus the corners' subset error.
 
@@ -31,37 +31,43 @@ import math
 import numpy as np
 import torch
 
+from landscope._deprecated import renamed
 from landscope.errors import BadInputError
 from landscope.objective import Objective
 from landscope.pointwise import SubsetLoss
-from landscope.surface import Grid, Surface, as_frame, axes, project
+from landscope.progress import Progress
+from landscope.surface.grid import Grid, as_frame, axes, checked_progress
+from landscope.surface.record import Surface
+from landscope.surface.trajectory import project
 
 
+@renamed(steps="resolution", tol="error_atol", rel_tol="error_rtol")
 def adaptive_surface(
     obj: Objective,
     frame,
     *,
     span=None,
-    steps: int | tuple[int, ...] = 41,
+    resolution: int | tuple[int, ...] = 41,
     centre: torch.Tensor | None = None,
-    tol: float | None = None,
-    rel_tol: float = 0.01,
+    error_atol: float | None = None,
+    error_rtol: float = 0.01,
     budget: float = 0.25,
     samples: int | float | None = None,
     coarse: int | None = None,
     seed: int = 0,
     trajectory=None,
     checkpoint=None,
-    progress=False,
+    progress: Progress | None = None,
 ) -> Surface:
     """A full-resolution grid from adaptive refinement (and optionally data subsets), with errors.
 
     Parameters
     ----------
-    obj, frame, span, steps, centre, trajectory, checkpoint, progress: as in
+    obj, frame, span, resolution, centre, trajectory, checkpoint: as in
         :func:`landscope.surface.surface`.
-    tol: target absolute error in loss units; default ``rel_tol`` × the value range of the
-        coarse grid.
+    error_atol: target absolute error in loss units; default ``error_rtol`` × the value range of
+        the coarse grid.
+    error_rtol: the target error relative to that range, when ``error_atol`` is None.
     budget: stop refining once this fraction of the full grid's cost (points × full passes) is
         spent; the stated error then says where the target was not reached.
     samples: data per point: a count (> 1), a fraction of the data set (≤ 1), or None (all of
@@ -70,6 +76,8 @@ def adaptive_surface(
         axis), laid out from the centre. The first grid and its first refinement are always
         evaluated.
     seed: of the subset permutation.
+    progress: a :class:`~landscope.progress.Progress` of grid points evaluated so far (a point
+        re-evaluated on more data counts again), ``total`` None: refinement decides how many.
 
     Returns
     -------
@@ -80,34 +88,43 @@ def adaptive_surface(
     --------
     >>> obj = Objective.from_function(lambda x: (x**2).sum(), [0.0, 0.0])
     >>> s = adaptive_surface(obj, [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])],
-    ...                      steps=33, tol=0.01)
+    ...                      resolution=33, error_atol=0.01)
     >>> bool(np.all(np.abs(s.values - (s.axes[0][:, None]**2 + s.axes[1]**2)) <= s.error))
     True
     """
     frame = as_frame(obj, frame, centre)
-    grid_axes = axes(frame, span, steps)
+    grid_axes = axes(frame, span, resolution)
     shape = tuple(len(a) for a in grid_axes)
     if not 0 < budget <= 1:
         raise BadInputError(f"budget={budget}; give a fraction of the full grid's cost in (0, 1]")
-    if tol is not None and not (math.isfinite(tol) and tol > 0):
-        raise BadInputError(f"tol={tol}; give a positive error in loss units, or None")
+    if error_atol is not None and not (math.isfinite(error_atol) and error_atol > 0):
+        raise BadInputError(f"error_atol={error_atol}; give a positive error in loss units, "
+                            "or None")
     compute, fraction, settings = _sampler(obj, samples, seed)
-    settings.update(view="budgeted", tol=tol, rel_tol=rel_tol, budget=budget, coarse=coarse)
+    # the file keys of 0.1, so that a grid checkpointed before still resumes
+    settings.update(view="budgeted", tol=error_atol, rel_tol=error_rtol, budget=budget,
+                    coarse=coarse)
     grid = Grid(obj, frame, grid_axes, settings, checkpoint)
     stride = coarse or 2 ** math.ceil(math.log2(max(1.0, (min(shape) - 1) / 4)))
     cells = _coarse(grid_axes, stride)
 
+    progress, evaluated = checked_progress(progress), 0  # points evaluated by earlier runs
+
     def run(points, at_least):
-        grid.run(sorted(set(points)), lambda i: compute(grid.point(i), at_least), progress,
-                 fraction=at_least)
+        nonlocal evaluated
+        report = None if progress is None else (
+            lambda done, _total: progress(evaluated + done, None))
+        evaluated += grid.run(sorted(set(points)), lambda i: compute(grid.point(i), at_least),
+                              report, fraction=at_least)
 
     run([c for cell in cells for c in _corners(cell)], fraction)
-    if tol is None:
-        tol = rel_tol * float(np.nanmax(grid.values) - np.nanmin(grid.values)) or rel_tol
-    leaves = _refine(grid, cells, run, fraction, tol, budget * np.prod(shape))
+    if error_atol is None:
+        spread = float(np.nanmax(grid.values) - np.nanmin(grid.values))
+        error_atol = error_rtol * spread or error_rtol
+    leaves = _refine(grid, cells, run, fraction, error_atol, budget * np.prod(shape))
     values, error = _fill(grid, leaves)
     result = grid.result(values=values, error=error, evaluated=grid.fraction > 0)
-    result.meta.update(tol_used=tol, points_total=int(np.prod(shape)),
+    result.meta.update(tol_used=error_atol, points_total=int(np.prod(shape)),
                        cost_ratio=grid.cost / np.prod(shape))
     if trajectory is not None:
         result.projection = project(obj, frame, trajectory)
@@ -147,15 +164,16 @@ def _bound(grid: Grid, points) -> float:
     return max((t95 * grid.stderr[p] for p in points), default=0.0)
 
 
-def _refine(grid: Grid, cells, run, fraction, tol, budget):
-    """Split the cells with the largest surplus until all are ≤ tol or the budget is spent."""
+def _refine(grid: Grid, cells, run, fraction, error_atol, budget):
+    """Split the cells with the largest surplus until all are ≤ error_atol or the budget is
+    spent."""
     heap, order = [], itertools.count()
 
     def measure(cell_list):
         nonlocal fraction
         points = [p for cell in cell_list for p in _corners(cell) + _children(cell)]
         run(points, fraction)
-        while fraction < 1.0 and _bound(grid, points) > tol / 2:
+        while fraction < 1.0 and _bound(grid, points) > error_atol / 2:
             more = min(1.0, 2 * fraction)  # uncertain: the same points on twice the data
             if grid.cost + len(set(points)) * more > budget:
                 break
@@ -166,7 +184,7 @@ def _refine(grid: Grid, cells, run, fraction, tol, budget):
                 heapq.heappush(heap, (-_surplus(grid, cell), next(order), cell))
 
     measure(cells)
-    while heap and -heap[0][0] > tol:
+    while heap and -heap[0][0] > error_atol:
         subcells = _split(heap[0][2])
         new = {p for sub in subcells for p in _children(sub) if grid.fraction[p] < fraction}
         if grid.cost + len(new) * fraction > budget:

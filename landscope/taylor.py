@@ -22,8 +22,10 @@ import numpy as np
 import torch
 
 from landscope import directions
+from landscope._deprecated import renamed
 from landscope.errors import BadInputError
 from landscope.objective import Objective
+from landscope.progress import Progress
 from landscope.surface import as_frame, surface
 
 
@@ -58,14 +60,15 @@ class TaylorProfile:
                 "second": self.second.tolist(), **self.summary()}
 
 
+@renamed(steps="resolution")
 def taylor(
     obj: Objective,
     direction=None,
     *,
     span=None,
-    steps: int = 41,
+    resolution: int = 41,
     centre: torch.Tensor | None = None,
-    progress=False,
+    progress: Progress | None = None,
 ) -> TaylorProfile:
     """The real loss along ``direction`` beside its first- and second-order Taylor models.
 
@@ -76,12 +79,13 @@ def taylor(
         direction :class:`~landscope.directions.Frame`; default the steepest descent −∇L, so
         that t is a learning rate.
     span: half-width or (low, high) of t; default (−t*, 2t*) when t* exists, else (−1, 1).
-    steps: points in t. centre: θ (default θ₀).
+    resolution: points in t. centre: θ (default θ₀).
+    progress: a :class:`~landscope.progress.Progress` of the profile's grid points.
 
     Examples
     --------
     >>> obj = Objective.from_function(lambda x: (x**2).sum() + x[0]**3, [1.0, 1.0])
-    >>> p = taylor(obj, steps=5)            # along −g = (−5, −2)
+    >>> p = taylor(obj, resolution=5)       # along −g = (−5, −2)
     >>> p.curvature, p.step == 29 / 208   # H = diag(8, 2): gᵀHg = 208, t* = gᵀg / gᵀHg
     (208.0, True)
     """
@@ -98,8 +102,8 @@ def taylor(
     step = -slope / curvature if curvature > 0 else None
     if span is None:
         span = (-step, 2 * step) if step else (-1.0, 1.0)
-    profile = surface(obj, directions.Frame(frame.directions, theta), span=span, steps=steps,
-                      progress=progress)
+    profile = surface(obj, directions.Frame(frame.directions, theta), span=span,
+                      resolution=resolution, progress=progress)
     t = profile.axes[0]
     value = float(value)
     first = value + t * slope

@@ -60,26 +60,27 @@ def _shared_work(out: str) -> dict:
     points = _objective("replicate")
     found["sharding"] = [sharding(points), sharding(_objective())]
     checkpoint = os.path.join(out, "grid.npz")
-    grid = surface(points, _plane(points), steps=STEPS, checkpoint=checkpoint)
+    grid = surface(points, _plane(points), resolution=STEPS, checkpoint=checkpoint)
     found["points"], found["meta"] = grid.values, grid.meta
     calls = []
-    again = surface(points, _plane(points), steps=STEPS, checkpoint=checkpoint,
+    again = surface(points, _plane(points), resolution=STEPS, checkpoint=checkpoint,
                     progress=lambda *args: calls.append(args))
     found["resumed"], found["resumed_calls"] = again.values, len(calls)
-    found["budgeted"] = adaptive_surface(points, _plane(points), steps=17, rel_tol=0.02).values
+    found["budgeted"] = adaptive_surface(points, _plane(points), resolution=17,
+                                         error_rtol=0.02).values
     split = _objective()
-    found["split"] = surface(split, _plane(split), steps=STEPS).values
+    found["split"] = surface(split, _plane(split), resolution=STEPS).values
     X, y = classification_data()
     given = Objective.from_model(make_mlp(), nn.functional.cross_entropy,
                                  (X, y) if me == 0 else [], shard="given")
-    found["given"] = surface(given, _plane(given), steps=STEPS).values
+    found["given"] = surface(given, _plane(given), resolution=STEPS).values
     d1, d2 = _plane(points).vectors
-    nudged = surface(points, [d1 * (1 + 1e-15 * me), d2], steps=3)  # other bits on rank 1
+    nudged = surface(points, [d1 * (1 + 1e-15 * me), d2], resolution=3)  # other bits on rank 1
     found["nudged"] = nudged.values, nudged.directions
     refusals = []
-    for attempt in (lambda: surface(split, _plane(split), steps=3, bn="recompute"),
-                    lambda: adaptive_surface(split, _plane(split), steps=9, samples=0.5),
-                    lambda: surface(points, _plane(points), steps=3, span=1.0 + me)):
+    for attempt in (lambda: surface(split, _plane(split), resolution=3, bn="recompute"),
+                    lambda: adaptive_surface(split, _plane(split), resolution=9, samples=0.5),
+                    lambda: surface(points, _plane(points), resolution=3, span=1.0 + me)):
         try:
             attempt()
         except BadInputError as error:
@@ -87,7 +88,7 @@ def _shared_work(out: str) -> dict:
     found["refusals"] = refusals
     try:
         surface(Objective.from_function(_fails_on_rank_1, [0.0, 0.0]),
-                [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])], steps=3)
+                [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])], resolution=3)
     except Exception as error:  # noqa: BLE001 - what each rank was told
         found["failure"] = f"{type(error).__name__}: {error}"
     result = race(**RACE)
@@ -101,9 +102,9 @@ def test_sharded_surfaces_and_race_equal_one_process(tmp_path, one_thread):
     ranks = run_ranks(_shared_work, 2, str(tmp_path))
     reference = _objective()
     plane = _plane(reference)
-    full = surface(reference, plane, steps=STEPS).values
-    budgeted = adaptive_surface(reference, plane, steps=17, rel_tol=0.02).values
-    rank_0s = surface(reference, plane.vectors, steps=3)
+    full = surface(reference, plane, resolution=STEPS).values
+    budgeted = adaptive_surface(reference, plane, resolution=17, error_rtol=0.02).values
+    rank_0s = surface(reference, plane.vectors, resolution=3)
     single = race(**RACE)
     single.write_csv(tmp_path / "single")
     for found in ranks:
@@ -143,7 +144,7 @@ def _killed(out: str, after: int):
         if rank() == 1 and len(seen) == after:
             os._exit(0)  # no goodbye: the other rank finds out in its next collective
 
-    surface(points, _plane(points), steps=STEPS, checkpoint=os.path.join(out, "grid.npz"),
+    surface(points, _plane(points), resolution=STEPS, checkpoint=os.path.join(out, "grid.npz"),
             progress=die)
 
 
@@ -157,9 +158,9 @@ def test_a_rank_that_dies_mid_grid_stops_the_other_and_the_grid_resumes(tmp_path
     # rank 1's was lost with it
     assert done[:2].all() and done[2::2].all() and not done[3::2].any()
     reference = _objective()
-    full = surface(reference, _plane(reference), steps=STEPS).values
+    full = surface(reference, _plane(reference), resolution=STEPS).values
     calls = []
-    resumed = surface(reference, _plane(reference), steps=STEPS,
+    resumed = surface(reference, _plane(reference), resolution=STEPS,
                       checkpoint=tmp_path / "grid.npz", progress=lambda d, t: calls.append(t))
     assert set(calls) == {int((~done).sum())}
     np.testing.assert_allclose(resumed.values, full, rtol=1e-12, atol=0)
@@ -169,14 +170,14 @@ def test_a_single_process_grid_records_no_sharding():
     obj = Objective.from_function(lambda x: x[0] ** 2 - x[1] ** 2, [0.0, 0.0])
     assert sharding(obj) is None
     assert surface(obj, [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])],
-                   steps=3).meta["sharding"] is None
+                   resolution=3).meta["sharding"] is None
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun test on Linux")
 def test_torchrun_surface_equals_the_single_process_surface(tmp_path):
     """``torchrun --nproc-per-node 2 --no-python landscope surface`` says how it shares the grid,
     prints on rank 0 only and writes the surface of one process (float64)."""
-    args = ["surface", *cli_options(tmp_path), "--steps", "5"]
+    args = ["surface", *cli_options(tmp_path), "--resolution", "5"]
     one = landscope([*args, "--out", tmp_path / "one"])
     two = [landscope([*args, "--out", tmp_path / shard, "--shard", shard], ranks=2)
            for shard in ("points", "data")]

@@ -18,9 +18,10 @@ from typer.testing import CliRunner  # noqa: E402
 
 from landscope import BadInputError, Objective  # noqa: E402
 from landscope import directions as D  # noqa: E402
+from landscope._deprecated import LandscopeDeprecationWarning  # noqa: E402
 from landscope.adaptive import adaptive_surface  # noqa: E402
 from landscope.cli import app  # noqa: E402
-from landscope.plot import contour, html, profile, render, surface3d, taylor_plot  # noqa: E402
+from landscope.plot import contour, html, profile, save_all, surface3d, taylor_plot  # noqa: E402
 from landscope.surface import Surface, surface  # noqa: E402
 from landscope.taylor import taylor  # noqa: E402
 
@@ -34,7 +35,7 @@ def _saddle():
 
 def test_contour_draws_values_trajectory_and_fidelity():
     path = torch.tensor([[-0.8, 0.5], [-0.4, 0.2], [0.0, 0.0]], dtype=torch.float64)
-    s = surface(_saddle(), PLANE, steps=11, trajectory=path)
+    s = surface(_saddle(), PLANE, resolution=11, trajectory=path)
     fig = contour(s)
     ax = fig.axes[0]
     lines = {tuple(np.round(line.get_xydata()[:, 0], 6)) for line in ax.get_lines()}
@@ -48,7 +49,7 @@ def test_contour_draws_values_trajectory_and_fidelity():
 
 
 def test_budgeted_contour_shows_the_error_and_the_evaluated_points():
-    s = adaptive_surface(_saddle(), PLANE, steps=17, rel_tol=0.05)
+    s = adaptive_surface(_saddle(), PLANE, resolution=17, error_rtol=0.05)
     fig = contour(s)
     assert len(fig.axes) == 4  # contour, its colour bar, the error map and its colour bar
     dots = [line for line in fig.axes[2].get_lines() if line.get_label() == "evaluated"]
@@ -57,8 +58,8 @@ def test_budgeted_contour_shows_the_error_and_the_evaluated_points():
 
 @pytest.mark.slow
 def test_every_format_is_written(tmp_path):
-    s = surface(_saddle(), PLANE, steps=7)
-    paths = render(s, tmp_path, formats=("png", "svg"), log=True)
+    s = surface(_saddle(), PLANE, resolution=7)
+    paths = save_all(s, tmp_path, formats=("png", "svg"), log=True)
     names = sorted(p.name for p in paths)
     assert names == ["surface-3d.png", "surface-3d.svg", "surface-contour.png",
                      "surface-contour.svg", "surface.html"]
@@ -66,8 +67,8 @@ def test_every_format_is_written(tmp_path):
     assert "<svg" in (tmp_path / "surface-3d.svg").read_text()[:400]
     page = (tmp_path / "surface.html").read_text()
     assert "plotly" in page and '"type":"surface"' in page and '"type":"contour"' in page
-    line = surface(_saddle(), PLANE.directions[0].vector, steps=7)
-    assert [p.name for p in render(line, tmp_path, name="line", interactive=False)] == [
+    line = surface(_saddle(), PLANE.directions[0].vector, resolution=7)
+    assert [p.name for p in save_all(line, tmp_path, name="line", interactive=False)] == [
         "line-profile.png"]
     assert surface3d(s).axes[0].name == "3d"
     assert html(line, tmp_path / "line.html", cdn=True).stat().st_size < 100_000
@@ -75,10 +76,10 @@ def test_every_format_is_written(tmp_path):
 
 def test_profile_and_taylor_plot():
     obj = _saddle()
-    s = adaptive_surface(obj, PLANE.directions[0].vector, steps=33)
+    s = adaptive_surface(obj, PLANE.directions[0].vector, resolution=33)
     ax = profile(s).axes[0]
     assert ax.get_lines()[0].get_ydata().tolist() == s.values.tolist()
-    p = taylor(Objective.from_function(lambda x: (x**2).sum() + x[0]**3, [1.0, 1.0]), steps=9)
+    p = taylor(Objective.from_function(lambda x: (x**2).sum() + x[0]**3, [1.0, 1.0]), resolution=9)
     ax = taylor_plot(p).axes[0]
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels[:3] == ["real loss", "first order  L + t·gᵀd", "second order  + ½t²·dᵀHd"]
@@ -87,7 +88,7 @@ def test_profile_and_taylor_plot():
 
 
 def test_plots_refuse_the_wrong_surface():
-    s = surface(_saddle(), PLANE, steps=5)
+    s = surface(_saddle(), PLANE, resolution=5)
     with pytest.raises(BadInputError, match="needs a 1-D surface"):
         profile(s)
     s.values[0, 0] = np.nan
@@ -100,7 +101,7 @@ runner = CliRunner()
 
 def test_cli_surface_then_plot(tmp_path):
     model = ["--model", f"{FIXTURE}:model", "--data", f"{FIXTURE}:data", "--dtype", "float64"]
-    result = runner.invoke(app, ["surface", *model, "--steps", "9", "--spread", "2",
+    result = runner.invoke(app, ["surface", *model, "--resolution", "9", "--spread", "2",
                                  "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     document = json.loads((tmp_path / "surface.json").read_text())
@@ -121,7 +122,7 @@ def test_cli_surface_then_plot(tmp_path):
 def test_cli_gradient_line_with_taylor_and_budgeted_plane(tmp_path):
     model = ["--model", f"{FIXTURE}:model", "--data", f"{FIXTURE}:data"]
     result = runner.invoke(app, ["surface", *model, "--directions", "gradient", "--dims", "1",
-                                 "--steps", "9", "--out", str(tmp_path / "line")])
+                                 "--resolution", "9", "--out", str(tmp_path / "line")])
     assert result.exit_code == 0, result.output
     fidelity = json.loads((tmp_path / "line" / "surface.json").read_text())["surface"]
     assert (tmp_path / "line" / "taylor.png").exists() and "t* =" in result.output
@@ -131,8 +132,9 @@ def test_cli_gradient_line_with_taylor_and_budgeted_plane(tmp_path):
         net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
         checkpoints.append(tmp_path / f"ckpt-{i}.pt")
         torch.save(net.state_dict(), checkpoints[-1])
-    result = runner.invoke(app, ["surface", *model, "--budget", "--steps", "17", "--trajectory",
-                                 str(tmp_path / "ckpt-*.pt"), "--out", str(tmp_path / "plane")])
+    result = runner.invoke(app, ["surface", *model, "--budget", "--resolution", "17",
+                                 "--trajectory", str(tmp_path / "ckpt-*.pt"), "--out",
+                                 str(tmp_path / "plane")])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "plane" / "surface.json").read_text())["surface"]
     assert summary["trajectory"]["points"] == 3 and "max_error" in summary
@@ -147,7 +149,7 @@ def test_cli_gradient_line_with_taylor_and_budgeted_plane(tmp_path):
 ])
 def test_cli_bad_input_exits_2(tmp_path, args, message):
     result = runner.invoke(app, ["surface", "--model", f"{FIXTURE}:model", "--data",
-                                 f"{FIXTURE}:data", "--steps", "3", "--out", str(tmp_path),
+                                 f"{FIXTURE}:data", "--resolution", "3", "--out", str(tmp_path),
                                  *args])
     assert result.exit_code == 2, result.output
     assert message in result.output.replace("\n", " ")
@@ -160,7 +162,7 @@ def _bowl(low=1.6, high=370.0):
 
 
 def test_colour_scale_is_log_when_the_range_spans_decades_and_says_so():
-    steep = surface(_bowl(), PLANE, steps=21)
+    steep = surface(_bowl(), PLANE, resolution=21)
     assert steep.values.min() == pytest.approx(1.6) and steep.values.max() == pytest.approx(370)
     fig = contour(steep)
     levels = fig.axes[0].collections[0].levels
@@ -169,14 +171,14 @@ def test_colour_scale_is_log_when_the_range_spans_decades_and_says_so():
     forced = contour(steep, log=False)
     assert forced.axes[1].get_ylabel() == "loss"
     assert np.allclose(np.diff(forced.axes[0].collections[0].levels), 368.4 / 29)
-    gentle = contour(surface(_bowl(1.6, 40.0), PLANE, steps=21))  # 1.40 decades: linear
+    gentle = contour(surface(_bowl(1.6, 40.0), PLANE, resolution=21))  # 1.40 decades: linear
     assert gentle.axes[1].get_ylabel() == "loss (linear scale: spans 1.40 decades)"
     ax = surface3d(steep).axes[0]
     assert ax.get_zlabel() == "log₁₀ loss"
     assert np.allclose(ax.get_zlim(), np.log10([1.6, 370]), atol=0.1)
     # not positive: log of the excess over the minimum, whose median is far below the walls
     sunk = Objective.from_function(lambda x: -5 + 300 * ((x[0]**2 + x[1]**2) / 2)**4, [0., 0.])
-    label = contour(surface(sunk, PLANE, steps=21)).axes[1].get_ylabel()
+    label = contour(surface(sunk, PLANE, resolution=21)).axes[1].get_ylabel()
     assert label.startswith("loss − min + 3.0e-01 (log scale: spans")
 
 
@@ -186,7 +188,7 @@ def test_3d_labels_and_caption_lie_inside_the_picture():
     gen = torch.Generator().manual_seed(0)
     X, Y = (torch.randn(8, 2, generator=gen, dtype=torch.float64) for _ in range(2))
     obj = Objective.from_model(torch.nn.Linear(2, 2).double(), torch.nn.functional.mse_loss, (X, Y))
-    fig = surface3d(surface(obj, D.random(obj, 2, seed=0), steps=7))
+    fig = surface3d(surface(obj, D.random(obj, 2, seed=0), resolution=7))
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     renderer, box = canvas.get_renderer(), fig.bbox
@@ -218,7 +220,8 @@ def test_an_interrupt_while_drawing_leaves_no_partial_picture_and_says_what_was_
     old = os.umask(0o022)
     try:
         result = runner.invoke(app, ["surface", "--model", f"{FIXTURE}:model", "--data",
-                                     f"{FIXTURE}:data", "--steps", "5", "--out", str(tmp_path)])
+                                     f"{FIXTURE}:data", "--resolution", "5", "--out",
+                                     str(tmp_path)])
     finally:
         os.umask(old)
     assert result.exit_code == 130, result.output
@@ -256,3 +259,21 @@ def test_plot_of_something_else_says_what_to_give_and_never_suggests_unpickling(
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
     assert message in text and "pickle" not in text.lower()
+
+
+def test_the_old_name_of_save_all_warns_and_is_save_all():
+    import landscope.plot
+    import landscope.plot.surface
+
+    for module in (landscope.plot, landscope.plot.surface):
+        with pytest.warns(LandscopeDeprecationWarning, match="render is renamed"):
+            assert module.render is save_all
+
+
+def test_cli_old_steps_option_warns_and_sets_the_resolution(tmp_path):
+    result = runner.invoke(app, ["surface", "--model", f"{FIXTURE}:model", "--data",
+                                 f"{FIXTURE}:data", "--dims", "1", "--steps", "3", "--out",
+                                 str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "--steps is renamed --resolution" in result.output
+    assert Surface.load(tmp_path / "surface.npz").values.shape == (3,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -12,9 +13,10 @@ from torch import nn
 
 from landscope import BadInputError, Objective
 from landscope import directions as D
+from landscope._deprecated import LandscopeDeprecationWarning
 from landscope.adaptive import adaptive_surface
 from landscope.pointwise import Replica, SubsetLoss, bn_buffers, bn_value
-from landscope.surface import Surface, project, seed_spread, surface
+from landscope.surface import Fidelity, SeedSpread, Surface, project, seed_spread, surface
 
 E1 = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
 E2 = torch.tensor([-0.2, 1.0, 0.3], dtype=torch.float64)
@@ -33,10 +35,10 @@ def _closed_form(a, b):
 
 def test_analytic_surfaces_equal_their_closed_forms():
     obj = _quadratic_saddle()
-    s = surface(obj, [E1, E2], span=((-1, 2), (-0.5, 0.5)), steps=(13, 7))
+    s = surface(obj, [E1, E2], span=((-1, 2), (-0.5, 0.5)), resolution=(13, 7))
     A, B = np.meshgrid(*s.axes, indexing="ij")
     np.testing.assert_allclose(s.values, _closed_form(A, B), rtol=1e-13, atol=1e-13)
-    line = surface(obj, E1, span=1.5, steps=31)
+    line = surface(obj, E1, span=1.5, resolution=31)
     np.testing.assert_allclose(line.values, _closed_form(line.axes[0], 0.0)[0], rtol=1e-13,
                                atol=1e-13)
     assert line.axes[0][15] == 0.0 and line.values[15] == obj.value().item()
@@ -50,7 +52,7 @@ def test_grid_equals_a_plain_loop_exactly_and_a_plain_model_loop_closely(dtype):
     X, y = classification_data(dtype=dtype)
     obj = Objective.from_model(model, nn.functional.cross_entropy, (X, y))
     frame = D.random(obj, 2, seed=1)
-    s = surface(obj, frame, span=0.7, steps=5)
+    s = surface(obj, frame, span=0.7, resolution=5)
     c, (d1, d2) = obj.theta0, frame.vectors
     loop = np.array([[obj.value(c + a * d1 + b * d2).item() for b in s.axes[1]]
                      for a in s.axes[0]])
@@ -79,8 +81,8 @@ def test_the_callers_model_and_rng_are_never_changed():
     before, rng = _state(model), torch.get_rng_state()
     obj = Objective.from_model(model, nn.functional.cross_entropy, (X, y))
     frame = D.random(obj, 2, seed=0)
-    surface(obj, frame, steps=3, bn="recompute", trajectory=[obj.theta0, obj.theta0 * 0.5])
-    adaptive_surface(obj, frame, steps=9, samples=0.5)
+    surface(obj, frame, resolution=3, bn="recompute", trajectory=[obj.theta0, obj.theta0 * 0.5])
+    adaptive_surface(obj, frame, resolution=9, samples=0.5)
     after = _state(model)
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
     assert before[1:] == after[1:]
@@ -94,7 +96,7 @@ def test_interrupted_grid_resumes_to_the_uninterrupted_one(tmp_path):
     X, y = classification_data()
     obj = Objective.from_model(model, nn.functional.cross_entropy, (X, y))
     frame = D.random(obj, 2, seed=4)
-    full = surface(obj, frame, steps=6)
+    full = surface(obj, frame, resolution=6)
     path = tmp_path / "grid.npz"
 
     def interrupt(done, total):
@@ -102,35 +104,41 @@ def test_interrupted_grid_resumes_to_the_uninterrupted_one(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        surface(obj, frame, steps=6, checkpoint=path, progress=interrupt)
+        surface(obj, frame, resolution=6, checkpoint=path, progress=interrupt)
     partial = Surface.load(path)
     assert np.isfinite(partial.values).sum() == 14 and not partial.complete
     calls = []
-    resumed = surface(obj, frame, steps=6, checkpoint=path,
+    resumed = surface(obj, frame, resolution=6, checkpoint=path,
                       progress=lambda done, total: calls.append(total))
     assert set(calls) == {36 - 14} and len(calls) == 22  # only the missing points were evaluated
     assert np.array_equal(resumed.values, full.values)
-    again = surface(obj, frame, steps=6, checkpoint=path, progress=lambda *a: calls.append(a))
+    again = surface(obj, frame, resolution=6, checkpoint=path, progress=lambda *a: calls.append(a))
     assert len(calls) == 22 and np.array_equal(again.values, full.values)  # nothing recomputed
     with pytest.raises(BadInputError, match="other settings"):
-        surface(obj, frame, steps=7, checkpoint=path)
+        surface(obj, frame, resolution=7, checkpoint=path)
 
 
 def test_save_and_load_round_trip_without_pickles(tmp_path):
     obj = _quadratic_saddle()
-    s = surface(obj, D.frame(E1, E2), steps=5, trajectory=torch.randn(4, 3, dtype=torch.float64))
-    s.fidelity["note"] = "kept"
+    s = surface(obj, D.frame(E1, E2), resolution=5,
+                trajectory=torch.randn(4, 3, dtype=torch.float64))
+    spread = SeedSpread((1, 2), 5, 1.0, (0.5, 0.25), 0.125, 0.375)
+    s.fidelity = Fidelity(seed_spread=spread, taylor={"step": 0.5})
     loaded = Surface.load(s.save(tmp_path / "s.npz"))
     assert np.array_equal(loaded.values, s.values) and np.array_equal(loaded.directions,
                                                                        s.directions)
     assert all(np.array_equal(a, b) for a, b in zip(loaded.axes, s.axes, strict=True))
     assert np.array_equal(loaded.projection.coords, s.projection.coords)
     assert loaded.projection.explained == s.projection.explained
-    assert loaded.fidelity == {"note": "kept"}
+    assert loaded.fidelity == s.fidelity and loaded.fidelity.seed_spread == spread
     assert loaded.meta["centre_sha256"] == s.meta["centre_sha256"]
     assert loaded.meta["frame"]["directions"][0]["kind"] == "custom"
     with np.load(tmp_path / "s.npz", allow_pickle=False) as raw:
         assert all(raw[key].dtype != object for key in raw.files)
+        assert json.loads(str(raw["meta"]))["fidelity"] == {  # the keys of 0.1
+            "seed_spread": {"seeds": [1, 2], "steps": 5, "span": 1.0, "ranges": [0.5, 0.25],
+                            "relative_spread_median": 0.125, "relative_spread_max": 0.375},
+            "taylor": {"step": 0.5}}
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(BadInputError, match="not a landscope surface"):
         Surface.load(tmp_path / "bad.npz")
@@ -148,7 +156,7 @@ def test_second_difference_along_v_min_at_a_network_saddle_is_lambda_min():
     lam_min = frame.directions[1].info["eigenvalue"]
     assert lam_min < 0 < frame.directions[0].info["eigenvalue"]
     h = 1e-3
-    s = surface(obj, frame, span=h, steps=3)
+    s = surface(obj, frame, span=h, resolution=3)
     second = (s.values[1, 2] - 2 * s.values[1, 1] + s.values[1, 0]) / h**2
     assert second == pytest.approx(lam_min, rel=1e-5)  # L along v is a quartic: error O(h²)
     first = (s.values[2, 1] - 2 * s.values[1, 1] + s.values[0, 1]) / h**2
@@ -173,8 +181,8 @@ def test_projection_fidelity_of_a_trajectory_partly_off_the_plane():
     ({"span": 0.0}, "span .* is empty"),
     ({"span": float("nan")}, "not finite"),
     ({"span": (1.0, -1.0)}, "is empty"),
-    ({"steps": 1}, "at least 2 points"),
-    ({"steps": (5, 5, 5)}, "one value or one per direction"),
+    ({"resolution": 1}, "at least 2 points"),
+    ({"resolution": (5, 5, 5)}, "one value or one per direction"),
     ({"bn": "train"}, "use one of eval, recompute"),
     ({"bn": "recompute"}, "Objective built with Objective.from_model"),
     ({"trajectory": torch.zeros(3, 5)}, "have 5 parameters"),
@@ -182,7 +190,7 @@ def test_projection_fidelity_of_a_trajectory_partly_off_the_plane():
 ])
 def test_bad_input_gives_clear_errors(kwargs, message):
     obj = _quadratic_saddle()
-    kwargs = {"frame": [E1, E2], "steps": 3, **kwargs}
+    kwargs = {"frame": [E1, E2], "resolution": 3, **kwargs}
     with pytest.raises(BadInputError, match=message):
         surface(obj, kwargs.pop("frame"), **kwargs)
 
@@ -212,10 +220,10 @@ def test_recomputed_batchnorm_statistics_match_a_fresh_train_pass():
     pooled = bn_buffers(chunked, theta)  # pooled exactly over 4 uneven batches
     torch.testing.assert_close(pooled["bn.running_mean"], bn.running_mean, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(pooled["bn.running_var"], bn.running_var, rtol=1e-12, atol=1e-14)
-    s = surface(one, D.frame(theta - one.theta0), span=(0.0, 1.0), steps=2, bn="recompute")
+    s = surface(one, D.frame(theta - one.theta0), span=(0.0, 1.0), resolution=2, bn="recompute")
     assert s.values[1] == pytest.approx(expected, rel=1e-12)
     assert s.values[1] != pytest.approx(surface(one, D.frame(theta - one.theta0),
-                                                span=(0.0, 1.0), steps=2).values[1], rel=1e-6)
+                                                span=(0.0, 1.0), resolution=2).values[1], rel=1e-6)
 
 
 def test_subset_loss_and_its_standard_error_by_hand():
@@ -256,8 +264,8 @@ def test_adaptive_view_matches_the_full_grid_within_its_stated_error():
     obj = Objective.from_function(
         lambda x: torch.sin(3 * x[0]) * torch.cos(2 * x[1]) + x[0]**2, torch.zeros(2))
     frame = D.frame(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
-    full = surface(obj, frame, span=1.5, steps=41)
-    cheap = adaptive_surface(obj, frame, span=1.5, steps=41, rel_tol=0.01)
+    full = surface(obj, frame, span=1.5, resolution=41)
+    cheap = adaptive_surface(obj, frame, span=1.5, resolution=41, error_rtol=0.01)
     assert cheap.meta["cost_ratio"] <= 0.25
     assert np.all(np.abs(cheap.values - full.values) <= cheap.error)
     assert np.array_equal(cheap.values[cheap.evaluated], full.values[cheap.evaluated])
@@ -270,15 +278,15 @@ def test_budgeted_view_computes_the_centre_and_shows_the_true_lowest_point():
     obj = Objective.from_function(lambda x: 2.0 - torch.exp(-(x**2).sum() / 0.002),
                                   torch.zeros(2, dtype=torch.float64))
     frame = D.frame(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
-    cheap = adaptive_surface(obj, frame, steps=41, rel_tol=0.01)
+    cheap = adaptive_surface(obj, frame, resolution=41, error_rtol=0.01)
     assert cheap.evaluated[20, 20] and cheap.error[20, 20] == 0
     summary = cheap.summary()
     assert summary["centre_value"] == pytest.approx(1.0, abs=1e-12)
     assert summary["min"] == pytest.approx(1.0, abs=1e-12) and summary["argmin"] == [0.0, 0.0]
-    full = surface(obj, frame, steps=41)
+    full = surface(obj, frame, resolution=41)
     assert np.array_equal(cheap.values[cheap.evaluated], full.values[cheap.evaluated])
     assert summary["argmin"] == full.summary()["argmin"]
-    off = adaptive_surface(obj, frame, span=(-0.3, 1.0), steps=9)  # no grid point at 0
+    off = adaptive_surface(obj, frame, span=(-0.3, 1.0), resolution=9)  # no grid point at 0
     assert off.values.shape == (9, 9) and np.isfinite(off.error).all()
 
 
@@ -287,8 +295,8 @@ def test_adaptive_view_with_data_subsets_on_a_network():
     X, y = classification_data(n=400)
     obj = Objective.from_model(model, nn.functional.cross_entropy, (X, y))
     frame = D.random(obj, 2, seed=0)
-    full = surface(obj, frame, steps=17)
-    cheap = adaptive_surface(obj, frame, steps=17, samples=0.25, budget=0.5)
+    full = surface(obj, frame, resolution=17)
+    cheap = adaptive_surface(obj, frame, resolution=17, samples=0.25, budget=0.5)
     assert cheap.meta["cost_ratio"] <= 0.5 and cheap.meta["samples"] == 100
     inside = np.abs(cheap.values - full.values) <= cheap.error
     assert inside.mean() >= 0.95, inside.mean()
@@ -296,13 +304,14 @@ def test_adaptive_view_with_data_subsets_on_a_network():
 
 def test_seed_spread_reports_each_seeds_picture():
     obj = _quadratic_saddle()
-    report = seed_spread(obj, seeds=(1, 2, 3), steps=5, norm="none")
-    ranges = [np.ptp(surface(obj, D.random(obj, 2, seed=s, norm="none"), steps=5).values)
+    report = seed_spread(obj, seeds=(1, 2, 3), resolution=5, norm="none")
+    ranges = [np.ptp(surface(obj, D.random(obj, 2, seed=s, norm="none"), resolution=5).values)
               for s in (1, 2, 3)]
-    np.testing.assert_allclose(report["ranges"], ranges, rtol=1e-14)
-    assert report["relative_spread_median"] > 0
-    same = seed_spread(obj, seeds=(4, 4), steps=5, norm="none")
-    assert same["relative_spread_max"] == 0.0
+    np.testing.assert_allclose(report.ranges, ranges, rtol=1e-14)
+    assert report.relative_spread_median > 0
+    assert report.to_dict()["steps"] == 5  # the file key of 0.1
+    same = seed_spread(obj, seeds=(4, 4), resolution=5, norm="none")
+    assert same.relative_spread_max == 0.0
 
 
 class _Unclonable(nn.Module):
@@ -325,21 +334,21 @@ def test_fast_path_falls_back_to_the_objective_where_it_cannot_apply():
         with pytest.raises(BadInputError, match="cannot be deep-copied"):
             Replica(obj)
         frame = D.random(obj, 1, seed=0)
-        s = surface(obj, frame, steps=3)
+        s = surface(obj, frame, resolution=3)
         assert s.values[2] == obj.value(obj.theta0 + frame.vectors[0]).item()
     finally:
         model.log.close()
     dropout = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3)).double()
     obj = Objective.from_model(dropout, nn.functional.cross_entropy, (X, y), mode="train")
     frame = D.random(obj, 1, seed=0)
-    s = surface(obj, frame, steps=3)  # train mode: the Objective's fixed dropout masks
+    s = surface(obj, frame, resolution=3)  # train mode: the Objective's fixed dropout masks
     assert s.values[0] == obj.value(obj.theta0 - frame.vectors[0]).item()
 
 
 def test_interrupted_adaptive_view_resumes_to_the_same_picture(tmp_path):
     obj = Objective.from_function(lambda x: torch.sin(3 * x[0]) + x[0] * x[1]**2, torch.zeros(2))
     frame = D.frame(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
-    whole = adaptive_surface(obj, frame, steps=33, rel_tol=0.005)
+    whole = adaptive_surface(obj, frame, resolution=33, error_rtol=0.005)
     seen = []
 
     def interrupt(done, total):
@@ -348,9 +357,34 @@ def test_interrupted_adaptive_view_resumes_to_the_same_picture(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        adaptive_surface(obj, frame, steps=33, rel_tol=0.005, checkpoint=tmp_path / "a.npz",
-                         progress=interrupt)
-    resumed = adaptive_surface(obj, frame, steps=33, rel_tol=0.005, checkpoint=tmp_path / "a.npz")
+        adaptive_surface(obj, frame, resolution=33, error_rtol=0.005,
+                         checkpoint=tmp_path / "a.npz", progress=interrupt)
+    resumed = adaptive_surface(obj, frame, resolution=33, error_rtol=0.005,
+                               checkpoint=tmp_path / "a.npz")
     assert np.array_equal(resumed.values, whole.values)
     assert np.array_equal(resumed.error, whole.error)
     assert resumed.meta["points_evaluated"] == whole.meta["points_evaluated"]
+
+
+def test_old_keywords_warn_and_give_the_same_surfaces():
+    obj, frame = _quadratic_saddle(), D.frame(E1, E2)
+    with pytest.warns(LandscopeDeprecationWarning, match=r"steps=…\) is renamed resolution="):
+        old = surface(obj, frame, steps=5)
+    assert np.array_equal(old.values, surface(obj, frame, resolution=5).values)
+    for old_keyword, new_keyword in (("tol", "error_atol"), ("rel_tol", "error_rtol")):
+        with pytest.warns(LandscopeDeprecationWarning) as caught:
+            old = adaptive_surface(obj, frame, steps=9, **{old_keyword: 0.05})
+        assert {str(w.message).split(" is renamed")[0] for w in caught} == {
+            "adaptive_surface(steps=…)", f"adaptive_surface({old_keyword}=…)"}
+        new = adaptive_surface(obj, frame, resolution=9, **{new_keyword: 0.05})
+        assert np.array_equal(old.values, new.values) and np.array_equal(old.error, new.error)
+    with pytest.warns(LandscopeDeprecationWarning) as caught:
+        old = seed_spread(obj, seeds=(1, 2), steps=3, count=1, norm="none")
+    assert sorted(str(w.message).split(" is renamed")[0] for w in caught) == [
+        "seed_spread(count=…)", "seed_spread(steps=…)"]
+    assert old == seed_spread(obj, seeds=(1, 2), resolution=3, dims=1, norm="none")
+
+
+def test_progress_true_is_refused_naming_what_draws_a_bar():
+    with pytest.raises(BadInputError, match="render.progress.bar"):
+        surface(_quadratic_saddle(), D.frame(E1, E2), resolution=3, progress=True)

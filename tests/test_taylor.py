@@ -10,6 +10,7 @@ from torch import nn
 
 from landscope import BadInputError, Objective
 from landscope import directions as D
+from landscope._deprecated import LandscopeDeprecationWarning
 from landscope.taylor import taylor
 
 
@@ -22,7 +23,7 @@ def _wavy():
 def test_taylor_models_agree_to_the_orders_they_claim():
     obj = _wavy()
     d = torch.tensor([0.6, -1.0, 0.8], dtype=torch.float64)
-    p = taylor(obj, d, span=(-0.04, 0.04), steps=9)  # t = ±0.01, ±0.02, ..., with 0 exactly
+    p = taylor(obj, d, span=(-0.04, 0.04), resolution=9)  # t = ±0.01, ±0.02, ..., with 0 exactly
     t, first_gap, second_gap = p.t, np.abs(p.real - p.first), np.abs(p.real - p.second)
     assert p.real[4] == p.first[4] == p.second[4] == p.value
     for small, big in ((5, 6), (3, 2)):  # t and 2t on each side
@@ -39,7 +40,7 @@ def test_on_a_quadratic_the_second_order_model_and_the_step_are_exact():
     A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
     b = torch.tensor([1.0, -2.0], dtype=torch.float64)
     obj = Objective.from_function(lambda x: 0.5 * x @ A @ x + b @ x, [1.0, 1.0])
-    p = taylor(obj, steps=11)  # default direction: −∇L, t is a learning rate
+    p = taylor(obj, resolution=11)  # default direction: −∇L, t is a learning rate
     g = A @ torch.tensor([1.0, 1.0], dtype=torch.float64) + b
     assert p.step == pytest.approx(float(g @ g / (g @ A @ g)), rel=1e-14)
     assert p.predicted_decrease == pytest.approx(float((g @ g) ** 2 / (2 * g @ A @ g)), rel=1e-14)
@@ -55,7 +56,7 @@ def test_gradient_step_on_a_network_against_the_dense_hessian():
     obj = Objective.from_model(model, nn.functional.cross_entropy, (X, y))
     H = reference_hessian(model, nn.functional.cross_entropy, X, y, obj)
     g = obj.grad()
-    p = taylor(obj, steps=5)
+    p = taylor(obj, resolution=5)
     assert p.slope == pytest.approx(-float(g @ g), rel=1e-12)
     assert p.curvature == pytest.approx(float(g @ H @ g), rel=1e-10)
     assert p.step == pytest.approx(float(g @ g / (g @ H @ g)), rel=1e-10)
@@ -66,10 +67,18 @@ def test_gradient_step_on_a_network_against_the_dense_hessian():
 
 def test_negative_curvature_has_no_step_and_planes_are_refused():
     obj = Objective.from_function(lambda x: x[0]**2 - x[1]**2 + x[1], [0.0, 0.0])
-    p = taylor(obj, torch.tensor([0.0, 1.0], dtype=torch.float64), steps=5)
+    p = taylor(obj, torch.tensor([0.0, 1.0], dtype=torch.float64), resolution=5)
     assert p.curvature == pytest.approx(-2.0) and p.step is None and p.real_decrease is None
     assert list(p.t) == [-1.0, -0.5, 0.0, 0.5, 1.0]
     with pytest.raises(BadInputError, match="one direction; got a plane"):
         taylor(obj, D.frame(torch.ones(2), torch.tensor([1.0, -1.0])))
     with pytest.raises(BadInputError, match=r"shape \(3,\)"):
         taylor(obj, torch.ones(3))
+
+
+def test_old_steps_keyword_warns_and_gives_the_same_profile():
+    obj = _wavy()
+    with pytest.warns(LandscopeDeprecationWarning, match=r"steps=…\) is renamed resolution="):
+        old = taylor(obj, steps=5)
+    new = taylor(obj, resolution=5)
+    assert np.array_equal(old.t, new.t) and np.array_equal(old.real, new.real)

@@ -6,7 +6,7 @@ import re
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -33,6 +33,7 @@ from landscope.cli._common import (
     _request,
     app,
     console,
+    old_option,
     products_bar,
 )
 from landscope.directions import KINDS, NORMS
@@ -61,7 +62,7 @@ class SurfaceRequest:
     biases: str = "zero"
     dims: int = 2
     span: float | None = None
-    steps: int = 41
+    resolution: int = 41
     trajectory: str | None = None
     bn: str = "eval"
     budget: bool = False
@@ -97,7 +98,9 @@ def surface(
     span: Annotated[float | None, typer.Option(help="Half-width of the grid in direction units "
                                                "(default: 1, or fitted to the path for pca, or "
                                                "(−t*, 2t*) for gradient).")] = None,
-    steps: Annotated[int, typer.Option(min=3, help="Points per axis.")] = SurfaceRequest.steps,
+    resolution: Annotated[int, typer.Option(min=3, help="Grid points per axis.")] =
+        SurfaceRequest.resolution,
+    steps: Annotated[int | None, typer.Option("--steps", min=3, hidden=True)] = None,
     seed: SeedOption = ModelRequest.seed,
     trajectory: Annotated[str | None, typer.Option(
         help="Training path to draw: a .pt file holding a (T, n) tensor, or a glob of state-dict "
@@ -106,11 +109,10 @@ def surface(
                                           "statistics) or recompute (over the data, per point)."
                                           )] = SurfaceRequest.bn,
     budget: Annotated[bool, typer.Option(
-        "--budget/--full", help="Budgeted view: adaptive refinement (and --samples) for at most "
-                                "--budget-fraction of the full grid's cost, with the error "
-                                "shown.")] = SurfaceRequest.budget,
-    budget_fraction: Annotated[float, typer.Option(help="Cost cap of --budget, as a fraction "
-                                                   "of the full grid.")] =
+        "--budget/--full", help="Budgeted view: adaptive refinement (and --samples) within a "
+                                "cost cap, with the error shown.")] = SurfaceRequest.budget,
+    budget_fraction: Annotated[float, typer.Option(help="Cost cap of the budgeted view, as a "
+                                                   "fraction of the full grid's evaluations.")] =
         SurfaceRequest.budget_fraction,
     samples: Annotated[float | None, typer.Option(help="With --budget: data per point, a "
                                                   "fraction (0.25) or a count (512); default "
@@ -133,7 +135,8 @@ def surface(
     the training path and its fidelity, 3-D view, interactive HTML; OUT gets surface.npz,
     surface.json and the pictures. Ctrl-C keeps what is done; rerunning the same command
     resumes from the partial grid."""
-    options = locals()
+    options = {**locals(), "resolution": old_option(steps, "--steps", resolution,
+                                                    "--resolution")}
     _guard(lambda: _surface(_request(ModelRequest, options), _request(SurfaceRequest, options),
                             out), report=out if report else None)
 
@@ -149,12 +152,12 @@ def plot(
 ):
     """Draw a saved surface again (contour, 3-D, HTML) without recomputing anything."""
     def work():
-        from landscope.plot import render
+        from landscope.plot import save_all
         from landscope.surface import Surface
 
         surf = Surface.load(file)
-        paths = render(surf, out or file.parent, name=file.stem, formats=(_format(image_format),),
-                       log=log, interactive=interactive)
+        paths = save_all(surf, out or file.parent, name=file.stem,
+                         formats=(_format(image_format),), log=log, interactive=interactive)
         for path in paths:
             console.print(f"written: {path}")
 
@@ -168,16 +171,17 @@ def _surface(request: ModelRequest, view: SurfaceRequest, out: Path):
     matplotlib.use("Agg")
     from landscope import directions as lsd
     from landscope.adaptive import adaptive_surface
-    from landscope.plot import render, taylor_plot
+    from landscope.plot import save_all, taylor_plot
     from landscope.plot._files import save_figure
+    from landscope.render.progress import bar
     from landscope.render.surface import surface_table
-    from landscope.surface import seed_spread, sharding
+    from landscope.surface import Fidelity, seed_spread, sharding
     from landscope.surface import surface as grid_surface
     from landscope.taylor import taylor
 
     fmt = _format(view.image_format)
-    kind, dims, span, steps, seed = (view.directions, view.dims, view.span, view.steps,
-                                     request.seed)
+    kind, dims, span, resolution, seed = (view.directions, view.dims, view.span,
+                                          view.resolution, request.seed)
     obj, path = _objective(request, out,
                            shard="replicate" if view.shard == "points" else "split")
     if view.trajectory is not None:
@@ -196,37 +200,38 @@ def _surface(request: ModelRequest, view: SurfaceRequest, out: Path):
         console.print(f"sharding: {_SHARDING[shared['by']].format(**shared)}")
     start = time.perf_counter()
     partial = out / "surface.partial.npz"
-    common = {"span": span, "steps": steps, "trajectory": path if dims == 2 else None,
-              "checkpoint": partial, "progress": True}
+    common = {"span": span, "resolution": resolution,
+              "trajectory": path if dims == 2 else None, "checkpoint": partial}
     if kind == "gradient" and span is None:
-        profile = taylor(obj, frame, steps=steps)
+        profile = taylor(obj, frame, resolution=resolution)
         common["span"] = (float(profile.t[0]), float(profile.t[-1]))
-    if view.budget:
-        if view.bn != "eval":
-            raise BadInputError("--bn recompute is not available with --budget; use --full")
-        surf = adaptive_surface(obj, frame, budget=view.budget_fraction,
-                                samples=view.samples, **common)
-    else:
-        surf = grid_surface(obj, frame, bn=view.bn, **common)
+    if view.budget and view.bn != "eval":
+        raise BadInputError("--bn recompute is not available with --budget; use --full")
+    with bar("loss surface", "grid points", console) as report:
+        if view.budget:
+            surf = adaptive_surface(obj, frame, budget=view.budget_fraction,
+                                    samples=view.samples, progress=report, **common)
+        else:
+            surf = grid_surface(obj, frame, bn=view.bn, progress=report, **common)
     if view.spread:
         if kind != "random":
             raise BadInputError("--spread compares seeds of random directions; use it with "
                                 "--directions random")
-        surf.fidelity["seed_spread"] = seed_spread(
+        surf.fidelity = Fidelity(seed_spread=seed_spread(
             obj, seeds=tuple(range(seed + 1, seed + 1 + view.spread)), span=span or 1.0,
-            norm=view.norm, biases=view.biases, count=dims, bn=view.bn)
+            norm=view.norm, biases=view.biases, dims=dims, bn=view.bn))
     seconds = time.perf_counter() - start
     if dims == 1:  # on every rank: a data-parallel Objective needs them all
         profile = taylor(obj, frame, span=(float(surf.axes[0][0]), float(surf.axes[0][-1])),
-                         steps=steps)
+                         resolution=resolution)
     if not distributed.is_main():
         return  # every rank holds the same results; rank 0 writes and prints them
     files = [surf.save(out / "surface.npz")]
     partial.unlink(missing_ok=True)
-    files += render(surf, out, formats=(fmt,), log=view.log)
+    files += save_all(surf, out, formats=(fmt,), log=view.log)
     if dims == 1:
         files.append(save_figure(taylor_plot(profile), out / f"taylor.{fmt}"))
-        surf.fidelity["taylor"] = profile.summary()
+        surf.fidelity = replace(surf.fidelity, taylor=profile.summary())
     summary = surf.summary()
     result = io.write_result(out, "surface", {"surface": summary, "meta": surf.meta,
                                               "files": [str(f) for f in files],

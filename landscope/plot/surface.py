@@ -2,7 +2,7 @@
 interactive plotly page (surface + contour, values on hover).
 
 Figures are built on ``matplotlib.figure.Figure`` rather than pyplot, so nothing here touches the
-global pyplot state or needs a display; :func:`render` and :func:`html` write their files
+global pyplot state or needs a display; :func:`save_all` and :func:`html` write their files
 atomically (a picture that exists is complete), and ``fig.savefig(path)`` works on any of them.
 What needs care is honesty, not drawing: a trajectory is drawn with the share of it the plane holds,
 a budgeted surface shows its stated error and which points were computed, and the log scale of a
@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from landscope._deprecated import old_names
 from landscope.errors import BadInputError
 from landscope.plot._files import save_figure, save_page
 from landscope.surface import Surface
@@ -39,7 +40,8 @@ def contour(surf: Surface, *, log: bool | None = None, levels: int = 30, traject
     >>> import torch, landscope as ls
     >>> from landscope.surface import surface
     >>> obj = ls.Objective.from_function(lambda x: x[0]**2 - x[1]**2, [0.0, 0.0])
-    >>> fig = contour(surface(obj, [torch.tensor([1., 0.]), torch.tensor([0., 1.])], steps=9))
+    >>> plane = [torch.tensor([1., 0.]), torch.tensor([0., 1.])]
+    >>> fig = contour(surface(obj, plane, resolution=9))
     >>> len(fig.axes)  # the contour and its colour bar
     2
     """
@@ -161,7 +163,7 @@ def interactive_figure(surf: Surface, *, log: bool | None = None):
     return fig
 
 
-def render(surf: Surface, directory: str | Path, *, name: str = "surface",
+def save_all(surf: Surface, directory: str | Path, *, name: str = "surface",
            formats=("png",), log: bool | None = None, interactive: bool = True) -> list[Path]:
     """Write every picture of a surface into ``directory``, each atomically; returns the paths.
 
@@ -238,11 +240,11 @@ def _logged(values: np.ndarray, log: bool | None):
     return (np.log10(Z), f"log₁₀ {label}", note) if norm is not None else (Z, label, note)
 
 
-def _levels(Z: np.ndarray, count: int, log: bool):
+def _levels(Z: np.ndarray, levels: int, log: bool):
     low, high = float(Z.min()), float(Z.max())
     if high <= low:
-        return count
-    return np.geomspace(low, high, count) if log else np.linspace(low, high, count)
+        return levels
+    return np.geomspace(low, high, levels) if log else np.linspace(low, high, levels)
 
 
 def _marks(ax, surf: Surface) -> None:
@@ -284,3 +286,6 @@ def _title(surf: Surface) -> str:
     mode = surf.meta.get("mode")
     where = f"{objective.get('name', '')} · {objective.get('loss', '')}"
     return where + (f" · {mode} mode" if mode else "") + f" · bn {surf.meta.get('bn', 'eval')}"
+
+
+__getattr__ = old_names(__name__, {"render": "save_all"})

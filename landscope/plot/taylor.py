@@ -18,7 +18,7 @@ def taylor_plot(profile: TaylorProfile, *, title: str | None = None) -> Figure:
     >>> import landscope as ls
     >>> from landscope.taylor import taylor
     >>> obj = ls.Objective.from_function(lambda x: (x**2).sum() + x[0]**3, [1.0, 1.0])
-    >>> fig = taylor_plot(taylor(obj, steps=9))
+    >>> fig = taylor_plot(taylor(obj, resolution=9))
     >>> [line.get_label() for line in fig.axes[0].get_lines()][:3]
     ['real loss', 'first order  L + t·gᵀd', 'second order  + ½t²·dᵀHd']
     """

@@ -25,11 +25,11 @@ def surface_table(summary: dict, surf: Surface, seconds: float,
         table.add_row("path fidelity", f"{t['explained']:.1%} of the path's variance in the "
                                        f"plane; median distance off it "
                                        f"{t['median_relative_distance']:.0%} of the radius")
-    if "seed_spread" in surf.fidelity:
-        s = surf.fidelity["seed_spread"]
-        table.add_row("seed spread", f"median {s['relative_spread_median']:.1%}, max "
-                                     f"{s['relative_spread_max']:.1%} of the value range "
-                                     f"({len(s['seeds'])} other seeds)")
+    spread = surf.fidelity.seed_spread
+    if spread is not None:
+        table.add_row("seed spread", f"median {spread.relative_spread_median:.1%}, max "
+                                     f"{spread.relative_spread_max:.1%} of the value range "
+                                     f"({len(spread.seeds)} other seeds)")
     if profile is not None and profile.step is not None:
         table.add_row("Taylor step", f"t* = {profile.step:.3g}: predicted decrease "
                                      f"{profile.predicted_decrease:.3g}, real "

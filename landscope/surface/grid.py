@@ -1,20 +1,12 @@
-"""Loss surfaces: L on a 1-D or 2-D grid θ(α, β) = c + α·d₁ + β·d₂, saved, resumable, with fidelity.
+"""The grid that fills a surface: θ(α, β) = c + α·d₁ + β·d₂ evaluated point by point, each point
+formed afresh from the centre (no in-place walking of the grid, which shifts every other row in the
+loss-landscapes package), checkpointed and resumable, shared among the ranks of a process group.
 
-What is hard is not the arithmetic but trusting the picture. Every point is formed afresh from the
-centre (no in-place walking of the grid, which shifts every other row in the loss-landscapes
-package), the caller's model is never touched (θ goes into a private copy of it, or through the
-Objective), BatchNorm runs in eval mode unless statistics are recomputed per point
-(:mod:`landscope.pointwise`), and a
-trajectory drawn over a plane comes with how much of it the plane really holds: the projection
-(α, β)ₜ = argmin ‖θₜ − c − Dx‖ (least squares, D = [d₁ d₂]), the explained fraction
-Σ‖D xₜ‖² / Σ‖θₜ − c‖², each point's distance ‖θₜ − c − D xₜ‖ from the plane, and (for random
-planes) the spread of the picture across direction seeds.
-
-Cost: one full-data forward without gradients per point (:class:`landscope.pointwise.Replica`,
-at the floor); points are evaluated one at a time, because on CPU evaluating several at once with
-vmap was measured 1.6–2× slower (batching points is left for GPUs, where it may win). A grid with
-``checkpoint=`` survives Ctrl-C (the partial grid is written atomically) and a rerun resumes it.
-:mod:`landscope.adaptive` builds the budgeted view on the same :class:`Grid`.
+:func:`as_frame` checks a frame against the Objective and :func:`axes` lays out the coordinates;
+:class:`Grid` holds the values, their standard errors and the data fraction each used, and is what
+the full view (:func:`landscope.surface.surface`) and the budgeted view
+(:func:`landscope.adaptive.adaptive_surface`) both fill. A grid with a ``checkpoint`` survives
+Ctrl-C (the partial grid is written atomically) and a rerun resumes it.
 
 Under ``torch.distributed`` (a process group of more than one rank) the ranks share a grid in one
 of two ways (:func:`sharding`, recorded in ``meta["sharding"]``). By *points* when every rank holds
@@ -37,224 +29,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from landscope import directions, distributed, io, pointwise
-from landscope._checks import choice
+from landscope import directions, distributed
 from landscope.distributed import RankFailure
 from landscope.errors import BadInputError
 from landscope.objective import Objective
+from landscope.progress import Progress
+from landscope.surface.record import SCHEMA, SCHEMA_VERSION, Surface
 
-SCHEMA = "landscope.surface"
-SCHEMA_VERSION = 1
-BN_MODES = ("eval", "recompute")
 SAVE_EVERY_S = 10.0
-
-
-@dataclass(frozen=True)
-class Projection:
-    """A trajectory in a frame's coordinates, with how faithful the picture of it is."""
-
-    coords: np.ndarray  # (T, m) least-squares coordinates
-    distance: np.ndarray  # (T,) distance of each point from the plane (or line)
-    radius: np.ndarray  # (T,) distance of each point from the centre
-    explained: float  # Σ‖D xₜ‖² / Σ‖θₜ − c‖²
-
-    def to_dict(self) -> dict:
-        relative = self.distance[self.radius > 0] / self.radius[self.radius > 0]
-        return {"points": len(self.distance), "explained": self.explained,
-                "max_distance": float(self.distance.max()),
-                "median_relative_distance": float(np.median(relative)) if relative.size else 0.0}
-
-
-@dataclass
-class Surface:
-    """Loss values on a grid: ``values[i, j] = L(c + axes[0][i]·d₁ + axes[1][j]·d₂)``.
-
-    ``error`` (budgeted views only) is the stated error of each value against the full-data,
-    full-resolution grid (a ≈95 % bound), ``evaluated`` marks points computed rather than
-    interpolated, ``meta`` holds everything needed to reproduce the grid.
-    """
-
-    axes: tuple[np.ndarray, ...]
-    values: np.ndarray
-    directions: np.ndarray
-    meta: dict
-    error: np.ndarray | None = None
-    evaluated: np.ndarray | None = None
-    projection: Projection | None = None
-    fidelity: dict = field(default_factory=dict)
-
-    def save(self, path: str | Path, *, extra: dict | None = None) -> Path:
-        """Write an ``.npz`` (arrays + a JSON ``meta`` entry) atomically; read it with :meth:`load`.
-
-        ``extra`` arrays are stored too (a :class:`Grid` keeps its resume state there).
-        """
-        arrays = {**(extra or {}), **{f"axis_{i}": a for i, a in enumerate(self.axes)}}
-        arrays.update(values=self.values, directions=self.directions)
-        for name in ("error", "evaluated"):
-            if getattr(self, name) is not None:
-                arrays[name] = getattr(self, name)
-        if self.projection is not None:
-            p = self.projection
-            arrays.update(trajectory=p.coords, trajectory_distance=p.distance,
-                          trajectory_radius=p.radius)
-        meta = {**self.meta, "fidelity": self.fidelity,
-                "projection": None if self.projection is None else self.projection.explained}
-        path = Path(path)
-        with io.atomic_write(path) as stream:
-            np.savez(stream, meta=np.array(json.dumps(meta)), **arrays)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> Surface:
-        """Read a surface written by :meth:`save` (no pickles: ``allow_pickle=False``)."""
-        path = Path(path)
-        if path.is_dir():
-            raise BadInputError(f"{path} is a directory; give the surface.npz that `landscope "
-                                "surface` wrote into it")
-        if not path.is_file():
-            raise BadInputError(f"no surface file at {path}")
-        if not zipfile.is_zipfile(path):
-            raise BadInputError(f"{path} is not a landscope surface file: `landscope surface` "
-                                "writes an .npz archive (surface.npz); give that file")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except (ValueError, OSError, zipfile.BadZipFile) as error:
-            raise BadInputError(f"{path} is a damaged surface file ({type(error).__name__}); "
-                                "compute it again with `landscope surface`") from error
-        meta = json.loads(str(arrays.get("meta", "{}")))
-        if meta.get("schema") != SCHEMA or meta.get("schema_version") != SCHEMA_VERSION:
-            raise BadInputError(f"{path} is not a landscope surface of schema version "
-                                f"{SCHEMA_VERSION} (found {meta.get('schema')!r} "
-                                f"{meta.get('schema_version')!r})")
-        axes = tuple(arrays[f"axis_{i}"] for i in range(arrays["values"].ndim))
-        projection = None
-        if "trajectory" in arrays:
-            projection = Projection(arrays["trajectory"], arrays["trajectory_distance"],
-                                    arrays["trajectory_radius"], float(meta["projection"]))
-        return cls(axes, arrays["values"], arrays["directions"], meta, arrays.get("error"),
-                   arrays.get("evaluated"), projection, meta.pop("fidelity", {}))
-
-    @property
-    def complete(self) -> bool:
-        return bool(np.isfinite(self.values).all())
-
-    def summary(self) -> dict:
-        """Headline numbers for a result file: range, minimum and where, centre value, fidelity."""
-        finite = np.where(np.isfinite(self.values), self.values, np.inf)
-        where = np.unravel_index(int(np.argmin(finite)), self.values.shape)
-        out = {"shape": list(self.values.shape), "min": float(np.nanmin(self.values)),
-               "max": float(np.nanmax(self.values)),
-               "argmin": [float(a[i]) for a, i in zip(self.axes, where, strict=True)],
-               "complete": self.complete, "fidelity": self.fidelity}
-        at = [np.flatnonzero(a == 0.0) for a in self.axes]
-        if all(i.size for i in at):
-            out["centre_value"] = float(self.values[tuple(int(i[0]) for i in at)])
-        if self.projection is not None:
-            out["trajectory"] = self.projection.to_dict()
-        if self.error is not None:
-            out["max_error"] = float(np.nanmax(self.error))
-        return out
-
-
-def surface(
-    obj: Objective,
-    frame,
-    *,
-    span=None,
-    steps: int | tuple[int, ...] = 41,
-    centre: torch.Tensor | None = None,
-    trajectory=None,
-    bn: str = "eval",
-    checkpoint: str | Path | None = None,
-    progress: bool | Callable[[int, int], None] = False,
-) -> Surface:
-    """L on a full grid around a centre along one or two directions.
-
-    Parameters
-    ----------
-    obj: the Objective (any model, loss and data, or an analytic function).
-    frame: a :class:`landscope.directions.Frame`, or one or two vectors of shape (n,).
-    span: half-width s (grid −s..s on every axis), a (low, high) pair, or one pair per axis;
-        default: the frame's window, else (−1, 1).
-    steps: points per axis (one number, or one per axis). An odd count on a symmetric span puts a
-        point exactly on the centre.
-    centre: c (default θ₀, or the frame's own centre for lines, planes and PCA frames).
-    trajectory: points θₜ (a (T, n) tensor, θ vectors, state dicts or modules) to project.
-    bn: "eval" (the Objective's BatchNorm running statistics) or "recompute" (statistics
-        recomputed over the data at every point; two passes per point).
-    checkpoint: an ``.npz`` path written atomically every few seconds, on Ctrl-C and at the end;
-        a rerun with the same settings resumes it (or returns it if complete).
-    progress: True for a progress bar (on rank 0), or a callable(done, total) (on every rank;
-        sharded by points, ``done`` counts every rank's points as if they kept this rank's pace,
-        exactly at the end of each round).
-
-    Under ``torch.distributed`` the ranks share the grid (see the module text and
-    :func:`sharding`) and each returns the whole surface.
-
-    Examples
-    --------
-    >>> obj = Objective.from_function(lambda x: x[0]**2 - x[1]**2, [0.0, 0.0])
-    >>> s = surface(obj, [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])], span=1.0, steps=3)
-    >>> s.values.tolist()
-    [[0.0, 1.0, 0.0], [-1.0, 0.0, -1.0], [0.0, 1.0, 0.0]]
-    """
-    frame = as_frame(obj, frame, centre)
-    choice("bn", bn, BN_MODES)
-    grid = Grid(obj, frame, axes(frame, span, steps), {"bn": bn, "view": "full"}, checkpoint)
-    evaluate = _evaluator(obj, bn, grid)
-    grid.run(np.ndindex(grid.shape), lambda index: (evaluate(index), 0.0, 1.0), progress)
-    result = grid.result(evaluated=None)
-    if trajectory is not None:
-        result.projection = project(obj, frame, trajectory)
-    return result
-
-
-def seed_spread(obj: Objective, *, seeds=(1, 2, 3, 4), steps: int = 11, span=1.0,
-                norm: str = "filter", biases: str = "zero", count: int = 2,
-                centre: torch.Tensor | None = None, bn: str = "eval") -> dict:
-    """How much a random-direction picture depends on the seed: small grids for several seeds.
-
-    Returns the median and the maximum over grid points of the standard deviation across seeds,
-    both relative to the median value range of one picture, and each seed's range. A relative
-    spread near 0 means every seed shows the same landscape; near 1, the picture is the seed's.
-    """
-    if len(seeds) < 2:
-        raise BadInputError(f"seeds={seeds}; a spread needs at least two seeds")
-    stack = np.stack([surface(obj, directions.random(obj, count, seed=s, norm=norm, biases=biases,
-                                                     centre=centre),
-                              span=span, steps=steps, bn=bn).values for s in seeds])
-    ranges = np.ptp(stack.reshape(len(seeds), -1), axis=1)
-    scale = float(np.median(ranges)) or 1.0
-    spread = stack.std(axis=0)
-    return {"seeds": list(seeds), "steps": steps, "span": span, "ranges": ranges.tolist(),
-            "relative_spread_median": float(np.median(spread)) / scale,
-            "relative_spread_max": float(spread.max()) / scale}
-
-
-def project(obj: Objective, frame, trajectory) -> Projection:
-    """Least-squares coordinates of a trajectory in a frame, its distances, the explained part."""
-    frame = as_frame(obj, frame, None)
-    path = directions.trajectory(obj, trajectory).to(torch.float64)
-    c = (obj.theta0 if frame.centre is None else frame.centre).to(torch.float64)
-    D = torch.stack([v.to(torch.float64) for v in frame.vectors], 1)
-    X = path - c
-    coords = torch.linalg.solve(D.T @ D, D.T @ X.T).T
-    inside = coords @ D.T
-    total = float((X * X).sum())
-    explained = float((inside * inside).sum()) / total if total > 0 else 1.0
-    distance = torch.linalg.vector_norm(X - inside, dim=1)
-    return Projection(coords.cpu().numpy(), distance.cpu().numpy(),
-                      torch.linalg.vector_norm(X, dim=1).cpu().numpy(), explained)
 
 
 def as_frame(obj: Objective, frame, centre) -> directions.Frame:
@@ -276,31 +64,42 @@ def as_frame(obj: Objective, frame, centre) -> directions.Frame:
     return frame
 
 
-def axes(frame: directions.Frame, span, steps) -> tuple[np.ndarray, ...]:
-    """The grid coordinates per axis (float64), with the centre exactly 0 when it is on the grid."""
+def axes(frame: directions.Frame, span, resolution) -> tuple[np.ndarray, ...]:
+    """The grid coordinates per axis (float64), ``resolution`` points each (one number or one per
+    axis), with the centre exactly 0 when it is on the grid."""
     m = len(frame.directions)
-    steps = (steps,) * m if isinstance(steps, int) else tuple(steps)
+    resolution = (resolution,) * m if isinstance(resolution, int) else tuple(resolution)
     if span is None:
         span = frame.window or ((-1.0, 1.0),) * m
     elif np.isscalar(span):
         span = ((-float(span), float(span)),) * m
     elif np.isscalar(span[0]):
         span = (tuple(span),) * m
-    if len(steps) != m or len(span) != m:
-        raise BadInputError(f"steps={steps}, span={span}: give one value or one per direction "
-                            f"({m})")
+    if len(resolution) != m or len(span) != m:
+        raise BadInputError(f"resolution={resolution}, span={span}: give one value or one per "
+                            f"direction ({m})")
     out = []
-    for (low, high), count in zip(span, steps, strict=True):
+    for (low, high), points in zip(span, resolution, strict=True):
         low, high = float(low), float(high)
         if not (np.isfinite(low) and np.isfinite(high)) or high <= low:
             raise BadInputError(f"span ({low}, {high}) is empty or not finite; use a positive "
                                 "half-width such as span=1.0, or (low, high) with low < high")
-        if int(count) < 2:
-            raise BadInputError(f"steps={count}; an axis needs at least 2 points")
-        coords = np.linspace(low, high, int(count))
+        if int(points) < 2:
+            raise BadInputError(f"resolution={points}; an axis needs at least 2 points")
+        coords = np.linspace(low, high, int(points))
         coords[np.abs(coords) < 1e-12 * (high - low)] = 0.0
         out.append(coords)
     return tuple(out)
+
+
+def checked_progress(progress) -> Progress | None:
+    """A surface's ``progress=`` as a :class:`~landscope.progress.Progress` or None: False (the
+    default of 0.1) is None; True (a bar that 0.1 drew itself) is refused, naming what draws one."""
+    if progress is True:
+        raise BadInputError("progress=True: the library no longer draws a bar; pass a Progress, "
+                            "progress(done, total, note), such as landscope.render.progress.bar"
+                            "(label, 'grid points') gives, or None")
+    return None if progress is False else progress
 
 
 def sharding(obj: Objective) -> dict | None:
@@ -367,11 +166,18 @@ class Grid:
             theta = theta + x * d
         return theta
 
-    def run(self, indices, compute, progress=False, *, fraction: float = 1.0) -> None:
+    def run(self, indices, compute, progress: Progress | None = None, *,
+            fraction: float = 1.0) -> int:
         """Evaluate the ``indices`` not yet known on at least ``fraction`` of the data; on an
-        interrupt or a failure the points completed so far are written before it propagates."""
+        interrupt or a failure the points completed so far are written before it propagates.
+
+        ``progress(done, total)``: grid points evaluated in this call, of those it has to
+        evaluate (not called when there are none). Returns how many it evaluated.
+        """
+        progress = checked_progress(progress)
         todo = [tuple(i) for i in indices if self.fraction[tuple(i)] < fraction]
-        report = _progress(progress, len(todo))
+        report = (lambda done: None) if progress is None else (
+            lambda done: progress(done, len(todo)))
         self._clock, self._saved = time.perf_counter(), time.monotonic()
         try:
             if self.sharding is not None and self.sharding["by"] == "points":
@@ -384,9 +190,8 @@ class Grid:
         except BaseException:
             self._save()
             raise
-        finally:
-            report(None)
         self._save()
+        return len(todo)
 
     def result(self, values=None, error=None, evaluated=None) -> Surface:
         directions_ = torch.stack(self.vectors).cpu().numpy()
@@ -493,28 +298,6 @@ class Grid:
 
 
 # ---------------------------------------------------------------------- helpers
-def _evaluator(obj: Objective, bn: str, grid: Grid):
-    """index ↦ L there: BatchNorm recomputed, or the replica at the cost floor (for a
-    data-parallel Objective each rank's replica reads its part and the sums are added up), or
-    obj.value."""
-    parallel = obj.ranks > 1
-    if bn == "recompute":
-        if parallel:
-            raise BadInputError("bn='recompute' with a data-parallel Objective would take the "
-                                "BatchNorm statistics of one rank's part of the data; build the "
-                                "Objective with shard='replicate' (each rank holds all the "
-                                "data and the ranks share the grid points)")
-        pointwise.bn_buffers(obj, obj.theta0)  # fail early: no BatchNorm, not a model, train mode
-        return lambda index: pointwise.bn_value(obj, grid.point(index))
-    if obj.info.get("kind") == "model" and obj.info.get("mode") == "eval":
-        try:
-            along = pointwise.Replica(obj).along(grid.centre, grid.vectors)
-            return lambda index: along(grid.coeffs(index))
-        except BadInputError:  # a model the copy cannot reproduce: the Objective's own path
-            pass
-    return lambda index: obj.value(grid.point(index)).item()
-
-
 def _identity(obj: Objective, vectors, centre, grid_axes, settings: dict) -> dict:
     """What makes two grids the same grid (the checkpoint's key is its hash)."""
     return {
@@ -569,16 +352,3 @@ def _sha256(tensor: torch.Tensor) -> str:
     return hashlib.sha256(str(array.dtype).encode() + array.tobytes()).hexdigest()
 
 
-def _progress(progress, total: int):
-    """A reporter(done) — None closes it — for a rich bar, a callable(done, total), or nothing."""
-    if callable(progress):
-        return lambda done: done is not None and progress(done, total)
-    if not progress or total == 0 or not distributed.is_main():
-        return lambda done: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    bar = Progress("loss surface", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   transient=True)
-    bar.start()
-    task = bar.add_task("points", total=total)
-    return lambda done: bar.stop() if done is None else bar.update(task, completed=done)
