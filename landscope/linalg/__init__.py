@@ -5,15 +5,16 @@ device and ``matmat(V) -> A @ V`` for an ``(n, b)`` block of columns) or a dense
 its products, and returns its convergence or error evidence together with the answer.
 """
 
+from landscope._deprecated import old_names
 from landscope.linalg.exact import dense_eigh, dense_from_matmat
-from landscope.linalg.lanczos import Eigenpairs, LanczosResult, extreme_eigenpairs
+from landscope.linalg.lanczos import Eigenpairs, ExtremeEigenpairs, extreme_eigenpairs
 from landscope.linalg.operator import Operator
 from landscope.linalg.slq import SpectralQuadrature, slq
 from landscope.linalg.trace import TraceEstimate, hutchinson
 
 __all__ = [
     "Eigenpairs",
-    "LanczosResult",
+    "ExtremeEigenpairs",
     "Operator",
     "SpectralQuadrature",
     "TraceEstimate",
@@ -23,3 +24,5 @@ __all__ = [
     "hutchinson",
     "slq",
 ]
+
+__getattr__ = old_names(__name__, {"LanczosResult": "ExtremeEigenpairs"})

@@ -6,39 +6,34 @@ bulk near zero, which makes convergence slow; and the cheap Lanczos residual est
 optimistic in float32. So each returned pair carries an explicit residual computed with a real
 product, and a run that runs out of budget says so instead of raising or pretending.
 
-Maths: after j steps ``A V_j = V_j T_j + beta_j v_{j+1} e_j^T`` with ``V_j`` orthonormal; a Ritz
-pair ``(theta, V_j y)`` of ``T_j`` has residual ``beta_j |e_j^T y|`` in exact arithmetic. Thick
-restart (Wu & Simon, 2000) keeps wanted Ritz vectors and continues from ``v_{j+1}``, which turns
-``T`` into an arrowhead block followed by a tridiagonal one.
+This module is the driver: it sizes the basis and the budget, builds the start vector (cold, given
+or warm), decides when the Ritz estimates are trusted enough for an explicit check, which pairs a
+restart keeps, and when to stop. The factorisation itself (steps, Ritz pairs, explicit residuals,
+restarts) is :mod:`landscope.linalg.thick_restart`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from landscope._checks import integer
+from landscope._deprecated import old_names, renamed
 from landscope.errors import BadInputError
-from landscope.linalg._common import (
-    apply,
-    cgs2,
-    gaussian,
-    generator,
-    noise_level,
-    small_eigh,
-)
+from landscope.linalg._common import cgs2, gaussian, generator
 from landscope.linalg.operator import Operator, as_operator
+from landscope.linalg.thick_restart import ThickRestart
+from landscope.progress import Progress
 
 OTHER_END = 5  # Ritz vectors kept from the unwanted end at a restart (see _keep)
 COLD_STEPS = 10
 """Lanczos steps a random start takes before any pair may be accepted. A random vector has a
 weight of about 1/√n on the extreme eigenvector, and after a few steps a Ritz pair of the bulk can
-pass a loose test (‖Av − θv‖ ≤ tol·‖A‖) while the extreme is still unseen: at tol 1e-3 a W2 run
-stopped at 4.12 after 9 products (λ_max 4.50), at 1e-2 a ResNet's smallest at −0.01 after 6
+pass a loose test (‖Av − θv‖ ≤ rtol·‖A‖) while the extreme is still unseen: at rtol 1e-3 a W2
+run stopped at 4.12 after 9 products (λ_max 4.50), at 1e-2 a ResNet's smallest at −0.01 after 6
 (λ_min −15.6). A warm start or a given v0 carries weight on the wanted vectors and is exempt."""
 
 
@@ -61,10 +56,11 @@ class Eigenpairs:
 
 
 @dataclass(frozen=True)
-class LanczosResult:
+class ExtremeEigenpairs:
     """Outcome of :func:`extreme_eigenpairs`, with its convergence evidence.
 
-    ``converged`` is True when every requested pair has ``residual <= tol * norm_estimate``;
+    ``converged`` is True when every requested pair has ``residual <= tol * norm_estimate``
+    (``tol``: the ``rtol`` the run was given; the field keeps its name in result files);
     ``products`` counts every column multiplied by the operator.
     """
 
@@ -91,19 +87,20 @@ class LanczosResult:
         }
 
 
+@renamed(tol="rtol")
 def extreme_eigenpairs(
     A: Operator | torch.Tensor,
     *,
     k_largest: int = 1,
     k_smallest: int = 0,
-    tol: float = 1e-6,
+    rtol: float = 1e-6,
     max_products: int | None = None,
     basis_size: int | None = None,
     seed: int = 0,
     v0: torch.Tensor | None = None,
     warm: torch.Tensor | None = None,
-    progress: Callable[[int, float], None] | None = None,
-) -> LanczosResult:
+    progress: Progress | None = None,
+) -> ExtremeEigenpairs:
     """The ``k_largest`` largest and ``k_smallest`` smallest eigenpairs of a symmetric operator.
 
     Thick-restart Lanczos with full reorthogonalisation (classical Gram–Schmidt, twice), one
@@ -113,7 +110,7 @@ def extreme_eigenpairs(
     the basis), so a check costs no product (otherwise the run goes on and checks again later,
     against a stricter estimate). At an
     invariant subspace (``beta ~ 0``) the run continues from a fresh random direction orthogonal to
-    the basis; whenever ``beta <= tol * norm_estimate`` it accepts nothing before the basis is full
+    the basis; whenever ``beta <= rtol * norm_estimate`` it accepts nothing before the basis is full
     again, so that a start vector inside a small invariant subspace (or a repeated eigenvalue seen
     once) does not end the run at the wrong eigenvalues. The run never raises on
     non-convergence: it returns ``converged=False`` with the explicit residuals it has.
@@ -133,8 +130,8 @@ def extreme_eigenpairs(
         How many eigenpairs to return from each end. Their sum must not exceed ``n``; when it is
         a sizeable fraction of ``n``, building the dense matrix (``landscope.linalg.exact``) is
         cheaper and exact.
-    tol:
-        Relative tolerance: a pair is converged when ``||A v - lambda v|| <= tol * norm_estimate``.
+    rtol:
+        Relative tolerance: a pair is converged when ``||A v - lambda v|| <= rtol * norm_estimate``.
         The default 1e-6 suits float64. In float32 the attainable floor is about 1e-7 to 1e-5:
         roughly ``sqrt(n) * eps`` for an exactly applied matrix (1e-7 to 1e-6 measured at
         n = 2000), more when the products carry their own rounding (autograd Hessian-vector
@@ -162,21 +159,23 @@ def extreme_eigenpairs(
         Optional warm start, ``(n, p)`` (or ``(n,)``): approximate eigenvectors, e.g. the Ritz
         vectors of both ends from a nearby operator; instead of ``v0``. The run starts from
         ``v = Q 1 / sqrt(q) + mix g`` with ``Q`` an orthonormal basis of the block (q
-        columns) and ``g`` a random unit vector orthogonal to it, ``mix = min(0.1, sqrt(tol))``:
+        columns) and ``g`` a random unit vector orthogonal to it, ``mix = min(0.1, sqrt(rtol))``:
         ``K_q(A, v)`` holds the warm directions to their own accuracy, so each end starts where
         they left it, and ``g`` keeps every eigenvector within reach as a cold start does (it is
         filtered out in about half the steps a cold start needs). The same explicit residual test
         decides, so a poor block (random, another operator) costs about a cold run. Limitation,
         as for any tracker: a warm vector that is almost exactly an eigenvector of an unwanted
         eigenvalue (after two eigenvalues crossed) can converge there before the random part
-        reveals a larger one, at loose ``tol``.
+        reveals a larger one, at loose ``rtol``.
     progress:
-        Optional ``progress(products, ratio)`` called at every restart and residual check;
-        ``ratio`` is the worst relative residual estimate of the wanted pairs (it falls to ``tol``).
+        Optional :class:`~landscope.progress.Progress`, called at every restart and residual
+        check with the products made, the budget (``max_products``) and the note
+        ``"residual 1.2e-03"``: the worst relative residual estimate of the wanted pairs (it
+        falls to ``rtol``).
 
     Returns
     -------
-    LanczosResult
+    ExtremeEigenpairs
     """
     A = as_operator(A)
     n, dtype, device = A.n, A.dtype, A.device
@@ -190,19 +189,19 @@ def extreme_eigenpairs(
             f"k_largest + k_smallest = {k_largest} + {k_smallest} exceeds n = {n}; use "
             "landscope.linalg.dense_from_matmat and dense_eigh for the full spectrum"
         )
-    if not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
-        raise BadInputError(f"tol must be a positive finite number, got {tol!r}")
+    if not (isinstance(rtol, (int, float)) and rtol > 0 and math.isfinite(rtol)):
+        raise BadInputError(f"rtol must be a positive finite number, got {rtol!r}")
     m, budget = _sizes(n, wanted_count, basis_size, max_products)
     gen = generator(seed)
-    state = _Lanczos(A.matmat, n, m, dtype, device, gen)
-    state.start(_start_vector(v0, warm, min(0.1, math.sqrt(tol)), n, dtype, device, gen))
+    state = ThickRestart(A.matmat, n, m, dtype, device, gen)
+    state.start(_start_vector(v0, warm, min(0.1, math.sqrt(rtol)), n, dtype, device, gen))
 
     check = None
     cold = v0 is None and warm is None
     factor, next_check = 1.0, min(COLD_STEPS, n - 1) if cold else 0
     while state.products + 1 <= budget:
         broke = state.step()
-        if broke or state.beta <= tol * state.norm:
+        if broke or state.beta <= rtol * state.norm:
             # (Numerically) invariant Krylov space: every estimate passes because of it, not
             # because the wanted pairs were found. Accept nothing before the basis is full again.
             next_check = max(next_check, state.iterations + m - state.j)
@@ -211,39 +210,39 @@ def extreme_eigenpairs(
         if j >= wanted_count:
             wanted = _wanted(j, k_largest, k_smallest)
             estimates = state.beta * Y[j - 1, wanted].abs()
-            limit = tol * state.norm
+            limit = rtol * state.norm
             if state.exhausted or (
                 state.iterations >= next_check and bool((estimates <= factor * limit).all())
             ):
                 check = _Check(*state.explicit(Y, wanted), state.iterations)
-                _report(progress, state, estimates)
-                if state.exhausted or bool((check.residuals <= tol * state.norm).all()):
+                _report(progress, state, estimates, budget)
+                if state.exhausted or bool((check.residuals <= rtol * state.norm).all()):
                     break
                 factor *= 0.3  # the estimate was optimistic: demand more of it next time
                 next_check = state.iterations + max(2, m // 4)
         if j == m:
             state.restart(theta, Y, _keep(j, m, k_largest, k_smallest))
-            _report(progress, state, estimates)
+            _report(progress, state, estimates, budget)
 
     if check is None or check.iterations != state.iterations:
         theta, Y = state.ritz()
         check = _Check(*state.explicit(Y, _wanted(state.j, k_largest, k_smallest)),
                        state.iterations)
     values, vectors, residuals = check.values, check.vectors, check.residuals
-    converged = bool((residuals <= tol * state.norm).all())
+    converged = bool((residuals <= rtol * state.norm).all())
     smallest = largest = None
     if k_smallest:
         smallest = Eigenpairs(values[:k_smallest], vectors[:, :k_smallest], residuals[:k_smallest])
     if k_largest:
         largest = Eigenpairs(values[k_smallest:], vectors[:, k_smallest:], residuals[k_smallest:])
-    return LanczosResult(
+    return ExtremeEigenpairs(
         largest=largest,
         smallest=smallest,
         converged=converged,
         iterations=state.iterations,
         restarts=state.restarts,
         products=state.products,
-        tol=float(tol),
+        tol=float(rtol),
         norm_estimate=state.norm,
     )
 
@@ -341,106 +340,12 @@ def _keep(j: int, m: int, k_largest: int, k_smallest: int) -> list[int]:
     return list(range(lower)) + list(range(j - upper, j))
 
 
-def _report(progress, state: _Lanczos, estimates: torch.Tensor) -> None:
-    """Call ``progress(products, worst relative estimate)`` if a callback was given."""
+def _report(progress: Progress | None, state: ThickRestart, estimates: torch.Tensor,
+            budget: int) -> None:
+    """Tell ``progress`` the products made out of ``budget`` and the worst relative estimate."""
     if progress is not None:
         ratio = float(estimates.max()) / state.norm if state.norm > 0 else 0.0
-        progress(state.products, ratio)
+        progress(state.products, budget, f"residual {ratio:.1e}")
 
 
-class _Lanczos:
-    """Basis, projected matrix and counters of one thick-restart Lanczos run."""
-
-    def __init__(self, matmat, n: int, m: int, dtype, device, gen) -> None:
-        self.matmat, self.n, self.m, self.gen = matmat, n, m, gen
-        self.dtype, self.device = dtype, device
-        self.V = torch.zeros(n, m + 1, dtype=dtype, device=device)
-        self.AV = torch.zeros(n, m, dtype=dtype, device=device)  # the products A V[:, :j]
-        self.T = torch.zeros(m, m, dtype=torch.float64)
-        self.j = 0  # columns of V already multiplied, i.e. the order of T
-        self.beta = 0.0  # norm of the current residual vector V[:, j] before normalisation
-        self.norm = 0.0  # largest |Ritz value| seen
-        self.products = self.iterations = self.restarts = 0
-        self.exhausted = False
-        self.tiny = noise_level(dtype, n)
-
-    def start(self, v: torch.Tensor) -> None:
-        self.V[:, 0] = v / torch.linalg.vector_norm(v)
-
-    def step(self) -> bool:
-        """One Lanczos step on column ``j``; True if it hit an invariant subspace (not the end).
-
-        Two host synchronisations: the finiteness check of the product and one transfer of the
-        orthogonalisation's coefficients and norms (``T`` and the tests live on the CPU)."""
-        j = self.j
-        w = apply(self.matmat, self.V[:, j : j + 1])[:, 0]
-        self.AV[:, j] = w
-        self.products += 1
-        self.iterations += 1
-        w, coefficients, (before, beta), lost = cgs2(self.V[:, : j + 1], w)
-        scale = max(before, self.norm)
-        self.T[j, j] = coefficients[j]
-        self.j = j + 1
-        broke = False
-        if self.j >= self.n:
-            self.exhausted = True
-        elif lost or beta <= self.tiny * scale:
-            beta, broke = 0.0, True  # invariant subspace: continue with a fresh direction
-            fresh = self._fresh()
-            if fresh is None:
-                self.exhausted = True
-            else:
-                self.V[:, self.j] = fresh
-        else:
-            self.V[:, self.j] = w / beta
-        self.beta = beta
-        if self.j < self.m:
-            self.T[self.j, j] = self.T[j, self.j] = beta
-        return broke
-
-    def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ascending eigenvalues and eigenvectors of the current ``T`` (float64, CPU)."""
-        theta, Y = small_eigh(self.T[: self.j, : self.j])
-        self.norm = max(self.norm, abs(float(theta[0])), abs(float(theta[-1])))
-        return theta, Y
-
-    def explicit(self, Y: torch.Tensor, wanted: list[int]):
-        """Ritz vectors, their Rayleigh quotients and explicit residuals ‖Ax − θx‖.
-
-        ``Ax`` is the same combination of the products already computed (``AV y`` for
-        ``x = V y``): a true residual of the vector x, whatever the basis' orthogonality, that
-        costs no product (before, one product per wanted pair at every check)."""
-        coefficients = Y[:, wanted].to(dtype=self.dtype, device=self.device)
-        X = self.V[:, : self.j] @ coefficients
-        scale = torch.linalg.vector_norm(X, dim=0, keepdim=True)
-        X, AX = X / scale, (self.AV[:, : self.j] @ coefficients) / scale
-        quotients = (X * AX).sum(dim=0)
-        residuals = torch.linalg.vector_norm(AX - X * quotients, dim=0)
-        values, residuals = torch.stack([quotients, residuals]).to(
-            device="cpu", dtype=torch.float64)  # one transfer
-        self.norm = max(self.norm, float(values.abs().max()))
-        return values, X, residuals
-
-    def restart(self, theta: torch.Tensor, Y: torch.Tensor, keep: list[int]) -> None:
-        """Keep the Ritz vectors ``keep`` and continue from the residual vector (arrowhead T)."""
-        j, k = self.j, len(keep)
-        combination = Y[:, keep].to(dtype=self.dtype, device=self.device)
-        kept, products = self.V[:, :j] @ combination, self.AV[:, :j] @ combination
-        self.V[:, :k], self.AV[:, :k] = kept, products
-        self.V[:, k] = self.V[:, j]
-        coupling = self.beta * Y[j - 1, keep]
-        self.T.zero_()
-        self.T[:k, :k] = torch.diag(theta[keep])
-        self.T[k, :k] = coupling
-        self.T[:k, k] = coupling
-        self.j = k
-        self.restarts += 1
-
-    def _fresh(self) -> torch.Tensor | None:
-        """A random unit vector orthogonal to the basis, or None if the space is exhausted."""
-        for _ in range(3):
-            r = gaussian(self.gen, self.n, self.dtype, self.device)
-            r, _, _, lost = cgs2(self.V[:, : self.j], r)
-            if not lost:
-                return r / torch.linalg.vector_norm(r)
-        return None
+__getattr__ = old_names(__name__, {"LanczosResult": "ExtremeEigenpairs"})

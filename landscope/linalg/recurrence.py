@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 
 from landscope.linalg._common import MatMat, apply, noise_level, not_finite
+from landscope.progress import Progress
 
 Multiply = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 """``multiply(X, rows)``: the products of the running rows ``X`` (r, n); ``rows`` holds their
@@ -29,10 +30,11 @@ indices on the device, or is None when every row runs."""
 class Recurrence(NamedTuple):
     """What :func:`batched_lanczos` computed for each start row.
 
-    ``alpha`` (probes, steps) and ``beta`` (probes, steps) float64 CPU, ``beta[:, i]`` coupling
-    steps ``i`` and ``i + 1``; ``sizes`` (probes,) int64: the steps each run made before its Krylov
-    space became invariant (the rest of its row is zero); ``products``: rows multiplied;
-    ``basis`` (probes, steps, n) in the starts' dtype on their device, zero beyond ``sizes``.
+    ``alpha`` (probes, lanczos_steps) and ``beta`` (probes, lanczos_steps) float64 CPU,
+    ``beta[:, i]`` coupling steps ``i`` and ``i + 1``; ``sizes`` (probes,) int64: the steps each run
+    made before its Krylov space became invariant (the rest of its row is zero); ``products``: rows
+    multiplied; ``basis`` (probes, lanczos_steps, n) in the starts' dtype on their device, zero
+    beyond ``sizes``.
     """
 
     alpha: torch.Tensor
@@ -42,8 +44,8 @@ class Recurrence(NamedTuple):
     basis: torch.Tensor
 
     def tridiagonal(self) -> torch.Tensor:
-        """The matrices ``T = Qᵀ A Q``, (probes, steps, steps) float64 CPU; a run that stopped
-        early has a zero block after its first ``sizes[p]`` rows and columns."""
+        """The matrices ``T = Qᵀ A Q``, (probes, lanczos_steps, lanczos_steps) float64 CPU; a run
+        that stopped early has a zero block after its first ``sizes[p]`` rows and columns."""
         off = torch.diag_embed(self.beta[:, :-1], offset=1)
         return torch.diag_embed(self.alpha) + off + off.transpose(1, 2)
 
@@ -53,21 +55,21 @@ def columns(matmat: MatMat) -> Multiply:
     return lambda X, rows: apply(matmat, X.T.contiguous(), finite=False).T
 
 
-def rowwise(products: Callable[[torch.Tensor], torch.Tensor], count: int) -> Multiply:
-    """Row s through its own operator: ``products(V)`` maps ``(count, n)`` to ``H_s v_s`` row by
-    row; rows that stopped go in as zeros."""
+def rowwise(products: Callable[[torch.Tensor], torch.Tensor], operators: int) -> Multiply:
+    """Row s through its own operator: ``products(V)`` maps ``(operators, n)``, one row per
+    operator, to ``H_s v_s`` row by row; rows that stopped go in as zeros."""
     def multiply(X, rows):
         if rows is None:
             return products(X)
-        full = X.new_zeros(count, X.shape[1])
+        full = X.new_zeros(operators, X.shape[1])
         full[rows] = X
         return products(full)[rows]
     return multiply
 
 
-def batched_lanczos(multiply: Multiply, starts: torch.Tensor, steps: int, *,
-                    progress: Callable[[int, float], None] | None = None,
-                    breakdown: float | None = None, check_finite: bool = True) -> Recurrence:
+def batched_lanczos(multiply: Multiply, starts: torch.Tensor, lanczos_steps: int, *,
+                    progress: Progress | None = None, breakdown: float | None = None,
+                    check_finite: bool = True) -> Recurrence:
     """Lanczos recurrences from all rows of ``starts`` (probes, n), unit rows, at once; CGS2
     against each row's own basis.
 
@@ -75,8 +77,9 @@ def batched_lanczos(multiply: Multiply, starts: torch.Tensor, steps: int, *,
     rounding floor), or when the second Gram–Schmidt pass removed more than half of what was
     left (the new vector lay inside the span). ``check_finite``: raise
     :class:`~landscope.errors.NonFiniteLossError` at a non-finite product; without it such a
-    row carries NaN in its own numbers only. ``progress(products, fraction_of_steps)`` is called
-    after every step.
+    row carries NaN in its own numbers only. ``progress`` (:class:`~landscope.progress.Progress`)
+    is told after every step the rows multiplied out of ``probes * lanczos_steps`` planned, and
+    the step in its note.
 
     Host synchronisation: one device-to-host copy per step carries every row's scalars (norms,
     alpha, the product's finiteness); a step that needs the second Gram-Schmidt pass reads its
@@ -86,17 +89,17 @@ def batched_lanczos(multiply: Multiply, starts: torch.Tensor, steps: int, *,
     probes, n = starts.shape
     device = starts.device
     tiny = noise_level(starts.dtype, n) if breakdown is None else breakdown
-    Q = torch.zeros(probes, steps, n, dtype=starts.dtype, device=device)
+    Q = torch.zeros(probes, lanczos_steps, n, dtype=starts.dtype, device=device)
     Q[:, 0, :] = starts
-    alpha = torch.zeros(probes, steps, dtype=torch.float64)
-    beta = torch.zeros(probes, steps, dtype=torch.float64)
-    sizes = torch.full((probes,), steps, dtype=torch.int64)
+    alpha = torch.zeros(probes, lanczos_steps, dtype=torch.float64)
+    beta = torch.zeros(probes, lanczos_steps, dtype=torch.float64)
+    sizes = torch.full((probes,), lanczos_steps, dtype=torch.int64)
     active = torch.ones(probes, dtype=torch.bool)
     active_on_device, rows = active.to(device), None  # rows: the active probes' indices there
     scale = torch.zeros(probes, dtype=torch.float64)
     products, running = 0, probes
     beta_prev = torch.zeros(probes, dtype=starts.dtype, device=device)
-    for i in range(steps):
+    for i in range(lanczos_steps):
         if running == 0:
             break
         if running == probes:  # the common case: no indexing
@@ -137,8 +140,8 @@ def batched_lanczos(multiply: Multiply, starts: torch.Tensor, steps: int, *,
         every = running == probes  # boolean-mask indexing costs more than the arithmetic here
         alpha[:, i] = torch.where(active, a, alpha[:, i]) if not every else a
         if progress is not None:
-            progress(products, (i + 1) / steps)
-        if i + 1 == steps:
+            progress(products, probes * lanczos_steps, f"Lanczos step {i + 1}/{lanczos_steps}")
+        if i + 1 == lanczos_steps:
             break
         broke = active & ((n2 <= tiny * scale) | (repeated & (n2 < 0.5 * n1)))
         if broke.any():  # rare: the masks go to the device only when they change

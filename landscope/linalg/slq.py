@@ -16,16 +16,17 @@ column per active probe.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from landscope._checks import integer
+from landscope._deprecated import renamed
 from landscope.errors import BadInputError
 from landscope.linalg._common import generator, noise_level, rademacher, small_eigh
 from landscope.linalg.operator import Operator, as_operator
 from landscope.linalg.recurrence import batched_lanczos, columns
+from landscope.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -147,13 +148,14 @@ class SpectralQuadrature:
         return est, low, up
 
 
+@renamed(steps="lanczos_steps")
 def slq(
     A: Operator | torch.Tensor,
     *,
     probes: int = 8,
-    steps: int = 80,
+    lanczos_steps: int = 80,
     seed: int = 0,
-    progress: Callable[[int, float], None] | None = None,
+    progress: Progress | None = None,
 ) -> SpectralQuadrature:
     """Stochastic Lanczos quadrature with batched probes and full reorthogonalisation.
 
@@ -164,24 +166,28 @@ def slq(
         dimension ``n``.
     probes:
         Number of normalised Rademacher probes; their Lanczos runs share every product.
-    steps:
-        Lanczos steps per probe (capped at ``n``). Memory: ``probes * steps * n`` numbers of
-        the operator's dtype for the bases (each probe is reorthogonalised against its own basis).
+    lanczos_steps:
+        Lanczos steps per probe (capped at ``n``). Memory: ``probes * lanczos_steps * n`` numbers
+        of the operator's dtype for the bases (each probe is reorthogonalised against its own
+        basis).
     seed:
         Seed of the probes.
     progress:
-        Optional ``progress(products, fraction_of_steps_done)`` called after every step.
+        Optional :class:`~landscope.progress.Progress`, called after every Lanczos step with the
+        products made out of the ``probes * lanczos_steps`` planned and the note
+        ``"Lanczos step 3/80"``.
 
     Returns
     -------
     SpectralQuadrature
-        ``products`` counts the columns multiplied by the operator (at most ``probes * steps``;
-        fewer when some probes stop early at an invariant subspace).
+        ``products`` counts the columns multiplied by the operator (at most
+        ``probes * lanczos_steps``; fewer when some probes stop early at an invariant subspace).
+        Its ``steps`` field is ``lanczos_steps`` after the cap.
     """
     A = as_operator(A)
     n = A.n
     probes = integer("probes", probes, 1)
-    steps = min(integer("steps", steps, 1), n)
+    steps = min(integer("lanczos_steps", lanczos_steps, 1), n)
     gen = generator(seed)
     starts = rademacher(gen, n, probes, A.dtype, A.device).T / math.sqrt(n)
     # A probe stops once beta_j <= tiny * ||A v||: below sqrt(eps) relative, what is dropped changes

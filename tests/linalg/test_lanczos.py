@@ -41,7 +41,7 @@ def test_trained_like_float64(trained2000, k, end):
     kwargs = {"k_largest": k, "k_smallest": 0} if end == "largest" else {"k_largest": 0}
     if end == "smallest":
         kwargs["k_smallest"] = k
-    result = extreme_eigenpairs(op, tol=1e-6, **kwargs)
+    result = extreme_eigenpairs(op, rtol=1e-6, **kwargs)
     assert result.converged
     assert result.products == op.columns
     norm = np.abs(lam).max()
@@ -70,7 +70,7 @@ def test_trained_like_float32(trained2000):
     rounding = np.linalg.norm(A32.astype(np.float64) - A)  # moves eigenvalues by at most this
     op = Counting(A32, dtype=torch.float32)
     result = extreme_eigenpairs(
-        op, k_largest=2, k_smallest=2, tol=1e-5
+        op, k_largest=2, k_smallest=2, rtol=1e-5
     )
     assert result.converged and result.products == op.columns
     assert result.largest.vectors.dtype == torch.float32
@@ -84,7 +84,7 @@ def test_float32_unattainable_tolerance_is_not_reported_converged(trained2000):
     op = Counting(A, dtype=torch.float32)
     tol = 1e-10  # far below float32's floor (about 1e-7 relative)
     result = extreme_eigenpairs(
-        op, k_smallest=1, k_largest=0, tol=tol, max_products=150
+        op, k_smallest=1, k_largest=0, rtol=tol, max_products=150
     )
     assert not result.converged
     assert op.columns == result.products <= 150
@@ -197,13 +197,14 @@ def test_seed_reproducible_and_progress_reports(trained2000):
         k_smallest=1,
         k_largest=1,
         seed=7,
-        progress=lambda p, r: seen.append((p, r)),
+        progress=lambda done, total, note: seen.append((done, total, note)),
     )
     second = extreme_eigenpairs(Counting(A), k_smallest=1, k_largest=1, seed=7)
     assert torch.equal(first.smallest.values, second.smallest.values)
     assert first.products == second.products
-    assert seen and all(isinstance(p, int) and r >= 0 for p, r in seen)
-    assert [p for p, _ in seen] == sorted(p for p, _ in seen)
+    assert seen and all(isinstance(p, int) and total == 500 for p, total, _ in seen)  # the budget
+    assert all(float(note.removeprefix("residual ")) >= 0 for _, _, note in seen)
+    assert [p for p, _, _ in seen] == sorted(p for p, _, _ in seen)
     assert seen[-1][0] <= first.products
     summary = json.loads(json.dumps(first.to_dict()))
     assert summary["products"] == first.products
@@ -220,7 +221,7 @@ def test_bad_arguments_are_named():
         extreme_eigenpairs(op, k_largest=0, k_smallest=0)
     with pytest.raises(ValueError, match="max_products"):
         extreme_eigenpairs(op, k_largest=2, max_products=3)
-    with pytest.raises(ValueError, match="tol"):
-        extreme_eigenpairs(op, tol=0.0)
+    with pytest.raises(ValueError, match="rtol"):
+        extreme_eigenpairs(op, rtol=0.0)
     with pytest.raises(ValueError, match="shape"):
         extreme_eigenpairs(Operator(3, torch.float64, "cpu", lambda V: V[:2]))

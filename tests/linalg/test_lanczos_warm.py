@@ -32,7 +32,7 @@ def both_ends(result):
 @pytest.mark.parametrize(("k_largest", "k_smallest"), [(1, 0), (1, 1), (2, 2)])
 def test_warm_start_at_a_nearby_operator_same_values_fewer_products(nearby, k_largest, k_smallest):
     A, B, truth = nearby
-    kwargs = {"k_largest": k_largest, "k_smallest": k_smallest, "tol": 1e-6, "seed": 1}
+    kwargs = {"k_largest": k_largest, "k_smallest": k_smallest, "rtol": 1e-6, "seed": 1}
     previous = extreme_eigenpairs(Counting(A), **kwargs)
     cold = extreme_eigenpairs(Counting(B), **kwargs)
     op = Counting(B)

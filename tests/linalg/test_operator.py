@@ -43,8 +43,8 @@ def test_routines_take_dense_matrices(matrix):
     assert result.converged
     np.testing.assert_allclose(result.largest.values, [LAM[-1]], atol=1e-10)
     np.testing.assert_allclose(result.smallest.values, [LAM[0]], atol=1e-10)
-    assert slq(matrix, probes=2, steps=12).n == 12
-    assert hutchinson(matrix, samples=4).samples == 4
+    assert slq(matrix, probes=2, lanczos_steps=12).n == 12
+    assert hutchinson(matrix, probes=4).samples == 4
 
 
 def test_bad_operators_are_named(matrix):

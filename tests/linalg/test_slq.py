@@ -49,7 +49,7 @@ def test_density_and_cdf_match_exact_spectrum(bulk_spectrum):
     A, lam, _ = bulk_spectrum
     n = lam.size
     op = Counting(A)
-    quad = slq(op, probes=48, steps=40, seed=3)
+    quad = slq(op, probes=48, lanczos_steps=40, seed=3)
     assert quad.products == op.columns == 48 * 40
     assert op.calls == 40  # one batched call per step
     np.testing.assert_allclose(quad.weights.sum(dim=1).numpy(), 1.0, atol=1e-12)
@@ -75,7 +75,7 @@ def test_density_and_cdf_match_exact_spectrum(bulk_spectrum):
 @pytest.mark.slow
 def test_negative_fraction_bracket_trained_like(trained2000):
     A, lam, _, _ = trained2000
-    quad = slq(Counting(A), probes=16, steps=40, seed=0)
+    quad = slq(Counting(A), probes=16, lanczos_steps=40, seed=0)
     truth = float((lam > 0).mean())
     est, low, up, se = quad.fraction_between(0.0, 1e6)
     assert 0.0 <= low <= est <= up <= 1.0
@@ -99,7 +99,7 @@ def test_cms_bracket_contains_each_probe_measure(bulk_spectrum, seed):
     """Per probe, the Chebyshev-Markov-Stieltjes bracket must contain mu_v((-inf, t])."""
     A, lam, Q = bulk_spectrum
     op = Counting(A, keep_inputs=True)
-    quad = slq(op, probes=1, steps=12, seed=seed)
+    quad = slq(op, probes=1, lanczos_steps=12, seed=seed)
     masses = probe_masses(Q, probe_vectors(op)[:, 0])
     widths = []
     for t in np.linspace(-2.0, 9.0, 221):
@@ -118,7 +118,7 @@ def test_gauss_quadrature_exact_for_low_degree_polynomials():
     A, _ = with_spectrum(lam, seed=8)
     op = Counting(A, keep_inputs=True)
     steps = 5
-    quad = slq(op, probes=3, steps=steps, seed=1)
+    quad = slq(op, probes=3, lanczos_steps=steps, seed=1)
     V = probe_vectors(op)
     np.testing.assert_allclose(np.linalg.norm(V, axis=0), 1.0, atol=1e-12)
     for p in range(2 * steps + 1):
@@ -138,7 +138,7 @@ def test_few_distinct_eigenvalues_breakdown_is_exact():
     A, Q = with_spectrum(lam, seed=9)
     n = lam.size
     op = Counting(A, keep_inputs=True)
-    quad = slq(op, probes=4, steps=n, seed=2)
+    quad = slq(op, probes=4, lanczos_steps=n, seed=2)
     assert quad.steps == n
     assert quad.sizes is not None and quad.sizes.tolist() == [5, 5, 5, 5]
     assert quad.products == op.columns == 4 * 5  # stopped probes use no more products
@@ -161,12 +161,12 @@ def test_few_distinct_eigenvalues_breakdown_is_exact():
 
 def test_tiny_and_float32_operators():
     A, _ = with_spectrum([2.0], seed=0)
-    quad = slq(Counting(A), probes=3, steps=10)
+    quad = slq(Counting(A), probes=3, lanczos_steps=10)
     assert quad.steps == 1 and quad.nodes.shape == (3, 1)
     np.testing.assert_allclose(quad.nodes.numpy(), 2.0)
     lam = np.linspace(-1, 1, 200)
     A, _ = with_spectrum(lam, seed=1)
-    quad = slq(Counting(A, dtype=torch.float32), probes=8, steps=30)
+    quad = slq(Counting(A, dtype=torch.float32), probes=8, lanczos_steps=30)
     est, low, up, se = quad.cdf_bracket(0.0)
     assert low - 3 * se <= 0.5 <= up + 3 * se
     assert quad.nodes.dtype == torch.float64
@@ -175,8 +175,9 @@ def test_tiny_and_float32_operators():
 def test_progress_summary_and_arguments(bulk_spectrum):
     A, lam, _ = bulk_spectrum
     seen = []
-    quad = slq(Counting(A), probes=2, steps=5, progress=lambda p, f: seen.append((p, f)))
-    assert seen[-1] == (10, 1.0) and len(seen) == 5
+    quad = slq(Counting(A), probes=2, lanczos_steps=5,
+               progress=lambda done, total, note: seen.append((done, total, note)))
+    assert seen[-1] == (10, 10, "Lanczos step 5/5") and len(seen) == 5
     summary = json.loads(json.dumps(quad.to_dict()))
     assert summary["products"] == 10 and len(summary["nodes"]) == 2
     with pytest.raises(BadInputError):

@@ -31,20 +31,20 @@ def outliers():
 def test_exact_trace_within_four_stderr(outliers, trained2000):
     A, lam, _ = outliers
     op = Counting(A)
-    est = hutchinson(op, samples=200, batch=25, seed=0)
+    est = hutchinson(op, probes=200, batch=25, seed=0)
     assert est.samples == 200 and est.products == op.columns == 200
     assert op.calls == 8
     assert abs(est.value - lam.sum()) <= 4 * est.stderr
     assert est.stderr == pytest.approx(rademacher_std(A) / math.sqrt(200), rel=0.3)
     A2, lam2, _, _ = trained2000
-    est2 = hutchinson(Counting(A2), samples=60, batch=20, seed=1)
+    est2 = hutchinson(Counting(A2), probes=60, batch=20, seed=1)
     assert abs(est2.value - lam2.sum()) <= 4 * est2.stderr
 
 
 def test_stderr_shrinks_like_one_over_sqrt_samples(outliers):
     A, lam, _ = outliers
-    small = hutchinson(Counting(A), samples=100, batch=50, seed=3)
-    large = hutchinson(Counting(A), samples=1600, batch=200, seed=4)
+    small = hutchinson(Counting(A), probes=100, batch=50, seed=3)
+    large = hutchinson(Counting(A), probes=1600, batch=200, seed=4)
     assert small.stderr / large.stderr == pytest.approx(4.0, rel=0.3)
     exact = rademacher_std(A)
     assert large.stderr * math.sqrt(1600) == pytest.approx(exact, rel=0.15)
@@ -54,11 +54,11 @@ def test_stderr_shrinks_like_one_over_sqrt_samples(outliers):
 def test_deflation_reduces_stderr_and_stays_unbiased(outliers):
     A, lam, Q = outliers
     top = np.argsort(lam)[::-1][:5]
-    plain = hutchinson(Counting(A), samples=100, seed=5)
+    plain = hutchinson(Counting(A), probes=100, seed=5)
     op = Counting(A)
     deflated = hutchinson(
         op,
-        samples=100,
+        probes=100,
         seed=5,
         deflate=(torch.from_numpy(lam[top]), torch.from_numpy(Q[:, top].copy())),
     )
@@ -75,7 +75,7 @@ def test_deflation_with_lanczos_pairs(outliers):
     A, lam, _ = outliers
     pairs = extreme_eigenpairs(Counting(A), k_largest=5).largest
     est = hutchinson(
-        Counting(A), samples=100, seed=6, deflate=(pairs.values, pairs.vectors)
+        Counting(A), probes=100, seed=6, deflate=(pairs.values, pairs.vectors)
     )
     assert abs(est.value - lam.sum()) <= 4 * est.stderr
     assert est.stderr < 2.0  # undeflated: about 9 (std of P A P / 10 is about 1.4)
@@ -84,11 +84,11 @@ def test_deflation_with_lanczos_pairs(outliers):
 def test_rtol_stops_early_and_samples_is_a_maximum(outliers):
     A, lam, Q = outliers
     op = Counting(A)
-    est = hutchinson(op, samples=5000, batch=20, rtol=0.05, seed=7)
+    est = hutchinson(op, probes=5000, batch=20, rtol=0.05, seed=7)
     assert est.samples < 5000 and est.samples % 20 == 0 and est.samples >= 40
     assert est.stderr <= 0.05 * abs(est.value)
     assert est.products == op.columns == est.samples
-    capped = hutchinson(Counting(A), samples=25, batch=10, rtol=1e-9, seed=7)
+    capped = hutchinson(Counting(A), probes=25, batch=10, rtol=1e-9, seed=7)
     assert capped.samples == capped.products == 25
 
 
@@ -97,19 +97,21 @@ def test_float32_progress_and_summary(outliers):
     seen = []
     est = hutchinson(
         Counting(A, dtype=torch.float32),
-        samples=40,
+        probes=40,
         batch=16,
-        progress=lambda p, r: seen.append((p, r)),
+        progress=lambda done, total, note: seen.append((done, total, note)),
     )
-    assert [p for p, _ in seen] == [16, 32, 40]
+    assert [(done, total) for done, total, _ in seen] == [(16, 40), (32, 40), (40, 40)]
+    relative = est.stderr / abs(est.value)
+    assert seen[-1][2] == f"stderr/|trace| {relative:.1e}"
     assert abs(est.value - lam.sum()) <= 4 * est.stderr
     assert json.loads(json.dumps(est.to_dict()))["samples"] == 40
 
 
 def test_bad_arguments(outliers):
     A, lam, Q = outliers
-    with pytest.raises(BadInputError, match="samples"):
-        hutchinson(Counting(A), samples=1)
+    with pytest.raises(BadInputError, match="probes"):
+        hutchinson(Counting(A), probes=1)
     not_orthonormal = torch.from_numpy(2.0 * Q[:, :2])
     with pytest.raises(BadInputError, match="orthonormal"):
         hutchinson(Counting(A), deflate=(torch.ones(2), not_orthonormal))
