@@ -10,22 +10,25 @@ evidence (products used, iterations, residual norms ‖Hv − λv‖, standard e
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from landscope._checks import choice, integer, positive
+from landscope._deprecated import old_names, renamed
 from landscope.errors import BadInputError
 from landscope.linalg import (
     Eigenpairs,
     Operator,
     SpectralQuadrature,
+    TraceEstimate,
     dense_eigh,
     extreme_eigenpairs,
     hutchinson,
     slq,
 )
 from landscope.objective import DENSE_LIMIT, Objective
+from landscope.progress import Progress
 
 EXACT_MAX_N = 1024
 """Up to this many parameters the exact (dense) path is chosen automatically."""
@@ -33,14 +36,14 @@ EXACT_MAX_N = 1024
 WHICH = ("largest", "smallest", "both")
 
 
-def default_tol(dtype: torch.dtype, n: int = 1) -> float:
-    """Default relative residual tolerance ‖Hv − λv‖ ≤ tol·‖H‖ for iterative eigenpairs.
+def default_eig_rtol(dtype: torch.dtype, n: int = 1) -> float:
+    """Default relative residual tolerance ‖Hv − λv‖ ≤ eig_rtol·‖H‖ for iterative eigenpairs.
 
     Float64 reaches 1e-8 easily. In float32 each Hessian-vector product carries rounding errors of
     about 1e-6·‖H‖, and the Lanczos basis loses orthogonality at about √n·eps: residuals stall
     near that floor (a 57,290-parameter CNN: the top five at 8e-5·ρ after 500 products, with
     √n·eps = 1.4e-5). The default is therefore max(1e-5, 10·√n·eps), which the solver reaches;
-    a tighter ``tol`` spends its budget at the floor and reports ``converged=False``.
+    a tighter ``eig_rtol`` spends its budget at the floor and reports ``converged=False``.
     """
     if dtype == torch.float64:
         return 1e-8
@@ -63,6 +66,14 @@ class Spectrum:
     evidence: dict
     eigenvalues: torch.Tensor | None = field(default=None, repr=False)
 
+    def pairs(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Values (d,) and unit vectors (n, d) of both ends together, largest first; None when
+        neither end was asked for."""
+        found = [p for p in (self.largest, self.smallest) if p is not None]
+        if not found:
+            return None
+        return torch.cat([p.values for p in found]), torch.cat([p.vectors for p in found], dim=1)
+
     def to_dict(self) -> dict:
         return {"method": self.method,
                 "largest": None if self.largest is None else self.largest.to_dict(),
@@ -70,28 +81,29 @@ class Spectrum:
                 "evidence": self.evidence}
 
 
+@renamed(tol="eig_rtol")
 def spectrum(
     obj: Objective,
     k: int = 5,
     which: str = "both",
     *,
     theta: torch.Tensor | None = None,
-    tol: float | None = None,
+    eig_rtol: float | None = None,
     exact: bool | None = None,
     max_products: int | None = None,
     basis_size: int | None = None,
     coords: torch.Tensor | None = None,
     seed: int = 0,
     warm: Spectrum | torch.Tensor | None = None,
-    progress=None,
+    progress: Progress | None = None,
 ) -> Spectrum:
     """The k largest and/or k smallest (most negative) eigenpairs of ∇²L(θ).
 
     Parameters
     ----------
     k: eigenpairs at each requested end. which: "largest", "smallest" or "both".
-    tol: relative residual tolerance, ‖Hv − λv‖ ≤ tol·max|λ| (default :func:`default_tol`, by
-        dtype and size).
+    eig_rtol: relative residual tolerance, ‖Hv − λv‖ ≤ eig_rtol·max|λ| (default
+        :func:`default_eig_rtol`, by dtype and size).
     exact: force (True) or forbid (False) the dense path; default: exact when n ≤ EXACT_MAX_N.
     max_products: budget of Hessian-vector products for the iterative path; when it runs out
         the result says ``converged=False`` and gives the residuals reached.
@@ -101,6 +113,9 @@ def spectrum(
     coords: indices of the coordinates to keep (default all): the spectrum of the block
         P ∇²L Pᵀ on them, e.g. without parameters the loss does not depend on (their exact zero
         eigenvalues are not the landscape's). Eigenvectors come back in Rⁿ, zero elsewhere.
+    warm: a previous Spectrum (of a nearby point) or vectors (n, p) to start Lanczos from.
+    progress: :class:`~landscope.progress.Progress` of the iterative path: Hessian-vector
+        products made out of the budget, the worst relative residual estimate as its note.
 
     Examples
     --------
@@ -110,8 +125,8 @@ def spectrum(
     """
     choice("which", which, WHICH)
     integer("k", k)
-    if tol is not None:  # checked on every path: the dense one does not read it
-        positive("tol", tol)
+    if eig_rtol is not None:  # checked on every path: the dense one does not read it
+        positive("eig_rtol", eig_rtol)
     k_largest = k if which in ("largest", "both") else 0
     k_smallest = k if which in ("smallest", "both") else 0
     if _use_exact(obj, exact, k_largest + k_smallest):
@@ -124,7 +139,8 @@ def spectrum(
     H = _operator(obj, theta, coords)
     result = extreme_eigenpairs(
         H, k_largest=k_largest, k_smallest=k_smallest,
-        tol=default_tol(obj.dtype, H.n) if tol is None else tol, max_products=max_products,
+        rtol=default_eig_rtol(obj.dtype, H.n) if eig_rtol is None else eig_rtol,
+        max_products=max_products,
         basis_size=basis_size, seed=seed, warm=block, progress=progress,
     )
     evidence = {**result.to_dict(), "hvp_products": obj.counts["hvp"] - before,
@@ -174,21 +190,24 @@ class Density:
             return FractionEstimate(inside, inside, inside, 0.0)
         return FractionEstimate(*self.quadrature.fraction_between(a, b))
 
-    def fractions(self, zero_tol: float) -> dict[str, FractionEstimate]:
-        """Fractions negative (λ ≤ −tol), near zero (−tol < λ ≤ tol) and positive (λ > tol)."""
+    @renamed(zero_tol="atol")
+    def fractions(self, atol: float) -> dict[str, FractionEstimate]:
+        """Fractions negative (λ ≤ −atol), near zero (−atol < λ ≤ atol) and positive (λ > atol)."""
         inf = float("inf")
         return {
-            "negative": self.fraction_between(-inf, -zero_tol),
-            "zero": self.fraction_between(-zero_tol, zero_tol),
-            "positive": self.fraction_between(zero_tol, inf),
+            "negative": self.fraction_between(-inf, -atol),
+            "zero": self.fraction_between(-atol, atol),
+            "positive": self.fraction_between(atol, inf),
         }
 
-    def curve(self, points: int = 400, sigma: float | None = None):
-        """(grid, density) smoothed with a Gaussian of width sigma (default: 1% of the range)."""
+    @renamed(points="resolution")
+    def curve(self, resolution: int = 400, sigma: float | None = None):
+        """(grid, density) on ``resolution`` points, smoothed with a Gaussian of width sigma
+        (default: 1% of the range)."""
         values = self.eigenvalues if self.eigenvalues is not None else self.quadrature.nodes
         low, high = values.min().item(), values.max().item()
         pad = 0.05 * max(high - low, 1e-12)
-        grid = torch.linspace(low - pad, high + pad, points, dtype=torch.float64)
+        grid = torch.linspace(low - pad, high + pad, resolution, dtype=torch.float64)
         sigma = sigma or 0.01 * max(high - low, 1e-12)
         if self.eigenvalues is not None:
             diff = grid[:, None] - self.eigenvalues.to(torch.float64)[None, :]
@@ -219,77 +238,108 @@ class Density:
                    int(d.get("products", 0)))
 
 
+@renamed(steps="lanczos_steps")
 def density(
     obj: Objective,
     probes: int = 8,
-    steps: int = 80,
+    lanczos_steps: int = 80,
     *,
     theta: torch.Tensor | None = None,
     exact: bool | None = None,
     coords: torch.Tensor | None = None,
     seed: int = 0,
-    progress=None,
+    progress: Progress | None = None,
 ) -> Density:
     """Eigenvalue density of ∇²L(θ) by stochastic Lanczos quadrature (exact for small n).
 
     The spectral measure μ = (1/n) Σᵢ δ(λᵢ) is estimated as the mean over ``probes`` random
-    vectors v of the Gauss quadrature Σⱼ wⱼ δ(xⱼ) from ``steps`` Lanczos steps started at v.
-    All probes advance together: each step is one batched product of ``probes`` vectors.
+    vectors v of the Gauss quadrature Σⱼ wⱼ δ(xⱼ) from ``lanczos_steps`` Lanczos steps started
+    at v. All probes advance together: each step is one batched product of ``probes`` vectors.
     ``coords`` restricts H to those coordinates (see :func:`spectrum`); then n = len(coords).
+    ``progress``: :class:`~landscope.progress.Progress` of the SLQ path, in Hessian-vector
+    products out of ``probes · lanczos_steps``.
     """
     integer("probes", probes)
-    integer("steps", steps)
+    integer("lanczos_steps", lanczos_steps)
     if _use_exact(obj, exact, 0):
         values = dense_eigh(restricted_hessian(obj, theta, coords))[0]
         return Density("exact", values.numel(), eigenvalues=values, products=obj.n)
     before = obj.counts["hvp"]
     H = _operator(obj, theta, coords)
-    quadrature = slq(H, probes=probes, steps=steps, seed=seed, progress=progress)
+    quadrature = slq(H, probes=probes, lanczos_steps=lanczos_steps, seed=seed, progress=progress)
     return Density("slq", H.n, quadrature=quadrature, products=obj.counts["hvp"] - before)
 
 
 @dataclass(frozen=True)
 class Trace:
-    """tr ∇²L(θ) = Σᵢ λᵢ: exact, or a Hutchinson estimate with its standard error."""
+    """tr ∇²L(θ) = Σᵢ λᵢ: exact, or a Hutchinson estimate with its standard error.
 
-    value: float
-    stderr: float
+    ``method``: "exact" or "hutchinson"; ``estimate``: the
+    :class:`~landscope.linalg.TraceEstimate` (exact: stderr 0, no probes), its ``products`` the
+    Hessian-vector products the objective counted. ``value``, ``stderr``, ``samples`` (probes
+    averaged) and ``products`` read it.
+    """
+
     method: str
-    samples: int
-    products: int
+    estimate: TraceEstimate
+
+    @property
+    def value(self) -> float:
+        return self.estimate.value
+
+    @property
+    def stderr(self) -> float:
+        return self.estimate.stderr
+
+    @property
+    def samples(self) -> int:
+        return self.estimate.samples
+
+    @property
+    def products(self) -> int:
+        return self.estimate.products
 
     def to_dict(self) -> dict:
         return {"value": self.value, "stderr": self.stderr, "method": self.method,
                 "samples": self.samples, "products": self.products}
 
 
+@renamed(samples="probes", rtol="stderr_rtol")
 def trace(
     obj: Objective,
-    samples: int = 100,
+    probes: int = 100,
     *,
     theta: torch.Tensor | None = None,
-    rtol: float | None = None,
+    stderr_rtol: float | None = None,
     batch: int = 10,
     exact: bool | None = None,
     seed: int = 0,
-    progress=None,
+    deflate: Spectrum | tuple[torch.Tensor, torch.Tensor] | None = None,
+    progress: Progress | None = None,
 ) -> Trace:
     """tr H by Hutchinson's estimator E[zᵀHz] over Rademacher z (exact for small n).
 
-    ``samples`` probe vectors in batches of ``batch`` products; with ``rtol`` sampling stops
-    early once the standard error is below rtol·|estimate| (``samples`` is then the maximum).
+    ``probes`` Rademacher vectors in batches of ``batch`` products; with ``stderr_rtol`` probing
+    stops early once stderr ≤ stderr_rtol·|estimate| (``probes`` is then the maximum).
+    ``deflate``: a Spectrum at θ (its pairs of both ends) or ``(values, orthonormal vectors)``:
+    tr H = Σ values + tr(P H P) with P = I − QQᵀ, Hutchinson on the second term only, which
+    takes the outliers' share of the variance away (:func:`landscope.linalg.hutchinson`); the
+    exact path needs none. ``progress``: :class:`~landscope.progress.Progress` of the
+    Hutchinson path, in Hessian-vector products out of ``probes``.
     """
-    integer("samples", samples, minimum=2)  # a standard error needs two
+    integer("probes", probes, minimum=2)  # a standard error needs two
     integer("batch", batch)
-    if rtol is not None:
-        positive("rtol", rtol)
+    if stderr_rtol is not None:
+        positive("stderr_rtol", stderr_rtol)
     if _use_exact(obj, exact, 0):
         values = dense_eigh(restricted_hessian(obj, theta, None))[0]
-        return Trace(values.sum().item(), 0.0, "exact", 0, obj.n)
+        return Trace("exact", TraceEstimate(values.sum().item(), 0.0, 0, obj.n, 0))
+    if isinstance(deflate, Spectrum):
+        deflate = deflate.pairs()
     before = obj.counts["hvp"]
-    est = hutchinson(obj.operator(theta), samples=samples, batch=batch, rtol=rtol, seed=seed,
-                     progress=progress)
-    return Trace(est.value, est.stderr, "hutchinson", est.samples, obj.counts["hvp"] - before)
+    est = hutchinson(obj.operator(theta), probes=probes, batch=batch, rtol=stderr_rtol,
+                     seed=seed, deflate=deflate, progress=progress)
+    return Trace("hutchinson", replace(est, products=obj.counts["hvp"] - before))
 
 
 def warm_block(warm: Spectrum | torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -298,10 +348,10 @@ def warm_block(warm: Spectrum | torch.Tensor | None, n: int) -> torch.Tensor | N
     if warm is None:
         return None
     if isinstance(warm, Spectrum):
-        pieces = [p.vectors for p in (warm.largest, warm.smallest) if p is not None]
-        if not pieces:
+        pairs = warm.pairs()
+        if pairs is None:
             return None
-        warm = torch.cat(pieces, dim=1)
+        warm = pairs[1]
     if not isinstance(warm, torch.Tensor) or warm.dim() not in (1, 2) or warm.shape[0] != n:
         shape = tuple(warm.shape) if isinstance(warm, torch.Tensor) else type(warm).__name__
         raise BadInputError(f"warm must be a Spectrum or a tensor of shape (n, p) with n = {n} "
@@ -378,3 +428,6 @@ def dense_spectrum(H, values, vectors, k_largest: int, k_smallest: int, dtype,
     evidence = {"method": "exact", "products": n_full or n, "converged": True,
                 "solver": "numpy.linalg.eigh (float64) on the dense Hessian"}
     return Spectrum(largest, smallest, "exact", evidence, eigenvalues=values)
+
+
+__getattr__ = old_names(__name__, {"default_tol": "default_eig_rtol"})
