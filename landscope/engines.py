@@ -3,7 +3,7 @@
 An engine works at one point at a time: ``at(θ)`` makes products at θ ready (and returns the sums
 it computed on the way), ``hvp(V)`` gives the products, ``release()`` drops what it holds. Every
 engine returns *sums over this process's batches*, Σ_b w_b ℓ_b, Σ_b w_b ∇ℓ_b and Σ_b w_b H_b V;
-the Objective takes their mean once (:func:`landscope.functional.reduced`). Sums make
+the Objective takes their mean once (:func:`landscope.losses.reduced`). Sums make
 data parallelism a wrapper: :class:`landscope.distributed.DataParallel` adds the sums of every
 rank (one all-reduce per call) around any engine.
 
