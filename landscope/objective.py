@@ -8,14 +8,10 @@ How products are made is an engine's job (:mod:`landscope.engines`): the first-o
 per point (one extra backward per product), the same streamed per batch when the data is too large
 to keep it (beyond ``graph_cache_samples`` samples), or the chain engine (:mod:`landscope.chain`,
 hand-derived R-operators, 1.1–1.9 gradients per product on the benchmark MLPs and CNN against
-1.4–2.3 through the kept graph). The first point checks the chain engine against autograd (value,
-gradient and one product within 1e-7 relative in float64, 1e-3 in float32); with
-``engine="auto"`` it also times one product of each twice and keeps the chain engine only if it
-agrees and is faster (``engine="chain"`` skips only the timing). At every later point its value and
-gradient are checked against one plain autograd gradient pass (none if they were computed there
-already), never per product; a mismatch hands the products to autograd for good. ``info`` records
-the trial (``chain_trial``) and the checks (``chain_checks``); ``info["hvp_engine"]`` the engine
-and, for k columns through the graph, loop or vmapped backward (timed once, the faster kept).
+1.4–2.3 through the kept graph), checked against autograd at the first point and its L and ∇L at
+every later one (:mod:`landscope.products`, which also keeps the last point). ``info`` records the
+engine (``hvp_engine``: for k columns through the graph, loop or vmapped backward, timed once, the
+faster kept), the chain engine's trial (``chain_trial``) and checks (``chain_checks``).
 
 Under ``torch.distributed`` (:mod:`landscope.distributed`) each rank holds its shard of the data,
 the engines' sums are added over the ranks (one all-reduce per pass or block of products) and
@@ -24,21 +20,20 @@ every result is the single-process one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from landscope import distributed, engines
 from landscope._checks import choice
-from landscope.chain import ChainHessian, Unsupported
-from landscope.data import Batches
-from landscope.engines import Columns, KeptGraph, Streaming, Sums
+from landscope.engines import Sums
 from landscope.errors import BadInputError
-from landscope.functional import ModelLoss, check_loss, reduced
+from landscope.functional import ModelLoss
 from landscope.linalg.operator import Operator
+from landscope.losses import check_loss, reduced
+from landscope.model_parts import model_parts
+from landscope.products import Point, ProductSource
 
 DENSE_LIMIT = 4096
 """Largest n for which :meth:`Objective.hessian` builds the dense n×n matrix without being asked."""
@@ -48,22 +43,7 @@ ENGINES = ("auto", "chain", "loop", "batched")
 vmapped columns, whichever is faster; ``chain``: the chain engine (checked, not timed);
 ``loop``, ``batched``: autograd with that column mode."""
 
-# Lower bounds of common losses (with hard labels and no smoothing): where they are reached the
-# point is a global minimum.
-_KNOWN_LOWER_BOUNDS = {
-    torch.nn.functional.mse_loss: 0.0,
-    torch.nn.functional.l1_loss: 0.0,
-    torch.nn.functional.cross_entropy: 0.0,
-    torch.nn.functional.binary_cross_entropy_with_logits: 0.0,
-    torch.nn.functional.smooth_l1_loss: 0.0,
-    torch.nn.functional.huber_loss: 0.0,
-}
-_LOSS_MODULES_BOUNDED_BY_ZERO = (
-    nn.MSELoss, nn.L1Loss, nn.BCEWithLogitsLoss, nn.SmoothL1Loss, nn.HuberLoss,
-)
-
-
-class Objective:
+class Objective(ProductSource):
     """A twice-differentiable scalar function of a flat parameter vector.
 
     Build one with :meth:`from_model` or :meth:`from_function`. Every method takes an optional
@@ -100,15 +80,11 @@ class Objective:
         self.counts = {"passes": 0, "gradients": 0, "hvp": 0}
         self.info = {**info, "n": self.n, "dtype": str(self.dtype).replace("torch.", ""),
                      "device": str(self.device), "lower_bound": lower_bound, "hvp_engine": engine}
-        self._requested = engine
-        self._columns = Columns("auto" if engine == "chain" else engine, record=self.info)
         self._across = distributed.Local()  # the sums of every rank under data parallelism
         self._weight: float | None = None  # Σ w_b over all the data, once a pass has read it
-        self._point: _Point | None = None
-        self._engine: engines.Engine | None = None  # chosen at the first product
         self._unflatten = lambda theta: {"x": theta}
         self.model_loss: ModelLoss | None = None  # set by from_model: the model, loss and data
-        self._chain: ChainHessian | None = None  # the chain engine while on trial or in use
+        self._start_products(engine)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -210,55 +186,14 @@ class Objective:
         otherwise: eigen-solvers need more than 3 significant digits, and half-precision
         products are refused.
         """
-        first = next(iter(model.parameters()), None)
-        dtype = dtype or _analysis_dtype(first)
-        if dtype in (torch.float16, torch.bfloat16):
-            raise BadInputError(
-                f"dtype={dtype}: half precision keeps about 3 significant digits, too few for "
-                "Hessian eigenvalues. Analyse in float32 (the default for half-precision models) "
-                "or float64"
-            )
-        device = torch.device(device) if device is not None else (
-            first.device if first is not None else torch.device("cpu"))
-        own_loss = isinstance(loss_fn, str)
-        if shard not in distributed.SHARDS:
-            raise BadInputError(f"shard={shard!r}; use 'split' (every rank passes all the data), "
-                                "'given' (each rank passes its own part) or 'replicate' (each "
-                                "rank computes alone on all of it)")
-        parallel = distributed.active(group) and shard != "replicate"
-        if parallel and shard == "given" and _empty(data):
-            data = []  # this rank's part is empty: the others hold the data
-        batches = Batches(data, batch_size=batch_size, dtype=dtype, device=device,
-                          target_key=target_key, target_to_model=own_loss)
-        if parallel:
-            batches = distributed.shard(batches, shard, mode, group)
-        loss = ModelLoss(model, loss_fn, batches, params=params, mode=mode, dtype=dtype,
-                         device=device, seed=seed, output=output, reduction=reduction,
-                         batch_weight=batch_weight)
-        info = {
-            "kind": "model",
-            "name": type(model).__name__,
-            "loss": _loss_name(loss_fn),
-            "mode": mode,
-            "parameters": loss.names,
-            "frozen_parameters": sorted(loss.frozen),
-            "tied_parameters": _ties(loss),
-            "data": loss.batches.description,
-            "reduction": loss.reduction,
-            "batch_weights": loss.weighting,
-            "attention": "second-order passes run scaled_dot_product_attention's math kernel",
-        }
-        if first is not None and first.dtype != dtype:
-            info["model_dtype"] = str(first.dtype).replace("torch.", "")
-        if lower_bound is None and not own_loss:
-            lower_bound = _known_lower_bound(loss_fn)
-        across = distributed.AcrossRanks(loss.theta0.numel(), dtype, device, group) \
-            if parallel else distributed.Local()
-        if parallel:
-            distributed.same_model(loss, group)
-            info["ranks"] = across.ranks
-        return cls._of(loss, info, lower_bound=lower_bound,
-                       graph_cache_samples=graph_cache_samples, engine=engine, across=across)
+        parts = model_parts(model, loss_fn, data, params=params, mode=mode, dtype=dtype,
+                            device=device, batch_size=batch_size, lower_bound=lower_bound,
+                            seed=seed, output=output, target_key=target_key,
+                            reduction=reduction, batch_weight=batch_weight, shard=shard,
+                            group=group)
+        return cls._of(parts.loss, parts.info, lower_bound=parts.lower_bound,
+                       graph_cache_samples=graph_cache_samples, engine=engine,
+                       across=parts.across)
 
     @classmethod
     def _of(cls, loss: ModelLoss, info: dict, *, lower_bound, graph_cache_samples: int,
@@ -276,16 +211,7 @@ class Objective:
             obj.info["first_order_only"] = survey["first_order_only"]
         obj._unflatten = loss.unflatten
         obj.model_loss = loss
-        if engine in ("auto", "chain"):
-            try:
-                obj._chain = ChainHessian(loss)
-            except Unsupported as why:
-                if engine == "chain":
-                    raise BadInputError(f"engine='chain' does not apply to this model: {why}. "
-                                        "Use engine='auto' (autograd products).") from None
-                obj.info["chain_engine"] = f"not used: {why}"
-            else:  # on trial: the first point checks it against autograd (engines.trial)
-                obj.info["hvp_engine"] = "auto"
+        obj._offer_chain(loss)
         return obj
 
     def subset(self, indices, *, units: str = "samples", engine: str | None = None
@@ -315,20 +241,6 @@ class Objective:
                             engine=engine or self.settled_engine)
         obj.info["unused_parameters"] = self.info.get("unused_parameters", [])
         return obj
-
-    @property
-    def chain_engine(self) -> bool:
-        """Whether products come (or may come, on trial) from the chain engine."""
-        return self._chain is not None
-
-    @property
-    def settled_engine(self) -> str:
-        """The ``engine=`` that reproduces what this Objective settled on (for its subsets):
-        ``chain`` when the chain engine is in use, ``auto`` while it is on trial, else the
-        column mode (``loop``, ``batched``, or ``auto`` before it was timed)."""
-        if self._chain is not None:
-            return "chain" if self._engine is not None else "auto"
-        return self._columns.mode
 
     @property
     def ranks(self) -> int:
@@ -379,7 +291,7 @@ class Objective:
                                                              gradient=True))
         self.counts["passes"] += 1
         self.counts["gradients"] += 1
-        self._point = _Point.of(theta, sums, self._mean)
+        self._point = Point.of(theta, sums, self._mean)
         return self._point.value, self._point.gradient
 
     def hvp(self, v: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
@@ -459,7 +371,7 @@ class Objective:
         return v.detach().to(self.device, self.dtype)
 
     def _mean(self, total, sums: Sums | None = None, theta: torch.Tensor | None = None):
-        """L, ∇L or H·V from its sum over all the data (:func:`landscope.functional.reduced`),
+        """L, ∇L or H·V from its sum over all the data (:func:`landscope.losses.reduced`),
         with Σ w_b read from ``sums``, or from an earlier pass (a value pass at θ if none was made
         yet)."""
         if sums is not None:
@@ -467,126 +379,6 @@ class Objective:
         elif self._weight is None:
             self.value(theta)
         return reduced(self._reduction, total, self._weight)
-
-    def _ready(self, theta: torch.Tensor) -> engines.Engine:
-        """The engine, with products ready at θ: chosen at the first point (the chain engine's
-        trial there), checked at later points when it is the chain engine."""
-        if self._point is not None and self._point.at(theta) and self._point.ready:
-            return self._engine
-        if self._engine is None:
-            return self._choose(theta)
-        if self._engine.name == "chain":
-            return self._checked_chain(theta)
-        self._settle(theta, self._engine.at(theta))
-        return self._engine
-
-    def _settle(self, theta: torch.Tensor, sums: Sums | None) -> None:
-        """Products are ready at θ; keep L and ∇L if the engine computed them on the way."""
-        if sums is None:  # nothing computed on the way: keep what is known at θ
-            known = self._point if self._point is not None and self._point.at(theta) else \
-                _Point(theta.clone(), None, None)
-            known.ready = True
-            self._point = known
-            return
-        self.counts["passes"] += 1
-        self.counts["gradients"] += 1
-        self._point = _Point.of(theta, sums, self._mean, ready=True)
-
-    def _choose(self, theta: torch.Tensor) -> engines.Engine:
-        """The engine for every product of this Objective (:func:`landscope.engines.choose`)."""
-        local = sum(self.model_loss.batches.sizes) if self.model_loss is not None else 1
-        largest = int(self.agree(local))
-        kind = engines.choose(largest_shard=largest,
-                              graph_cache_samples=self.graph_cache_samples,
-                              chain_on_trial=self._chain is not None)
-        wrap = self._across.wrap
-        if kind == "streaming":
-            self._engine = wrap(Streaming(self._batch_losses, self._columns))
-            if self._chain is not None:
-                self.info["chain_engine"] = (f"not used: {largest} samples on one process are "
-                                             "more than graph_cache_samples = "
-                                             f"{self.graph_cache_samples}")
-                self._chain = None
-        elif kind == "graph":
-            self._engine = wrap(KeptGraph(self._batch_losses, self._columns))
-        else:
-            return self._trial(theta)
-        self._settle(theta, self._engine.at(theta))
-        return self._engine
-
-    def _trial(self, theta: torch.Tensor) -> engines.Engine:
-        """The chain engine's trial at the first point (:func:`landscope.engines.trial`)."""
-        graph = self._across.wrap(KeptGraph(self._batch_losses, self._columns))
-        forced = self._requested == "chain"
-        try:
-            outcome = engines.trial(self._across.wrap(self._chain), graph, theta, forced=forced,
-                                    agree=self._across.agree)
-        except Unsupported as why:  # the chain engine refused the data
-            self.counts["passes"] += 1  # the trial's pass of the graph
-            self.counts["gradients"] += 1
-            self.info["chain_engine"] = f"not used: {why}"
-            self._chain, self._engine = None, graph
-            self._settle(theta, graph.at(theta))
-            return graph
-        self.counts["passes"] += outcome.passes
-        self.counts["gradients"] += outcome.passes
-        self.counts["hvp"] += outcome.products
-        record = outcome.record
-        floor = record.pop("floor")
-        self.info["chain_trial"] = {**record, "passes": outcome.passes}
-        self._engine = outcome.engine
-        if outcome.engine is graph:
-            self.info["chain_engine"] = f"not used: {record['why']} (see chain_trial)"
-            self._chain = None
-            self._settle(theta, graph.at(theta))  # built again: the trial released it
-            return graph
-        self.info["hvp_engine"] = "chain"
-        self.info["chain_engine"] = "used"
-        # L and ∇L at every later point (see _checked_chain); near ∇L = 0 the rounding of the
-        # sum over samples stays that of the first point's gradient
-        self._point = _Point.of(theta, outcome.sums, self._mean, ready=True)
-        rounding = math.sqrt(torch.finfo(self.dtype).eps) * float(self._point.gradient.norm())
-        errors = record["relative_errors"]
-        self.info["chain_checks"] = {
-            "points": 1, "max_relative_errors": {"value": errors["value"],
-                                                 "gradient": errors["gradient"]},
-            "tolerance": record["tolerance"], "gradient_floor": max(floor, rounding)}
-        return self._engine
-
-    def _checked_chain(self, theta: torch.Tensor) -> engines.Engine:
-        """The chain engine at a new θ, its L and ∇L checked against one plain autograd pass
-        (none if L and ∇L are known at θ already); on a mismatch autograd takes over for good."""
-        value, gradient = self.value_and_grad(theta)
-        checks = self.info["chain_checks"]
-        try:
-            sums = self._engine.at(theta)
-        except Unsupported as why:
-            failure = f"{why}"
-        else:
-            self.counts["passes"] += 1
-            self.counts["gradients"] += 1
-            errors = engines.disagreement(
-                Sums(self._mean(sums.value, sums), self._mean(sums.gradient, sums), 1.0,
-                     sums.samples),
-                Sums(value, gradient, 1.0, sums.samples), checks["gradient_floor"])
-            for key, error in errors.items():
-                checks["max_relative_errors"][key] = max(checks["max_relative_errors"][key],
-                                                         error)
-            failure = None if max(errors.values()) <= checks["tolerance"] else (
-                "it disagreed with autograd there (relative errors: "
-                + ", ".join(f"{key} {error:.1e}" for key, error in errors.items()) + ")")
-        checks["points"] += 1
-        if failure is None:
-            self._point = _Point(theta.clone(), value, gradient, ready=True)
-            return self._engine
-        self.info["chain_engine"] = (f"not used from point {checks['points']} on: {failure} "
-                                     "(see chain_checks)")
-        self._engine.release()
-        self._chain, self._engine = None, self._across.wrap(
-            KeptGraph(self._batch_losses, self._columns))
-        self.info["hvp_engine"] = self._columns.mode
-        self._settle(theta, self._engine.at(theta))
-        return self._engine
 
 
 def write_theta(model: torch.nn.Module, obj: Objective, theta: torch.Tensor) -> None:
@@ -597,64 +389,3 @@ def write_theta(model: torch.nn.Module, obj: Objective, theta: torch.Tensor) -> 
     with torch.no_grad():
         for name, piece in obj.unflatten(theta).items():
             named[name].copy_(piece)
-
-
-@dataclass
-class _Point:
-    """The last point: θ, L and ∇L there (None where not computed), and whether the engine's
-    products are ready there."""
-
-    theta: torch.Tensor
-    value: torch.Tensor | None
-    gradient: torch.Tensor | None
-    ready: bool = False
-
-    @classmethod
-    def of(cls, theta, sums: Sums, mean: Callable, ready: bool = False) -> _Point:
-        """The point θ with L and ∇L from their sums (``mean(total, sums)``: the Objective's)."""
-        return cls(theta.clone(), mean(sums.value, sums),
-                   None if sums.gradient is None else mean(sums.gradient, sums), ready)
-
-    def at(self, theta: torch.Tensor) -> bool:
-        return self.theta is theta or torch.equal(self.theta, theta)
-
-
-def _empty(data) -> bool:
-    """Whether ``data`` is (X, y) with no samples, or no batches at all."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and \
-            all(isinstance(t, torch.Tensor) for t in data):
-        return data[0].shape[0] == 0
-    return isinstance(data, (tuple, list)) and len(data) == 0
-
-
-def _loss_name(loss_fn) -> str:
-    if isinstance(loss_fn, str):
-        return "the model's own loss"
-    return getattr(loss_fn, "__name__", None) or type(loss_fn).__name__
-
-
-def _analysis_dtype(first: torch.nn.Parameter | None) -> torch.dtype:
-    """The model's dtype, or float32 for a half-precision model."""
-    if first is None:
-        return torch.get_default_dtype()
-    return torch.float32 if first.dtype in (torch.float16, torch.bfloat16) else first.dtype
-
-
-def _ties(loss: ModelLoss) -> dict[str, list[str]]:
-    """``{first name: [other names]}`` for parameters held under several names."""
-    first = {id(p): name for name, p in loss.model.named_parameters()}
-    ties: dict[str, list[str]] = {}
-    for name, p in loss.model.named_parameters(remove_duplicate=False):
-        if name != first[id(p)]:
-            ties.setdefault(first[id(p)], []).append(name)
-    return ties
-
-
-def _known_lower_bound(loss_fn) -> float | None:
-    if loss_fn in _KNOWN_LOWER_BOUNDS:
-        return _KNOWN_LOWER_BOUNDS[loss_fn]
-    if isinstance(loss_fn, _LOSS_MODULES_BOUNDED_BY_ZERO):
-        return 0.0
-    if isinstance(loss_fn, nn.CrossEntropyLoss) and loss_fn.label_smoothing == 0:
-        return 0.0
-    return None
