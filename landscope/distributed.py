@@ -67,10 +67,10 @@ def is_main(group=None) -> bool:
     return rank(group) == 0
 
 
-def part(count: int, index: int, parts: int) -> range:
-    """The ``index``-th of ``parts`` contiguous parts of ``range(count)``; the first
-    ``count % parts`` parts have one more element (a part may be empty)."""
-    size, extra = divmod(count, parts)
+def part(items: int, index: int, parts: int) -> range:
+    """The ``index``-th of ``parts`` contiguous parts of ``range(items)``; the first
+    ``items % parts`` parts have one more element (a part may be empty)."""
+    size, extra = divmod(items, parts)
     start = index * size + min(index, extra)
     return range(start, start + size + (index < extra))
 
@@ -251,12 +251,12 @@ def shard(batches, how: str, mode: str, group=None):
             "Pass the same data on every rank, or each rank's own part with shard='given'"
         )
     units = "batches" if mode == "train" else "samples"
-    count = len(sizes) if units == "batches" else sum(sizes)
-    mine = part(count, rank(group), world(group))
+    items = len(sizes) if units == "batches" else sum(sizes)
+    mine = part(items, rank(group), world(group))
     kept = batches.subset(torch.arange(mine.start, mine.stop), units=units)
     kept.description = (f"rank {rank(group)} of {world(group)}: {units} {mine.start}–"
-                        f"{mine.stop - 1} of {count} ({batches.description})" if len(mine) else
-                        f"rank {rank(group)} of {world(group)}: none of the {count} {units}")
+                        f"{mine.stop - 1} of {items} ({batches.description})" if len(mine) else
+                        f"rank {rank(group)} of {world(group)}: none of the {items} {units}")
     return kept
 
 
