@@ -73,7 +73,7 @@ obj = ls.Objective.from_model(model, nn.functional.cross_entropy, (X, y), engine
 plan = estimate(obj, basis_size=20)
 for _ in range(3):
     obj.hvp(torch.randn(obj.n))
-extreme_eigenpairs(obj.operator(), basis_size=20, max_products=6, tol=1e-3)
+extreme_eigenpairs(obj.operator(), basis_size=20, max_products=6, rtol=1e-3)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
 print(plan.peak_bytes(), peak, plan.activation_bytes)
 """

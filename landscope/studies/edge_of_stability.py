@@ -30,7 +30,7 @@ TOLERANCE = 0.10
 """How close to 2/η the late median sharpness must be, relative to 2/η."""
 START_BELOW = 0.6
 """How far below 2/η the first sharpness must be, as a fraction of 2/η."""
-LANCZOS_TOL = 1e-3
+LANCZOS_EIG_RTOL = 1e-3
 """Relative residual of each λ_max: far below the ±10 % the check allows."""
 
 
@@ -49,7 +49,7 @@ def descend(obj: Objective, lr: float, steps: int, every: int) -> dict:
         losses.append(float(loss))
         if step % every == 0:
             warm = spectrum(obj, k=1, which="largest", theta=theta, warm=warm, exact=False,
-                            tol=LANCZOS_TOL)
+                            eig_rtol=LANCZOS_EIG_RTOL)
             measured.append(step)
             sharpness.append(float(warm.largest.values[0]))
         theta = theta - lr * gradient

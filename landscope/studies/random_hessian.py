@@ -33,14 +33,15 @@ GOE_N2 = 0.5 - 1 / (2 * math.sqrt(2))
 ENSEMBLES = ("goe", "independent_signs")
 
 
-def draw(ensemble: str, n: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` random symmetric n×n matrices of ``ensemble``, shape (count, n, n)."""
-    G = rng.standard_normal((count, n, n))
+def draw(ensemble: str, n: int, matrices: int, rng: np.random.Generator) -> np.ndarray:
+    """``matrices`` random symmetric n×n matrices of ``ensemble``, shape (matrices, n, n)."""
+    G = rng.standard_normal((matrices, n, n))
     if ensemble == "goe":
         return (G + G.transpose(0, 2, 1)) / 2
     Q, R = np.linalg.qr(G)
     Q = Q * np.sign(np.diagonal(R, axis1=1, axis2=2))[:, None, :]  # Haar: fix the QR signs
-    values = rng.choice([-1.0, 1.0], size=(count, n)) * np.abs(rng.standard_normal((count, n)))
+    values = rng.choice([-1.0, 1.0], size=(matrices, n)) * np.abs(
+        rng.standard_normal((matrices, n)))
     return (Q * values[:, None, :]) @ Q.transpose(0, 2, 1)
 
 
