@@ -19,7 +19,6 @@ from landscope._deprecated import old_names, renamed
 from landscope.errors import BadInputError
 from landscope.linalg import (
     Eigenpairs,
-    Operator,
     SpectralQuadrature,
     TraceEstimate,
     dense_eigh,
@@ -27,11 +26,17 @@ from landscope.linalg import (
     hutchinson,
     slq,
 )
-from landscope.objective import DENSE_LIMIT, Objective
+from landscope.objective import Objective
 from landscope.progress import Progress
-
-EXACT_MAX_N = 1024
-"""Up to this many parameters the exact (dense) path is chosen automatically."""
+from landscope.restricted import (
+    EXACT_MAX_N as EXACT_MAX_N,  # the dense path's default size, also landscope.spectrum's
+)
+from landscope.restricted import (
+    embed_pairs,
+    restricted_hessian,
+    restricted_operator,
+    use_exact,
+)
 
 WHICH = ("largest", "smallest", "both")
 
@@ -129,14 +134,14 @@ def spectrum(
         positive("eig_rtol", eig_rtol)
     k_largest = k if which in ("largest", "both") else 0
     k_smallest = k if which in ("smallest", "both") else 0
-    if _use_exact(obj, exact, k_largest + k_smallest):
+    if use_exact(obj, exact, k_largest + k_smallest):
         H = restricted_hessian(obj, theta, coords)
         return dense_spectrum(H, *dense_eigh(H), k_largest, k_smallest, obj.dtype, coords, obj.n)
     block = warm_block(warm, obj.n)
     if block is not None and coords is not None:
         block = block[coords.to(block.device)]
     before = obj.counts["hvp"]
-    H = _operator(obj, theta, coords)
+    H = restricted_operator(obj, theta, coords)
     result = extreme_eigenpairs(
         H, k_largest=k_largest, k_smallest=k_smallest,
         rtol=default_eig_rtol(obj.dtype, H.n) if eig_rtol is None else eig_rtol,
@@ -145,7 +150,7 @@ def spectrum(
     )
     evidence = {**result.to_dict(), "hvp_products": obj.counts["hvp"] - before,
                 "warm_start": 0 if block is None else block.shape[1]}
-    largest, smallest = (_embed_pairs(p, coords, obj.n) for p in (result.largest, result.smallest))
+    largest, smallest = (embed_pairs(p, coords, obj.n) for p in (result.largest, result.smallest))
     return Spectrum(largest, smallest, "lanczos", evidence)
 
 
@@ -261,11 +266,11 @@ def density(
     """
     integer("probes", probes)
     integer("lanczos_steps", lanczos_steps)
-    if _use_exact(obj, exact, 0):
+    if use_exact(obj, exact, 0):
         values = dense_eigh(restricted_hessian(obj, theta, coords))[0]
         return Density("exact", values.numel(), eigenvalues=values, products=obj.n)
     before = obj.counts["hvp"]
-    H = _operator(obj, theta, coords)
+    H = restricted_operator(obj, theta, coords)
     quadrature = slq(H, probes=probes, lanczos_steps=lanczos_steps, seed=seed, progress=progress)
     return Density("slq", H.n, quadrature=quadrature, products=obj.counts["hvp"] - before)
 
@@ -331,7 +336,7 @@ def trace(
     integer("batch", batch)
     if stderr_rtol is not None:
         positive("stderr_rtol", stderr_rtol)
-    if _use_exact(obj, exact, 0):
+    if use_exact(obj, exact, 0):
         values = dense_eigh(restricted_hessian(obj, theta, None))[0]
         return Trace("exact", TraceEstimate(values.sum().item(), 0.0, 0, obj.n, 0))
     if isinstance(deflate, Spectrum):
@@ -359,56 +364,6 @@ def warm_block(warm: Spectrum | torch.Tensor | None, n: int) -> torch.Tensor | N
     return warm.detach().reshape(n, -1)
 
 
-def _use_exact(obj: Objective, exact: bool | None, wanted: int) -> bool:
-    if exact is None:
-        return obj.n <= EXACT_MAX_N or wanted >= obj.n
-    return exact
-
-
-def restricted_hessian(obj: Objective, theta, coords: torch.Tensor | None) -> torch.Tensor:
-    """The dense Hessian, or its block on ``coords``; refused above ``DENSE_LIMIT`` parameters
-    (before anything is allocated), naming the memory and the iterative path."""
-    if obj.n > DENSE_LIMIT:
-        gib = obj.n**2 * torch.finfo(obj.dtype).bits / 8 / 2**30
-        raise BadInputError(
-            f"the exact (dense) path needs the n x n Hessian of n = {obj.n:,} parameters: "
-            f"{gib:,.1f} GiB and {obj.n:,} Hessian-vector products, above the dense limit of "
-            f"{DENSE_LIMIT:,} parameters. Drop exact=True (--exact) for the iterative path "
-            "(Lanczos, stochastic quadrature, Hutchinson), or analyse a parameter subset "
-            "(Objective.from_model(..., params=...); --params)."
-        )
-    H = obj.hessian(theta)
-    return H if coords is None else H[coords][:, coords]
-
-
-def _operator(obj: Objective, theta, coords: torch.Tensor | None) -> Operator:
-    """H at θ, or its block P H Pᵀ on ``coords``."""
-    if coords is None:
-        return obj.operator(theta)
-
-    def block(V):
-        full = V.new_zeros((obj.n, *V.shape[1:]))
-        full[coords] = V
-        return obj.hvp(full, theta)[coords]
-
-    return Operator(coords.numel(), obj.dtype, obj.device, block)
-
-
-def embed(vectors: torch.Tensor, coords: torch.Tensor | None, n: int) -> torch.Tensor:
-    """Columns in the coordinates ``coords`` put back in Rⁿ (zero elsewhere)."""
-    if coords is None:
-        return vectors
-    full = vectors.new_zeros((n, vectors.shape[1]))
-    full[coords.to(vectors.device)] = vectors
-    return full
-
-
-def _embed_pairs(pairs: Eigenpairs | None, coords: torch.Tensor | None, n: int):
-    if pairs is None:
-        return pairs
-    return Eigenpairs(pairs.values, embed(pairs.vectors, coords, n), pairs.residuals)
-
-
 def dense_spectrum(H, values, vectors, k_largest: int, k_smallest: int, dtype,
                    coords: torch.Tensor | None = None, n_full: int | None = None) -> Spectrum:
     """A :class:`Spectrum` read off a dense Hessian (or its block on ``coords`` of Rⁿ_full)
@@ -419,7 +374,7 @@ def dense_spectrum(H, values, vectors, k_largest: int, k_smallest: int, dtype,
     def pairs(index):
         vals, vecs = values[index], vectors[:, index]
         residuals = torch.linalg.vector_norm(Hd @ vecs - vecs * vals, dim=0)
-        return _embed_pairs(Eigenpairs(vals, vecs.to(H.device, dtype), residuals), coords,
+        return embed_pairs(Eigenpairs(vals, vecs.to(H.device, dtype), residuals), coords,
                             n_full)
 
     k_largest, k_smallest = min(k_largest, n), min(k_smallest, n)

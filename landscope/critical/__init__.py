@@ -62,16 +62,8 @@ from landscope.kinds import KINDS as KINDS  # the verdicts' vocabulary, also lan
 from landscope.linalg import dense_eigh
 from landscope.objective import Objective
 from landscope.progress import Progress
-from landscope.spectrum import (
-    EXACT_MAX_N,
-    Density,
-    Spectrum,
-    dense_spectrum,
-    density,
-    embed,
-    restricted_hessian,
-    spectrum,
-)
+from landscope.restricted import EXACT_MAX_N, embed, restricted_hessian
+from landscope.spectrum import Density, Spectrum, dense_spectrum, density, spectrum
 
 __all__ = ["KINDS", "Probe", "Stationarity", "Tolerances", "default_global_atol",
            "default_zero_rtol", "index_note", "probe", "used_coordinates"]
