@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -184,11 +185,15 @@ def test_race_with_empty_name_lists_exits_2(tmp_path, args, message):
 def test_probe_prints_each_stage_and_ctrl_c_keeps_the_best_answer(tmp_path, monkeypatch):
     import landscope.cli.probe as command
 
-    def interrupt_in_stage_two(self, stage, *args):
-        if stage == "extremes":
+    def interrupt_in_stage_two(done, total, note=""):
+        if " extremes" in note:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(command._StageProgress, "report", interrupt_in_stage_two)
+    @contextmanager
+    def products_bar(label):
+        yield interrupt_in_stage_two
+
+    monkeypatch.setattr(command, "products_bar", products_bar)
     result = _probe(tmp_path, "--model", f"{FIXTURE}:model", "--data", f"{FIXTURE}:loader",
                     "--dtype", "float64", "--samples", "8", "--subsets", "3")
     assert result.exit_code == 0, result.output

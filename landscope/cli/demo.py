@@ -27,7 +27,7 @@ def demo(out: OutOption = OUT):
     def work():
         _probe(ModelRequest(), ProbeRequest(), out)
         console.rule("surface: the plane of the training path (PCA), with the path drawn on it")
-        _surface(ModelRequest(), SurfaceRequest(directions="pca", steps=31), out)
+        _surface(ModelRequest(), SurfaceRequest(directions="pca", resolution=31), out)
         console.rule("race: who escapes the saddle of x² − y²?")
         _race(RaceRequest(functions="saddle", starts=8, steps=150, strategies=False,
                           optimizers="gd,momentum,adam,newton,saddle_free_newton,perturbed_gd"),

@@ -34,7 +34,7 @@ def spectrum_figure(probe: dict, *, title: str = ""):
             hovertemplate="λ = %{y:.6g} ± %{error_y.array:.2g}<extra>" + end + "</extra>"), 1, 1)
     density = probe.get("density") or {}
     if "eigenvalues" in density or "quadrature" in density:
-        grid, values = Density.from_dict(density).curve(points=600)
+        grid, values = Density.from_dict(density).curve(resolution=600)
         floor = max(float(values.max()) * 1e-6, 1e-300)
         fig.add_trace(go.Scatter(x=grid.numpy(), y=np.maximum(values.numpy(), floor),
                                  mode="lines", name=f"density ({density['method']})",
