@@ -34,7 +34,7 @@ def _from_model(problem, **options):
 
 def _escape(problem, **options):
     model, loss, data, _ = problem
-    settings = {"steps": 2, "seeds": 1, "candidates": ("baseline",), **options}
+    settings = {"evaluations": 2, "seeds": 1, "candidates": ("baseline",), **options}
     return escape.escape(model, loss, data, **settings)
 
 
@@ -80,7 +80,7 @@ CASES = [  # (call on the shared problem, the parameter, the bad value as repr()
     (lambda p: directions.random(p[3], dims=3), "dims", "3"),
     (lambda p: surface(p[3], _frame(p[3]), bn="train"), "bn", "'train'"),
     (lambda p: surface(p[3], _frame(p[3]), resolution=0), "resolution", "0"),
-    (lambda p: _escape(p, steps=0), "steps", "0"),
+    (lambda p: _escape(p, evaluations=0), "evaluations", "0"),
     (lambda p: _escape(p, seeds=0), "seeds", "0"),
     (lambda p: _escape(p, batch_size=0), "batch_size", "0"),
     (lambda p: _escape(p, optimizer="sgdd"), "optimizer", "'sgdd'"),

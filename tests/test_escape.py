@@ -73,7 +73,7 @@ def test_every_candidate_starts_at_theta0_and_reads_the_same_batches(one_thread)
 
     names = ["baseline", "adam", "cosine", "lbfgs", "saddle_free_newton", "perturbed_gd",
              "vmin_step"]
-    trial = trials.escape(model, cross_entropy, (X, y), candidates=names, steps=12, seeds=2,
+    trial = trials.escape(model, cross_entropy, (X, y), candidates=names, evaluations=12, seeds=2,
                           batch_size=16, progress=progress)
     order = [(run["candidate"], run["seed"]) for run in trial.runs]
     assert notes == [(done, len(order), f"{name} seed {seed}")
@@ -107,7 +107,7 @@ def test_bit_reproducible_and_the_callers_model_untouched(one_thread):
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.3),
                           nn.Linear(8, 3)).double().eval()
     snapshot = Snapshot(model)
-    options = dict(candidates=["baseline", "noisy_gd", "sgdr"], steps=10, seeds=2,
+    options = dict(candidates=["baseline", "noisy_gd", "sgdr"], evaluations=10, seeds=2,
                    batch_size=12, held_out=classification_data(n=20, seed=7))
     first = trials.escape(model, cross_entropy, (X, y), **options)
     second = trials.escape(model, cross_entropy, (X, y), **options)
@@ -127,7 +127,7 @@ def test_a_tied_transformer_on_dict_batches_trains_copies_and_is_left_alone(one_
     candidate trains a copy (the tie kept in it), reproducibly; the caller's model is untouched."""
     model = TiedDictLM()
     snapshot = Snapshot(model)
-    options = dict(candidates=["adam", "vmin_step"], steps=8, seeds=1, curvature_products=5)
+    options = dict(candidates=["adam", "vmin_step"], evaluations=8, seeds=1, curvature_products=5)
     first = trials.escape(model, token_loss, dict_batches(), **options)
     second = trials.escape(model, token_loss, dict_batches(), **options)
     snapshot.check()
@@ -155,7 +155,7 @@ def test_the_vmin_step_leaves_the_saddle_of_a_deep_linear_net(one_thread):
     truth = torch.linalg.eigvalsh(torch.func.hessian(loss)(torch.zeros(10, dtype=torch.float64)))
     assert truth[0] < 0
     trial = trials.escape(model, nn.functional.mse_loss, (X, Y), optimizer="gd",
-                          candidates=["baseline", "vmin_step"], steps=30, seeds=1)
+                          candidates=["baseline", "vmin_step"], evaluations=30, seeds=1)
     assert trial.start["lambda_min"] == pytest.approx(float(truth[0]), rel=1e-8)
     assert trial.start["vmin"]["loss"] < trial.start["loss"]
     result = {r["candidate"]: r["train_loss"] for r in trial.runs}
@@ -167,7 +167,7 @@ def test_resume_reruns_only_the_missing_runs(one_thread, tmp_path, monkeypatch):
     X, y = classification_data(n=30)
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-    options = dict(candidates=["baseline", "adam"], steps=6, seeds=2, batch_size=10)
+    options = dict(candidates=["baseline", "adam"], evaluations=6, seeds=2, batch_size=10)
     computed = []
     run = runs.Work.run
 
@@ -191,17 +191,21 @@ def test_resume_reruns_only_the_missing_runs(one_thread, tmp_path, monkeypatch):
     fresh = trials.escape(model, cross_entropy, (X, y), **options)
     assert [r["train_loss"] for r in resumed.runs] == [r["train_loss"] for r in fresh.runs]
     with pytest.raises(BadInputError, match="runs of other settings"):
-        trials.escape(model, cross_entropy, (X, y), out=tmp_path, **{**options, "steps": 7})
+        trials.escape(model, cross_entropy, (X, y), out=tmp_path, **{**options, "evaluations": 7})
 
 
 def test_the_old_curvature_keyword_warns_and_gives_the_same_trial(one_thread):
     X, y = classification_data(n=12)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3)).double()
-    options = dict(candidates=["baseline"], steps=2, seeds=1, curvature_products=3)
+    options = dict(candidates=["baseline"], evaluations=2, seeds=1, curvature_products=3)
     new = trials.escape(model, cross_entropy, (X, y), curvature_rtol=0.5, **options)
     with pytest.warns(LandscopeDeprecationWarning, match="curvature_rtol="):
         old = trials.escape(model, cross_entropy, (X, y), curvature_tol=0.5, **options)
+    budget = {k: v for k, v in options.items() if k != "evaluations"}
+    with pytest.warns(LandscopeDeprecationWarning, match="evaluations="):
+        older = trials.escape(model, cross_entropy, (X, y), curvature_rtol=0.5, steps=2, **budget)
+    assert [{**r, "seconds": 0} for r in older.runs] == [{**r, "seconds": 0} for r in new.runs]
     assert [(r["train_loss"], r["lambda_min"]) for r in old.runs] == [
         (r["train_loss"], r["lambda_min"]) for r in new.runs]
     # the settings keep the key of the files already written, so that their runs still resume
@@ -212,7 +216,7 @@ def test_the_old_curvature_keyword_warns_and_gives_the_same_trial(one_thread):
 @pytest.mark.parametrize("options, message", [
     ({"candidates": ["no_such_remedy"]}, "unknown candidate 'no_such_remedy'"),
     ({"candidates": ["newton"]}, "left out of remedy trials"),
-    ({"steps": 0}, "steps=0"),
+    ({"evaluations": 0}, "evaluations=0"),
     ({"seeds": 1.5}, "seeds=1.5"),
     ({"candidates": []}, "no candidates"),
 ])
@@ -237,7 +241,7 @@ def test_adahessian_runs_with_its_hessian_products_counted_and_lowers_the_loss(o
     X, y = classification_data(n=40)
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
-    options = dict(candidates=["adahessian"], steps=16, seeds=2, batch_size=20)
+    options = dict(candidates=["adahessian"], evaluations=16, seeds=2, batch_size=20)
     first = trials.escape(model, cross_entropy, (X, y), **options)
     second = trials.escape(model, cross_entropy, (X, y), **options)
     for run in first.runs:
@@ -250,7 +254,7 @@ def test_adahessian_runs_with_its_hessian_products_counted_and_lowers_the_loss(o
 def test_cli_runs_a_trial_and_exits_2_on_bad_input(one_thread, tmp_path):
     runner = CliRunner()
     args = ["escape", "--model", f"{FIXTURE}:model", "--data", f"{FIXTURE}:loader",
-            "--held-out", f"{FIXTURE}:data", "--steps", "8", "--seeds", "2", "--out",
+            "--held-out", f"{FIXTURE}:data", "--evaluations", "8", "--seeds", "2", "--out",
             str(tmp_path)]
     result = runner.invoke(app, [*args, "--candidates", "baseline,adam,vmin_step"])
     assert result.exit_code == 0, result.output
@@ -264,7 +268,7 @@ def test_cli_runs_a_trial_and_exits_2_on_bad_input(one_thread, tmp_path):
     again = runner.invoke(app, [*args, "--candidates", "baseline,adam,vmin_step"])
     assert again.exit_code == 0 and json.loads((tmp_path / "escape.json").read_text())[
         "runs"] == document["runs"]  # read back, not rerun
-    for bad in (["--candidates", "no_such_remedy"], ["--steps", "0"],
+    for bad in (["--candidates", "no_such_remedy"], ["--evaluations", "0"],
                 ["--batch-size", "4"]):  # a DataLoader keeps its own batches
         result = runner.invoke(app, [*args, *bad])
         assert result.exit_code == 2, (bad, result.output)

@@ -63,8 +63,8 @@ def run_dir(tmp_path_factory) -> Path:
         _run("surface", *user, "--steps", "5", "--out", "run")
         _run("race", "--functions", "saddle", "--optimizers", "gd,adam", "--starts", "2",
              "--steps", "20", "--tune", "1", "--no-strategies", "--out", "run")
-        _run("escape", *user, "--candidates", "baseline,adam", "--steps", "10", "--seeds", "1",
-             "--out", "run")
+        _run("escape", *user, "--candidates", "baseline,adam", "--evaluations", "10",
+             "--seeds", "1", "--out", "run")
         _run("study", "random-hessian", "--out", "run")
         _monitored_run(Path("net.py"), Path("run/training"))
         _run("doctor", "run/training")

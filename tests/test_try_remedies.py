@@ -85,7 +85,7 @@ def test_the_clip_candidate_steps_along_the_clipped_gradient(one_thread):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3)).double()
     trial = trials.escape(model, nn.functional.cross_entropy, (X, y), optimizer="gd", lr=0.5,
-                          candidates=["baseline", "clip"], steps=1, seeds=1)
+                          candidates=["baseline", "clip"], evaluations=1, seeds=1)
     loss = nn.functional.cross_entropy(model(X), y)
     grads = torch.autograd.grad(loss, list(model.parameters()))
     norm = torch.cat([g.reshape(-1) for g in grads]).norm()
@@ -133,7 +133,7 @@ def test_doctor_tries_its_remedies_against_the_runs_own_optimiser(slow_run, one_
     run_dir, model, (X, y) = slow_run
     runner = CliRunner()
     args = ["doctor", str(run_dir), "--try-remedies", "--model", f"{FIXTURE}:model", "--data",
-            f"{FIXTURE}:data", "--steps", "8", "--seeds", "1"]
+            f"{FIXTURE}:data", "--evaluations", "8", "--seeds", "1"]
     result = runner.invoke(app, [*args, "--checkpoint", str(run_dir / "weights.pt")])
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())

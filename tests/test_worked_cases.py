@@ -78,7 +78,7 @@ def test_the_readme_command_runs_from_a_saved_checkpoint(faulty_runs, one_thread
     result = CliRunner().invoke(app, [
         "escape", "--model", f"{EXAMPLE}:sigmoid_mlp", "--checkpoint", str(checkpoint),
         "--data", "digits", "--optimizer", "gd", "--lr", "0.1", "--candidates",
-        "baseline,adam", "--steps", "10", "--seeds", "1", "--curvature-products", "2",
+        "baseline,adam", "--evaluations", "10", "--seeds", "1", "--curvature-products", "2",
         "--out", str(tmp_path / "trial")])
     assert result.exit_code == 0, result.output
     for name in ("escape.json", "escape-summary.csv", "escape-runs.csv", "escape-curves.png"):

@@ -80,8 +80,10 @@ DeviceOption = Annotated[str | None, typer.Option(
 OutOption = Annotated[Path, typer.Option(
     help="Directory for the results; a rerun finds there what it can reuse.")]
 BudgetOption = Annotated[int, typer.Option(
-    "--steps", help="Budget per run, in gradient evaluations (one mini-batch forward and "
-                    "backward; a Hessian-vector product counts one).")]
+    "--evaluations", help="Budget per run, in gradient evaluations (one mini-batch forward and "
+                          "backward; a Hessian-vector product counts one).")]
+OldBudgetOption = Annotated[int | None, typer.Option(
+    "--steps", hidden=True, help="The old name of --evaluations.")]
 SeedsOption = Annotated[int, typer.Option(
     help="Runs per candidate, each with its own data order.")]
 

@@ -17,12 +17,14 @@ from landscope.cli._common import (
     HeldOutOption,
     LossOption,
     ModelRequest,
+    OldBudgetOption,
     SeedOption,
     SeedsOption,
     _guard,
     _request,
     app,
     console,
+    old_option,
 )
 from landscope.errors import BadInputError
 
@@ -36,7 +38,7 @@ class _TrialOptions:
     all_findings: bool = False
     request: ModelRequest = ModelRequest()
     held_out: str | None = None
-    steps: int = 200
+    evaluations: int = 200
     seeds: int = 3
 
     def check(self) -> None:
@@ -82,7 +84,8 @@ def doctor(
         "--try-remedies", help="Then try the remedies that change the training, each against "
                                "the run's own optimiser (the baseline), from --checkpoint on "
                                "--model and --data (as landscope escape does); --held-out, "
-                               "--loss, --steps, --seeds and --batch-size apply to it.")] = False,
+                               "--loss, --evaluations, --seeds and --batch-size apply to "
+                               "it.")] = False,
     all_findings: Annotated[bool, typer.Option(
         "--all-findings", help="With --try-remedies: the remedies of every finding, not only "
                                "the primary one's.")] = False,
@@ -97,7 +100,8 @@ def doctor(
              "or a DataLoader.")] = None,
     held_out: HeldOutOption = None,
     loss: LossOption = ModelRequest.loss,
-    steps: BudgetOption = _TrialOptions.steps,
+    evaluations: BudgetOption = _TrialOptions.evaluations,
+    steps: OldBudgetOption = None,
     seeds: SeedsOption = _TrialOptions.seeds,
     batch_size: Annotated[int | None, typer.Option(
         min=1, help="With --try-remedies: mini-batch size for (X, y) data (default: the run's "
@@ -116,7 +120,8 @@ def doctor(
         _guard(_list_scenarios)
         return
     trial = _TrialOptions(try_remedies, all_findings, _request(ModelRequest, locals()),
-                          held_out, steps, seeds)
+                          held_out, old_option(steps, "--steps", evaluations, "--evaluations"),
+                          seeds)
     _guard(lambda: _doctor(out, run_dir=run_dir, scenario=scenario, remedy=remedy, seed=seed,
                            trial=trial), report=(run_dir or out) if report else None)
 
@@ -188,6 +193,6 @@ def _try_remedies(diagnosis, run_dir: Path, options: _TrialOptions) -> None:
     rate = "" if baseline.lr is None else f", lr {baseline.lr:g}"
     console.print(f"baseline: {baseline.description}{rate}")
     run_trial(net, loss_fn, data, run_dir, document={"remedies": plan.to_dict()},
-              candidates=plan.candidates, optimizer=baseline, steps=options.steps,
+              candidates=plan.candidates, optimizer=baseline, evaluations=options.evaluations,
               seeds=options.seeds, seed=options.request.seed, batch_size=batch_size,
               held_out=held)

@@ -19,6 +19,7 @@ from landscope.cli._common import (
     LossOption,
     ModelOption,
     ModelRequest,
+    OldBudgetOption,
     OutOption,
     ReportOption,
     SeedOption,
@@ -29,6 +30,7 @@ from landscope.cli._common import (
     _request,
     app,
     console,
+    old_option,
 )
 from landscope.data import is_tensor_pair
 from landscope.errors import BadInputError
@@ -51,7 +53,7 @@ class EscapeRequest:
     optimizer: str = "momentum"
     lr: float | None = None
     candidates: str = ",".join(DEFAULT_CANDIDATES)
-    steps: int = 200
+    evaluations: int = 200
     seeds: int = 3
     curvature_products: int = 100
 
@@ -71,7 +73,8 @@ def escape(
     candidates: Annotated[str, typer.Option(
         help="Comma-separated candidates (see --list; any torch.optim class name works "
              "too).")] = EscapeRequest.candidates,
-    steps: BudgetOption = EscapeRequest.steps,
+    evaluations: BudgetOption = EscapeRequest.evaluations,
+    steps: OldBudgetOption = None,
     seeds: SeedsOption = EscapeRequest.seeds,
     seed: SeedOption = ModelRequest.seed,
     batch_size: Annotated[int | None, typer.Option(
@@ -92,7 +95,8 @@ def escape(
     seeds and whether negative curvature was left behind. OUT gets escape.json,
     escape-summary.csv, escape-runs.csv, escape-curves.png and the finished runs: Ctrl-C keeps
     them, and a rerun resumes from them."""
-    options = locals()
+    options = {**locals(), "evaluations": old_option(steps, "--steps", evaluations,
+                                                     "--evaluations")}
     if list_names:
         _guard(_list)
         return
@@ -107,7 +111,8 @@ def _escape(request: ModelRequest, asked: EscapeRequest, out: Path):
                             "comma-separated names (see --list)")
     net, loss_fn, data, held, batch_size = trial_inputs(request, asked.held_out, out)
     run_trial(net, loss_fn, data, out, candidates=names, optimizer=asked.optimizer, lr=asked.lr,
-              steps=asked.steps, seeds=asked.seeds, seed=request.seed, batch_size=batch_size,
+              evaluations=asked.evaluations, seeds=asked.seeds, seed=request.seed,
+              batch_size=batch_size,
               held_out=held, curvature_products=asked.curvature_products)
 
 
@@ -170,7 +175,8 @@ def _table(trial):
                   "λ_min < 0 left", "diverged", "evals", "s/run",
                   title=f"remedy trials · start loss {start['loss']:.4g}, λ_min "
                         f"{start['lambda_min']:.3g}, λ_max {start['lambda_max']:.3g} · "
-                        f"{trial.settings['seeds']} seeds · budget {trial.settings['steps']}")
+                        f"{trial.settings['seeds']} seeds · budget "
+                        f"{trial.settings['steps']} evaluations")
     for row in trial.summary:
         cells = [str(row["rank"]), row["candidate"],
                  _pm(row["train_loss_mean"], row["train_loss_std"])]

@@ -68,11 +68,11 @@ SUMMARY_FIELDS = ("rank", "candidate", "train_loss_mean", "train_loss_std", "hel
                   "seconds", "description")
 
 
-@renamed(curvature_tol="curvature_rtol")
+@renamed(curvature_tol="curvature_rtol", steps="evaluations")
 def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
-           optimizer: str | optim.Recipe = "momentum", lr: float | None = None, steps: int = 200,
-           seeds: int = 3, seed: int = 0, batch_size: int | None = None, held_out=None,
-           out: str | Path | None = None, curvature_products: int = 100,
+           optimizer: str | optim.Recipe = "momentum", lr: float | None = None,
+           evaluations: int = 200, seeds: int = 3, seed: int = 0, batch_size: int | None = None,
+           held_out=None, out: str | Path | None = None, curvature_products: int = 100,
            curvature_rtol: float = 1e-2, progress: Progress | None = None) -> Trial:
     """Run every candidate × seed from the model's current weights θ₀ and rank them.
 
@@ -84,7 +84,7 @@ def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
     candidates: names (see :func:`candidate`). optimizer, lr: the baseline ("the user's
         optimiser": a :func:`landscope.optim.make` name or a Recipe, e.g.
         :func:`recorded_baseline`; lr default: its stated rate).
-    steps: the budget of evaluations per run (see the module). seeds: runs per candidate.
+    evaluations: the budget per run, in evaluations (see the module). seeds: runs per candidate.
     seed: the seed of everything random (data order, dropout, optimisers' noise).
     batch_size: training mini-batch size for ``(X, y)`` data (None: all samples in one batch);
         other data keeps its own batches.
@@ -97,7 +97,8 @@ def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
         run, read back or computed: ``done`` runs of ``total`` (candidates × seeds), ``note`` the
         run's label, e.g. "adam seed 2".
     """
-    steps, seeds = checks.integer("steps", steps), checks.integer("seeds", seeds)
+    evaluations = checks.integer("evaluations", evaluations)
+    seeds = checks.integer("seeds", seeds)
     if batch_size is not None:
         checks.integer("batch_size", batch_size)
     chosen = [candidate(n) for n in dict.fromkeys(candidates)]
@@ -114,7 +115,7 @@ def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
     with torch.random.fork_rng(devices=_rng_devices(model)):
         obj = Objective.from_model(model, loss_fn, data, engine=ENGINE)
         schedule = BatchOrder(data, batch_size, model, own_loss=isinstance(loss_fn, str))
-        settings = _settings(model, obj, schedule, held_out, baseline, lr, steps, seed,
+        settings = _settings(model, obj, schedule, held_out, baseline, lr, evaluations, seed,
                              curvature_products, curvature_rtol)
         store = _Store(out, settings["key"])
         start = diagnose_start(obj, settings, seed)
@@ -133,10 +134,11 @@ def escape(model: nn.Module, loss_fn, data, *, candidates=DEFAULT_CANDIDATES,
 
 
 # ---------------------------------------------------------------------- settings and resume
-def _settings(model, obj, schedule, held_out, baseline, lr, steps, seed, products,
+def _settings(model, obj, schedule, held_out, baseline, lr, evaluations, seed, products,
               curvature_rtol) -> dict:
     """What a run's result depends on; ``key`` is its hash (a resumed trial must match it).
-    The keys are those of the files already written (``curvature_tol`` is ``curvature_rtol``):
+    The keys are those of the files already written (``steps`` is ``evaluations``,
+    ``curvature_tol`` is ``curvature_rtol``):
     renaming one would change every key, and a rerun would no longer resume their runs."""
     identity = {
         "theta0_sha256": _sha256([t for _, t in sorted(model.state_dict().items())]),
@@ -146,7 +148,7 @@ def _settings(model, obj, schedule, held_out, baseline, lr, steps, seed, product
         "dtype": obj.info["dtype"], "data": schedule.describe(), "batch_size": schedule.size,
         "optimizer": baseline.name, "optimizer_options": baseline.options,
         "lr": baseline.lr if lr is None else float(lr),
-        "steps": steps, "seed": seed, "curvature_products": products,
+        "steps": evaluations, "seed": seed, "curvature_products": products,
         "curvature_tol": curvature_rtol,
         "schema_version": SCHEMA_VERSION,
     }
