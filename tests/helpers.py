@@ -112,9 +112,9 @@ def token_loss(logits, labels):
     return nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
 
 
-def dict_batches(count=4, size=3, vocab=7, length=5, seed=2):
+def dict_batches(batches=4, size=3, vocab=7, length=5, seed=2):
     """Hugging Face-style batches: ``{"input_ids": ..., "labels": ...}``."""
     g = torch.Generator().manual_seed(seed)
     return [{"input_ids": torch.randint(0, vocab, (size, length), generator=g),
              "labels": torch.randint(0, vocab, (size, length), generator=g)}
-            for _ in range(count)]
+            for _ in range(batches)]

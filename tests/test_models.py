@@ -217,15 +217,15 @@ def test_every_public_call_leaves_a_tied_model_untouched(tmp_path):
     obj = ls.Objective.from_model(model, token_ce, (ids, target), batch_size=4)
     obj.value(), obj.grad(), obj.hvp(torch.ones(obj.n, dtype=D))
     ls.probe(obj)
-    ls.density(obj, probes=1, steps=5)
-    ls.trace(obj, samples=2)
+    ls.density(obj, probes=1, lanczos_steps=5)
+    ls.trace(obj, probes=2)
     frame = directions.random(obj, 2, seed=0)
-    surface.surface(obj, frame, steps=3)
+    surface.surface(obj, frame, resolution=3)
     pointwise.Replica(obj).value(obj.theta0 + 0.01)
     trained = ls.Objective.from_model(model, token_ce, (ids, target), mode="train")
     trained.hvp(torch.ones(trained.n, dtype=D))
     ls.cost_plan(obj)
-    ls.anytime_probe(obj, samples=2, subsets=2, probes=1, steps=4)
+    ls.anytime_probe(obj, samples=2, subsets=2, probes=1, lanczos_steps=4)
     one_batch = ls.anytime_probe(trained, samples=2, subsets=2, density=False)
     assert [s.name for s in one_batch.stages] == ["extremes"]  # train mode: no batches to draw
     ls.spectrum(obj, 1, "largest", warm=ls.spectrum(obj, 1, "largest"))
@@ -266,7 +266,7 @@ def test_a_subset_of_a_module_used_twice_keeps_its_one_block():
                                                              (X[chosen], y[chosen]))
     assert sub.n == alone.n == 12
     assert torch.allclose(sub.hessian(), alone.hessian(), rtol=1e-12, atol=1e-14)
-    ls.anytime_probe(obj, samples=3, subsets=3, probes=2, steps=5)
+    ls.anytime_probe(obj, samples=3, subsets=3, probes=2, lanczos_steps=5)
     snap.check()
     assert model[0].weight is model[2].weight
 
@@ -601,5 +601,5 @@ def test_a_resnet_block_with_batchnorm_and_dict_batches_is_exact_and_left_alone(
     ls.probe(obj)
     if mode == "eval":
         pointwise.bn_value(obj, obj.theta0 + 0.01)
-        surface.surface(obj, directions.random(obj, 2, seed=0), steps=3)
+        surface.surface(obj, directions.random(obj, 2, seed=0), resolution=3)
     snap.check()
