@@ -13,6 +13,7 @@ if _os.path.splitext(_os.path.basename(_sys.argv[0] if _sys.argv else ""))[0] ==
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from landscope import doctor, escape, finders, functions, monitor, optim, race  # noqa: E402
+from landscope._deprecated import LandscopeDeprecationWarning  # noqa: E402
 from landscope._version import __version__  # noqa: E402
 from landscope.anytime import AnytimeProbe, anytime_probe, cost_plan  # noqa: E402
 from landscope.critical import KINDS, Probe, probe  # noqa: E402
@@ -32,6 +33,7 @@ __all__ = [
     "BadInputError",
     "CheckpointError",
     "Density",
+    "LandscopeDeprecationWarning",
     "LandscopeError",
     "NonFiniteLossError",
     "Objective",
