@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from landscope import io
+from landscope.progress import Progress
 
 HIDDEN = 32
 EPOCHS = 40
@@ -51,9 +52,11 @@ def train(
     batch: int = BATCH,
     lr: float = LEARNING_RATE,
     seed: int = 0,
-    on_epoch: Callable[[int, float], None] | None = None,
+    progress: Progress | None = None,
 ) -> nn.Module:
-    """Mini-batch Adam on mean cross-entropy; deterministic for a given seed."""
+    """Mini-batch Adam on mean cross-entropy; deterministic for a given seed. ``progress``
+    (:class:`~landscope.progress.Progress`): epochs done of ``epochs``, the epoch's mean loss as
+    the note."""
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
@@ -67,8 +70,8 @@ def train(
             loss.backward()
             optimiser.step()
             total += loss.item() * index.numel()
-        if on_epoch is not None:
-            on_epoch(epoch + 1, total / X.shape[0])
+        if progress is not None:
+            progress(epoch + 1, epochs, f"loss {total / X.shape[0]:.4f}")
     model.eval()
     return model
 
@@ -86,14 +89,13 @@ def path_file(directory: Path, epochs: int = EPOCHS) -> Path:
 
 
 def trained(directory: Path, *, epochs: int = EPOCHS,
-            on_epoch: Callable[[int, float], None] | None = None
-            ) -> tuple[nn.Module, torch.Tensor]:
+            progress: Progress | None = None) -> tuple[nn.Module, torch.Tensor]:
     """The default MLP trained on the digits, and its training path θ₀, θ₁, …, θ_E (θ after
     every epoch, shape (E + 1, n)), in eval mode at θ_E.
 
     The path (and the weights, as a state dict) are kept in ``directory``; a later call finds
-    them at :func:`path_file` and trains nothing. ``on_epoch(epoch, mean loss)`` follows the
-    training when there is one.
+    them at :func:`path_file` and trains nothing. ``progress`` follows the training when there is
+    one (as in :func:`train`).
     """
     net = default_model()
     cache = path_file(directory, epochs)
@@ -107,12 +109,12 @@ def trained(directory: Path, *, epochs: int = EPOCHS,
 
         points = [flat()]
 
-        def record(epoch: int, loss: float) -> None:
+        def record(epoch: int, total: int | None, note: str = "") -> None:
             points.append(flat())
-            if on_epoch is not None:
-                on_epoch(epoch, loss)
+            if progress is not None:
+                progress(epoch, total, note)
 
-        train(net, X, y, epochs=epochs, on_epoch=record)
+        train(net, X, y, epochs=epochs, progress=record)
         path = torch.stack(points)
         with io.atomic_write(cache) as stream:
             torch.save(path, stream)

@@ -15,7 +15,7 @@ def _flat(net: torch.nn.Module) -> torch.Tensor:
 @pytest.mark.slow
 def test_trained_keeps_the_path_and_a_second_call_trains_nothing(tmp_path, one_thread):
     epochs = []
-    net, path = default.trained(tmp_path, epochs=2, on_epoch=lambda e, loss: epochs.append(e))
+    net, path = default.trained(tmp_path, epochs=2, progress=lambda e, *_: epochs.append(e))
     X, y = default.digits()
     truth = default.default_model()
     start = _flat(truth).clone()
@@ -24,5 +24,5 @@ def test_trained_keeps_the_path_and_a_second_call_trains_nothing(tmp_path, one_t
     assert torch.equal(path[0], start) and torch.equal(path[-1], _flat(truth))
     assert torch.equal(_flat(net), path[-1]) and not net.training
     assert default.path_file(tmp_path, 2).exists()
-    again, kept = default.trained(tmp_path, epochs=2, on_epoch=lambda e, loss: epochs.append(e))
+    again, kept = default.trained(tmp_path, epochs=2, progress=lambda e, *_: epochs.append(e))
     assert epochs == [1, 2] and torch.equal(kept, path) and torch.equal(_flat(again), path[-1])

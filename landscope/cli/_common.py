@@ -16,7 +16,6 @@ import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn
 
 from landscope import default, distributed, io
 from landscope._deprecated import REMOVED_IN
@@ -240,12 +239,8 @@ def _default_trained(out: Path):
     if cache.exists():
         console.print(f"reusing the trained default model in {cache}")
         return default.trained(out)
-    with Progress(TextColumn("training the default MLP on the digits"), BarColumn(),
-                  TextColumn("epoch {task.completed}/{task.total}"), console=console,
-                  transient=True) as bar:
-        task = bar.add_task("train", total=default.EPOCHS)
-        trained = default.trained(out, on_epoch=lambda epoch, _: bar.update(task,
-                                                                           completed=epoch))
+    with bar("training the default MLP on the digits", "epochs", console) as progress:
+        trained = default.trained(out, progress=progress)
     console.print(f"trained the default MLP 64-32-10 (tanh) for {default.EPOCHS} epochs of "
                   f"Adam; weights and training path in {out}")
     return trained
