@@ -82,10 +82,10 @@ def _analyses(obj) -> dict:
     iterative paths (the same products a large model would take)."""
     V = torch.randn(obj.n, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     value, grad = obj.value_and_grad()
-    pr = ls.probe(obj, k=2, exact=False, probes=3, steps=20)
+    pr = ls.probe(obj, k=2, exact=False, probes=3, lanczos_steps=20)
     spec = ls.spectrum(obj, k=3, which="both", exact=False)
-    dens = ls.density(obj, probes=3, steps=20, exact=False)
-    tr = ls.trace(obj, samples=20, exact=False)
+    dens = ls.density(obj, probes=3, lanczos_steps=20, exact=False)
+    tr = ls.trace(obj, probes=20, exact=False)
     moved = obj.theta0 + 0.01  # a second point: the chain engine is checked there again
     return {"value": value, "grad": grad, "hvp": obj.hvp(V), "moved": obj.hvp(V, moved),
             "kind": pr.kind, "lambda_max": pr.lambda_max, "lambda_min": pr.lambda_min,
@@ -267,18 +267,18 @@ def _mismatches() -> tuple[str, str]:
 
 
 def test_the_part_of_each_rank_covers_everything_once():
-    for count in (0, 1, 5, 37):
+    for items in (0, 1, 5, 37):
         for parts in (1, 2, 3, 8):
-            pieces = [distributed.part(count, r, parts) for r in range(parts)]
-            assert [i for p in pieces for i in p] == list(range(count))
+            pieces = [distributed.part(items, r, parts) for r in range(parts)]
+            assert [i for p in pieces for i in p] == list(range(items))
             assert max(map(len, pieces)) - min(map(len, pieces)) <= 1
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun test on Linux")
 def test_torchrun_probe_equals_the_single_process_probe(tmp_path):
-    """``torchrun --nproc-per-node 2 --no-python landscope probe`` prints on rank 0 only and
-    writes the same verdict and numbers (float64) as one process."""
-    args = ["probe", *cli_options(tmp_path), "--k", "2", "--probes", "2", "--steps", "20",
+    """``torchrun --standalone --nproc-per-node 2 --no-python landscope probe`` prints on rank 0
+    only and writes the same verdict and numbers (float64) as one process."""
+    args = ["probe", *cli_options(tmp_path), "--k", "2", "--probes", "2", "--lanczos-steps", "20",
             "--iterative"]
     one = landscope([*args, "--out", tmp_path / "one"])
     two = landscope([*args, "--out", tmp_path / "two"], ranks=2)
