@@ -4,13 +4,13 @@ Two parts (``landscope.anytime``; intervals from ``landscope.sampling``):
 
 ``--coverage``: over ``--seeds`` subsample seeds, does the first stage's 95 % interval for the
 full-data loss, ‖∇L‖, λ_max and λ_min contain the full-data value? Each seed runs the first stage
-exactly as ``anytime_probe`` does (``draw_subsets`` → ``read_subsets`` with tol
-``anytime.SUBSET_TOL`` and ``max_products=anytime.SUBSET_PRODUCTS``, seeds ``seed + k``,
-``intervals``), without the full-data stages. Truth: the full-data loss and gradient, and
-``spectrum(k=1, which="both")`` at ``--w2-truth-tol`` (1e-8) / ``--w5-truth-tol`` (1e-4), cached
-in the benchmark cache directory. W2: the digits MLP (float32 weights) analysed in float64 on
-all 1,797 digits. W5: the workload's ResNet-20 weights (trained on its own 64 images) in float32
-on ``cifar_like(--w5-samples, seed=0)`` (same class
+exactly as ``anytime_probe`` does (``draw_subsets`` → ``read_subsets`` with
+``eig_rtol=anytime.SUBSET_EIG_RTOL`` and ``max_products=anytime.SUBSET_PRODUCTS``, seeds
+``seed + k``, ``intervals``), without the full-data stages. Truth: the full-data loss and
+gradient, and ``spectrum(k=1, which="both")`` with ``eig_rtol`` ``--w2-truth-tol`` (1e-8) /
+``--w5-truth-tol`` (1e-4), cached in the benchmark cache directory. W2: the digits MLP
+(float32 weights) analysed in float64 on all 1,797 digits. W5: the workload's ResNet-20 weights
+(trained on its own 64 images) in float32 on ``cifar_like(--w5-samples, seed=0)`` (same class
 templates, fresh images). Target: coverage ≥ 90 % for every quantity.
 
 ``--timing``: W5's weights on ``cifar_like(--timing-samples, seed=0)`` (2,000 images):
@@ -20,9 +20,9 @@ default samples per subset, stopped (KeyboardInterrupt from ``on_stage``) once s
 warm-up) × the products ``landscope.probe(obj)`` spends (``evidence['counts']['hvp']``) on
 ``--count-samples`` images (the count depends little on N). Target: first verdict ≤ 10 % of it.
 (c) λ_max to rel. 1e-3 on ``--lmax-samples`` images: ``spectrum(k=1, which="largest",
-tol=1e-3)`` against PyHessian's ``hessian(model, crit, dataloader=...).eigenvalues(top_n=1,
+eig_rtol=1e-3)`` against PyHessian's ``hessian(model, crit, dataloader=...).eigenvalues(top_n=1,
 tol=1e-3)`` (products counted by wrapping its ``dataloader_hv_product``), both scored against our
-own ``spectrum`` at tol 1e-6 on the model analysed in float64 (cached). ``--timing-parts``
+own ``spectrum`` at eig_rtol 1e-6 on the model analysed in float64 (cached). ``--timing-parts``
 selects (ab) and/or (c).
 
     benchmarks/.venv-peers/bin/python benchmarks/bench_anytime.py --coverage --timing
@@ -100,18 +100,18 @@ def w5_objective(samples: int, dtype: torch.dtype | None = None) -> tuple[ls.Obj
                  f"{samples:,} CIFAR-shaped images (cifar_like seed 0)")
 
 
-def truth(obj: ls.Objective, key: str, tol: float, which: str = "both") -> dict:
-    """Full-data loss, ‖∇L‖ and extreme eigenvalues at tol ``tol``, cached under ``key``."""
-    path = cache_dir() / f"anytime-truth-v{SPEC_VERSION}-{key}-{which}-tol{tol:g}.json"
+def truth(obj: ls.Objective, key: str, eig_rtol: float, which: str = "both") -> dict:
+    """Full-data loss, ‖∇L‖ and extreme eigenvalues at ``eig_rtol``, cached under ``key``."""
+    path = cache_dir() / f"anytime-truth-v{SPEC_VERSION}-{key}-{which}-tol{eig_rtol:g}.json"
     if path.exists():
         return json.loads(path.read_text())
     start = time.perf_counter()
     loss, grad = obj.value_and_grad(obj.point())
-    spec = ls.spectrum(obj, 1, which, tol=tol, exact=False, max_products=600)
+    spec = ls.spectrum(obj, 1, which, eig_rtol=eig_rtol, exact=False, max_products=600)
     out = {"loss": loss.item(), "grad_norm": grad.norm().item(),
            "products": spec.evidence["hvp_products"],
            "converged": bool(spec.evidence.get("converged", True)),
-           "seconds": time.perf_counter() - start, "tol": tol}
+           "seconds": time.perf_counter() - start, "tol": eig_rtol}
     for name, pairs in (("lambda_max", spec.largest), ("lambda_min", spec.smallest)):
         if pairs is not None:
             out[name] = pairs.values[0].item()
@@ -128,7 +128,7 @@ def first_stage(obj: ls.Objective, samples: int, seed: int) -> tuple[dict, int, 
     total = anytime.sample_count(obj)
     coords, _ = used_coordinates(obj)
     parts = anytime.subset_objectives(obj, theta, samples, anytime.SUBSETS, seed)
-    readings = read_subsets(parts, theta, total=total, tol=anytime.SUBSET_TOL,
+    readings = read_subsets(parts, theta, total=total, eig_rtol=anytime.SUBSET_EIG_RTOL,
                             max_products=anytime.SUBSET_PRODUCTS, seed=seed, coords=coords)
     return intervals(readings), readings.products, time.perf_counter() - start
 
@@ -162,7 +162,7 @@ def coverage(name: str, obj: ls.Objective, desc: str, samples: int, seeds: int,
                     f"| {hits[q]}/{seeds} | {100 * rate:.0f} % | "
                     f"{statistics.median(widths[q]):.3g} | "
                     f"{'PASS' if rate >= COVERAGE_TARGET else 'FAIL'} |")
-    notes = [f"{desc}. Truth: spectrum(k=1, 'both', tol {truth_tol:g}): "
+    notes = [f"{desc}. Truth: spectrum(k=1, 'both', eig_rtol {truth_tol:g}): "
              f"{ref['products']} products, converged {ref['converged']}, residuals "
              f"{ref.get('lambda_max_residual', float('nan')):.2g} (λ_max), "
              f"{ref.get('lambda_min_residual', float('nan')):.2g} (λ_min). Stage 1 per seed: "
@@ -277,13 +277,13 @@ def verdict_timing(args) -> tuple[list[str], list[str]]:
 
 def lmax_timing(n: int) -> tuple[list[str], list[str]]:
     """(c) λ_max to rel. 1e-3 on ``n`` images: landscope against PyHessian, both scored against
-    our own λ_max at tol 1e-6 in float64 (a float32 solve stalls near 1e-4·ρ on this model)."""
+    our own λ_max at eig_rtol 1e-6 in float64 (a float32 solve stalls near 1e-4·ρ on this model)."""
     ref = truth(w5_objective(n, torch.float64)[0], f"W5-N{n}-float64", 1e-6, which="largest")
     log(f"  (c) reference on {n} images: {ref}; load {load()}")
     obj, _ = w5_objective(n)
     start = time.perf_counter()
     before = obj.counts["hvp"]
-    spec = ls.spectrum(obj, 1, "largest", tol=1e-3)
+    spec = ls.spectrum(obj, 1, "largest", eig_rtol=1e-3)
     ours = {"value": spec.largest.values[0].item(), "seconds": time.perf_counter() - start,
             "products": obj.counts["hvp"] - before}
     log(f"  (c) landscope: {ours}; load {load()}")
@@ -291,13 +291,13 @@ def lmax_timing(n: int) -> tuple[list[str], list[str]]:
     log(f"  (c) PyHessian: {peer}; load {load()}")
     lam = ref["lambda_max"]
     lmax_rows = []
-    for tool, call, r in (("landscope", "spectrum(k=1, which='largest', tol=1e-3)", ours),
+    for tool, call, r in (("landscope", "spectrum(k=1, which='largest', eig_rtol=1e-3)", ours),
                           ("PyHessian", "hessian(dataloader=…).eigenvalues(top_n=1, tol=1e-3)",
                            peer)):
         lmax_rows.append(f"| {tool} | `{call}` | {r['value']:.6g} | {r['seconds']:.1f} | "
                          f"{r['products']} | {abs(r['value'] - lam) / abs(lam):.2e} |")
     notes = [f"(c) on {n:,} images; reference λ_max = {lam:.8g} from landscope's own "
-             f"spectrum(k=1, 'largest', tol 1e-6) on the model analysed in float64: "
+             f"spectrum(k=1, 'largest', eig_rtol 1e-6) on the model analysed in float64: "
              f"{ref['products']} products, residual {ref['lambda_max_residual']:.2g}, converged "
              f"{ref['converged']}."]
     return ["| tool | call | λ_max | s | products | rel. error vs reference |",

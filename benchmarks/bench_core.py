@@ -205,7 +205,8 @@ def _density_measure(d):
     """Nodes and weights of a landscope density result, if it exposes them under a known name."""
     q = getattr(d, "quadrature", None)
     if q is not None and hasattr(q, "nodes") and hasattr(q, "weights"):
-        return q.nodes, q.weights  # (probes, steps); each row sums to 1: pooled = mean over probes
+        # (probes, lanczos_steps); each row sums to 1: pooled = mean over probes
+        return q.nodes, q.weights
     ev = getattr(d, "eigenvalues", None)
     if ev is not None:
         return ev, torch.ones(len(ev))
@@ -472,8 +473,8 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
     tr_err = lambda v: _relerr(v, ref["trace"])  # noqa: E731
     val_note = lambda v: f"value {float(np.atleast_1d(_arr(v))[0]):.6g}"  # noqa: E731
 
-    def ls_spec(i, k, which, tol):
-        kw = {} if tol is None else {"tol": tol}
+    def ls_spec(i, k, which, eig_rtol):
+        kw = {} if eig_rtol is None else {"eig_rtol": eig_rtol}
         s = ls.spectrum(ls_obj, k=k, which=which, **kw)
         part = s.largest if which == "largest" else s.smallest
         return {"values": _arr(part.values), "res": _arr(getattr(part, "residuals", [])),
@@ -490,10 +491,11 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
             bits.append(f"certified rel. err <= {float(res.max()) / scale:.1e} (residual)")
         return "; ".join(bits) + f"; value {o['values'][0]:.6g}"
 
-    # tol for the 'rel. 1e-3' smallest-eigenvalue row: residual <= tol * ||H|| certifies
-    # |error| <= tol * lambda_max, so tol = 1e-3 |lambda_min| / lambda_max (rounded down 1-2-5).
-    tol_min = _round_down_125(1e-3 * abs(lmin_ref) / lmax_ref)
-    fl["tol_min"] = tol_min
+    # eig_rtol for the 'rel. 1e-3' smallest-eigenvalue row: residual <= eig_rtol * ||H|| certifies
+    # |error| <= eig_rtol * lambda_max, so eig_rtol = 1e-3 |lambda_min| / lambda_max (rounded
+    # down 1-2-5).
+    eig_rtol_min = _round_down_125(1e-3 * abs(lmin_ref) / lmax_ref)
+    fl["eig_rtol_min"] = eig_rtol_min
 
     def add_eigsh(measure_name, tool, operator, counter, k, which, err, note=None):
         """scipy ARPACK (eigsh) on a tool's operator at tol 1e-3, seeded start vectors."""
@@ -506,11 +508,11 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
                     log))
 
     def add_largest(measure_name, k, err):
-        """landscope's k largest at tol 1e-3 (the headline row) and at its default tol."""
-        for tol, head in ((1e-3, True), (None, False)):
-            label = f"tol={tol:g}" if tol else "default tol"
+        """landscope's k largest at eig_rtol 1e-3 (the headline row) and at its default."""
+        for eig_rtol, head in ((1e-3, True), (None, False)):
+            label = f"eig_rtol={eig_rtol:g}" if eig_rtol else "default eig_rtol"
             r = measure(measure_name, "landscope", f"spectrum(k={k}, which='largest', {label})",
-                        lambda i, t=tol: ls_spec(i, k, "largest", t), c_ls, runs, err,
+                        lambda i, t=eig_rtol: ls_spec(i, k, "largest", t), c_ls, runs, err,
                         lambda o: ls_note(o, lmax_ref), log)
             r.extra["headline"] = head
             add(r)
@@ -586,8 +588,9 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
         if have.get("curvlinops"):
             add_eigsh(M, "curvlinops", cl_sp, c_cl, 1, "SA", lmin_err, val_note)
         if ls_obj is not None:
-            r = measure(M, "landscope", f"spectrum(k=1, which='smallest', tol={tol_min:g})",
-                        lambda i: ls_spec(i, 1, "smallest", tol_min), c_ls, runs,
+            r = measure(M, "landscope",
+                        f"spectrum(k=1, which='smallest', eig_rtol={eig_rtol_min:g})",
+                        lambda i: ls_spec(i, 1, "smallest", eig_rtol_min), c_ls, runs,
                         lambda o: lmin_err(o["values"][0]),
                         lambda o: ls_note(o, abs(lmin_ref)), log)
             r.extra["headline"] = True
@@ -602,10 +605,10 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
                         lambda i: float(np.mean(ph.trace())), c_ph, runs, tr_err, val_note, log))
         if ls_obj is not None:
             def ls_trace(i):
-                t = ls.trace(ls_obj, samples=100, seed=i)
+                t = ls.trace(ls_obj, probes=100, seed=i)
                 return {"value": float(t.value), "se": float(getattr(t, "stderr", float("nan")))}
 
-            r = measure(M, "landscope", "trace(samples=100, seed=i)", ls_trace, c_ls, runs,
+            r = measure(M, "landscope", "trace(probes=100, seed=i)", ls_trace, c_ls, runs,
                         lambda o: tr_err(o["value"]),
                         lambda o: f"value {o['value']:.6g} ± {o['se']:.2g} (its own 1 s.e.)", log)
             r.extra["headline"] = True
@@ -641,9 +644,9 @@ def bench_workload(name, args, have, counters, ls, ls_reason, log) -> dict:
                     bits.append(f"W1-dist/width {_w1_dist(*nw, exact):.1e}")
                 return "; ".join(bits)
 
-            r = measure(M, "landscope", "density(probes=1, steps=100)",
-                        lambda i: ls.density(ls_obj, probes=1, steps=100, seed=i), c_ls, runs,
-                        note_fn=ls_dnote, log=log)
+            r = measure(M, "landscope", "density(probes=1, lanczos_steps=100)",
+                        lambda i: ls.density(ls_obj, probes=1, lanczos_steps=100, seed=i), c_ls,
+                        runs, note_fn=ls_dnote, log=log)
             r.extra["headline"] = True
             add(r)
             add(measure(M, "landscope", "density() defaults",
@@ -811,7 +814,8 @@ def reference_lines(name: str, res: dict) -> str:
                + (f" ± {ref['trace_se']:.2g} (1 s.e.)" if ref.get("trace_se") else " (exact)"))
             + "".join(f"; {tool} as shipped: `{err}`, so its rows ran {MATH_KERNEL}"
                       for tool, err in res["floor"]["shipped"].items())
-            + f"; landscope tol for the rel. 1e-3 lambda_min row: {res['floor']['tol_min']:g}"
+            + f"; landscope eig_rtol for the rel. 1e-3 lambda_min row: "
+               f"{res['floor']['eig_rtol_min']:g}"
             + f"; landscope HVP engine: {res['floor'].get('ls_engine', '-')}\n")
 
 

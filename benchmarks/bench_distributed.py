@@ -131,14 +131,14 @@ def all_reduce_seconds(n: int, columns: int, repeats: int = 5) -> float:
     return statistics.median(seconds)
 
 
-def timed_surface(obj, steps: int) -> dict:
-    """A ``steps`` x ``steps`` grid over two seeded filter-normalised directions, span ±1, after
-    a barrier: its wall seconds, values and how the ranks shared it."""
+def timed_surface(obj, resolution: int) -> dict:
+    """A ``resolution`` x ``resolution`` grid over two seeded filter-normalised directions,
+    span ±1, after a barrier: its wall seconds, values and how the ranks shared it."""
     frame = directions.random(obj, 2, seed=1)
     if distributed.active():
         dist.barrier()
     start = time.perf_counter()
-    grid = surface.surface(obj, frame, span=1.0, steps=steps)
+    grid = surface.surface(obj, frame, span=1.0, resolution=resolution)
     return {"wall": time.perf_counter() - start, "values": grid.values,
             "sharding": (grid.meta.get("sharding") or {}).get("by", "none")}
 
@@ -398,7 +398,7 @@ def main(argv=None) -> int:
             "W3 on the 1,797 digits, W5 on "
             f"{args.images} images. CPU/wall: each rank's CPU time over its wall time; others' "
             "CPU share: the machine's busy time less the ranks' over the timed loops. Surfaces: "
-            "`surface(obj, directions.random(obj, 2, seed=1), span=1.0, steps=...)` after the "
+            "`surface(obj, directions.random(obj, 2, seed=1), span=1.0, resolution=...)` after the "
             "products, in the same processes.", "",
             *lines, "", *(f"- {line}" for line in summary + details), *surfaces, "",
         ]

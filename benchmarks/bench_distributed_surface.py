@@ -1,8 +1,8 @@
 """Benchmark: grid points per second of a 2-D loss surface on 2 CPU ranks against 1 rank.
 
 Workload W3 (``benchmarks/workloads.py``: the digits CNN, eval mode, all 1,797 digits, cached
-weights), a filter-normalised random plane (seed 0) of ``--steps`` × ``--steps`` points through
-:func:`landscope.surface.surface`. Every configuration runs under ``torchrun``
+weights), a filter-normalised random plane (seed 0) of ``--resolution`` × ``--resolution``
+points through :func:`landscope.surface.surface`. Every configuration runs under ``torchrun``
 (``python -m torch.distributed.run --standalone``) with one torch thread per rank
 (``OMP_NUM_THREADS=1``):
 
@@ -19,7 +19,7 @@ waited for the other rank or for a core. The values are compared with the 1-rank
 relative difference). The 1-minute load average is printed beside each row: the machine is
 shared, and a second job on a 2-core machine takes a rank's core.
 
-    python benchmarks/bench_distributed_surface.py [--steps 15] [--no-results]
+    python benchmarks/bench_distributed_surface.py [--resolution 15] [--no-results]
 
 about a minute on 2 cores; it appends its table to ``RESULTS.md`` unless ``--no-results``.
 """
@@ -64,11 +64,11 @@ def worker(args) -> None:
         model, X, y, criterion = build_workload(args.workload)
         obj = ls.Objective.from_model(model, criterion, (X, y), shard=args.shard)
         frame = directions.random(obj, 2, seed=0)
-        surface(obj, frame, steps=3)  # warm: the replica's first forward, the gathers
+        surface(obj, frame, resolution=3)  # warm: the replica's first forward, the gathers
         if distributed.active():
             dist.barrier()
         start, cpu = time.perf_counter(), time.process_time()
-        grid = surface(obj, frame, steps=args.steps)
+        grid = surface(obj, frame, resolution=args.resolution)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         cpus = [cpu] * distributed.world()
         if distributed.active():
@@ -80,11 +80,11 @@ def worker(args) -> None:
                     "sharding": grid.meta["sharding"]}, args.out)
 
 
-def launch(workload: str, steps: int, ranks: int, shard: str, folder: str) -> dict:
+def launch(workload: str, resolution: int, ranks: int, shard: str, folder: str) -> dict:
     out = os.path.join(folder, f"{ranks}-{shard}.pt")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={ranks}", __file__, "--worker", "--workload", workload,
-               "--steps", str(steps), "--shard", shard, "--out", out]
+               "--resolution", str(resolution), "--shard", shard, "--out", out]
     load = os.getloadavg()[0]
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                    stdout=subprocess.DEVNULL)
@@ -94,7 +94,8 @@ def launch(workload: str, steps: int, ranks: int, shard: str, folder: str) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", default="W3")
-    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--resolution", "--steps", type=int, default=15,
+                        help="grid points per axis (--steps: its old name)")
     parser.add_argument("--shard", default="replicate")
     parser.add_argument("--out")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -104,13 +105,13 @@ def main() -> None:
         worker(args)
         return
     build_workload(args.workload)  # trained and cached once, before any timing
-    points = args.steps**2
+    points = args.resolution**2
     with tempfile.TemporaryDirectory() as folder:
-        results = {name: launch(args.workload, args.steps, ranks, shard, folder)
+        results = {name: launch(args.workload, args.resolution, ranks, shard, folder)
                    for name, ranks, shard in CONFIGS}
     reference = results["1 rank"]
     lines = [f"## Surface grid on 2 ranks ({datetime.date.today()}, {args.workload}, "
-             f"{args.steps}×{args.steps} points, 1 thread per rank, gloo)", "",
+             f"{args.resolution}×{args.resolution} points, 1 thread per rank, gloo)", "",
              "| configuration | sharding | seconds | CPU s per rank | points/s | speed-up | "
              "max rel. diff | load |", "|---|---|---|---|---|---|---|---|"]
     for name, result in results.items():

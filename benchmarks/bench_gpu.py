@@ -8,7 +8,7 @@ not the random initialisation, then analysed in eval mode: L is the mean cross-e
 images, streamed in batches of ``--batch-size``. It lives here rather than in ``workloads.py``: its
 data and training run on the device, and its weights are not cached.
 
-Timed: ``landscope.spectrum(obj, k=1, which="largest", tol=1e-3)`` and the same for "smallest",
+Timed: ``landscope.spectrum(obj, k=1, which="largest", eig_rtol=1e-3)`` and the same for "smallest",
 each with time, Hessian-vector products, peak device memory and products per second. On CUDA the
 target is each within 60 s on one H100-class GPU (PASS/FAIL). On a CPU it is a smoke run::
 
@@ -102,13 +102,14 @@ def same_on_every_rank(model: nn.Module) -> None:
 
 
 def timed(obj, which: str, max_products: int | None, device: torch.device) -> dict:
-    """One ``spectrum(k=1, tol=1e-3)`` call at one end: value, seconds, products, peak memory."""
+    """One ``spectrum(k=1, eig_rtol=1e-3)`` call at one end: value, seconds, products, peak
+    memory."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    spec = ls.spectrum(obj, k=1, which=which, tol=1e-3, exact=False, max_products=max_products)
+    spec = ls.spectrum(obj, k=1, which=which, eig_rtol=1e-3, exact=False, max_products=max_products)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

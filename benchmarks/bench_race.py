@@ -86,7 +86,7 @@ def _throughput(fn, name, starts, steps, repeat, batched) -> float:
     seconds = []
     for _ in range(repeat):
         begin = time.perf_counter()
-        run = descend(fn, name, starts, steps=steps, batched=batched, gtol=-1.0)
+        run = descend(fn, name, starts, steps=steps, batched=batched, grad_atol=-1.0)
         seconds.append(time.perf_counter() - begin)
         assert run.points.shape[0] == steps + 1
     return len(starts) * steps / statistics.median(seconds)

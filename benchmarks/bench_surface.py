@@ -53,7 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workloads", default="W2,W3")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds (W3: at most 2)")
-    parser.add_argument("--steps", type=int, default=41)
+    parser.add_argument("--resolution", "--steps", type=int, default=41,
+                        help="grid points per axis (--steps: its old name)")
     parser.add_argument("--no-results", action="store_true", help="do not append RESULTS.md")
     args = parser.parse_args()
     timing_hygiene()
@@ -68,7 +69,7 @@ def main() -> None:
     sections = []
     for name in args.workloads.split(","):
         rounds = args.rounds if name != "W3" else min(args.rounds, 2)
-        sections.append(_workload(name, args.steps, rounds, peer))
+        sections.append(_workload(name, args.resolution, rounds, peer))
         load.append(os.getloadavg()[0])
     text = _report(sections, load, args)
     print(text)
@@ -78,16 +79,16 @@ def main() -> None:
         print(f"appended to {RESULTS_MD.relative_to(HERE.parent)}")
 
 
-def _workload(name: str, steps: int, rounds: int, peer: bool) -> dict:
+def _workload(name: str, resolution: int, rounds: int, peer: bool) -> dict:
     model, X, y, crit = build_workload(name)
-    points = steps * steps
+    points = resolution * resolution
     obj = Objective.from_model(model, crit, (X, y))
     frame = D.random(obj, 2, seed=0)
     before = _snapshot(model)
-    methods = {"landscope": lambda: surface(obj, frame, span=1.0, steps=steps).values,
-               "plain loop": lambda: _plain(model, X, y, crit, obj, frame, steps)}
+    methods = {"landscope": lambda: surface(obj, frame, span=1.0, resolution=resolution).values,
+               "plain loop": lambda: _plain(model, X, y, crit, obj, frame, resolution)}
     if peer:
-        methods["loss-landscapes"] = lambda: _peer(model, X, y, crit, steps)
+        methods["loss-landscapes"] = lambda: _peer(model, X, y, crit, resolution)
     methods = {"floor": lambda: _floor(model, X, y, crit, points), **methods}
     times = {key: [] for key in methods}  # (wall s, process CPU s) per run
     grids = {}
@@ -117,7 +118,7 @@ def _workload(name: str, steps: int, rounds: int, peer: bool) -> dict:
         **_directions_check(obj, frame, model),
         **_side_effects(name, model, X, y, crit, peer),
     }
-    budgeted = [_budgeted(obj, frame, steps, grids["landscope"], samples)
+    budgeted = [_budgeted(obj, frame, resolution, grids["landscope"], samples)
                 for samples in (None, 0.25)]
     return {"name": name, "points": points, "floor": floor, "floor_ms": 1e3 * floor / points,
             "rows": rows, "checks": checks, "budgeted": budgeted,
@@ -154,12 +155,12 @@ def _paired(model, X, y, crit, obj, frame, pairs: int) -> float:
     return ours / plain
 
 
-def _plain(model, X, y, crit, obj, frame, steps):
+def _plain(model, X, y, crit, obj, frame, resolution):
     """What a user writes by hand: a copy of the model, parameters set in place, no_grad."""
     probe = copy.deepcopy(model)
     c, (d1, d2) = obj.theta0, frame.vectors
-    coords = np.linspace(-1.0, 1.0, steps)
-    out = np.empty((steps, steps))
+    coords = np.linspace(-1.0, 1.0, resolution)
+    out = np.empty((resolution, resolution))
     with torch.no_grad():
         for i, a in enumerate(coords):
             for j, b in enumerate(coords):
@@ -168,18 +169,19 @@ def _plain(model, X, y, crit, obj, frame, steps):
     return out
 
 
-def _peer(model, X, y, crit, steps):
+def _peer(model, X, y, crit, resolution):
     import loss_landscapes
     import loss_landscapes.metrics
 
     metric = loss_landscapes.metrics.Loss(crit, X, y)
-    return loss_landscapes.random_plane(model, metric, distance=1, steps=steps,
+    return loss_landscapes.random_plane(model, metric, distance=1, steps=resolution,
                                         normalization="filter", deepcopy_model=True)
 
 
-def _budgeted(obj, frame, steps, full, samples) -> dict:
+def _budgeted(obj, frame, resolution, full, samples) -> dict:
     start = time.perf_counter()
-    s = adaptive_surface(obj, frame, span=1.0, steps=steps, budget=0.25, samples=samples)
+    s = adaptive_surface(obj, frame, span=1.0, resolution=resolution, budget=0.25,
+                         samples=samples)
     seconds = time.perf_counter() - start
     err = np.abs(s.values - full)
     scale = float(np.ptp(full))
@@ -226,7 +228,7 @@ def _side_effects(name, model, X, y, crit, peer) -> dict:
     trained = copy.deepcopy(model).train()
     before = _snapshot(trained)
     obj = Objective.from_model(trained, crit, (X, y))  # mode='eval' by default
-    surface(obj, D.random(obj, 2, seed=0), steps=5)
+    surface(obj, D.random(obj, 2, seed=0), resolution=5)
     out["ours (model in train mode, 5×5): model unchanged"] = _snapshot(trained) == before
     if peer:
         import loss_landscapes
@@ -255,7 +257,7 @@ def _report(sections, load, args) -> str:
                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
         cpu = names[0] if names else cpu
     date = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    out = [f"## Loss surfaces, {args.steps} × {args.steps} grids ({date})", "",
+    out = [f"## Loss surfaces, {args.resolution} × {args.resolution} grids ({date})", "",
            "- Command: `benchmarks/.venv-peers/bin/python benchmarks/bench_surface.py "
            + " ".join(sys.argv[1:]) + "`",
            f"- Machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "

@@ -66,7 +66,7 @@ def _memprobe_main(spec: str) -> None:
         sla.eigsh(A, k=5, which="LA", tol=1e-3)
     elif tool == "landscope":
         obj = ls.Objective.from_model(model, torch.nn.functional.cross_entropy, (X, y))
-        ls.spectrum(obj, k=5, which="largest", tol=1e-3)
+        ls.spectrum(obj, k=5, which="largest", eig_rtol=1e-3)
     peak = _peak_rss() if exact_peak else sampler.stop()
     print(json.dumps({"extra_MiB": round((peak - rss0) / 2**20, 1),
                       "base_MiB": round(rss0 / 2**20, 1),
