@@ -35,7 +35,7 @@ from landscope.doctor.faults import (  # noqa: E402
     ARCHITECTURES,
     FAULTS,
     HEALTHY,
-    Result,
+    FaultRun,
     cases,
     run_suite,
     score,
@@ -59,19 +59,26 @@ def main() -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     suite = cases(args.faults.split(","), args.architectures.split(","), seeds)
     start = time.perf_counter()
-    results = run_suite(suite, progress=lambda r: print(
-        f"{r.case.name:34s} expected {r.expect:20s} primary {r.primary:20s} "
-        f"({', '.join(r.findings[1:]) or '-'}; {r.seconds:.1f} s)", flush=True))
-    trials = [] if args.no_repairs else repair_suite(results, progress=lambda r: print(
-        f"{r.case.name:34s} prescribed {r.prescribed or '-':18s} {r.prescribed_loss:9.4g}  "
-        f"random {r.drawn:18s} {r.drawn_loss:9.4g}  {'wins' if r.wins else 'does not win'}",
-        flush=True))
+    results = run_suite(suite, progress=_show_progress)
+    for r in results:
+        print(f"{r.case.name:34s} expected {r.expect:20s} primary {r.primary:20s} "
+              f"({', '.join(r.findings[1:]) or '-'}; {r.seconds:.1f} s)", flush=True)
+    trials = [] if args.no_repairs else repair_suite(results, progress=_show_progress)
+    for t in trials:
+        print(f"{t.case.name:34s} prescribed {t.prescribed or '-':18s} {t.prescribed_loss:9.4g}  "
+              f"random {t.drawn:18s} {t.drawn_loss:9.4g}  {'wins' if t.wins else 'does not win'}",
+              flush=True)
     text = _report(results, trials, args, time.perf_counter() - start)
     publish(text, append=not args.no_results)
     return 0
 
 
-def _report(results: list[Result], trials: list[Repair], args, seconds: float) -> str:
+def _show_progress(done: int, total: int | None, note: str = "") -> None:
+    """One line per finished run (of the suite, then of the remedy control): count and name."""
+    print(f"[{done}/{total}] {note}", flush=True)
+
+
+def _report(results: list[FaultRun], trials: list[Repair], args, seconds: float) -> str:
     machine = machine_info()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     command = (f"python benchmarks/bench_doctor.py --seeds {args.seeds}"
@@ -91,7 +98,7 @@ def _report(results: list[Result], trials: list[Repair], args, seconds: float) -
     return "\n".join(lines) + "\n"
 
 
-def _cells(results: list[Result]) -> list[str]:
+def _cells(results: list[FaultRun]) -> list[str]:
     """Fault × architecture: the primary finding of each seed, ✓ where it is the expected one."""
     archs = list(dict.fromkeys(r.case.architecture for r in results))
     lines = ["| fault | expected | " + " | ".join(archs) + " |",
@@ -104,7 +111,7 @@ def _cells(results: list[Result]) -> list[str]:
     return lines
 
 
-def _confusion(results: list[Result]) -> list[str]:
+def _confusion(results: list[FaultRun]) -> list[str]:
     matrix = score(results).confusion
     expected = list(dict.fromkeys(r.expect for r in results))
     seen = {got for _, got in matrix}
@@ -118,7 +125,7 @@ def _confusion(results: list[Result]) -> list[str]:
     return lines
 
 
-def _rates(results: list[Result]) -> list[str]:
+def _rates(results: list[FaultRun]) -> list[str]:
     lines = ["| architecture | detected (right primary finding) | false alarms on healthy runs |",
              "|---|---|---|"]
     groups = {a: [r for r in results if r.case.architecture == a]
