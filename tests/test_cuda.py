@@ -55,12 +55,12 @@ def _counted(A: torch.Tensor) -> Operator:
 
 def test_slq_reads_the_device_once_per_step_for_all_probes():
     A = _symmetric()
-    steps = 20
+    lanczos_steps = 20
     for probes in (2, 8):
         _OnDevice.reads = 0
-        on_device = slq(_counted(A), probes=probes, steps=steps)
-        assert _OnDevice.reads == steps  # not per probe, not per entry
-        plain = slq(A, probes=probes, steps=steps)
+        on_device = slq(_counted(A), probes=probes, lanczos_steps=lanczos_steps)
+        assert _OnDevice.reads == lanczos_steps  # not per probe, not per entry
+        plain = slq(A, probes=probes, lanczos_steps=lanczos_steps)
         assert torch.equal(on_device.nodes, plain.nodes)
         assert torch.equal(on_device.weights, plain.weights)
 
@@ -68,9 +68,9 @@ def test_slq_reads_the_device_once_per_step_for_all_probes():
 def test_hutchinson_reads_the_device_once_per_batch_of_probes():
     A = _symmetric()
     _OnDevice.reads = 0
-    est = hutchinson(_counted(A), samples=30, batch=10)
+    est = hutchinson(_counted(A), probes=30, batch=10)
     assert _OnDevice.reads == 3
-    assert est.to_dict() == hutchinson(A, samples=30, batch=10).to_dict()
+    assert est.to_dict() == hutchinson(A, probes=30, batch=10).to_dict()
 
 
 def test_data_in_memory_is_moved_once_and_read_back_once_per_pass():
@@ -155,18 +155,18 @@ def test_cuda_matches_cpu_in_float64_and_keeps_everything_on_the_device():  # pr
     _close([pr_gpu.lambda_max, pr_gpu.lambda_min], [pr_cpu.lambda_max, pr_cpu.lambda_min],
            rho, 1e-10)
 
-    dens_gpu = ls.density(gpu, probes=4, steps=30, exact=False)
-    dens_cpu = ls.density(cpu, probes=4, steps=30, exact=False)
+    dens_gpu = ls.density(gpu, probes=4, lanczos_steps=30, exact=False)
+    dens_cpu = ls.density(cpu, probes=4, lanczos_steps=30, exact=False)
     _close(dens_gpu.quadrature.nodes, dens_cpu.quadrature.nodes, rho, 1e-8)
     _close(dens_gpu.quadrature.weights, dens_cpu.quadrature.weights, 1.0, 1e-8)
 
-    tr_gpu = ls.trace(gpu, samples=20, exact=False)
-    tr_cpu = ls.trace(cpu, samples=20, exact=False)
+    tr_gpu = ls.trace(gpu, probes=20, exact=False)
+    tr_cpu = ls.trace(cpu, probes=20, exact=False)
     _close(tr_gpu.value, tr_cpu.value, abs(tr_cpu.value), 1e-10)
 
     d = torch.randn(cpu.n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    line_gpu = surface(gpu, [d], span=0.5, steps=5)
-    line_cpu = surface(cpu, [d], span=0.5, steps=5)
+    line_gpu = surface(gpu, [d], span=0.5, resolution=5)
+    line_cpu = surface(cpu, [d], span=0.5, resolution=5)
     _close(line_gpu.values, line_cpu.values, float(abs(line_cpu.values).max()), 1e-10)
 
     assert all(p.device.type == "cpu" for p in model.parameters())
@@ -177,12 +177,12 @@ def test_cuda_matches_cpu_in_float64_and_keeps_everything_on_the_device():  # pr
 def test_cuda_matches_cpu_in_float32_within_the_solver_tolerance():  # pragma: no cover
     _, cpu, gpu = _pair(torch.float32)
     assert gpu.dtype == torch.float32 and gpu.theta0.is_cuda
-    tol = 1e-4
-    spec_gpu = ls.spectrum(gpu, k=1, which="both", exact=False, tol=tol)
-    spec_cpu = ls.spectrum(cpu, k=1, which="both", exact=False, tol=tol)
+    eig_rtol = 1e-4
+    spec_gpu = ls.spectrum(gpu, k=1, which="both", exact=False, eig_rtol=eig_rtol)
+    spec_cpu = ls.spectrum(cpu, k=1, which="both", exact=False, eig_rtol=eig_rtol)
     rho = float(spec_cpu.largest.values.abs().max())
     for end in ("largest", "smallest"):  # each value within its residual of an eigenvalue
-        _close(getattr(spec_gpu, end).values, getattr(spec_cpu, end).values, rho, 4 * tol)
+        _close(getattr(spec_gpu, end).values, getattr(spec_cpu, end).values, rho, 4 * eig_rtol)
 
 
 @cuda
