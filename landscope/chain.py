@@ -35,7 +35,8 @@ from torch.nn import functional as F
 from landscope.chain_layers import Unsupported, _Activation, _add, _Reshape
 from landscope.chain_trace import _trace
 from landscope.engines import Sums
-from landscope.functional import ModelLoss, check_loss
+from landscope.functional import ModelLoss
+from landscope.losses import check_loss
 
 __all__ = ["ChainHessian", "Unsupported"]
 

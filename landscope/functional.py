@@ -45,7 +45,6 @@ from landscope.losses import (
     MODEL_LOSS,
     check_loss,
     own_loss,
-    reduced,  # noqa: F401 - still imported from here by pointwise
     select_output,
     weighing,
 )

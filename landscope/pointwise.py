@@ -40,7 +40,8 @@ from landscope import _checks as checks
 from landscope.data import Batch
 from landscope.engines import Sums
 from landscope.errors import BadInputError
-from landscope.functional import ModelLoss, check_loss, reduced
+from landscope.functional import ModelLoss
+from landscope.losses import check_loss, reduced
 from landscope.objective import Objective
 
 

@@ -20,7 +20,8 @@ from rich.markup import escape
 from landscope import default, distributed, io
 from landscope._deprecated import REMOVED_IN
 from landscope.errors import BadInputError, CheckpointError, LandscopeError
-from landscope.functional import MODEL_LOSS, MODES
+from landscope.functional import MODES
+from landscope.losses import MODEL_LOSS
 from landscope.objective import Objective
 from landscope.render.progress import bar
 
