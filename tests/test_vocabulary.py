@@ -63,6 +63,8 @@ def test_public_signatures_use_the_new_words(name):
 def test_every_rename_is_in_the_changelog_and_the_signature():
     assert _deprecated.RENAMED, "no renames registered"
     for function, old, new in _deprecated.RENAMED:
+        if function.startswith("landscope._") or "<locals>" in function:
+            continue  # the helper's own docstring example, run by test_house
         short = function.removeprefix("landscope.")
         assert re.search(rf"`{re.escape(short)}\(.*\b{old}=", CHANGELOG), (function, old)
         target = CALLABLES.get(function) or CALLABLES.get(function + ".__init__")
@@ -70,6 +72,8 @@ def test_every_rename_is_in_the_changelog_and_the_signature():
         parameters = inspect.signature(target).parameters
         assert new in parameters and old not in parameters, (function, old, new)
     for module, old, new in _deprecated.MOVED:
+        if module.startswith("landscope._") or not module.startswith("landscope."):
+            continue  # examples (docstrings, this file's own test)
         assert f"`{module.removeprefix('landscope.')}.{old}`" in CHANGELOG, (module, old)
         with pytest.warns(LandscopeDeprecationWarning, match=new):
             assert getattr(importlib.import_module(module), old) is getattr(

@@ -66,8 +66,8 @@ def test_adam_gets_the_stuck_cnn_out_and_the_baseline_stays(faulty_runs, one_thr
     net, _ = faulty_runs["stuck_cnn"]
     X, y = cases.digit_images()
     trial = escape(net, nn.functional.cross_entropy, (X[:512], y[:512]),
-                   candidates=["baseline", "adam"], optimizer="gd", lr=0.01, steps=40, seeds=1,
-                   batch_size=64, curvature_products=2)
+                   candidates=["baseline", "adam"], optimizer="gd", lr=0.01, evaluations=40,
+                   seeds=1, batch_size=64, curvature_products=2)
     loss = {row["candidate"]: row["train_loss_mean"] for row in trial.summary}
     assert loss["baseline"] == pytest.approx(trial.start["loss"], rel=5e-3)
     assert loss["adam"] < 0.5 * loss["baseline"]
