@@ -415,3 +415,12 @@ def test_global_strategies_find_the_global_minimum(name):
     # the camel's two global basins are two of six; Rastrigin's is one cell of 11² in the box
     low, high = (0.1, 0.7) if name == "six_hump_camel" else (0.0, 0.05)
     assert low < share < high, share
+
+
+def test_negative_curvature_descent_takes_its_old_eps_keyword_with_a_warning():
+    x = torch.zeros(2, requires_grad=True)
+    with pytest.warns(LandscopeDeprecationWarning, match="curvature_atol="):
+        old = optim.NegativeCurvatureDescent([x], eps=0.25)
+    new = optim.NegativeCurvatureDescent([x], curvature_atol=0.25)
+    assert old.param_groups[0]["curvature_atol"] == new.param_groups[0]["curvature_atol"] == 0.25
+    assert "eps" not in new.param_groups[0]

@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 
 from landscope._checks import choice, integer, non_negative, positive
+from landscope._deprecated import renamed
 from landscope.errors import BadInputError
 from landscope.linalg import Operator, extreme_eigenpairs
 from landscope.optim._base import (
@@ -109,10 +110,11 @@ class SaddleFreeNewton(PointOptimizer):
 class NegativeCurvatureDescent(PointOptimizer):
     """Gradient descent plus a step along the most negative curvature, safeguarded.
 
-    The step is d = −η g + [λ_min < −eps] (|λ_min| / L₂) s v, with v the unit eigenvector of
-    λ_min and s = −sign(gᵀv) (+1 when gᵀv = 0). It is accepted when the loss falls by at least
-    ``accept`` times the decrease the cubic model m(d) = gᵀd + ½dᵀHd + (L₂/6)‖d‖³ predicts,
-    −m(d) > 0 (dᵀHd from H g, one more product on the Lanczos path, and H v = λ_min v);
+    The step is d = −η g + [λ_min < −τ] (|λ_min| / L₂) s v, τ = ``curvature_atol``, with v the
+    unit eigenvector of λ_min and s = −sign(gᵀv) (+1 when gᵀv = 0). It is accepted when the
+    loss falls by at least ``accept`` times the decrease the cubic model
+    m(d) = gᵀd + ½dᵀHd + (L₂/6)‖d‖³ predicts, −m(d) > 0 (dᵀHd from H g, one more product on the
+    Lanczos path, and H v = λ_min v);
     otherwise η is halved and L₂ doubled and the step is tried again (at most
     ``max_trials`` times; a point where no trial passes
     stays where it is, so the loss never rises). ``lr`` = η and ``hessian_lipschitz`` = L₂ are
@@ -126,16 +128,18 @@ class NegativeCurvatureDescent(PointOptimizer):
     closure call.
     """
 
+    @renamed(eps="curvature_atol")
     def __init__(self, params, lr: float = 0.01, hessian_lipschitz: float = 1.0,
-                 eps: float = 1e-6, dense_max: int = 256, accept: float = 0.1,
+                 curvature_atol: float = 1e-6, dense_max: int = 256, accept: float = 0.1,
                  max_trials: int = 30, *, batched: bool = False):
-        for name, value in (("lr", lr), ("eps", eps)):
+        for name, value in (("lr", lr), ("curvature_atol", curvature_atol)):
             non_negative(name, value)
         positive("hessian_lipschitz", hessian_lipschitz)
         if not 0 < accept < 1:
             raise BadInputError(f"accept={accept!r}; use a fraction in (0, 1)")
         integer("max_trials", max_trials)
-        super().__init__(params, {"lr": lr, "hessian_lipschitz": hessian_lipschitz, "eps": eps,
+        super().__init__(params, {"lr": lr, "hessian_lipschitz": hessian_lipschitz,
+                                  "curvature_atol": curvature_atol,
                                   "dense_max": dense_max, "accept": accept,
                                   "max_trials": int(max_trials)}, batched=batched)
 
@@ -149,7 +153,7 @@ class NegativeCurvatureDescent(PointOptimizer):
         g, f = point.g, point.values
         gv = (g * v).sum(1)
         sign = torch.where(gv > 0, -1.0, 1.0).to(v.dtype)
-        negative = lam < -o["eps"]
+        negative = lam < -o["curvature_atol"]
         Hg = (H @ g[..., None])[..., 0] if H is not None else point.hvp(g)
         gg, gHg = (g * g).sum(1), (g * Hg).sum(1)
         eta, L2 = state["eta"].clone(), state["hessian_lipschitz"].clone()
