@@ -135,6 +135,7 @@ def test_network_exact_path_matches_numpy_eigh():
     assert p.minimum_ratio + p.index + p.fractions["zero"].value == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_network_iterative_path_agrees_with_exact():
     model = make_mlp(nn.Tanh, sizes=(8, 16, 16, 4), seed=4)
     X, y = classification_data(n=200, features=8, classes=4)

@@ -105,6 +105,7 @@ def test_deep_linear_autoencoder_global_minimum_is_a_non_strict_minimum():
     assert p.fractions["zero"].value == pytest.approx(6 / 12)
 
 
+@pytest.mark.slow
 def test_lbfgs_converged_network_is_not_called_a_saddle_by_its_leftover_gradient():
     # a tanh MLP fitted by L-BFGS: critical by the first-order test, yet its gradient is not 0.
     # The relaxation of the stiff directions alone lowers L by ½ gᵀΛ⁻¹g (here ≈ 1e-8), and ±u

@@ -25,6 +25,7 @@ def dense_hessian(f, x: torch.Tensor) -> torch.Tensor:
     return torch.autograd.functional.hessian(f, x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "options"), FINDERS)
 def test_every_end_point_is_a_known_critical_point_classified_right(method, options, one_thread):
     fn = functions.get("himmelblau")  # four minima, four saddles, one maximum

@@ -513,6 +513,7 @@ def test_the_batch_sharpness_keeps_to_the_time_budget_under_a_counted_clock(monk
         assert "no time left for the batch sharpness" in result["note"]
 
 
+@pytest.mark.slow
 def test_the_first_curvature_measurement_is_within_the_budget_too(monkeypatch):
     """Each training step costs 1 on the counted clock; curvature's time, the first measurement
     included, stays within budget × training time at every measurement (the Monitor's own

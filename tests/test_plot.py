@@ -99,6 +99,7 @@ def test_plots_refuse_the_wrong_surface():
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_cli_surface_then_plot(tmp_path):
     model = ["--model", f"{FIXTURE}:model", "--data", f"{FIXTURE}:data", "--dtype", "float64"]
     result = runner.invoke(app, ["surface", *model, "--resolution", "9", "--spread", "2",

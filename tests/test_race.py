@@ -34,6 +34,7 @@ def _row(result, function, optimizer):
                 if r["function"] == function and r["optimizer"] == optimizer)
 
 
+@pytest.mark.slow
 def test_the_seeds_saddle_story(saddle_race):
     rows = {name: _row(saddle_race, "saddle", name) for name in STORY}
     assert rows["newton"]["success_rate"] == 0.0 and rows["newton"]["ends"] == "saddle 6"
