@@ -177,7 +177,9 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
     (:class:`Eigenvectors`: this measurement's, or ``warm``'s where it computed none), and the
     costs seen: ``gradient_seconds`` (t_g), ``fixed_seconds`` (up to the timed product) and
     ``seconds_per_product`` (t_p). Never changes the model or the global RNG (the Objective
-    guarantees it; Lanczos draws from its own seeded generator).
+    guarantees it; Lanczos draws from its own seeded generator). Under a process group the held
+    batch is this process's alone (``shard="replicate"``): no collective, so one rank can measure
+    while the others train.
 
     Examples
     --------
@@ -195,7 +197,7 @@ def measure(model: torch.nn.Module, loss_fn, held: tuple | Mapping,
              "seconds_per_product": math.nan}
 
     mode = "train" if model.training else "eval"
-    obj = Objective.from_model(model, loss_fn, _data(held), mode=mode)
+    obj = Objective.from_model(model, loss_fn, _data(held), mode=mode, shard="replicate")
     vectors = (warm or Eigenvectors()).fitting(obj.n)
     chunks = 0
 
@@ -325,8 +327,8 @@ def _noise_scale(model, loss_fn, held, mode: str, chunks: int) -> float:
     if chunks < 2 or b < 1:
         return math.nan
     grads = torch.stack([
-        Objective.from_model(model, loss_fn, _data(held, i * b, (i + 1) * b),
-                             mode=mode).grad().double()
+        Objective.from_model(model, loss_fn, _data(held, i * b, (i + 1) * b), mode=mode,
+                             shard="replicate").grad().double()
         for i in range(chunks)])
     mean = grads.mean(0)
     s2 = ((grads - mean) ** 2).sum().item() / (chunks - 1)
@@ -346,7 +348,7 @@ def _batch_sharpness(model, loss_fn, held, mode: str, size: int, chunks: int,
         if deadline - time.perf_counter() < expected:
             break
         batch = Objective.from_model(model, loss_fn, _data(held, done * size, (done + 1) * size),
-                                     mode=mode, engine="loop")
+                                     mode=mode, engine="loop", shard="replicate")
         g = batch.grad()
         g_dot_g = g.double().pow(2).sum().item()
         if g_dot_g > 0:

@@ -27,6 +27,14 @@ measurement gets the time left and caps its Hessian-vector products from a timed
 analysis cannot differentiate twice) is recorded with its error and a warning, and curvature is
 off for the rest of the run: observing never stops the training.
 
+Under data parallelism (``torchrun``, DistributedDataParallel: a process group of more than one
+rank is initialised) every rank runs the same loop, but rank 0 alone records: the other ranks'
+Monitors do nothing at all, and rank 0's never calls a collective (its curvature reads the held
+batch alone), so no rank waits for another and the run directory is written once. The loss is
+rank 0's mini-batch loss, not the mean over ranks: the mean would cost an all-reduce, a
+synchronisation, every step on every rank. Gradients and updates are those every rank applies
+(DDP's average); the header's ``ranks`` says how many ranks trained.
+
 The :class:`Monitor` is the façade: it owns the capture, the table, the scheduler, the time
 ledger, the run directory and the writers.
 """
@@ -42,6 +50,7 @@ import torch
 from torch import nn
 
 from landscope import _checks as checks
+from landscope import distributed
 from landscope.errors import BadInputError
 from landscope.monitor import curvature, makeup, record, signals, stats
 from landscope.monitor.capture import Capture, StepSample
@@ -54,7 +63,9 @@ class Monitor:
 
     Parameters
     ----------
-    model: the ``nn.Module`` being trained; it needs trainable parameters.
+    model: the ``nn.Module`` being trained; it needs trainable parameters. A
+        ``DistributedDataParallel`` (or ``DataParallel``) wrapper is looked through: its
+        ``module`` is recorded, under the same names as without it.
     optimizer: its ``torch.optim.Optimizer`` (gradients, learning rate and stability limit).
     run_dir: directory for ``monitor.csv`` and ``monitor.json`` (None: keep the record in memory);
         a new Monitor replaces a record already there.
@@ -78,6 +89,16 @@ class Monitor:
     lower_bound: known lower bound of the loss (0 for cross-entropy and MSE).
     tensorboard: also write the scalars with ``torch.utils.tensorboard`` (if installed).
 
+    Under an initialised process group of more than one rank, create it on every rank, as any
+    logger: rank 0 records (to ``run_dir``, the same on every rank or given on rank 0 only) and
+    the others' Monitors are idle (no hooks, no files, no collectives; their ``record`` is
+    refused). The loss column is rank 0's mini-batch loss; gradient and update columns are the
+    averaged ones every rank applies; activations and curvature are rank 0's (its batches, its
+    held batch, measured in rank 0's process alone). The header's ``ranks`` is the number of
+    ranks (1 without a process group), its ``loss_rank`` the rank whose loss is recorded (0). The
+    record is what one process would write that trained on rank 0's batches with the averaged
+    gradients.
+
     Examples
     --------
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -100,6 +121,16 @@ class Monitor:
                  max_products: int = 100, lower_bound: float = 0.0, tensorboard: bool = False,
                  thresholds: signals.CurveThresholds | None = None, noise_chunks: int = 4):
         _check_inputs(model, optimizer, loss_fn, held, every, check_every, window)
+        self.ranks = distributed.world()
+        self._recording = distributed.is_main()  # rank 0 records; the others are idle
+        self._closed = False
+        self._pending: list[StepSample] = []
+        self._idle_steps = 0
+        if not self._recording:
+            self.model, self.optimizer, self.run_dir = model, optimizer, None
+            return
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module  # its forward would call collectives; the module's does not
         self.model, self.optimizer = model, optimizer
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.check_every = check_every
@@ -109,7 +140,6 @@ class Monitor:
                 f"the model ({type(model).__name__}) has no trainable parameters; the Monitor "
                 "records gradients and updates, so give it a model with requires_grad parameters")
         self._make_up = makeup.make_up(model)
-        self._pending: list[StepSample] = []
         self._table: Table | None = None  # built at the first flush, once the sites are known
         self._data: list[np.ndarray] = []  # every row, only without a run directory
         self._last_row: tuple[int, np.ndarray] | None = None  # CSV offset and values, last row
@@ -119,15 +149,14 @@ class Monitor:
             max_products=max_products, lower_bound=lower_bound,
             thresholds=thresholds or signals.CurveThresholds(), noise_chunks=noise_chunks,
             ledger=self._ledger)
-        self._closed = False
         self._writer = record.tensorboard_writer(self.run_dir) if tensorboard else None
         self._capture = Capture(model, optimizer, self.layers, every, self._ledger)
         self._capture.arm()
 
     @property
     def t(self) -> int:
-        """Steps recorded so far."""
-        return self._capture.step
+        """Steps recorded so far (on an idle rank: steps seen)."""
+        return self._capture.step if self._recording else self._idle_steps
 
     # ------------------------------------------------------------------ the loop's side
     def step(self, loss=None, *, val_loss: float | None = None) -> None:
@@ -138,6 +167,9 @@ class Monitor:
         """
         if self._closed:
             raise BadInputError("this Monitor is closed; create a new one for another run")
+        if not self._recording:
+            self._idle_steps += 1
+            return
         start = self._ledger.clock()
         if isinstance(loss, torch.Tensor):  # a float on the CPU; no synchronisation elsewhere
             loss = loss.item() if loss.device.type == "cpu" else loss.detach()
@@ -159,6 +191,8 @@ class Monitor:
             raise BadInputError("this Monitor is closed; create a new one for another run")
         if self.t == 0:
             raise BadInputError("log() attaches values to the last step; call step() first")
+        if not self._recording:
+            return
         if self._pending:
             sample = self._pending[-1]
             sample.loss = sample.loss if loss is None else loss
@@ -210,6 +244,9 @@ class Monitor:
         """Flush, write the final header and remove every hook. Safe to call twice."""
         if self._closed:
             return
+        if not self._recording:
+            self._closed = True
+            return
         try:
             self.flush(final=True)
             if self.run_dir is not None and self._table is not None:
@@ -230,6 +267,10 @@ class Monitor:
     def record(self) -> record.Record:
         """Everything flushed so far, as a :class:`~landscope.monitor.record.Record` (read back
         from ``run_dir`` when there is one: only a window of rows is kept in memory then)."""
+        if not self._recording:
+            raise BadInputError(
+                f"rank {distributed.rank()} keeps no record: under a process group rank 0 "
+                "records; read the record on rank 0 or from its run directory")
         if self.run_dir is not None and self._table is not None:
             return record.read_record(self.run_dir)
         names = self._table.columns.names if self._table is not None else ["step"]
@@ -285,6 +326,8 @@ class Monitor:
                          "noise_chunks": scheduler.noise_chunks, **vars(scheduler.thresholds)},
             "events": scheduler.events,
             "steps": self.t,
+            "ranks": self.ranks,
+            "loss_rank": 0,  # whose mini-batch loss the loss column holds
             "seconds": self._ledger.to_dict(),
             "finished": finished,
             "columns": None if self._table is None else self._table.columns.names,
