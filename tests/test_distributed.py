@@ -7,10 +7,12 @@ one rank, a rank that dies, and ``torchrun`` running the command line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 from helpers import SmallCNN, Snapshot, TiedDictLM, dict_batches, make_mlp, token_loss
@@ -322,3 +324,101 @@ def test_two_gpus_with_nccl_give_the_single_process_answers():
     for key in ("value", "grad", "hvp", "largest", "smallest"):
         torch.testing.assert_close(first[key], reference[key], rtol=1e-10, atol=1e-12, msg=key)
         assert torch.equal(first[key], second[key]), key
+
+
+MONITOR_STEPS = 60
+MONITOR_OPTIONS = {"every": 2, "check_every": 10, "window": 20, "budget": 1e6}
+"""Settings under which the slowly falling loss stalls every window and curvature is measured
+each time (the budget never binds, so no column depends on a clock)."""
+
+
+def _monitored_training(run_dir, train_step, model, monitored: bool):
+    """``MONITOR_STEPS`` steps of SGD (``train_step(model, t)`` returns the loss to record),
+    under a Monitor of ``run_dir`` with a held batch when ``monitored``."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    held = _data(n=32, seed=1)
+    with contextlib.ExitStack() as stack:
+        monitor = stack.enter_context(ls.monitor.Monitor(
+            model, optimizer, run_dir, loss_fn=cross_entropy, held=held,
+            **MONITOR_OPTIONS)) if monitored else None
+        for t in range(MONITOR_STEPS):
+            optimizer.zero_grad()
+            loss = train_step(model, t)
+            optimizer.step()
+            if monitor is not None:
+                monitor.step(loss)
+    return monitor
+
+
+def _shard_batch(rank: int, t: int):
+    """Step t's mini-batch of 8 samples from rank ``rank``'s shard (every other sample)."""
+    X, y = _data(n=64)
+    X, y = X[rank::2], y[rank::2]
+    i = 8 * t % len(X)
+    return X[i:i + 8], y[i:i + 8]
+
+
+def _ddp_step(model, t):
+    X, y = _shard_batch(distributed.rank(), t)
+    loss = cross_entropy(model(X), y)
+    loss.backward()
+    return loss
+
+
+def _monitored_ddp(run_dir) -> dict:
+    """A DDP run with a Monitor of ``run_dir`` on every rank, and its twin without one."""
+    runs = {}
+    for monitored in (False, True):
+        model = nn.parallel.DistributedDataParallel(make_mlp(sizes=(6, 8, 3)))
+        rng = torch.get_rng_state()
+        monitor = _monitored_training(run_dir, _ddp_step, model, monitored)
+        runs[monitored] = {"theta": torch.cat([p.detach().flatten()
+                                               for p in model.parameters()]),
+                           "rng_kept": torch.equal(rng, torch.get_rng_state())}
+    try:
+        monitor.record  # noqa: B018 - refused on every rank but 0
+        runs["record"] = "read"
+    except ls.errors.BadInputError as error:
+        runs["record"] = str(error)
+    runs["t"] = monitor.t
+    return runs
+
+
+def test_a_monitor_on_every_ddp_rank_records_once_what_one_process_would(tmp_path, one_thread):
+    ranks = run_ranks(_monitored_ddp, 2, str(tmp_path / "ddp"), timeout_s=20)  # never hangs
+    # one process replays it: rank 0's batches, gradients averaged with rank 1's (as DDP's)
+    twin = make_mlp(sizes=(6, 8, 3))
+
+    def averaged_step(model, t):
+        twin.load_state_dict(model.state_dict())
+        twin.zero_grad()
+        losses = [cross_entropy(net(X), y) for net, (X, y)
+                  in ((model, _shard_batch(0, t)), (twin, _shard_batch(1, t)))]
+        (losses[0] / 2).backward()
+        (losses[1] / 2).backward()
+        for mine, theirs in zip(model.parameters(), twin.parameters(), strict=True):
+            mine.grad += theirs.grad
+        return losses[0]
+
+    _monitored_training(tmp_path / "one", averaged_step, make_mlp(sizes=(6, 8, 3)), True)
+    got, want = (ls.monitor.record.read_record(tmp_path / name) for name in ("ddp", "one"))
+    assert got.meta["ranks"] == 2 and want.meta["ranks"] == 1 and got.meta["loss_rank"] == 0
+    assert got.meta["finished"] and got.meta["steps"] == MONITOR_STEPS
+    assert list(got.columns) == list(want.columns)  # the DDP wrapper looked through
+    np.testing.assert_array_equal(got["step"], np.arange(MONITOR_STEPS))  # written once
+    for name in got.columns:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
+    timeless = [{key: value for key, value in event.items() if key != "seconds"}
+                for event in got.meta["events"]]
+    assert len(timeless) == 3 and timeless == [
+        {key: value for key, value in event.items() if key != "seconds"}
+        for event in want.meta["events"]]
+    diagnosis = ls.doctor.diagnose(tmp_path / "ddp")
+    assert diagnosis.summary["steps"] == MONITOR_STEPS
+    assert diagnosis.summary["curvature_measurements"] == 3
+    for rank, run in enumerate(ranks):  # training untouched: bit-identical, RNG kept
+        assert torch.equal(run[True]["theta"], run[False]["theta"]) and run[True]["rng_kept"]
+        assert run["t"] == MONITOR_STEPS
+        assert (run["record"] == "read") == (rank == 0)
+    assert "rank 1 keeps no record" in ranks[1]["record"]
