@@ -2,7 +2,8 @@
 
 Each spawn of ranks costs seconds, so one worker runs many analyses and the tests compare them:
 the split, uneven and empty shards, the chain engine, train mode with BatchNorm, a failure on
-one rank, a rank that dies, and ``torchrun`` running the command line.
+one rank, a rank that dies, ``torchrun`` running the command line, and a Monitor on every
+rank of a DistributedDataParallel run.
 """
 
 from __future__ import annotations
