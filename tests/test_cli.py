@@ -246,3 +246,21 @@ def test_requests_default_to_what_their_commands_default_to():
                 if field.name in options:
                     default = options[field.name].default
                     assert default == field.default, (command.__name__, field.name)
+
+
+@pytest.mark.parametrize("command, old, new", [
+    ("probe", "--steps", "--lanczos-steps"),
+    ("surface", "--steps", "--resolution"),
+    ("race", "--tol", "--global-rtol"),
+    ("escape", "--steps", "--evaluations"),
+    ("doctor", "--steps", "--evaluations"),
+])
+def test_an_option_given_under_its_old_and_new_names_is_refused(tmp_path, command, old, new):
+    value = "0.5" if old == "--tol" else "7"
+    args = [command, *(["run-dir"] if command == "doctor" else []), old, value, new, value,
+            "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    assert f"{old} is the old name of {new}; give {new} only" in text
+    assert not any(tmp_path.iterdir())  # refused before any work

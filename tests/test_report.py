@@ -60,7 +60,7 @@ def run_dir(tmp_path_factory) -> Path:
         Path("net.py").write_text(FACTORY)
         user = ["--model", "net.py:model", "--data", "net.py:data"]
         _run("probe", *user, "--iterative", "--k", "3", "--out", "run")
-        _run("surface", *user, "--steps", "5", "--out", "run")
+        _run("surface", *user, "--resolution", "5", "--out", "run")
         _run("race", "--functions", "saddle", "--optimizers", "gd,adam", "--starts", "2",
              "--steps", "20", "--tune", "1", "--no-strategies", "--out", "run")
         _run("escape", *user, "--candidates", "baseline,adam", "--evaluations", "10",

@@ -252,11 +252,16 @@ def products_bar(label: str):
     return bar(label, "products", console)
 
 
-def old_option(old_value, old: str, new_value, new: str):
+def old_option(context: typer.Context, old_value, old: str, new_value, new: str):
     """The value of an option given under its old name (kept for one release, with a warning on
-    stderr), else the new option's value."""
+    stderr), else the new option's value. Both names on one command line are refused (exit 2):
+    neither value could be said to win."""
     if old_value is None:
         return new_value
+    new_name = new.removeprefix("--").replace("-", "_")
+    if context.get_parameter_source(new_name).name == "COMMANDLINE":
+        raise typer.BadParameter(f"{old} is the old name of {new}; give {new} only",
+                                 param_hint=f"'{old}' and '{new}'")
     errors.print(f"[yellow]warning:[/] {old} is renamed {new}; the old name goes in landscope "
                  f"{REMOVED_IN}")
     return old_value

@@ -64,6 +64,7 @@ class _TrialOptions:
 
 @app.command()
 def doctor(
+    context: typer.Context,
     run_dir: Annotated[Path | None, typer.Argument(
         help="A run directory recorded by landscope.Monitor (it holds monitor.json and "
              "monitor.csv).")] = None,
@@ -119,9 +120,9 @@ def doctor(
     if list_scenarios:
         _guard(_list_scenarios)
         return
+    evaluations = old_option(context, steps, "--steps", evaluations, "--evaluations")
     trial = _TrialOptions(try_remedies, all_findings, _request(ModelRequest, locals()),
-                          held_out, old_option(steps, "--steps", evaluations, "--evaluations"),
-                          seeds)
+                          held_out, evaluations, seeds)
     _guard(lambda: _doctor(out, run_dir=run_dir, scenario=scenario, remedy=remedy, seed=seed,
                            trial=trial), report=(run_dir or out) if report else None)
 

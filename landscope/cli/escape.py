@@ -60,6 +60,7 @@ class EscapeRequest:
 
 @app.command()
 def escape(
+    context: typer.Context,
     model: ModelOption = None,
     checkpoint: CheckpointOption = None,
     data: DataOption = None,
@@ -95,7 +96,7 @@ def escape(
     seeds and whether negative curvature was left behind. OUT gets escape.json,
     escape-summary.csv, escape-runs.csv, escape-curves.png and the finished runs: Ctrl-C keeps
     them, and a rerun resumes from them."""
-    options = {**locals(), "evaluations": old_option(steps, "--steps", evaluations,
+    options = {**locals(), "evaluations": old_option(context, steps, "--steps", evaluations,
                                                      "--evaluations")}
     if list_names:
         _guard(_list)

@@ -55,6 +55,7 @@ class ProbeRequest:
 
 @app.command()
 def probe(
+    context: typer.Context,
     model: ModelOption = None,
     checkpoint: CheckpointOption = None,
     data: DataOption = None,
@@ -97,7 +98,7 @@ def probe(
     The answer comes in stages: a first verdict with 95 % intervals from data subsets, then the
     extreme eigenvalues on all the data, then the density. Ctrl-C or the time budget ends it
     with the best answer so far (marked partial in OUT/result.json)."""
-    options = {**locals(), "lanczos_steps": old_option(steps, "--steps", lanczos_steps,
+    options = {**locals(), "lanczos_steps": old_option(context, steps, "--steps", lanczos_steps,
                                                        "--lanczos-steps")}
     _guard(lambda: _probe(_request(ModelRequest, options), _request(ProbeRequest, options), out),
            report=out if report else None)

@@ -45,6 +45,7 @@ class RaceRequest:
 
 @app.command()
 def race(
+    context: typer.Context,
     functions: Annotated[str, typer.Option(
         help="Comma-separated zoo functions (see --list).")] = RaceRequest.functions,
     optimizers: Annotated[str, typer.Option(
@@ -86,7 +87,8 @@ def race(
     to the global minimum (or to escape a saddle), where each run ended and what kind of point
     that is, divergences — with the same starts and tuning budget for every optimiser. OUT
     gets race.json, race-summary.csv, race-runs.csv and the pictures."""
-    options = {**locals(), "global_rtol": old_option(tol, "--tol", global_rtol, "--global-rtol")}
+    options = {**locals(),
+               "global_rtol": old_option(context, tol, "--tol", global_rtol, "--global-rtol")}
     if list_names:
         _guard(_list)
         return

@@ -76,6 +76,7 @@ class SurfaceRequest:
 
 @app.command()
 def surface(
+    context: typer.Context,
     model: ModelOption = None,
     checkpoint: CheckpointOption = None,
     data: DataOption = None,
@@ -135,7 +136,7 @@ def surface(
     the training path and its fidelity, 3-D view, interactive HTML; OUT gets surface.npz,
     surface.json and the pictures. Ctrl-C keeps what is done; rerunning the same command
     resumes from the partial grid."""
-    options = {**locals(), "resolution": old_option(steps, "--steps", resolution,
+    options = {**locals(), "resolution": old_option(context, steps, "--steps", resolution,
                                                     "--resolution")}
     _guard(lambda: _surface(_request(ModelRequest, options), _request(SurfaceRequest, options),
                             out), report=out if report else None)
