@@ -22,9 +22,15 @@ class LandscopeDeprecationWarning(DeprecationWarning):
     """A name landscope still accepts but has renamed (removed in :data:`REMOVED_IN`)."""
 
 
-def _warn(old: str, new: str) -> None:
-    warnings.warn(f"{old} is renamed {new}; the old name goes in landscope {REMOVED_IN}",
-                  LandscopeDeprecationWarning, stacklevel=3)
+def warn_renamed(old: str, new: str, stacklevel: int = 3) -> None:
+    """Warn that ``old`` is now ``new`` (``stacklevel`` 3: the caller of the function that
+    calls this)."""
+    warnings.warn(rename_message(old, new), LandscopeDeprecationWarning, stacklevel=stacklevel)
+
+
+def rename_message(old: str, new: str) -> str:
+    """The one wording of a rename, for warnings and for the command line's message."""
+    return f"{old} is renamed {new}; the old name goes in landscope {REMOVED_IN}"
 
 
 def renamed(**old_to_new: str) -> Callable:
@@ -51,7 +57,7 @@ def renamed(**old_to_new: str) -> Callable:
                     if new in kwargs:
                         raise BadInputError(f"{name}() got both {old}= and {new}=; {old} is the "
                                             f"old name of {new}: give {new}= only")
-                    _warn(f"{name}({old}=…)", f"{new}=")
+                    warn_renamed(f"{name}({old}=…)", f"{new}=")
                     kwargs[new] = kwargs.pop(old)
             return fn(*args, **kwargs)
 
@@ -70,7 +76,7 @@ def old_names(module: str, old_to_new: dict[str, str]) -> Callable[[str], object
     def __getattr__(attribute: str):
         if attribute in old_to_new:
             new = old_to_new[attribute]
-            _warn(f"{module}.{attribute}", f"{module}.{new}")
+            warn_renamed(f"{module}.{attribute}", f"{module}.{new}")
             return getattr(sys.modules[module], new)
         raise AttributeError(f"module {module!r} has no attribute {attribute!r}")
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from landscope import default, distributed, io
-from landscope._deprecated import REMOVED_IN
+from landscope._deprecated import rename_message
 from landscope.errors import BadInputError, CheckpointError, LandscopeError
 from landscope.functional import MODES
 from landscope.losses import MODEL_LOSS
@@ -262,8 +262,7 @@ def old_option(context: typer.Context, old_value, old: str, new_value, new: str)
     if context.get_parameter_source(new_name).name == "COMMANDLINE":
         raise typer.BadParameter(f"{old} is the old name of {new}; give {new} only",
                                  param_hint=f"'{old}' and '{new}'")
-    errors.print(f"[yellow]warning:[/] {old} is renamed {new}; the old name goes in landscope "
-                 f"{REMOVED_IN}")
+    errors.print(f"[yellow]warning:[/] {rename_message(old, new)}")
     return old_value
 
 

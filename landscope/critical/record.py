@@ -3,12 +3,11 @@ the note that explains an index of 0 beside a negative λ_min."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from landscope._deprecated import REMOVED_IN, LandscopeDeprecationWarning
+from landscope._deprecated import warn_renamed
 from landscope.critical.first_order import Stationarity
 from landscope.spectrum import Density, FractionEstimate, Spectrum
 
@@ -64,9 +63,7 @@ class Tolerances:
         names = {old: new for new, old in FILE_KEYS.items()}
         if key not in names:
             raise KeyError(key)
-        warnings.warn(f"Probe.tolerances[{key!r}] is renamed Probe.tolerances.{names[key]}; the "
-                      f"old name goes in landscope {REMOVED_IN}", LandscopeDeprecationWarning,
-                      stacklevel=2)
+        warn_renamed(f"Probe.tolerances[{key!r}]", f"Probe.tolerances.{names[key]}", stacklevel=3)
         return getattr(self, names[key])
 
 
